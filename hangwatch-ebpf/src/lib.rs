@@ -1,0 +1,218 @@
+//! The kernel/userspace ABI of hangwatch: every type and name that crosses between the eBPF
+//! programs (`src/main.rs`, built for `bpfel-unknown-none`) and the daemon.
+//!
+//! The rules of this file: `#[repr(C)]`, `Copy`, no implicit padding (u32 flags, not bool),
+//! a compile-time size check for each type, explicit discriminants that are never reused,
+//! and `aya::Pod` only behind the `user` feature.
+#![no_std]
+
+/// Names of programs and maps as they appear in the object file.
+pub mod names {
+    /// `tp_btf/sched_switch`: per-thread switch-out/switch-in timestamps and state.
+    pub const PROG_SCHED_SWITCH: &str = "sched_switch";
+    /// `tp_btf/sched_wakeup`: when a blocked thread was made runnable.
+    pub const PROG_SCHED_WAKEUP: &str = "sched_wakeup";
+    /// `tracepoint/syscalls/sys_enter_futex` and friends.
+    pub const PROG_SYS_ENTER_FUTEX: &str = "sys_enter_futex";
+    pub const PROG_SYS_EXIT_FUTEX: &str = "sys_exit_futex";
+    pub const PROG_SYS_ENTER_FUTEX_WAIT: &str = "sys_enter_futex_wait";
+    pub const PROG_SYS_ENTER_FUTEX_WAITV: &str = "sys_enter_futex_waitv";
+    pub const PROG_SYS_EXIT_FUTEX_WAIT: &str = "sys_exit_futex_wait";
+    pub const PROG_SYS_EXIT_FUTEX_WAITV: &str = "sys_exit_futex_waitv";
+    /// `iter/task`: one [`crate::ThreadRecord`] per thread worth a look.
+    pub const PROG_SCAN_THREADS: &str = "scan_threads";
+    /// `iter/task`: one [`crate::StackRecord`] per thread named in `STACK_REQUESTS`.
+    pub const PROG_DUMP_STACKS: &str = "dump_stacks";
+
+    /// Task-local storage holding one [`crate::ThreadState`] per thread.
+    pub const MAP_THREAD_STATE: &str = "THREAD_STATE";
+    /// Per-CPU array of u64 counters, indexed by [`crate::Counter`].
+    pub const MAP_COUNTERS: &str = "COUNTERS";
+    /// Array of one [`crate::ScanConfig`].
+    pub const MAP_SCAN_CONFIG: &str = "SCAN_CONFIG";
+    /// Hash tgid -> 1: processes whose threads the scan reports from `watched_min_ns`.
+    pub const MAP_WATCHED_TGIDS: &str = "WATCHED_TGIDS";
+    /// Hash tid -> 1: threads whose stacks `dump_stacks` emits.
+    pub const MAP_STACK_REQUESTS: &str = "STACK_REQUESTS";
+    /// `.rodata` global: the [`crate::TaskOffsets`] of this kernel, set at load time.
+    pub const GLOBAL_TASK_OFFSETS: &str = "TASK_OFFSETS";
+}
+
+/// Capacity of `WATCHED_TGIDS`; more selected processes are counted as dropped.
+pub const MAX_WATCHED_TGIDS: u32 = 4096;
+/// Capacity of `STACK_REQUESTS`: stacks are taken for at most this many threads per scan.
+pub const MAX_STACK_REQUESTS: u32 = 1024;
+/// Kernel stack depth captured per thread.
+pub const MAX_KERNEL_STACK_DEPTH: usize = 64;
+
+/// `ThreadState::flags`: the thread is inside one of the tracked syscalls (`syscall_nr` valid).
+pub const FLAG_IN_SYSCALL: u32 = 1 << 0;
+/// `ThreadState::flags`: the futex wait has a timeout.
+pub const FLAG_FUTEX_TIMEOUT: u32 = 1 << 1;
+/// `ThreadState::flags`: the thread was already off-CPU when the probes were attached, so
+/// `off_cpu_at_ns` is when the scan first saw it, a lower bound of the real wait.
+pub const FLAG_BLOCKED_BEFORE_ATTACH: u32 = 1 << 2;
+
+/// What the probes keep per thread, in task-local storage. The hot path writes it in place;
+/// the kernel frees it with the task, so thread exit needs no cleanup of ours.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadState {
+    /// CLOCK_MONOTONIC ns of the last switch-out; the thread is off-CPU iff this is greater
+    /// than `on_cpu_at_ns`.
+    pub off_cpu_at_ns: u64,
+    /// CLOCK_MONOTONIC ns of the last switch-in.
+    pub on_cpu_at_ns: u64,
+    /// CLOCK_MONOTONIC ns of the last `sched_wakeup`.
+    pub woken_at_ns: u64,
+    /// When the current tracked syscall was entered.
+    pub syscall_entered_at_ns: u64,
+    /// For futex: the futex word's user address (the first one for `futex_waitv`).
+    pub futex_uaddr: u64,
+    /// `prev_state` at the last switch-out (TASK_* bits; 0 = preempted while runnable).
+    pub state_at_switch: u32,
+    /// Syscall number while `FLAG_IN_SYSCALL` is set.
+    pub syscall_nr: u32,
+    /// For futex: the op word (command and flags), as passed by the caller.
+    pub futex_op: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+}
+
+/// What userspace asks of the `scan_threads` iterator: which off-CPU threads to emit.
+/// A threshold of `u64::MAX` disables that clause.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanConfig {
+    /// Emit threads in uninterruptible sleep for at least this long.
+    pub d_state_min_ns: u64,
+    /// Emit threads of `WATCHED_TGIDS` off-CPU for at least this long.
+    pub watched_min_ns: u64,
+    /// Emit any thread off-CPU for at least this long.
+    pub any_min_ns: u64,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        Self {
+            d_state_min_ns: u64::MAX,
+            watched_min_ns: u64::MAX,
+            any_min_ns: u64::MAX,
+        }
+    }
+}
+
+/// Byte offsets of the `task_struct` fields the iterators read, taken by the daemon from the
+/// running kernel's BTF (`/sys/kernel/btf/vmlinux`) because Rust eBPF has no CO-RE
+/// relocations. Written into `.rodata` before the programs are loaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub pid: u32,
+    pub tgid: u32,
+    pub state: u32,
+    pub exit_state: u32,
+    pub flags: u32,
+    pub comm: u32,
+    pub start_boottime: u32,
+    /// Non-zero once userspace filled the table; the iterators emit nothing before.
+    pub valid: u32,
+}
+
+/// One record of the `scan_threads` iterator: a thread off-CPU long enough to look at.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadRecord {
+    pub state: ThreadState,
+    /// `task_struct::start_boottime`: with `tid`, identifies the thread across pid reuse.
+    pub start_boottime_ns: u64,
+    /// CLOCK_MONOTONIC ns at which the iterator looked at this thread.
+    pub seen_at_ns: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    /// `task_struct::__state` at scan time.
+    pub task_state: u32,
+    /// `task_struct::flags` (PF_*).
+    pub task_flags: u32,
+    /// The thread's own name (`task_struct::comm`).
+    pub comm: [u8; 16],
+}
+
+/// One record of the `dump_stacks` iterator.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackRecord {
+    pub start_boottime_ns: u64,
+    /// User registers saved at kernel entry (unchanged while the thread stays blocked).
+    pub user_ip: u64,
+    pub user_sp: u64,
+    pub user_fp: u64,
+    pub tid: u32,
+    /// Number of valid entries in `kernel_stack`; 0 when the kernel could not walk it.
+    pub kernel_depth: u32,
+    pub kernel_stack: [u64; MAX_KERNEL_STACK_DEPTH],
+}
+
+/// Indices into the `COUNTERS` per-CPU array. Discriminants are part of the ABI: append only.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    SchedSwitchEvents = 0,
+    SchedWakeupEvents = 1,
+    FutexSyscallEvents = 2,
+    /// Task storage could not be had (allocation failed or the storage lock was busy).
+    StateUnavailable = 3,
+    /// The iterator's output buffer refused a record.
+    RecordsDropped = 4,
+    /// `bpf_get_task_stack` failed for a requested thread.
+    KernelStackFailed = 5,
+    /// Threads first seen already blocked by a scan (no switch-out observed).
+    BlockedBeforeAttach = 6,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 7;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::SchedSwitchEvents,
+        Counter::SchedWakeupEvents,
+        Counter::FutexSyscallEvents,
+        Counter::StateUnavailable,
+        Counter::RecordsDropped,
+        Counter::KernelStackFailed,
+        Counter::BlockedBeforeAttach,
+    ];
+}
+
+/// Linux task state bits (`include/linux/sched.h`), as found in `__state` and `prev_state`.
+pub mod task_state {
+    pub const RUNNING: u32 = 0x0000;
+    pub const INTERRUPTIBLE: u32 = 0x0001;
+    pub const UNINTERRUPTIBLE: u32 = 0x0002;
+    pub const STOPPED: u32 = 0x0004;
+    pub const TRACED: u32 = 0x0008;
+    pub const DEAD: u32 = 0x0080;
+    pub const WAKEKILL: u32 = 0x0100;
+    pub const PARKED: u32 = 0x0040;
+    /// With UNINTERRUPTIBLE: TASK_IDLE, an idle kernel thread, not a hang.
+    pub const NOLOAD: u32 = 0x0400;
+    pub const FROZEN: u32 = 0x8000;
+}
+
+/// `task_struct::flags`: a kernel thread, which has no user stack.
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 56);
+const _: () = assert!(core::mem::size_of::<ScanConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<ThreadRecord>() == 104);
+const _: () = assert!(core::mem::size_of::<StackRecord>() == 40 + 8 * MAX_KERNEL_STACK_DEPTH);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers with no padding (sizes asserted above).
+    unsafe impl aya::Pod for super::ThreadState {}
+    unsafe impl aya::Pod for super::ScanConfig {}
+    unsafe impl aya::Pod for super::TaskOffsets {}
+    unsafe impl aya::Pod for super::ThreadRecord {}
+    unsafe impl aya::Pod for super::StackRecord {}
+}

@@ -1,0 +1,87 @@
+//! The maps shared with the daemon (names in `hangwatch_ebpf::names`).
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
+    btf_maps::{Array, HashMap, PerCpuArray},
+    helpers::generated::bpf_task_storage_get,
+    macros::btf_map,
+};
+use hangwatch_ebpf::{
+    Counter, MAX_STACK_REQUESTS, MAX_WATCHED_TGIDS, ScanConfig, StackRecord, ThreadState,
+};
+
+use crate::task::Task;
+
+/// A BTF-defined `BPF_MAP_TYPE_TASK_STORAGE` map (the pinned aya-ebpf has the helpers but no
+/// map type). Field names and order follow libbpf's BTF map convention, which aya parses.
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: the fields are placeholders for BTF, never dereferenced.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    pub const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    #[inline(always)]
+    fn lookup(&self, task: Task, flags: u64) -> Option<&mut T> {
+        let map = core::ptr::from_ref(self).cast_mut().cast();
+        // SAFETY: `task` is a task_struct pointer handed to us by the kernel; the helper
+        // returns null or a pointer to this task's zero-initialised value.
+        let ptr = unsafe { bpf_task_storage_get(map, task.as_ptr(), core::ptr::null_mut(), flags) };
+        // SAFETY: non-null pointers from the helper point to a live, aligned T.
+        unsafe { ptr.cast::<T>().as_mut() }
+    }
+
+    /// The task's value, created zeroed on first use.
+    #[inline(always)]
+    pub fn get_or_create(&self, task: Task) -> Option<&mut T> {
+        self.lookup(task, BPF_LOCAL_STORAGE_GET_F_CREATE.into())
+    }
+
+    /// The task's value if it has one.
+    #[inline(always)]
+    pub fn get(&self, task: Task) -> Option<&mut T> {
+        self.lookup(task, 0)
+    }
+}
+
+#[btf_map]
+pub static THREAD_STATE: TaskStorage<ThreadState> = TaskStorage::new();
+
+#[btf_map]
+pub static COUNTERS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static SCAN_CONFIG: Array<ScanConfig, 1> = Array::new();
+
+#[btf_map]
+pub static WATCHED_TGIDS: HashMap<u32, u32, { MAX_WATCHED_TGIDS as usize }> = HashMap::new();
+
+#[btf_map]
+pub static STACK_REQUESTS: HashMap<u32, u32, { MAX_STACK_REQUESTS as usize }> = HashMap::new();
+
+/// Scratch space for one `StackRecord`, too large for the 512-byte BPF stack.
+#[btf_map]
+pub static STACK_SCRATCH: PerCpuArray<StackRecord, 1> = PerCpuArray::new();
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *value += 1 };
+    }
+}

@@ -1,0 +1,50 @@
+//! The scheduler probes: the hot path every machine pays for on each context switch.
+//! Two task-storage lookups (prev and next), one timestamp, a few stores. BTF tracepoints
+//! (`tp_btf`) because they hand us the task pointers that task storage is keyed by and cost
+//! far less than a classic tracepoint (figures in README.md, "What the probes cost").
+use aya_ebpf::{
+    bindings::task_struct, helpers::bpf_ktime_get_ns, macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use hangwatch_ebpf::Counter;
+
+use crate::{
+    maps::{THREAD_STATE, count},
+    task::Task,
+};
+
+/// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+/// unsigned int prev_state)`.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    let prev: *mut task_struct = ctx.arg(1);
+    let next: *mut task_struct = ctx.arg(2);
+    let prev_state: u32 = ctx.arg(3);
+    let now = unsafe { bpf_ktime_get_ns() };
+    count(Counter::SchedSwitchEvents);
+
+    match Task::new(prev).and_then(|t| THREAD_STATE.get_or_create(t)) {
+        Some(state) => {
+            state.off_cpu_at_ns = now;
+            state.state_at_switch = prev_state;
+        }
+        None => count(Counter::StateUnavailable),
+    }
+    match Task::new(next).and_then(|t| THREAD_STATE.get_or_create(t)) {
+        Some(state) => state.on_cpu_at_ns = now,
+        None => count(Counter::StateUnavailable),
+    }
+    0
+}
+
+/// `sched_wakeup(struct task_struct *p)`: the thread is runnable again. Only threads that
+/// already have state are touched, so wakeups never allocate.
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
+    let task: *mut task_struct = ctx.arg(0);
+    count(Counter::SchedWakeupEvents);
+    if let Some(state) = Task::new(task).and_then(|t| THREAD_STATE.get(t)) {
+        state.woken_at_ns = unsafe { bpf_ktime_get_ns() };
+    }
+    0
+}

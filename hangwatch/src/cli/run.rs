@@ -1,0 +1,158 @@
+//! `hangwatch run`: the daemon's flags.
+use std::{io::IsTerminal, time::Duration};
+
+use clap::Args;
+
+use crate::{
+    daemon::Config,
+    detect::{DState, Detectors, OffCpu},
+    sink::OutputFormat,
+};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Report `off_cpu` hangs for the threads of this process (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Report `off_cpu` hangs for the threads of processes with this name (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+
+    /// How long a selected thread may stay off-CPU before it is reported [default: 5s]
+    #[arg(long = "threshold", value_name = "DURATION", value_parser = parse_duration, default_value = "5s", hide_default_value = true)]
+    pub off_cpu_threshold: Duration,
+
+    /// How long any thread may stay in uninterruptible sleep (D) before it is reported;
+    /// "off" disables the d_state detector [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_optional_duration, default_value = "10s", hide_default_value = true)]
+    pub d_state_threshold: MaybeOff,
+
+    /// How often the per-thread state is scanned [default: 250ms]
+    #[arg(long, value_name = "DURATION", value_parser = parse_scan_interval, default_value = "250ms", hide_default_value = true)]
+    pub scan_interval: Duration,
+
+    /// Event format on stdout [default: text on a terminal, json otherwise]
+    #[arg(long, value_enum)]
+    pub output: Option<OutputFormat>,
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> Config {
+        let Self {
+            pids,
+            comms,
+            off_cpu_threshold,
+            d_state_threshold,
+            scan_interval,
+            output,
+        } = self;
+        let output = output.unwrap_or(if std::io::stdout().is_terminal() {
+            OutputFormat::Text
+        } else {
+            OutputFormat::Json
+        });
+        let selects = !(pids.is_empty() && comms.is_empty());
+        Config {
+            detectors: Detectors {
+                d_state: d_state_threshold.0.map(|threshold| DState { threshold }),
+                off_cpu: selects.then_some(OffCpu {
+                    threshold: off_cpu_threshold,
+                }),
+            },
+            pids,
+            comms,
+            scan_interval,
+            output,
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 10s, 2m)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+/// A duration, or "off".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaybeOff(pub Option<Duration>);
+
+fn parse_optional_duration(text: &str) -> Result<MaybeOff, String> {
+    if text == "off" {
+        return Ok(MaybeOff(None));
+    }
+    parse_duration(text).map(|d| MaybeOff(Some(d)))
+}
+
+fn parse_scan_interval(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_millis(10) || d > Duration::from_secs(10) {
+        return Err("must be between 10ms and 10s".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    fn run_args(args: &[&str]) -> Result<super::RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["hangwatch", "run"].iter().chain(args))?;
+        let Command::Run(args) = cli.command;
+        Ok(args)
+    }
+
+    #[test]
+    fn defaults_are_the_missions() {
+        let config = run_args(&["--output", "json"])
+            .expect("parses")
+            .into_config();
+        assert_eq!(
+            config.detectors.d_state.map(|d| d.threshold.as_secs()),
+            Some(10)
+        );
+        assert!(
+            config.detectors.off_cpu.is_none(),
+            "off_cpu is off without targets"
+        );
+        assert_eq!(config.scan_interval.as_millis(), 250);
+    }
+
+    #[test]
+    fn selecting_a_pid_enables_off_cpu() {
+        let config = run_args(&["--pid", "42", "--threshold", "1s"])
+            .expect("parses")
+            .into_config();
+        assert_eq!(
+            config.detectors.off_cpu.map(|o| o.threshold.as_secs()),
+            Some(1)
+        );
+        assert_eq!(config.pids, vec![42]);
+    }
+
+    #[test]
+    fn bad_durations_say_why() {
+        let err = run_args(&["--threshold", "soon"])
+            .expect_err("rejected")
+            .to_string();
+        assert!(err.contains("examples"), "{err}");
+        let err = run_args(&["--scan-interval", "1ms"])
+            .expect_err("rejected")
+            .to_string();
+        assert!(err.contains("between"), "{err}");
+        assert!(
+            run_args(&["--d-state-threshold", "off"])
+                .expect("parses")
+                .into_config()
+                .detectors
+                .d_state
+                .is_none()
+        );
+    }
+}

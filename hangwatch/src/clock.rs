@@ -1,0 +1,37 @@
+//! The kernel's timestamps (`bpf_ktime_get_ns`) are CLOCK_MONOTONIC; reports want wall time.
+use std::time::{Duration, SystemTime};
+
+/// CLOCK_MONOTONIC in ns, the clock of every timestamp the probes record.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The wall-clock time of monotonic instant `mono_ns`, given a pair read together.
+pub fn wall_time_of(mono_ns: u64, now_mono_ns: u64, now_wall: SystemTime) -> SystemTime {
+    now_wall
+        .checked_sub(Duration::from_nanos(now_mono_ns.saturating_sub(mono_ns)))
+        .unwrap_or(now_wall)
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_monotonic_instants_to_wall_time() {
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let t = wall_time_of(5_000_000_000, 7_500_000_000, wall);
+        assert_eq!(rfc3339(t), "1970-01-01T00:16:37.500Z");
+    }
+}

@@ -1,0 +1,385 @@
+//! The pipeline, in one place:
+//!
+//! probes (BPF task storage) -> scan (task iterator) -> thread samples -> detectors
+//!   -> episodes -> enrich (stacks, process) -> sinks
+//!
+//! The scan loop runs on its own thread; `run` waits for SIGTERM/SIGINT on the calling
+//! thread and returns within a second of it, whatever the scan is doing (a read of /proc
+//! can block on a hung process; the kernel detaches our fd-based links when we exit).
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use hangwatch_ebpf::StackRecord;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::{
+    clock,
+    detect::{Detectors, Targets},
+    episode::{Episode, EpisodeKey, Tracker, Transition},
+    meta::{ProcessCache, ThreadProc, thread_proc},
+    probe::{Probes, preflight},
+    sink::{EventType, HangEvent, OutputFormat, Resolution, StdoutSink},
+    stack::{KernelSymbolizer, UserRegisters},
+    state::{ThreadKey, ThreadSample},
+};
+
+/// How long shutdown waits for the scan thread before exiting anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(700);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub detectors: Detectors,
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    pub scan_interval: Duration,
+    pub output: OutputFormat,
+}
+
+/// Runs until SIGTERM or SIGINT. Start-up failures are returned before anything runs.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let preflight = preflight::check()?;
+    if preflight.mounted_tracefs {
+        tracing::info!("mounted tracefs at /sys/kernel/tracing");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (wake_tx, wake_rx) = mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+
+    // Signals first, so that a SIGTERM during load is not lost.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("cannot install signal handlers")?;
+
+    let scan_stop = stop.clone();
+    thread::Builder::new()
+        .name("hangwatch-scan".into())
+        .spawn(move || {
+            let result = Scanner::start(config);
+            match result {
+                Ok(mut scanner) => {
+                    let _ = ready_tx.send(Ok(()));
+                    scanner.run(&scan_stop, &wake_rx);
+                    scanner.log_summary();
+                }
+                Err(err) => {
+                    let _ = ready_tx.send(Err(err));
+                }
+            }
+            let _ = done_tx.send(());
+        })
+        .context("cannot start the scan thread")?;
+
+    // Wait for the probes or a signal, whichever comes first.
+    loop {
+        match ready_rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(Ok(())) => break,
+            Ok(Err(err)) => return Err(err),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if signals.pending().next().is_some() {
+                    return Ok(());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                anyhow::bail!("the scan thread died during start-up")
+            }
+        }
+    }
+
+    let signal = signals.forever().next();
+    tracing::info!("received signal {}, detaching", signal.unwrap_or_default());
+    stop.store(true, Ordering::SeqCst);
+    let _ = wake_tx.send(());
+    if done_rx.recv_timeout(SHUTDOWN_GRACE).is_err() {
+        tracing::warn!("the scan is stuck; exiting without it (the kernel detaches the probes)");
+    }
+    Ok(())
+}
+
+/// The scan loop's state: everything that lives from one scan to the next.
+struct Scanner {
+    probes: Probes,
+    config: Config,
+    targets: Targets,
+    tracker: Tracker,
+    processes: ProcessCache,
+    symbolizer: KernelSymbolizer,
+    sink: StdoutSink,
+    /// The last report of each open episode, which its `resolved` event repeats.
+    reports: HashMap<EpisodeKey, HangEvent>,
+    scans: u64,
+    scan_time: Duration,
+}
+
+impl Scanner {
+    fn start(config: Config) -> anyhow::Result<Self> {
+        let mut probes = Probes::load()?;
+        for d in &probes.degraded {
+            tracing::warn!(
+                "probe {} not attached ({}): {}",
+                d.spec.program,
+                d.reason,
+                d.spec.without.unwrap_or_default()
+            );
+        }
+        probes.set_scan_config(config.detectors.scan_config())?;
+        let sink = StdoutSink::spawn(config.output).context("cannot start the output thread")?;
+        tracing::info!(
+            "probes attached ({} of {}); scanning every {:?}; d_state {}; off_cpu {}",
+            crate::probe::PROBES.len() - probes.degraded.len(),
+            crate::probe::PROBES.len(),
+            config.scan_interval,
+            config
+                .detectors
+                .d_state
+                .as_ref()
+                .map_or("off".to_owned(), |d| format!("after {:?}", d.threshold)),
+            match &config.detectors.off_cpu {
+                Some(o) if !(config.pids.is_empty() && config.comms.is_empty()) => format!(
+                    "after {:?} for pids {:?} comms {:?}",
+                    o.threshold, config.pids, config.comms
+                ),
+                _ => "off (no --pid/--comm)".to_owned(),
+            }
+        );
+        Ok(Self {
+            probes,
+            targets: Targets::new(config.pids.clone(), config.comms.clone()),
+            config,
+            tracker: Tracker::default(),
+            processes: ProcessCache::default(),
+            symbolizer: KernelSymbolizer::new(),
+            sink,
+            reports: HashMap::new(),
+            scans: 0,
+            scan_time: Duration::ZERO,
+        })
+    }
+
+    fn run(&mut self, stop: &AtomicBool, wake: &mpsc::Receiver<()>) {
+        while !stop.load(Ordering::SeqCst) {
+            let started = Instant::now();
+            if let Err(err) = self.scan_once(started) {
+                tracing::error!("scan failed: {err:#}");
+            }
+            self.scans += 1;
+            self.scan_time += started.elapsed();
+            let next = started + self.config.scan_interval;
+            // Sleeps until the next scan, or returns at once on shutdown.
+            match wake.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    fn scan_once(&mut self, started: Instant) -> anyhow::Result<()> {
+        let selected = self.targets.resolve(started);
+        let full = self.probes.set_watched(&selected)?;
+        if full > 0 {
+            tracing::warn!(
+                "{full} selected processes do not fit the watch map and are not watched"
+            );
+        }
+        let records = self.probes.scan_threads()?;
+        let now_ns = clock::monotonic_ns();
+        let samples: HashMap<ThreadKey, ThreadSample> = records
+            .iter()
+            .map(|r| {
+                let s = ThreadSample::from(r);
+                (s.key, s)
+            })
+            .collect();
+        let sample_list: Vec<ThreadSample> = samples.values().cloned().collect();
+        let candidates = self
+            .config
+            .detectors
+            .detect(&sample_list, &selected, now_ns);
+        let transitions = self.tracker.step(&candidates, now_ns);
+        if transitions.is_empty() {
+            return Ok(());
+        }
+
+        let wanted: Vec<u32> = transitions
+            .iter()
+            .filter_map(|t| match t {
+                Transition::Opened(e) | Transition::Updated(e) => Some(e.key.thread.tid),
+                Transition::Ended(_) => None,
+            })
+            .collect();
+        let stacks: HashMap<ThreadKey, StackRecord> = self
+            .probes
+            .dump_stacks(&wanted)?
+            .into_iter()
+            .map(|s| {
+                let key = ThreadKey {
+                    tid: s.tid,
+                    start_boottime_ns: s.start_boottime_ns,
+                };
+                (key, s)
+            })
+            .collect();
+
+        let now_wall = SystemTime::now();
+        for transition in transitions {
+            let event = match transition {
+                Transition::Opened(episode) => self.report(
+                    EventType::Hang,
+                    &episode,
+                    &samples,
+                    &stacks,
+                    now_ns,
+                    now_wall,
+                ),
+                Transition::Updated(episode) => self.report(
+                    EventType::Update,
+                    &episode,
+                    &samples,
+                    &stacks,
+                    now_ns,
+                    now_wall,
+                ),
+                Transition::Ended(episode) => self.resolve(&episode, &samples, now_ns),
+            };
+            if let Some(event) = event {
+                self.sink.send(event);
+            }
+        }
+        let live: HashSet<u32> = self.tracker.open_episodes().map(|e| e.tgid).collect();
+        self.processes
+            .retain(|tgid| live.contains(&tgid) || selected.contains(&tgid));
+        Ok(())
+    }
+
+    fn report(
+        &mut self,
+        event: EventType,
+        episode: &Episode,
+        samples: &HashMap<ThreadKey, ThreadSample>,
+        stacks: &HashMap<ThreadKey, StackRecord>,
+        now_ns: u64,
+        now_wall: SystemTime,
+    ) -> Option<HangEvent> {
+        let sample = samples.get(&episode.key.thread)?;
+        let thread = thread_proc(sample.tgid, sample.key);
+        let syscall = match thread {
+            ThreadProc::Alive { syscall } => syscall,
+            ThreadProc::Gone => None,
+        };
+        let process = self.processes.get(sample.tgid);
+        let (kernel_stack, kernel_stack_error, user_registers) = match stacks.get(&sample.key) {
+            Some(s) if s.kernel_depth > 0 => {
+                let depth = (s.kernel_depth as usize).min(s.kernel_stack.len());
+                (
+                    self.symbolizer.symbolize(&s.kernel_stack[..depth]),
+                    None,
+                    user_registers(sample, s),
+                )
+            }
+            Some(s) => (
+                Vec::new(),
+                Some("the kernel could not walk this thread's stack".to_owned()),
+                user_registers(sample, s),
+            ),
+            None => (
+                Vec::new(),
+                Some("the thread was gone before its stack was read".to_owned()),
+                None,
+            ),
+        };
+        let report = HangEvent {
+            event,
+            id: episode.id.clone(),
+            kind: episode.key.kind,
+            pid: sample.tgid,
+            tid: sample.key.tid,
+            comm: process
+                .as_ref()
+                .map_or_else(|| sample.thread_name.clone(), |p| p.comm.clone()),
+            thread_name: sample.thread_name.clone(),
+            exe: process.as_ref().and_then(|p| p.exe.clone()),
+            cmdline: process
+                .as_ref()
+                .map(|p| p.cmdline.clone())
+                .unwrap_or_default(),
+            cgroup: process.as_ref().and_then(|p| p.cgroup.clone()),
+            started_at: clock::rfc3339(clock::wall_time_of(episode.key.since_ns, now_ns, now_wall)),
+            duration_ms: millis(episode.duration(now_ns)),
+            threshold_ms: millis(episode.threshold),
+            blocked_since_before_start: sample.blocked_before_attach,
+            wait: sample.wait().with_syscall_nr(syscall),
+            kernel_stack,
+            kernel_stack_error,
+            user_registers,
+            resolution: None,
+        };
+        self.reports.insert(episode.key, report.clone());
+        Some(report)
+    }
+
+    fn resolve(
+        &mut self,
+        episode: &Episode,
+        samples: &HashMap<ThreadKey, ThreadSample>,
+        now_ns: u64,
+    ) -> Option<HangEvent> {
+        let mut report = self.reports.remove(&episode.key)?;
+        // Still in the scan (a new wait, or woken) or still in /proc: it moved on.
+        let resolution = if samples.contains_key(&episode.key.thread)
+            || thread_proc(episode.tgid, episode.key.thread) != ThreadProc::Gone
+        {
+            Resolution::Running
+        } else {
+            Resolution::Exited
+        };
+        report.event = EventType::Resolved;
+        report.duration_ms = millis(episode.duration(now_ns));
+        report.resolution = Some(resolution);
+        Some(report)
+    }
+
+    fn log_summary(&self) {
+        let counters = self
+            .probes
+            .counters()
+            .map(|c| {
+                c.iter()
+                    .map(|(k, v)| format!("{k:?}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_else(|e| format!("unreadable: {e}"));
+        let mean_scan = self
+            .scan_time
+            .checked_div(self.scans.max(1) as u32)
+            .unwrap_or_default();
+        tracing::info!(
+            "detached after {} scans (mean {:?}); counters: {counters}; events dropped: {}; processes vanished: {}; symbolization {:?}",
+            self.scans,
+            mean_scan,
+            self.sink.dropped.load(Ordering::Relaxed),
+            self.processes.vanished,
+            self.symbolizer.spent,
+        );
+    }
+}
+
+fn user_registers(sample: &ThreadSample, stack: &StackRecord) -> Option<UserRegisters> {
+    (!sample.kernel_thread && stack.user_ip != 0).then_some(UserRegisters {
+        ip: stack.user_ip,
+        sp: stack.user_sp,
+        fp: stack.user_fp,
+    })
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,119 @@
+//! Detectors: from the thread samples of one scan, which threads are hung and of what kind.
+//! One file per hang kind; each is a pure function of the samples, the rules and `now`.
+mod d_state;
+mod off_cpu;
+mod targets;
+
+use std::{collections::HashSet, time::Duration};
+
+use serde::Serialize;
+
+use crate::state::{ThreadKey, ThreadSample};
+
+pub use d_state::DState;
+pub use off_cpu::OffCpu;
+pub use targets::Targets;
+
+/// The hang kinds. Their names are part of the contract (MISSION.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HangKind {
+    DState,
+    OffCpu,
+}
+
+impl HangKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DState => "d_state",
+            Self::OffCpu => "off_cpu",
+        }
+    }
+}
+
+/// A thread that is hung right now, by one detector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub thread: ThreadKey,
+    pub tgid: u32,
+    pub kind: HangKind,
+    pub threshold: Duration,
+    /// CLOCK_MONOTONIC ns at which the wait began: with `thread` and `kind` it names the
+    /// episode, so a thread that runs and blocks again starts a new one.
+    pub since_ns: u64,
+}
+
+/// Everything the detectors need besides the samples.
+#[derive(Debug, Clone, Default)]
+pub struct Detectors {
+    pub d_state: Option<DState>,
+    pub off_cpu: Option<OffCpu>,
+}
+
+/// The processes selected for `off_cpu`, resolved to tgids for this scan.
+pub type Selected = HashSet<u32>;
+
+impl Detectors {
+    pub fn detect(
+        &self,
+        samples: &[ThreadSample],
+        selected: &Selected,
+        now_ns: u64,
+    ) -> Vec<Candidate> {
+        let mut out = Vec::new();
+        for sample in samples {
+            if let Some(d) = &self.d_state {
+                out.extend(d.check(sample, now_ns));
+            }
+            if let Some(o) = &self.off_cpu {
+                out.extend(o.check(sample, selected, now_ns));
+            }
+        }
+        out
+    }
+
+    /// The smallest threshold of each clause of the kernel-side scan filter.
+    pub fn scan_config(&self) -> hangwatch_ebpf::ScanConfig {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        hangwatch_ebpf::ScanConfig {
+            d_state_min_ns: self.d_state.as_ref().map_or(u64::MAX, |d| ns(d.threshold)),
+            watched_min_ns: self.off_cpu.as_ref().map_or(u64::MAX, |o| ns(o.threshold)),
+            any_min_ns: u64::MAX,
+        }
+    }
+}
+
+fn candidate(sample: &ThreadSample, kind: HangKind, threshold: Duration) -> Candidate {
+    Candidate {
+        thread: sample.key,
+        tgid: sample.tgid,
+        kind,
+        threshold,
+        since_ns: sample.off_cpu_at_ns,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::state::{ThreadKey, ThreadSample};
+
+    /// A blocked thread as a scan would report it.
+    pub fn blocked(tid: u32, tgid: u32, task_state: u32, off_cpu_at_ns: u64) -> ThreadSample {
+        ThreadSample {
+            key: ThreadKey {
+                tid,
+                start_boottime_ns: 1_000,
+            },
+            tgid,
+            thread_name: "t".into(),
+            task_state,
+            state_at_switch: task_state,
+            off_cpu_at_ns,
+            woken: false,
+            kernel_thread: false,
+            blocked_before_attach: false,
+            syscall: None,
+            seen_at_ns: 0,
+        }
+    }
+}

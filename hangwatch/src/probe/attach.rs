@@ -1,0 +1,171 @@
+//! The declarative table of what hangwatch attaches: each program, its attach point, whether
+//! the daemon can run without it, and what is lost when it does.
+use aya::{
+    Btf, Ebpf,
+    programs::{BtfTracePoint, TracePoint},
+};
+use hangwatch_ebpf::names;
+
+#[derive(Debug, Clone, Copy)]
+pub enum AttachPoint {
+    /// A BTF tracepoint (`tp_btf/NAME`).
+    Btf(&'static str),
+    /// A classic tracepoint under tracefs `events/CATEGORY/NAME`.
+    Tracepoint {
+        category: &'static str,
+        name: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeSpec {
+    pub program: &'static str,
+    pub point: AttachPoint,
+    /// What the daemon loses without it; `None` means it cannot run without it.
+    pub without: Option<&'static str>,
+}
+
+pub const PROBES: &[ProbeSpec] = &[
+    ProbeSpec {
+        program: names::PROG_SCHED_SWITCH,
+        point: AttachPoint::Btf("sched_switch"),
+        without: None,
+    },
+    ProbeSpec {
+        program: names::PROG_SCHED_WAKEUP,
+        point: AttachPoint::Btf("sched_wakeup"),
+        without: None,
+    },
+    ProbeSpec {
+        program: names::PROG_SYS_ENTER_FUTEX,
+        point: AttachPoint::Tracepoint {
+            category: "syscalls",
+            name: "sys_enter_futex",
+        },
+        without: None,
+    },
+    ProbeSpec {
+        program: names::PROG_SYS_EXIT_FUTEX,
+        point: AttachPoint::Tracepoint {
+            category: "syscalls",
+            name: "sys_exit_futex",
+        },
+        without: None,
+    },
+    ProbeSpec {
+        program: names::PROG_SYS_ENTER_FUTEX_WAIT,
+        point: AttachPoint::Tracepoint {
+            category: "syscalls",
+            name: "sys_enter_futex_wait",
+        },
+        without: Some("futex_wait(2) waits (Linux 6.7+) are reported without their address"),
+    },
+    ProbeSpec {
+        program: names::PROG_SYS_EXIT_FUTEX_WAIT,
+        point: AttachPoint::Tracepoint {
+            category: "syscalls",
+            name: "sys_exit_futex_wait",
+        },
+        without: Some("futex_wait(2) waits (Linux 6.7+) are reported without their address"),
+    },
+    ProbeSpec {
+        program: names::PROG_SYS_ENTER_FUTEX_WAITV,
+        point: AttachPoint::Tracepoint {
+            category: "syscalls",
+            name: "sys_enter_futex_waitv",
+        },
+        without: Some("futex_waitv(2) waits (Linux 5.16+) are reported without their address"),
+    },
+    ProbeSpec {
+        program: names::PROG_SYS_EXIT_FUTEX_WAITV,
+        point: AttachPoint::Tracepoint {
+            category: "syscalls",
+            name: "sys_exit_futex_waitv",
+        },
+        without: Some("futex_waitv(2) waits (Linux 5.16+) are reported without their address"),
+    },
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("program `{0}` is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("cannot load program `{program}` for {point}: {source}")]
+    Load {
+        program: &'static str,
+        point: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot attach `{program}` to {point}: {source}")]
+    Attach {
+        program: &'static str,
+        point: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+impl std::fmt::Display for AttachPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttachPoint::Btf(name) => write!(f, "BTF tracepoint {name}"),
+            AttachPoint::Tracepoint { category, name } => write!(f, "tracepoint {category}:{name}"),
+        }
+    }
+}
+
+/// A probe that could not be attached but is optional.
+#[derive(Debug)]
+pub struct Degraded {
+    pub spec: ProbeSpec,
+    pub reason: String,
+}
+
+/// Loads and attaches every probe of the table. Required probes fail the start; optional
+/// ones are returned as `Degraded` for the daemon to log and report.
+pub fn attach_all(ebpf: &mut Ebpf, btf: &Btf) -> Result<Vec<Degraded>, AttachError> {
+    let mut degraded = Vec::new();
+    for spec in PROBES {
+        match attach_one(ebpf, btf, spec) {
+            Ok(()) => {}
+            Err(err) => match spec.without {
+                None => return Err(err),
+                Some(_) => degraded.push(Degraded {
+                    spec: *spec,
+                    reason: err.to_string(),
+                }),
+            },
+        }
+    }
+    Ok(degraded)
+}
+
+fn attach_one(ebpf: &mut Ebpf, btf: &Btf, spec: &ProbeSpec) -> Result<(), AttachError> {
+    let program = ebpf
+        .program_mut(spec.program)
+        .ok_or(AttachError::MissingProgram(spec.program))?;
+    let load_err = |source| AttachError::Load {
+        program: spec.program,
+        point: spec.point.to_string(),
+        source,
+    };
+    let attach_err = |source| AttachError::Attach {
+        program: spec.program,
+        point: spec.point.to_string(),
+        source,
+    };
+    match spec.point {
+        AttachPoint::Btf(name) => {
+            let program: &mut BtfTracePoint = program.try_into().map_err(load_err)?;
+            program.load(name, btf).map_err(load_err)?;
+            program.attach().map_err(attach_err)?;
+        }
+        AttachPoint::Tracepoint { category, name } => {
+            let program: &mut TracePoint = program.try_into().map_err(load_err)?;
+            program.load().map_err(load_err)?;
+            program.attach(category, name).map_err(attach_err)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The kernel side as the daemon sees it: load the eBPF object, attach the probes, and read
+//! the per-thread state back through the task iterators.
+mod attach;
+mod offsets;
+pub mod preflight;
+
+use std::{collections::HashSet, io::Read, path::Path};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::Iter,
+};
+use hangwatch_ebpf::{Counter, ScanConfig, StackRecord, ThreadRecord, names};
+
+pub use attach::{Degraded, PROBES};
+
+/// The eBPF object built from `hangwatch-ebpf` by build.rs.
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hangwatch-ebpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot read kernel BTF: {0}")]
+    Btf(#[source] aya::BtfError),
+    #[error(transparent)]
+    Offsets(#[from] offsets::OffsetsError),
+    #[error("cannot load the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error(transparent)]
+    Attach(#[from] attach::AttachError),
+    #[error("map `{0}` is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("iterator `{name}`: {source}")]
+    Iter {
+        name: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Loaded and attached probes. Dropping it detaches everything (all attachments are
+/// fd-based links, so process exit detaches them too).
+pub struct Probes {
+    ebpf: Ebpf,
+    scan_config: Array<MapData, ScanConfig>,
+    watched: HashMap<MapData, u32, u32>,
+    stack_requests: HashMap<MapData, u32, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    watched_now: HashSet<u32>,
+    pub degraded: Vec<Degraded>,
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+impl Probes {
+    pub fn load() -> Result<Self, ProbeError> {
+        let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
+        let offsets = offsets::task_offsets(Path::new(preflight::VMLINUX_BTF))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            // aya has no typed wrapper for task storage; userspace never touches that map.
+            .allow_unsupported_maps()
+            .override_global(names::GLOBAL_TASK_OFFSETS, &offsets, true)
+            .load(EBPF_OBJECT)
+            .map_err(ProbeError::Load)?;
+
+        // Iterators are loaded once and attached per scan.
+        for name in [names::PROG_SCAN_THREADS, names::PROG_DUMP_STACKS] {
+            let program: &mut Iter = ebpf
+                .program_mut(name)
+                .ok_or(attach::AttachError::MissingProgram(name))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| ProbeError::Iter {
+                    name,
+                    source: e.into(),
+                })?;
+            program.load("task", &btf).map_err(|e| ProbeError::Iter {
+                name,
+                source: e.into(),
+            })?;
+        }
+        let degraded = attach::attach_all(&mut ebpf, &btf)?;
+
+        Ok(Self {
+            scan_config: take_map(&mut ebpf, names::MAP_SCAN_CONFIG)?,
+            watched: take_map(&mut ebpf, names::MAP_WATCHED_TGIDS)?,
+            stack_requests: take_map(&mut ebpf, names::MAP_STACK_REQUESTS)?,
+            counters: take_map(&mut ebpf, names::MAP_COUNTERS)?,
+            watched_now: HashSet::new(),
+            ebpf,
+            degraded,
+        })
+    }
+
+    pub fn set_scan_config(&mut self, config: ScanConfig) -> Result<(), ProbeError> {
+        self.scan_config
+            .set(0, config, 0)
+            .map_err(|source| ProbeError::Map {
+                name: names::MAP_SCAN_CONFIG,
+                source,
+            })
+    }
+
+    /// Makes `WATCHED_TGIDS` equal to `tgids`, touching only what changed. Returns how many
+    /// could not be added because the map is full.
+    pub fn set_watched(&mut self, tgids: &HashSet<u32>) -> Result<usize, ProbeError> {
+        let map_err = |source| ProbeError::Map {
+            name: names::MAP_WATCHED_TGIDS,
+            source,
+        };
+        for gone in self
+            .watched_now
+            .difference(tgids)
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            match self.watched.remove(&gone) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(e)),
+            }
+            self.watched_now.remove(&gone);
+        }
+        let mut full = 0;
+        for &tgid in tgids.difference(&self.watched_now.clone()) {
+            match self.watched.insert(tgid, 1, 0) {
+                Ok(()) => {
+                    self.watched_now.insert(tgid);
+                }
+                Err(aya::maps::MapError::SyscallError(_)) => full += 1,
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        Ok(full)
+    }
+
+    /// One walk of every thread: the threads the scan config asks about.
+    pub fn scan_threads(&mut self) -> Result<Vec<ThreadRecord>, ProbeError> {
+        read_iterator(&mut self.ebpf, names::PROG_SCAN_THREADS)
+    }
+
+    /// Kernel stacks and user registers of `tids`, taken now, while they are blocked.
+    pub fn dump_stacks(&mut self, tids: &[u32]) -> Result<Vec<StackRecord>, ProbeError> {
+        if tids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let map_err = |source| ProbeError::Map {
+            name: names::MAP_STACK_REQUESTS,
+            source,
+        };
+        let requested: Vec<u32> = tids
+            .iter()
+            .copied()
+            .take(hangwatch_ebpf::MAX_STACK_REQUESTS as usize)
+            .collect();
+        for tid in &requested {
+            self.stack_requests.insert(tid, 1, 0).map_err(map_err)?;
+        }
+        let records = read_iterator(&mut self.ebpf, names::PROG_DUMP_STACKS);
+        for tid in &requested {
+            match self.stack_requests.remove(tid) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        records
+    }
+
+    /// The probe counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, ProbeError> {
+        Counter::ALL
+            .iter()
+            .map(|&counter| {
+                let values =
+                    self.counters
+                        .get(&(counter as u32), 0)
+                        .map_err(|source| ProbeError::Map {
+                            name: names::MAP_COUNTERS,
+                            source,
+                        })?;
+                Ok((counter, values.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Run count and total run time of each attached program (non-zero only while the
+    /// kernel's BPF statistics are enabled).
+    pub fn program_stats(&self) -> Vec<(String, u64, std::time::Duration)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some((name.to_owned(), info.run_count(), info.run_time()))
+            })
+            .collect()
+    }
+}
+
+/// Attaches the iterator once, reads its whole output and parses it as records of `T`.
+fn read_iterator<T: aya::Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<Vec<T>, ProbeError> {
+    let iter_err =
+        |source: Box<dyn std::error::Error + Send + Sync>| ProbeError::Iter { name, source };
+    let program: &mut Iter = ebpf
+        .program_mut(name)
+        .ok_or(attach::AttachError::MissingProgram(name))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| iter_err(e.into()))?;
+    let link_id = program.attach().map_err(|e| iter_err(e.into()))?;
+    let link = program.take_link(link_id).map_err(|e| iter_err(e.into()))?;
+    let mut file = link.into_file().map_err(|e| iter_err(e.into()))?;
+    let mut bytes = Vec::with_capacity(64 * 1024);
+    file.read_to_end(&mut bytes)
+        .map_err(|e| iter_err(e.into()))?;
+    Ok(parse_records(&bytes))
+}
+
+/// Splits the iterator output into records; a trailing partial record (never written by
+/// the programs, which write whole records or nothing) is ignored.
+fn parse_records<T: aya::Pod>(bytes: &[u8]) -> Vec<T> {
+    bytes
+        .chunks_exact(std::mem::size_of::<T>())
+        // SAFETY: T is Pod (any bit pattern is valid) and the chunk has its exact size.
+        .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<T>()) })
+        .collect()
+}

@@ -1,0 +1,100 @@
+//! Checks made before loading anything, so that each missing piece of the machine gives one
+//! clear line instead of a verifier dump or a panic.
+use std::{ffi::CString, fs, io, path::Path};
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Linux capability numbers (`include/uapi/linux/capability.h`).
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+const CAP_SYS_PTRACE: u32 = 19;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error(
+        "hangwatch needs root or the capabilities CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (missing: {missing}); run it with sudo"
+    )]
+    Privileges { missing: String },
+    #[error(
+        "this kernel has no BTF ({VMLINUX_BTF} is missing): hangwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.8 or later)"
+    )]
+    NoBtf,
+    #[error(
+        "tracefs is not mounted at {TRACEFS} and mounting it failed: {0} (mount it with: mount -t tracefs nodev {TRACEFS})"
+    )]
+    Tracefs(#[source] io::Error),
+    #[error("cannot read /proc/self/status: {0}")]
+    Status(#[source] io::Error),
+}
+
+/// What preflight found, for the log line that says what was done.
+#[derive(Debug, Default)]
+pub struct Preflight {
+    pub mounted_tracefs: bool,
+}
+
+pub fn check() -> Result<Preflight, PreflightError> {
+    check_privileges()?;
+    if !Path::new(VMLINUX_BTF).exists() {
+        return Err(PreflightError::NoBtf);
+    }
+    let mounted_tracefs = ensure_tracefs()?;
+    Ok(Preflight { mounted_tracefs })
+}
+
+fn check_privileges() -> Result<(), PreflightError> {
+    let status = fs::read_to_string("/proc/self/status").map_err(PreflightError::Status)?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    // CAP_SYS_ADMIN covers BPF and PERFMON on every kernel; PTRACE is needed to read other
+    // processes' /proc entries and memory.
+    let mut missing = Vec::new();
+    if !(has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
+        missing.push("CAP_BPF");
+    }
+    if !(has(CAP_PERFMON) || has(CAP_SYS_ADMIN)) {
+        missing.push("CAP_PERFMON");
+    }
+    if !has(CAP_SYS_PTRACE) {
+        missing.push("CAP_SYS_PTRACE");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PreflightError::Privileges {
+            missing: missing.join(", "),
+        })
+    }
+}
+
+/// Syscall tracepoints are attached through tracefs; mount it when it is not.
+fn ensure_tracefs() -> Result<bool, PreflightError> {
+    if Path::new(TRACEFS).join("events").is_dir()
+        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
+        return Ok(false);
+    }
+    let source = CString::new("nodev").expect("no NUL");
+    let target = CString::new(TRACEFS).expect("no NUL");
+    let fstype = CString::new("tracefs").expect("no NUL");
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(PreflightError::Tracefs(io::Error::last_os_error()));
+    }
+    Ok(true)
+}

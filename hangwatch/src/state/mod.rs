@@ -1,0 +1,96 @@
+//! Per-thread state as the scan sees it: the decoded form of the kernel's `ThreadRecord`s.
+//! Plain data and pure functions, so detectors can be fed recorded samples in tests.
+mod syscalls;
+mod wait;
+
+use hangwatch_ebpf::{
+    FLAG_BLOCKED_BEFORE_ATTACH, FLAG_FUTEX_TIMEOUT, FLAG_IN_SYSCALL, PF_KTHREAD, ThreadRecord,
+    task_state,
+};
+
+pub use wait::Wait;
+
+/// A thread, unambiguously: the tid together with its start time survives tid reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ThreadKey {
+    pub tid: u32,
+    pub start_boottime_ns: u64,
+}
+
+/// The syscall a thread is blocked in, as the futex probes saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackedSyscall {
+    pub nr: u32,
+    pub futex_uaddr: u64,
+    pub futex_op: u32,
+    pub has_timeout: bool,
+    pub entered_at_ns: u64,
+}
+
+/// One thread at one scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadSample {
+    pub key: ThreadKey,
+    pub tgid: u32,
+    /// The thread's own name (`comm` of the task).
+    pub thread_name: String,
+    /// `__state` when the scan looked.
+    pub task_state: u32,
+    /// `prev_state` when it switched out.
+    pub state_at_switch: u32,
+    /// CLOCK_MONOTONIC ns of the switch-out that started this wait.
+    pub off_cpu_at_ns: u64,
+    /// Made runnable since it switched out (waiting for a CPU, no longer for an event).
+    pub woken: bool,
+    pub kernel_thread: bool,
+    /// The probes were attached while this thread was already blocked: `off_cpu_at_ns` is
+    /// when it was first seen.
+    pub blocked_before_attach: bool,
+    pub syscall: Option<TrackedSyscall>,
+    pub seen_at_ns: u64,
+}
+
+impl ThreadSample {
+    pub fn off_cpu_for_ns(&self, now_ns: u64) -> u64 {
+        now_ns.saturating_sub(self.off_cpu_at_ns)
+    }
+
+    /// In uninterruptible sleep, and not an idle kernel thread (`TASK_IDLE`).
+    pub fn uninterruptible(&self) -> bool {
+        self.task_state & task_state::UNINTERRUPTIBLE != 0
+            && self.task_state & task_state::NOLOAD == 0
+    }
+
+    pub fn wait(&self) -> Wait {
+        Wait::describe(self)
+    }
+}
+
+impl From<&ThreadRecord> for ThreadSample {
+    fn from(record: &ThreadRecord) -> Self {
+        let s = &record.state;
+        let name_len = record.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        Self {
+            key: ThreadKey {
+                tid: record.tid,
+                start_boottime_ns: record.start_boottime_ns,
+            },
+            tgid: record.tgid,
+            thread_name: String::from_utf8_lossy(&record.comm[..name_len]).into_owned(),
+            task_state: record.task_state,
+            state_at_switch: s.state_at_switch,
+            off_cpu_at_ns: s.off_cpu_at_ns,
+            woken: s.woken_at_ns > s.off_cpu_at_ns,
+            kernel_thread: record.task_flags & PF_KTHREAD != 0,
+            blocked_before_attach: s.flags & FLAG_BLOCKED_BEFORE_ATTACH != 0,
+            syscall: (s.flags & FLAG_IN_SYSCALL != 0).then_some(TrackedSyscall {
+                nr: s.syscall_nr,
+                futex_uaddr: s.futex_uaddr,
+                futex_op: s.futex_op,
+                has_timeout: s.flags & FLAG_FUTEX_TIMEOUT != 0,
+                entered_at_ns: s.syscall_entered_at_ns,
+            }),
+            seen_at_ns: record.seen_at_ns,
+        }
+    }
+}

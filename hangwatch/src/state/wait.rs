@@ -1,0 +1,212 @@
+//! What a blocked thread waits on, in the words of a report: its task state, its syscall,
+//! and for a futex the address, the op and whether it has a timeout.
+use hangwatch_ebpf::task_state;
+use serde::Serialize;
+
+use super::{ThreadSample, syscalls::syscall_name};
+
+/// A task state as `ps` and `/proc/PID/stat` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TaskState {
+    #[serde(rename = "R")]
+    Runnable,
+    #[serde(rename = "S")]
+    Sleeping,
+    #[serde(rename = "D")]
+    Uninterruptible,
+    #[serde(rename = "T")]
+    Stopped,
+    #[serde(rename = "t")]
+    Traced,
+    #[serde(rename = "I")]
+    Idle,
+    #[serde(rename = "P")]
+    Parked,
+    #[serde(rename = "X")]
+    Dead,
+}
+
+impl TaskState {
+    pub fn from_bits(state: u32) -> Self {
+        use task_state::*;
+        if state == RUNNING {
+            Self::Runnable
+        } else if state & UNINTERRUPTIBLE != 0 && state & NOLOAD != 0 {
+            Self::Idle
+        } else if state & INTERRUPTIBLE != 0 {
+            Self::Sleeping
+        } else if state & UNINTERRUPTIBLE != 0 {
+            Self::Uninterruptible
+        } else if state & STOPPED != 0 {
+            Self::Stopped
+        } else if state & TRACED != 0 {
+            Self::Traced
+        } else if state & PARKED != 0 {
+            Self::Parked
+        } else if state & DEAD != 0 {
+            Self::Dead
+        } else {
+            // FROZEN and other modifier bits alone: the thread is not running.
+            Self::Sleeping
+        }
+    }
+
+    pub fn letter(self) -> char {
+        match self {
+            Self::Runnable => 'R',
+            Self::Sleeping => 'S',
+            Self::Uninterruptible => 'D',
+            Self::Stopped => 'T',
+            Self::Traced => 't',
+            Self::Idle => 'I',
+            Self::Parked => 'P',
+            Self::Dead => 'X',
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::Runnable => "runnable",
+            Self::Sleeping => "interruptible sleep",
+            Self::Uninterruptible => "uninterruptible sleep",
+            Self::Stopped => "stopped",
+            Self::Traced => "stopped by a tracer",
+            Self::Idle => "idle",
+            Self::Parked => "parked",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FutexWait {
+    /// The futex word's user address, hex.
+    pub address: String,
+    /// The op as strace names it, e.g. `FUTEX_WAIT_BITSET_PRIVATE|FUTEX_CLOCK_REALTIME`.
+    pub op: String,
+    pub has_timeout: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Wait {
+    pub state: TaskState,
+    pub state_description: &'static str,
+    /// The syscall it is blocked in, when known.
+    pub syscall: Option<String>,
+    pub syscall_nr: Option<u32>,
+    pub futex: Option<FutexWait>,
+    /// Woken since it blocked: it waits for a CPU now, not for an event.
+    pub woken: bool,
+}
+
+impl Wait {
+    pub fn describe(sample: &ThreadSample) -> Self {
+        let state = TaskState::from_bits(sample.task_state);
+        let syscall = sample.syscall;
+        Self {
+            state,
+            state_description: state.description(),
+            syscall: syscall.map(|s| syscall_name(i64::from(s.nr))),
+            syscall_nr: syscall.map(|s| s.nr),
+            futex: syscall.map(|s| FutexWait {
+                address: format!("{:#x}", s.futex_uaddr),
+                op: futex_op_name(i64::from(s.nr), s.futex_op),
+                has_timeout: s.has_timeout,
+            }),
+            woken: sample.woken,
+        }
+    }
+
+    /// Fills the syscall from `/proc/PID/task/TID/syscall` when the probes did not see it
+    /// (a syscall other than futex, or one entered before hangwatch started).
+    pub fn with_syscall_nr(mut self, nr: Option<i64>) -> Self {
+        if self.syscall.is_none() {
+            if let Some(nr) = nr {
+                self.syscall = Some(syscall_name(nr));
+                self.syscall_nr = u32::try_from(nr).ok();
+            }
+        }
+        self
+    }
+}
+
+const FUTEX_PRIVATE_FLAG: u32 = 128;
+const FUTEX_CLOCK_REALTIME: u32 = 256;
+const FUTEX2_PRIVATE: u32 = 128;
+
+/// strace-style name of a futex op word; for `futex_wait`/`futex_waitv` the FUTEX2 flags.
+pub fn futex_op_name(syscall_nr: i64, op: u32) -> String {
+    if syscall_nr != libc::SYS_futex {
+        let size = [
+            "FUTEX2_SIZE_U8",
+            "FUTEX2_SIZE_U16",
+            "FUTEX2_SIZE_U32",
+            "FUTEX2_SIZE_U64",
+        ][(op & 3) as usize];
+        let mut name = size.to_owned();
+        if op & FUTEX2_PRIVATE != 0 {
+            name.push_str("|FUTEX2_PRIVATE");
+        }
+        return name;
+    }
+    let cmd = op & !(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME);
+    let base = match cmd {
+        0 => "FUTEX_WAIT".to_owned(),
+        1 => "FUTEX_WAKE".to_owned(),
+        2 => "FUTEX_FD".to_owned(),
+        3 => "FUTEX_REQUEUE".to_owned(),
+        4 => "FUTEX_CMP_REQUEUE".to_owned(),
+        5 => "FUTEX_WAKE_OP".to_owned(),
+        6 => "FUTEX_LOCK_PI".to_owned(),
+        7 => "FUTEX_UNLOCK_PI".to_owned(),
+        8 => "FUTEX_TRYLOCK_PI".to_owned(),
+        9 => "FUTEX_WAIT_BITSET".to_owned(),
+        10 => "FUTEX_WAKE_BITSET".to_owned(),
+        11 => "FUTEX_WAIT_REQUEUE_PI".to_owned(),
+        12 => "FUTEX_CMP_REQUEUE_PI".to_owned(),
+        13 => "FUTEX_LOCK_PI2".to_owned(),
+        other => format!("FUTEX_OP_{other}"),
+    };
+    let mut name = base;
+    if op & FUTEX_PRIVATE_FLAG != 0 {
+        name.push_str("_PRIVATE");
+    }
+    if op & FUTEX_CLOCK_REALTIME != 0 {
+        name.push_str("|FUTEX_CLOCK_REALTIME");
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn futex_ops_are_named_like_strace() {
+        let futex = libc::SYS_futex;
+        assert_eq!(futex_op_name(futex, 0), "FUTEX_WAIT");
+        assert_eq!(futex_op_name(futex, 128), "FUTEX_WAIT_PRIVATE");
+        assert_eq!(
+            futex_op_name(futex, 9 | 128 | 256),
+            "FUTEX_WAIT_BITSET_PRIVATE|FUTEX_CLOCK_REALTIME"
+        );
+        assert_eq!(futex_op_name(futex, 6 | 128), "FUTEX_LOCK_PI_PRIVATE");
+        assert_eq!(
+            futex_op_name(455, 2 | 128),
+            "FUTEX2_SIZE_U32|FUTEX2_PRIVATE"
+        );
+    }
+
+    #[test]
+    fn task_states_match_proc() {
+        assert_eq!(TaskState::from_bits(0).letter(), 'R');
+        assert_eq!(TaskState::from_bits(1).letter(), 'S');
+        assert_eq!(TaskState::from_bits(2).letter(), 'D');
+        // TASK_KILLABLE = UNINTERRUPTIBLE | WAKEKILL
+        assert_eq!(TaskState::from_bits(0x102).letter(), 'D');
+        // TASK_IDLE = UNINTERRUPTIBLE | NOLOAD
+        assert_eq!(TaskState::from_bits(0x402).letter(), 'I');
+        assert_eq!(TaskState::from_bits(4).letter(), 'T');
+        assert_eq!(TaskState::from_bits(8).letter(), 't');
+    }
+}

@@ -1,0 +1,233 @@
+//! d_state on a real uninterruptible sleep: a shell writing to a frozen ext4 filesystem
+//! (loop-mounted image, `fsfreeze -f`) blocks in D state in the kernel's freeze
+//! protection; with no target selected and `--d-state-threshold 1s` the daemon reports
+//! it, then reports it resolved (running) after `fsfreeze -u`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A loop-mounted ext4 image in a temp dir; Drop thaws it, kills the writer, unmounts,
+/// releases the loop device and removes the files.
+struct FrozenFs {
+    dir: tempfile::TempDir,
+    image: PathBuf,
+    mountpoint: PathBuf,
+    mounted: bool,
+    frozen: bool,
+    writer: Option<Program>,
+}
+
+impl FrozenFs {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hangwatch-dstate")
+            .tempdir()
+            .expect("temp dir");
+        let image = dir.path().join("fs.img");
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).expect("mkdir mountpoint");
+        let file = std::fs::File::create(&image).expect("create image");
+        file.set_len(64 << 20).expect("size image");
+        drop(file);
+        let mut fs = Self {
+            dir,
+            image,
+            mountpoint,
+            mounted: false,
+            frozen: false,
+            writer: None,
+        };
+        run_ok("mkfs.ext4", [Path::new("-q"), &fs.image]);
+        run_ok(
+            "mount",
+            [
+                Path::new("-o"),
+                Path::new("loop"),
+                &fs.image,
+                &fs.mountpoint,
+            ],
+        );
+        fs.mounted = true;
+        fs
+    }
+
+    fn freeze(&mut self) {
+        run_ok("fsfreeze", [Path::new("-f"), &self.mountpoint]);
+        self.frozen = true;
+    }
+
+    fn thaw(&mut self) {
+        if self.frozen {
+            run_ok("fsfreeze", [Path::new("-u"), &self.mountpoint]);
+            self.frozen = false;
+        }
+    }
+
+    /// A shell that writes a file on the filesystem, then execs `sleep 1000` (same pid),
+    /// so after the thaw the thread runs again and stays alive.
+    fn start_writer(&mut self) -> u32 {
+        let target = self.mountpoint.join("f");
+        let script = format!("echo data > '{}' && exec sleep 1000", target.display());
+        let mut command = Command::new("sh");
+        command.args(["-c", &script]);
+        let writer = Program::spawn(command);
+        let pid = writer.pid;
+        self.writer = Some(writer);
+        pid
+    }
+
+    fn loop_devices(&self) -> Vec<String> {
+        let Ok(out) = Command::new("losetup").arg("-j").arg(&self.image).output() else {
+            return Vec::new();
+        };
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(':').map(|(dev, _)| dev.to_owned()))
+            .collect()
+    }
+}
+
+impl Drop for FrozenFs {
+    fn drop(&mut self) {
+        if self.frozen {
+            let _ = Command::new("fsfreeze")
+                .arg("-u")
+                .arg(&self.mountpoint)
+                .status();
+            self.frozen = false;
+        }
+        // After the thaw the writer can die.
+        drop(self.writer.take());
+        if self.mounted {
+            let unmounted = (0..20).any(|_| {
+                let ok = Command::new("umount")
+                    .arg(&self.mountpoint)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !ok {
+                    thread::sleep(Duration::from_millis(100));
+                }
+                ok
+            });
+            if !unmounted {
+                eprintln!("warning: lazy unmount of {}", self.mountpoint.display());
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.mountpoint)
+                    .status();
+            }
+        }
+        for device in self.loop_devices() {
+            let _ = Command::new("losetup").arg("-d").arg(&device).status();
+        }
+        let _ = &self.dir; // removed when the field drops
+    }
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn writer_on_frozen_filesystem_is_reported_as_d_state_and_resolved_on_thaw() {
+    require_root();
+    for tool in ["mkfs.ext4", "fsfreeze", "losetup", "mount", "umount"] {
+        if !have_tool(tool) {
+            eprintln!(
+                "skipped: {tool} is not installed (xtask setup installs e2fsprogs and util-linux)"
+            );
+            return;
+        }
+    }
+    let mut fs = FrozenFs::new();
+    let daemon = Daemon::start(&["--d-state-threshold", "1s"]);
+
+    fs.freeze();
+    let writer = fs.start_writer();
+    let blocked = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(3), || task_state(writer) == Some('D')),
+        "the writer (pid {writer}) did not enter D state on the frozen filesystem: state {:?}, stack:\n{}",
+        task_state(writer),
+        proc_stack(writer)
+    );
+    eprintln!("writer pid {writer} in D state:\n{}", proc_stack(writer));
+
+    let hang = daemon.wait_for_event(
+        &format!("d_state hang for the writer (pid {writer})"),
+        Duration::from_secs(6),
+        |v| is_event(v, "hang", "d_state", writer),
+    );
+    let v = &hang.value;
+    let arrival = hang.at.saturating_duration_since(blocked);
+    eprintln!("d_state hang arrived {arrival:?} after the writer started: {v}");
+    assert!(
+        arrival <= Duration::from_millis(3000),
+        "d_state hang arrived {arrival:?} after the block (1 s threshold)"
+    );
+    assert_eq!(u64_of(v, "/pid"), u64::from(writer), "{v}");
+    assert_eq!(str_of(v, "/comm"), "sh", "{v}");
+    assert_eq!(str_of(v, "/wait/state"), "D", "wait.state: {v}");
+    assert_eq!(u64_of(v, "/threshold_ms"), 1000, "threshold_ms: {v}");
+    let duration = u64_of(v, "/duration_ms");
+    assert!(
+        (1000..=1500).contains(&duration),
+        "duration_ms {duration} outside threshold .. threshold + 0.5 s: {v}"
+    );
+    assert_eq!(v["blocked_since_before_start"], false, "{v}");
+    if !v["wait"]["syscall"].is_null() {
+        assert_eq!(
+            str_of(v, "/wait/syscall"),
+            "openat",
+            "the shell blocks opening the file: {v}"
+        );
+    }
+    let symbols = kernel_symbols(v);
+    assert!(!symbols.is_empty(), "kernel_stack is empty: {v}");
+    assert!(
+        symbols.iter().any(|s| s.contains("rwsem")
+            || s.contains("mnt_want_write")
+            || s.contains("sb_start")
+            || s.contains("freeze")),
+        "the kernel stack should show the freeze protection (percpu_rwsem_wait / mnt_want_write): {symbols:?}"
+    );
+    let id = str_of(v, "/id").to_owned();
+    assert!(!id.is_empty(), "{v}");
+
+    thread::sleep(Duration::from_millis(500));
+    fs.thaw();
+    let thawed = Instant::now();
+    let resolved = daemon.wait_for_event(
+        &format!("resolved for {id} after the thaw"),
+        Duration::from_secs(3),
+        |v| v["event"] == "resolved" && v["id"] == id.as_str(),
+    );
+    let v = &resolved.value;
+    eprintln!(
+        "resolved {:?} after the thaw: {v}",
+        resolved.at.saturating_duration_since(thawed)
+    );
+    assert_eq!(
+        str_of(v, "/resolution"),
+        "running",
+        "the writer runs again (and lives on in sleep): {v}"
+    );
+    assert_eq!(u64_of(v, "/tid"), u64::from(writer), "{v}");
+    assert!(u64_of(v, "/duration_ms") >= 1500, "{v}");
+
+    thread::sleep(Duration::from_millis(300));
+    let events = daemon.events_for(writer);
+    check_episodes(&events);
+    let hangs = events
+        .iter()
+        .filter(|r| r.value["event"] == "hang" && r.value["kind"] == "d_state")
+        .count();
+    assert_eq!(hangs, 1, "one d_state hang for the writer");
+    // After the thaw it sleeps in `sleep 1000`: idle, so nothing new.
+    let mut daemon = daemon;
+    daemon.stop();
+    drop(fs);
+}

@@ -1,0 +1,232 @@
+//! `cargo xtask setup`: install what building and testing hangwatch need, if it is missing.
+//! Idempotent, and quick when everything is there (it runs before every build, run and test).
+//!
+//! - Debian packages: Rust 1.96 with a prebuilt `core` for BPF and LLVM 22 (the eBPF toolchain,
+//!   see README.md "Building"), and the tools the tests use.
+//! - bpf-linker 0.13, built against Debian's LLVM 22.
+//! - tracefs on /sys/kernel/tracing (when root).
+//!
+//! Without apt-get it only checks and prints what to install.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The eBPF toolchain: rustc 1.96 (LLVM 22) + core for bpfel/bpfeb, and LLVM 22 for bpf-linker.
+const TOOLCHAIN_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+];
+/// What the tests run: a C compiler for the test programs, python3, mkfs.ext4, fsfreeze,
+/// losetup, setpriv, mount.
+const TEST_PACKAGES: &[&str] = &["gcc", "python3", "e2fsprogs", "util-linux", "mount"];
+/// Commands the tests need, checked on machines without dpkg.
+const TEST_TOOLS: &[&str] = &[
+    "gcc",
+    "python3",
+    "mkfs.ext4",
+    "fsfreeze",
+    "losetup",
+    "setpriv",
+    "mount",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const DEBIAN_BPF_CORE: &str = "/usr/lib/rustlib/bpfel-unknown-none";
+
+pub fn setup() -> Result<()> {
+    if crate::find_program("apt-get").is_some() && crate::find_program("dpkg-query").is_some() {
+        apt_install()?;
+    } else {
+        check_non_debian()?;
+    }
+    bpf_linker()?;
+    tracefs();
+    Ok(())
+}
+
+/// Installs the missing Debian packages (one `apt-get update`, then one `apt-get install`).
+fn apt_install() -> Result<()> {
+    let wanted: Vec<&str> = TOOLCHAIN_PACKAGES
+        .iter()
+        .chain(TEST_PACKAGES)
+        .copied()
+        .collect();
+    let missing = missing_packages(&wanted)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing {}", missing.join(" "));
+    let apt = |args: &[&str]| -> Result<()> {
+        let mut cmd = if crate::is_root() {
+            Command::new("env")
+        } else {
+            if crate::find_program("sudo").is_none() {
+                bail!(
+                    "these packages are missing and we are neither root nor have sudo: {}",
+                    missing.join(" ")
+                );
+            }
+            let mut cmd = Command::new("sudo");
+            cmd.arg("env");
+            cmd
+        };
+        cmd.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"])
+            .args(args);
+        crate::status(&mut cmd).with_context(|| format!("`apt-get {}` failed", args.join(" ")))
+    };
+    apt(&["update"])?;
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend(&missing);
+    apt(&install).context(
+        "installing the packages failed; on a release without rustc-web or llvm-22-dev use \
+         rustup nightly instead (README.md, \"Building\")",
+    )
+}
+
+/// The packages of `wanted` that dpkg does not list as installed.
+fn missing_packages<'a>(wanted: &[&'a str]) -> Result<Vec<&'a str>> {
+    // Exits non-zero when it knows nothing of some package; the others are still listed.
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${db:Status-Status}\\n"])
+        .args(wanted)
+        .output()
+        .context("failed to run dpkg-query")?;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let installed: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, status)| *status == "installed")
+        // Multi-arch packages are listed as name:arch.
+        .map(|(name, _)| name.split(':').next().unwrap_or(name))
+        .collect();
+    Ok(wanted
+        .iter()
+        .copied()
+        .filter(|p| !installed.contains(p))
+        .collect())
+}
+
+/// Without apt-get: say what is missing; fail only if the eBPF programs can't be built.
+fn check_non_debian() -> Result<()> {
+    let debian = Path::new(DEBIAN_RUSTC).is_file() && Path::new(DEBIAN_BPF_CORE).is_dir();
+    let toolchain_ok = debian || nightly_with_rust_src();
+    let tools: Vec<&str> = TEST_TOOLS
+        .iter()
+        .copied()
+        .filter(|t| find_tool(t).is_none())
+        .collect();
+    if !tools.is_empty() {
+        eprintln!(
+            "xtask setup: warning: some tests need these commands, which are missing: {} \
+             (packages: gcc, python3, e2fsprogs, util-linux)",
+            tools.join(" ")
+        );
+    }
+    if !toolchain_ok {
+        bail!(
+            "no apt-get here, so install the eBPF toolchain yourself: rustup nightly with the \
+             rust-src component:\n\
+             \x20   rustup toolchain install nightly --component rust-src\n\
+             \x20 and bpf-linker, built against an LLVM of the same major version as that \
+             nightly's (`rustc +nightly -vV`):\n\
+             \x20   cargo install bpf-linker   (see https://github.com/aya-rs/bpf-linker)\n\
+             (or Debian's {} with {BPF_LINKER_VERSION} of bpf-linker for LLVM 22)",
+            TOOLCHAIN_PACKAGES.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Whether `rustup run nightly` has the rust-src component (for `-Z build-std=core`).
+fn nightly_with_rust_src() -> bool {
+    let Some(rustup) = crate::find_program("rustup") else {
+        return false;
+    };
+    let Ok(out) = Command::new(rustup)
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .env("RUSTUP_AUTO_INSTALL", "0")
+        .output()
+    else {
+        return false;
+    };
+    out.status.success()
+        && Path::new(String::from_utf8_lossy(&out.stdout).trim())
+            .join("lib/rustlib/src/rust/library/core")
+            .is_dir()
+}
+
+/// `name` on PATH or in the sbin directories (not always on a user's PATH).
+fn find_tool(name: &str) -> Option<PathBuf> {
+    crate::find_program(name).or_else(|| {
+        ["/usr/sbin", "/sbin"]
+            .iter()
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Installs bpf-linker 0.13 (for Debian's LLVM 22) unless `bpf-linker --version` says 0.13.x.
+fn bpf_linker() -> Result<()> {
+    let current = crate::find_program("bpf-linker").and_then(|p| {
+        let out = Command::new(p).arg("--version").output().ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    });
+    let want = BPF_LINKER_VERSION
+        .rsplit_once('.')
+        .map_or(BPF_LINKER_VERSION, |(m, _)| m);
+    if current
+        .as_deref()
+        .is_some_and(|v| v.starts_with(&format!("bpf-linker {want}.")))
+    {
+        return Ok(());
+    }
+    if !Path::new(LLVM_PREFIX).join("bin/llvm-config").is_file() {
+        // Not the Debian toolchain: its bpf-linker must match the nightly's LLVM, which we
+        // don't guess. Any bpf-linker will do for build.rs; it says so if there is none.
+        if current.is_none() {
+            eprintln!(
+                "xtask setup: warning: bpf-linker is missing: `cargo install bpf-linker`, built \
+                 against the LLVM of your rustc (see https://github.com/aya-rs/bpf-linker)"
+            );
+        }
+        return Ok(());
+    }
+    eprintln!(
+        "xtask setup: installing bpf-linker {BPF_LINKER_VERSION} for LLVM 22 (was: {}; takes about a minute)",
+        current.as_deref().unwrap_or("not installed")
+    );
+    let mut cmd = crate::cargo();
+    cmd.args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX);
+    crate::status(&mut cmd).context("`cargo install bpf-linker` failed")
+}
+
+/// Mounts tracefs at /sys/kernel/tracing if it isn't and we are root (the daemon does too).
+fn tracefs() {
+    const TRACING: &str = "/sys/kernel/tracing";
+    if !crate::is_root() || Path::new(TRACING).join("events").is_dir() {
+        return;
+    }
+    let mounted = std::fs::read_to_string("/proc/self/mounts")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(TRACING)));
+    if mounted {
+        return;
+    }
+    let ok = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", TRACING])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("xtask setup: warning: could not mount tracefs on {TRACING}");
+    }
+}
