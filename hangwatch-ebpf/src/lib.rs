@@ -19,6 +19,8 @@ pub mod names {
     pub const PROG_SYS_ENTER_FUTEX_WAITV: &str = "sys_enter_futex_waitv";
     pub const PROG_SYS_EXIT_FUTEX_WAIT: &str = "sys_exit_futex_wait";
     pub const PROG_SYS_EXIT_FUTEX_WAITV: &str = "sys_exit_futex_waitv";
+    /// `tp_btf/sched_switch` doing nothing: the benchmark's floor, never attached by the daemon.
+    pub const PROG_FLOOR_SCHED_SWITCH: &str = "floor_sched_switch";
     /// `iter/task`: one [`crate::ThreadRecord`] per thread worth a look.
     pub const PROG_SCAN_THREADS: &str = "scan_threads";
     /// `iter/task`: one [`crate::StackRecord`] per thread named in `STACK_REQUESTS`.
@@ -63,8 +65,9 @@ pub struct ThreadState {
     pub off_cpu_at_ns: u64,
     /// CLOCK_MONOTONIC ns of the last switch-in.
     pub on_cpu_at_ns: u64,
-    /// CLOCK_MONOTONIC ns of the last `sched_wakeup`.
-    pub woken_at_ns: u64,
+    /// Set by `sched_wakeup` to the `off_cpu_at_ns` of the wait it ended: the thread has
+    /// been woken from its current wait iff the two are equal (and it is still off-CPU).
+    pub woken_wait_ns: u64,
     /// When the current tracked syscall was entered.
     pub syscall_entered_at_ns: u64,
     /// For futex: the futex word's user address (the first one for `futex_waitv`).

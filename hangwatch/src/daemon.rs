@@ -315,7 +315,7 @@ impl Scanner {
             duration_ms: millis(episode.duration(now_ns)),
             threshold_ms: millis(episode.threshold),
             blocked_since_before_start: sample.blocked_before_attach,
-            wait: sample.wait().with_syscall_nr(syscall),
+            wait: sample.wait().with_proc_syscall(syscall),
             kernel_stack,
             kernel_stack_error,
             user_registers,
@@ -369,6 +369,9 @@ impl Scanner {
             self.processes.vanished,
             self.symbolizer.spent,
         );
+        for stats in self.probes.program_stats() {
+            tracing::info!("{stats}");
+        }
     }
 }
 

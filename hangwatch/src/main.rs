@@ -10,7 +10,7 @@ mod sink;
 mod stack;
 mod state;
 
-use std::process::ExitCode;
+use std::{io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -23,10 +23,12 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("HANGWATCH_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let result = match cli.command {
         cli::Command::Run(args) => daemon::run(args.into_config()),
+        cli::Command::BenchFloor => cli::bench_floor::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

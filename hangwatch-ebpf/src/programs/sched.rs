@@ -38,13 +38,15 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// `sched_wakeup(struct task_struct *p)`: the thread is runnable again. Only threads that
-/// already have state are touched, so wakeups never allocate.
+/// already have state are touched, so wakeups never allocate. Instead of a timestamp it
+/// records which wait was ended (that wait's switch-out time): one load and one store, no
+/// clock read, and "woken since it blocked" is `woken_wait_ns == off_cpu_at_ns`.
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
     let task: *mut task_struct = ctx.arg(0);
     count(Counter::SchedWakeupEvents);
     if let Some(state) = Task::new(task).and_then(|t| THREAD_STATE.get(t)) {
-        state.woken_at_ns = unsafe { bpf_ktime_get_ns() };
+        state.woken_wait_ns = state.off_cpu_at_ns;
     }
     0
 }

@@ -1,4 +1,5 @@
 //! The command line: one binary, one subcommand per file.
+pub mod bench_floor;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -16,4 +17,7 @@ pub struct Cli {
 pub enum Command {
     /// Attach the probes and report hangs until SIGTERM or SIGINT (needs root).
     Run(run::RunArgs),
+    /// Attach only an empty sched_switch program (the benchmark's floor) until SIGTERM.
+    #[command(hide = true)]
+    BenchFloor,
 }

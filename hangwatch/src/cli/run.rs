@@ -104,8 +104,10 @@ mod tests {
 
     fn run_args(args: &[&str]) -> Result<super::RunArgs, clap::Error> {
         let cli = Cli::try_parse_from(["hangwatch", "run"].iter().chain(args))?;
-        let Command::Run(args) = cli.command;
-        Ok(args)
+        match cli.command {
+            Command::Run(args) => Ok(args),
+            other => panic!("parsed as {other:?}"),
+        }
     }
 
     #[test]

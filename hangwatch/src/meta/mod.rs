@@ -3,4 +3,4 @@
 //! with the process that had it before.
 mod process;
 
-pub use process::{ProcessCache, ThreadProc, thread_proc};
+pub use process::{ProcSyscall, ProcessCache, ThreadProc, thread_proc};

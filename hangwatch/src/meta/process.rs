@@ -98,8 +98,8 @@ fn unified_cgroup(text: &str) -> Option<String> {
 /// A thread as /proc shows it now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadProc {
-    /// The same thread (same start time) still exists; the syscall number it is in, if any.
-    Alive { syscall: Option<i64> },
+    /// The same thread (same start time) still exists; the syscall it is in, if any.
+    Alive { syscall: Option<ProcSyscall> },
     /// Gone, or its tid now belongs to another thread.
     Gone,
 }
@@ -116,9 +116,31 @@ pub fn thread_proc(tgid: u32, key: ThreadKey) -> ThreadProc {
     }
     let syscall = fs::read_to_string(format!("/proc/{tgid}/task/{}/syscall", key.tid))
         .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse::<i64>().ok())
-        .filter(|&nr| nr >= 0);
+        .and_then(|text| ProcSyscall::parse(&text));
     ThreadProc::Alive { syscall }
+}
+
+/// `/proc/PID/task/TID/syscall` of a blocked thread: the syscall number and its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcSyscall {
+    pub nr: i64,
+    pub args: [u64; 6],
+}
+
+impl ProcSyscall {
+    /// Parses "NR ARG1 ... ARG6 SP PC"; `None` for "running" or "-1 ..." (not in a syscall).
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut fields = text.split_whitespace();
+        let nr: i64 = fields.next()?.parse().ok()?;
+        if nr < 0 {
+            return None;
+        }
+        let mut args = [0u64; 6];
+        for arg in &mut args {
+            *arg = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
+        }
+        Some(Self { nr, args })
+    }
 }
 
 /// Field 22 of /proc/TGID/task/TID/stat: start time in clock ticks since boot.
@@ -152,6 +174,16 @@ mod tests {
             unified_cgroup("3:memory:/k8s/pod\n").as_deref(),
             Some("/k8s/pod")
         );
+    }
+
+    #[test]
+    fn parses_proc_syscall() {
+        let s =
+            ProcSyscall::parse("202 0x5581 0x80 0x2 0x0 0x0 0x0 0x7ffc 0x7f12\n").expect("parses");
+        assert_eq!(s.nr, 202);
+        assert_eq!(s.args[..4], [0x5581, 0x80, 2, 0]);
+        assert_eq!(ProcSyscall::parse("running\n"), None);
+        assert_eq!(ProcSyscall::parse("-1 0x7ffc 0x7f12\n"), None);
     }
 
     #[test]

@@ -141,6 +141,16 @@ pub fn attach_all(ebpf: &mut Ebpf, btf: &Btf) -> Result<Vec<Degraded>, AttachErr
     Ok(degraded)
 }
 
+/// Attaches only the benchmark's empty `sched_switch` program.
+pub fn attach_floor(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), AttachError> {
+    let spec = ProbeSpec {
+        program: names::PROG_FLOOR_SCHED_SWITCH,
+        point: AttachPoint::Btf("sched_switch"),
+        without: None,
+    };
+    attach_one(ebpf, btf, &spec)
+}
+
 fn attach_one(ebpf: &mut Ebpf, btf: &Btf, spec: &ProbeSpec) -> Result<(), AttachError> {
     let program = ebpf
         .program_mut(spec.program)

@@ -67,15 +67,7 @@ where
 
 impl Probes {
     pub fn load() -> Result<Self, ProbeError> {
-        let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
-        let offsets = offsets::task_offsets(Path::new(preflight::VMLINUX_BTF))?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            // aya has no typed wrapper for task storage; userspace never touches that map.
-            .allow_unsupported_maps()
-            .override_global(names::GLOBAL_TASK_OFFSETS, &offsets, true)
-            .load(EBPF_OBJECT)
-            .map_err(ProbeError::Load)?;
+        let (mut ebpf, btf) = load_object()?;
 
         // Iterators are loaded once and attached per scan.
         for name in [names::PROG_SCAN_THREADS, names::PROG_DUMP_STACKS] {
@@ -195,17 +187,64 @@ impl Probes {
             .collect()
     }
 
-    /// Run count and total run time of each attached program (non-zero only while the
-    /// kernel's BPF statistics are enabled).
-    pub fn program_stats(&self) -> Vec<(String, u64, std::time::Duration)> {
-        self.ebpf
-            .programs()
-            .filter_map(|(name, program)| {
-                let info = program.info().ok()?;
-                Some((name.to_owned(), info.run_count(), info.run_time()))
-            })
-            .collect()
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        program_stats(&self.ebpf)
     }
+}
+
+/// Loads the object (maps created, programs not yet loaded) for the running kernel.
+fn load_object() -> Result<(Ebpf, Btf), ProbeError> {
+    let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
+    let offsets = offsets::task_offsets(Path::new(preflight::VMLINUX_BTF))?;
+    let ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        // aya has no typed wrapper for task storage; userspace never touches that map.
+        .allow_unsupported_maps()
+        .override_global(names::GLOBAL_TASK_OFFSETS, &offsets, true)
+        .load(EBPF_OBJECT)
+        .map_err(ProbeError::Load)?;
+    Ok((ebpf, btf))
+}
+
+/// The benchmark's floor: only the empty `sched_switch` program, attached.
+pub fn attach_floor() -> Result<Ebpf, ProbeError> {
+    let (mut ebpf, btf) = load_object()?;
+    attach::attach_floor(&mut ebpf, &btf)?;
+    Ok(ebpf)
+}
+
+/// How often a program ran and for how long in total, as the kernel accounts it (only
+/// while `kernel.bpf_stats_enabled` is on).
+#[derive(Debug, Clone)]
+pub struct ProgramStats {
+    pub name: String,
+    pub runs: u64,
+    pub run_time: std::time::Duration,
+}
+
+impl std::fmt::Display for ProgramStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let per_run = self.run_time.as_nanos() as f64 / self.runs.max(1) as f64;
+        write!(
+            f,
+            "bpf program {}: {} runs, {per_run:.1} ns/run",
+            self.name, self.runs
+        )
+    }
+}
+
+pub fn program_stats(ebpf: &Ebpf) -> Vec<ProgramStats> {
+    ebpf.programs()
+        .filter_map(|(name, program)| {
+            let info = program.info().ok()?;
+            Some(ProgramStats {
+                name: name.to_owned(),
+                runs: info.run_count(),
+                run_time: info.run_time(),
+            })
+        })
+        .filter(|s| s.runs > 0)
+        .collect()
 }
 
 /// Attaches the iterator once, reads its whole output and parses it as records of `T`.

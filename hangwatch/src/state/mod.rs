@@ -80,7 +80,10 @@ impl From<&ThreadRecord> for ThreadSample {
             task_state: record.task_state,
             state_at_switch: s.state_at_switch,
             off_cpu_at_ns: s.off_cpu_at_ns,
-            woken: s.woken_at_ns > s.off_cpu_at_ns,
+            // Woken from this wait, or runnable now (preempted, or woken before the probes
+            // saw the wait): either way it waits for a CPU, not for an event.
+            woken: (s.woken_wait_ns == s.off_cpu_at_ns && s.off_cpu_at_ns != 0)
+                || record.task_state == task_state::RUNNING,
             kernel_thread: record.task_flags & PF_KTHREAD != 0,
             blocked_before_attach: s.flags & FLAG_BLOCKED_BEFORE_ATTACH != 0,
             syscall: (s.flags & FLAG_IN_SYSCALL != 0).then_some(TrackedSyscall {

@@ -4,6 +4,7 @@ use hangwatch_ebpf::task_state;
 use serde::Serialize;
 
 use super::{ThreadSample, syscalls::syscall_name};
+use crate::meta::ProcSyscall;
 
 /// A task state as `ps` and `/proc/PID/stat` show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -118,18 +119,34 @@ impl Wait {
     }
 
     /// Fills the syscall from `/proc/PID/task/TID/syscall` when the probes did not see it
-    /// (a syscall other than futex, or one entered before hangwatch started).
-    pub fn with_syscall_nr(mut self, nr: Option<i64>) -> Self {
-        if self.syscall.is_none() {
-            if let Some(nr) = nr {
-                self.syscall = Some(syscall_name(nr));
-                self.syscall_nr = u32::try_from(nr).ok();
-            }
+    /// (a syscall other than futex, or a futex entered before hangwatch started).
+    pub fn with_proc_syscall(mut self, proc: Option<ProcSyscall>) -> Self {
+        let Some(proc) = proc else {
+            return self;
+        };
+        if self.syscall.is_some() {
+            return self;
         }
+        self.syscall = Some(syscall_name(proc.nr));
+        self.syscall_nr = u32::try_from(proc.nr).ok();
+        let a = proc.args;
+        // (address, op word, timeout pointer) per futex syscall's argument order.
+        let futex = match proc.nr {
+            libc::SYS_futex => Some((a[0], a[1] as u32, a[3])),
+            FUTEX_WAIT_NR => Some((a[0], a[3] as u32, a[4])),
+            _ => None,
+        };
+        self.futex = futex.map(|(address, op, timeout)| FutexWait {
+            address: format!("{address:#x}"),
+            op: futex_op_name(proc.nr, op),
+            has_timeout: timeout != 0,
+        });
         self
     }
 }
 
+/// futex_wait(2) (Linux 6.7), the same number on every architecture.
+const FUTEX_WAIT_NR: i64 = 455;
 const FUTEX_PRIVATE_FLAG: u32 = 128;
 const FUTEX_CLOCK_REALTIME: u32 = 256;
 const FUTEX2_PRIVATE: u32 = 128;
@@ -195,6 +212,21 @@ mod tests {
             futex_op_name(455, 2 | 128),
             "FUTEX2_SIZE_U32|FUTEX2_PRIVATE"
         );
+    }
+
+    #[test]
+    fn futex_details_from_proc_when_the_probes_missed_the_entry() {
+        let sample = crate::detect::testing::blocked(1, 1, 1, 0);
+        let proc = ProcSyscall {
+            nr: libc::SYS_futex,
+            args: [0x5000, 0x189, 0, 0, 0, 0xffff_ffff],
+        };
+        let wait = Wait::describe(&sample).with_proc_syscall(Some(proc));
+        assert_eq!(wait.syscall.as_deref(), Some("futex"));
+        let futex = wait.futex.expect("futex details");
+        assert_eq!(futex.address, "0x5000");
+        assert_eq!(futex.op, "FUTEX_WAIT_BITSET_PRIVATE|FUTEX_CLOCK_REALTIME");
+        assert!(!futex.has_timeout);
     }
 
     #[test]
