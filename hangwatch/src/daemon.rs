@@ -26,10 +26,10 @@ use crate::{
     detect::{Detectors, Targets},
     episode::{Episode, EpisodeKey, Tracker, Transition},
     meta::{ProcessCache, ThreadProc, thread_proc},
-    probe::{Probes, preflight},
+    probe::{Lookup, Probes, ThreadHandle, preflight},
     sink::{EventType, HangEvent, OutputFormat, Resolution, StdoutSink},
     stack::{KernelSymbolizer, UserRegisters},
-    state::{ThreadKey, ThreadSample},
+    state::{Refresh, ThreadKey, ThreadSample, ThreadTable},
 };
 
 /// How long shutdown waits for the scan thread before exiting anyway.
@@ -115,7 +115,15 @@ struct Scanner {
     sink: StdoutSink,
     /// The last report of each open episode, which its `resolved` event repeats.
     reports: HashMap<EpisodeKey, HangEvent>,
+    /// Threads that may cross a threshold before the next full walk.
+    table: ThreadTable<ThreadHandle>,
+    walk_interval: Duration,
+    next_walk: Option<Instant>,
+    /// False when this kernel cannot open thread pidfds (before 6.9): then every tick walks.
+    per_thread_reads: bool,
     scans: u64,
+    walks: u64,
+    walk_time: Duration,
     scan_time: Duration,
 }
 
@@ -153,13 +161,19 @@ impl Scanner {
         Ok(Self {
             probes,
             targets: Targets::new(config.pids.clone(), config.comms.clone()),
+            walk_interval: config.detectors.walk_interval(config.scan_interval),
             config,
             tracker: Tracker::default(),
             processes: ProcessCache::default(),
             symbolizer: KernelSymbolizer::new(),
             sink,
             reports: HashMap::new(),
+            table: ThreadTable::default(),
+            next_walk: None,
+            per_thread_reads: true,
             scans: 0,
+            walks: 0,
+            walk_time: Duration::ZERO,
             scan_time: Duration::ZERO,
         })
     }
@@ -181,24 +195,61 @@ impl Scanner {
         }
     }
 
-    fn scan_once(&mut self, started: Instant) -> anyhow::Result<()> {
-        let selected = self.targets.resolve(started);
-        let full = self.probes.set_watched(&selected)?;
+    /// Brings the thread table up to date: a full walk when one is due, else a re-read of
+    /// each candidate.
+    fn update_table(&mut self, started: Instant, selected: &HashSet<u32>) -> anyhow::Result<()> {
+        let walk_due = !self.per_thread_reads || self.next_walk.is_none_or(|at| started >= at);
+        if !walk_due {
+            let probes = &self.probes;
+            self.table.refresh(clock::monotonic_ns(), |handle| {
+                match probes.read_thread(handle) {
+                    Ok(Lookup::Found(state)) => Refresh::State(state),
+                    Ok(Lookup::NoState) => Refresh::Unchanged,
+                    Ok(Lookup::Gone) => Refresh::Gone,
+                    Err(err) => {
+                        tracing::debug!("cannot read a thread's state: {err}");
+                        Refresh::Unchanged
+                    }
+                }
+            });
+            return Ok(());
+        }
+        let full = self.probes.set_watched(selected)?;
         if full > 0 {
             tracing::warn!(
                 "{full} selected processes do not fit the watch map and are not watched"
             );
         }
+        let walk_started = Instant::now();
         let records = self.probes.scan_threads()?;
+        self.walks += 1;
+        self.walk_time += walk_started.elapsed();
+        self.next_walk = Some(started + self.walk_interval);
+        let probes = &self.probes;
+        let per_thread_reads = &mut self.per_thread_reads;
+        self.table.replace(&records, |tid| match probes.open_thread(tid) {
+            Ok(handle) => Some(handle),
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                if std::mem::replace(per_thread_reads, false) {
+                    tracing::info!(
+                        "this kernel has no thread pidfds (Linux 6.9+): walking every thread at each scan"
+                    );
+                }
+                None
+            }
+            // Exited since the walk: the next refresh or walk drops it.
+            Err(_) => None,
+        });
+        Ok(())
+    }
+
+    fn scan_once(&mut self, started: Instant) -> anyhow::Result<()> {
+        let selected = self.targets.resolve(started);
+        self.update_table(started, &selected)?;
         let now_ns = clock::monotonic_ns();
-        let samples: HashMap<ThreadKey, ThreadSample> = records
-            .iter()
-            .map(|r| {
-                let s = ThreadSample::from(r);
-                (s.key, s)
-            })
-            .collect();
-        let sample_list: Vec<ThreadSample> = samples.values().cloned().collect();
+        let sample_list = self.table.samples();
+        let samples: HashMap<ThreadKey, ThreadSample> =
+            sample_list.iter().map(|s| (s.key, s.clone())).collect();
         let candidates = self
             .config
             .detectors
@@ -357,14 +408,15 @@ impl Scanner {
                     .join(" ")
             })
             .unwrap_or_else(|e| format!("unreadable: {e}"));
-        let mean_scan = self
-            .scan_time
-            .checked_div(self.scans.max(1) as u32)
-            .unwrap_or_default();
+        let mean = |total: Duration, n: u64| total.checked_div(n.max(1) as u32).unwrap_or_default();
         tracing::info!(
-            "detached after {} scans (mean {:?}); counters: {counters}; events dropped: {}; processes vanished: {}; symbolization {:?}",
+            "detached after {} scans (mean {:?}) and {} full walks (mean {:?}, every {:?}), {} candidate threads at the end; counters: {counters}; events dropped: {}; processes vanished: {}; symbolization {:?}",
             self.scans,
-            mean_scan,
+            mean(self.scan_time, self.scans),
+            self.walks,
+            mean(self.walk_time, self.walks),
+            self.walk_interval,
+            self.table.len(),
             self.sink.dropped.load(Ordering::Relaxed),
             self.processes.vanished,
             self.symbolizer.spent,

@@ -72,9 +72,10 @@ impl Detectors {
         out
     }
 
-    /// The smallest threshold of each clause of the kernel-side scan filter.
+    /// The kernel-side filter of a full walk: threads off-CPU for at least half of a
+    /// threshold, the candidates that may cross it before the next walk.
     pub fn scan_config(&self) -> hangwatch_ebpf::ScanConfig {
-        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let ns = |d: Duration| u64::try_from(d.as_nanos() / 2).unwrap_or(u64::MAX);
         hangwatch_ebpf::ScanConfig {
             d_state_min_ns: self.d_state.as_ref().map_or(u64::MAX, |d| ns(d.threshold)),
             watched_min_ns: self.off_cpu.as_ref().map_or(u64::MAX, |o| ns(o.threshold)),
@@ -83,6 +84,25 @@ impl Detectors {
     }
 }
 
+impl Detectors {
+    /// How often the full walk must run so that no thread crosses a threshold unseen: half
+    /// the smallest threshold, between one tick and `MAX_WALK_INTERVAL`.
+    pub fn walk_interval(&self, tick: Duration) -> Duration {
+        let smallest = [
+            self.d_state.as_ref().map(|d| d.threshold),
+            self.off_cpu.as_ref().map(|o| o.threshold),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(MAX_WALK_INTERVAL * 2);
+        (smallest / 2).clamp(tick, MAX_WALK_INTERVAL.max(tick))
+    }
+}
+
+/// Full walks happen at least this often, so new processes and threads are seen.
+pub const MAX_WALK_INTERVAL: Duration = Duration::from_secs(5);
+
 fn candidate(sample: &ThreadSample, kind: HangKind, threshold: Duration) -> Candidate {
     Candidate {
         thread: sample.key,
@@ -90,6 +110,38 @@ fn candidate(sample: &ThreadSample, kind: HangKind, threshold: Duration) -> Cand
         kind,
         threshold,
         since_ns: sample.off_cpu_at_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walks_often_enough_for_the_smallest_threshold() {
+        let tick = Duration::from_millis(250);
+        let d = Detectors {
+            d_state: Some(DState {
+                threshold: Duration::from_secs(10),
+            }),
+            off_cpu: None,
+        };
+        assert_eq!(d.walk_interval(tick), Duration::from_secs(5));
+        let o = Detectors {
+            off_cpu: Some(OffCpu {
+                threshold: Duration::from_secs(1),
+            }),
+            ..d.clone()
+        };
+        assert_eq!(o.walk_interval(tick), Duration::from_millis(500));
+        let tiny = Detectors {
+            off_cpu: Some(OffCpu {
+                threshold: Duration::from_millis(100),
+            }),
+            ..d
+        };
+        assert_eq!(tiny.walk_interval(tick), tick);
+        assert_eq!(o.scan_config().watched_min_ns, 500_000_000);
     }
 }
 

@@ -3,6 +3,7 @@
 mod attach;
 mod offsets;
 pub mod preflight;
+mod thread_state;
 
 use std::{collections::HashSet, io::Read, path::Path};
 
@@ -14,6 +15,7 @@ use aya::{
 use hangwatch_ebpf::{Counter, ScanConfig, StackRecord, ThreadRecord, names};
 
 pub use attach::{Degraded, PROBES};
+pub use thread_state::{Lookup, ThreadHandle};
 
 /// The eBPF object built from `hangwatch-ebpf` by build.rs.
 static EBPF_OBJECT: &[u8] =
@@ -53,6 +55,8 @@ pub struct Probes {
     watched: HashMap<MapData, u32, u32>,
     stack_requests: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
+    /// The task-storage map, read per thread by pidfd (aya has no typed wrapper for it).
+    thread_state: MapData,
     watched_now: HashSet<u32>,
     pub degraded: Vec<Degraded>,
 }
@@ -91,6 +95,10 @@ impl Probes {
             watched: take_map(&mut ebpf, names::MAP_WATCHED_TGIDS)?,
             stack_requests: take_map(&mut ebpf, names::MAP_STACK_REQUESTS)?,
             counters: take_map(&mut ebpf, names::MAP_COUNTERS)?,
+            thread_state: match ebpf.take_map(names::MAP_THREAD_STATE) {
+                Some(aya::maps::Map::Unsupported(data)) => data,
+                _ => return Err(ProbeError::MissingMap(names::MAP_THREAD_STATE)),
+            },
             watched_now: HashSet::new(),
             ebpf,
             degraded,
@@ -168,6 +176,17 @@ impl Probes {
             }
         }
         records
+    }
+
+    /// A handle to re-read one thread's state between walks (`read_thread`).
+    pub fn open_thread(&self, tid: u32) -> std::io::Result<ThreadHandle> {
+        ThreadHandle::open(tid)
+    }
+
+    /// One thread's state, now: a single `bpf()` lookup.
+    pub fn read_thread(&self, thread: &ThreadHandle) -> std::io::Result<Lookup> {
+        use std::os::fd::AsFd as _;
+        thread_state::lookup(self.thread_state.fd().as_fd(), thread)
     }
 
     /// The probe counters, summed over CPUs.

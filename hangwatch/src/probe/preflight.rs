@@ -41,7 +41,25 @@ pub fn check() -> Result<Preflight, PreflightError> {
         return Err(PreflightError::NoBtf);
     }
     let mounted_tracefs = ensure_tracefs()?;
+    raise_fd_limit();
     Ok(Preflight { mounted_tracefs })
+}
+
+/// The scan keeps a pidfd per candidate thread; a process with thousands of blocked threads
+/// must not run the daemon out of descriptors, so take the hard limit.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0
+        && limit.rlim_cur < limit.rlim_max
+    {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above; failure leaves the old limit, which is only less roomy.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    }
 }
 
 fn check_privileges() -> Result<(), PreflightError> {

@@ -1,6 +1,7 @@
 //! Per-thread state as the scan sees it: the decoded form of the kernel's `ThreadRecord`s.
 //! Plain data and pure functions, so detectors can be fed recorded samples in tests.
 mod syscalls;
+mod table;
 mod wait;
 
 use hangwatch_ebpf::{
@@ -8,6 +9,7 @@ use hangwatch_ebpf::{
     task_state,
 };
 
+pub use table::{Refresh, ThreadTable};
 pub use wait::Wait;
 
 /// A thread, unambiguously: the tid together with its start time survives tid reuse.

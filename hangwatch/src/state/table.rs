@@ -1,0 +1,179 @@
+//! The thread table: the threads that may cross a threshold soon (the candidates), kept
+//! between scans.
+//!
+//! A full walk of every thread (the `scan_threads` iterator) costs about a microsecond per
+//! thread, so it runs only every `walk_interval`: it returns the threads already off-CPU for
+//! at least half of a threshold. In between, each tick re-reads only those candidates'
+//! task storage (`refresh`). A thread that blocks just after a walk is off-CPU for less
+//! than half a threshold at the next walk at most, so it joins the table before it can
+//! cross the threshold, and the tick after it does is when it is reported.
+use std::collections::HashMap;
+
+use hangwatch_ebpf::{ThreadRecord, ThreadState, task_state};
+
+use super::{ThreadKey, ThreadSample};
+
+/// What re-reading a candidate's state found.
+pub enum Refresh {
+    State(ThreadState),
+    /// No new information (no state yet, or the read failed): keep the last one.
+    Unchanged,
+    Gone,
+}
+
+struct Row<H> {
+    record: ThreadRecord,
+    handle: Option<H>,
+}
+
+/// Candidates by thread; `H` is the handle used to re-read one thread (a pidfd).
+pub struct ThreadTable<H> {
+    rows: HashMap<ThreadKey, Row<H>>,
+}
+
+impl<H> Default for ThreadTable<H> {
+    fn default() -> Self {
+        Self {
+            rows: HashMap::new(),
+        }
+    }
+}
+
+fn key_of(record: &ThreadRecord) -> ThreadKey {
+    ThreadKey {
+        tid: record.tid,
+        start_boottime_ns: record.start_boottime_ns,
+    }
+}
+
+impl<H> ThreadTable<H> {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Replaces the table with the result of a full walk, keeping the handles of threads
+    /// that stay and opening handles for new ones.
+    pub fn replace(&mut self, records: &[ThreadRecord], mut open: impl FnMut(u32) -> Option<H>) {
+        let mut old = std::mem::take(&mut self.rows);
+        for record in records {
+            let key = key_of(record);
+            let handle = match old.remove(&key) {
+                Some(row) => row.handle,
+                None => open(record.tid),
+            };
+            self.rows.insert(
+                key,
+                Row {
+                    record: *record,
+                    handle,
+                },
+            );
+        }
+    }
+
+    /// Re-reads every candidate that has a handle; drops the ones that are gone.
+    pub fn refresh(&mut self, now_ns: u64, mut read: impl FnMut(&H) -> Refresh) {
+        self.rows.retain(|_, row| {
+            let Some(handle) = &row.handle else {
+                return true;
+            };
+            match read(handle) {
+                Refresh::State(state) => {
+                    apply(&mut row.record, state, now_ns);
+                    true
+                }
+                Refresh::Unchanged => true,
+                Refresh::Gone => false,
+            }
+        });
+    }
+
+    /// The candidates that are off-CPU now, as samples for the detectors.
+    pub fn samples(&self) -> Vec<ThreadSample> {
+        self.rows
+            .values()
+            .filter(|row| row.record.state.off_cpu_at_ns > row.record.state.on_cpu_at_ns)
+            .map(|row| ThreadSample::from(&row.record))
+            .collect()
+    }
+}
+
+/// Folds a fresh read of a candidate's task storage into its last full record.
+fn apply(record: &mut ThreadRecord, state: ThreadState, now_ns: u64) {
+    if state.off_cpu_at_ns != record.state.off_cpu_at_ns {
+        // It ran and blocked again: its state now is the one it switched out with.
+        record.task_state = state.state_at_switch;
+    }
+    if state.woken_wait_ns == state.off_cpu_at_ns && state.off_cpu_at_ns != 0 {
+        record.task_state = task_state::RUNNING;
+    }
+    record.state = state;
+    record.seen_at_ns = now_ns;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(tid: u32, off_cpu_at_ns: u64, task_state: u32) -> ThreadRecord {
+        ThreadRecord {
+            state: ThreadState {
+                off_cpu_at_ns,
+                on_cpu_at_ns: off_cpu_at_ns - 1,
+                state_at_switch: task_state,
+                ..ThreadState::default()
+            },
+            start_boottime_ns: 7,
+            seen_at_ns: 0,
+            tid,
+            tgid: tid,
+            task_state,
+            task_flags: 0,
+            comm: [0; 16],
+        }
+    }
+
+    #[test]
+    fn refresh_follows_wakeups_new_waits_and_exits() {
+        let mut table: ThreadTable<u32> = ThreadTable::default();
+        table.replace(
+            &[record(1, 100, 2), record(2, 100, 1), record(3, 100, 1)],
+            Some,
+        );
+        assert_eq!(table.samples().len(), 3);
+        table.refresh(500, |&tid| match tid {
+            // Woken: runnable, no longer uninterruptible.
+            1 => Refresh::State(ThreadState {
+                woken_wait_ns: 100,
+                ..record(1, 100, 2).state
+            }),
+            // Ran and is on CPU now.
+            2 => Refresh::State(ThreadState {
+                on_cpu_at_ns: 400,
+                ..record(2, 100, 1).state
+            }),
+            _ => Refresh::Gone,
+        });
+        let samples = table.samples();
+        assert_eq!(samples.len(), 1, "{samples:?}");
+        assert_eq!(samples[0].key.tid, 1);
+        assert!(samples[0].woken);
+        assert!(!samples[0].uninterruptible());
+        assert_eq!(table.len(), 2, "the exited thread is dropped");
+    }
+
+    #[test]
+    fn a_walk_keeps_handles_of_known_threads() {
+        let mut table: ThreadTable<u32> = ThreadTable::default();
+        let mut opened = Vec::new();
+        table.replace(&[record(1, 100, 1)], |tid| {
+            opened.push(tid);
+            Some(tid)
+        });
+        table.replace(&[record(1, 100, 1), record(2, 100, 1)], |tid| {
+            opened.push(tid);
+            Some(tid)
+        });
+        assert_eq!(opened, vec![1, 2]);
+    }
+}
