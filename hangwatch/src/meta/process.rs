@@ -34,10 +34,10 @@ impl ProcessCache {
                 return None;
             }
         };
-        if let Some((cached_start, info)) = self.by_tgid.get(&tgid) {
-            if *cached_start == start {
-                return Some(info.clone());
-            }
+        if let Some((cached_start, info)) = self.by_tgid.get(&tgid)
+            && *cached_start == start
+        {
+            return Some(info.clone());
         }
         let info = read_process(tgid)?;
         self.by_tgid.insert(tgid, (start, info.clone()));

@@ -30,7 +30,7 @@ pub enum ProbeError {
     #[error("cannot load the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
     #[error(transparent)]
-    Attach(#[from] attach::AttachError),
+    Attach(Box<attach::AttachError>),
     #[error("map `{0}` is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("map `{name}`: {source}")]
@@ -45,6 +45,12 @@ pub enum ProbeError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+impl From<attach::AttachError> for ProbeError {
+    fn from(err: attach::AttachError) -> Self {
+        Self::Attach(Box::new(err))
+    }
 }
 
 /// Loaded and attached probes. Dropping it detaches everything (all attachments are

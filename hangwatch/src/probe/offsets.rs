@@ -66,12 +66,11 @@ fn find_member(
         if member_name == name {
             return Ok(Some(bits / 8));
         }
-        if member_name.is_empty() {
-            if let Type::Struct(inner) | Type::Union(inner) = btf.resolve_chained_type(member)? {
-                if let Some(found) = find_member(btf, &inner, name, bits)? {
-                    return Ok(Some(found));
-                }
-            }
+        if member_name.is_empty()
+            && let Type::Struct(inner) | Type::Union(inner) = btf.resolve_chained_type(member)?
+            && let Some(found) = find_member(btf, &inner, name, bits)?
+        {
+            return Ok(Some(found));
         }
     }
     Ok(None)
