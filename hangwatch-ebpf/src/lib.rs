@@ -51,9 +51,6 @@ pub const MAX_KERNEL_STACK_DEPTH: usize = 64;
 pub const FLAG_IN_SYSCALL: u32 = 1 << 0;
 /// `ThreadState::flags`: the futex wait has a timeout.
 pub const FLAG_FUTEX_TIMEOUT: u32 = 1 << 1;
-/// `ThreadState::flags`: the thread was already off-CPU when the probes were attached, so
-/// `off_cpu_at_ns` is when the scan first saw it, a lower bound of the real wait.
-pub const FLAG_BLOCKED_BEFORE_ATTACH: u32 = 1 << 2;
 
 /// What the probes keep per thread, in task-local storage. The hot path writes it in place;
 /// the kernel frees it with the task, so thread exit needs no cleanup of ours.
@@ -72,6 +69,12 @@ pub struct ThreadState {
     pub syscall_entered_at_ns: u64,
     /// For futex: the futex word's user address (the first one for `futex_waitv`).
     pub futex_uaddr: u64,
+    /// Set by the scan for a thread it finds blocked with no state (it has not switched since
+    /// the probes were attached): the `off_cpu_at_ns` it gave it, the time it first saw it.
+    /// While the two are equal the wait began before hangwatch started and its length is a
+    /// lower bound; the next switch-out overwrites `off_cpu_at_ns`, so the hot path never
+    /// has to clear anything.
+    pub first_seen_blocked_ns: u64,
     /// `prev_state` at the last switch-out (TASK_* bits; 0 = preempted while runnable).
     pub state_at_switch: u32,
     /// Syscall number while `FLAG_IN_SYSCALL` is set.
@@ -204,10 +207,10 @@ pub mod task_state {
 /// `task_struct::flags`: a kernel thread, which has no user stack.
 pub const PF_KTHREAD: u32 = 0x0020_0000;
 
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 56);
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 64);
 const _: () = assert!(core::mem::size_of::<ScanConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 32);
-const _: () = assert!(core::mem::size_of::<ThreadRecord>() == 104);
+const _: () = assert!(core::mem::size_of::<ThreadRecord>() == 112);
 const _: () = assert!(core::mem::size_of::<StackRecord>() == 40 + 8 * MAX_KERNEL_STACK_DEPTH);
 
 #[cfg(feature = "user")]

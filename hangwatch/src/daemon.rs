@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// How long shutdown waits for the scan thread before exiting anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_millis(700);
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -392,7 +392,13 @@ impl Scanner {
             Resolution::Exited
         };
         report.event = EventType::Resolved;
-        report.duration_ms = millis(episode.duration(now_ns));
+        // The switch-in that ended the wait when the last read saw it, else now: an exit
+        // or a wakeup between two ticks is known only to the tick.
+        let ended_ns = self
+            .table
+            .wait_end(&episode.key.thread, episode.key.since_ns)
+            .unwrap_or(now_ns);
+        report.duration_ms = millis(episode.duration(ended_ns));
         report.resolution = Some(resolution);
         Some(report)
     }

@@ -32,6 +32,9 @@ fn reused_tids_get_separate_non_overlapping_episodes() {
         "--scan-interval",
         "250ms",
     ]);
+    // Let a few scans meet the main thread blocked in read(stdin) since before the attach:
+    // its later episodes (in pthread_join, after "go") must not inherit that.
+    std::thread::sleep(Duration::from_millis(600));
     churn.send("go");
 
     let mut generation_tids = Vec::new();
@@ -85,6 +88,14 @@ fn reused_tids_get_separate_non_overlapping_episodes() {
     let ids: HashSet<&str> = hangs.iter().map(|r| str_of(&r.value, "/id")).collect();
     assert_eq!(ids.len(), hangs.len(), "every hang must have its own id");
 
+    for r in &hangs {
+        assert_eq!(
+            r.value["blocked_since_before_start"], false,
+            "every episode here began after the daemon attached (main was woken by \"go\"): {}",
+            r.value
+        );
+    }
+
     let worker_hangs: Vec<&&Received> = hangs
         .iter()
         .filter(|r| distinct.contains(&(u64_of(&r.value, "/tid") as u32)))
@@ -109,7 +120,9 @@ fn reused_tids_get_separate_non_overlapping_episodes() {
     }
 
     // Per tid, episodes follow one another: the next hang only after the previous resolved.
-    let mut per_tid: HashMap<u64, Vec<(usize, Option<usize>, &str)>> = HashMap::new();
+    // tid -> episodes as (index of the hang, index of its resolved, id), in stream order.
+    type Episodes<'a> = Vec<(usize, Option<usize>, &'a str)>;
+    let mut per_tid: HashMap<u64, Episodes> = HashMap::new();
     for (index, r) in events.iter().enumerate() {
         if r.value["event"] == "hang" {
             let id = str_of(&r.value, "/id");

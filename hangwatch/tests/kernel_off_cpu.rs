@@ -32,6 +32,9 @@ fn abba_deadlock_is_reported_as_off_cpu_futex_wait_and_resolved_on_exit() {
         "--scan-interval",
         "250ms",
     ]);
+    // Let a few scans meet abba's main thread blocked in read(stdin) since before the
+    // attach; it runs again on "go", so its later wait (pthread_join) is a new block.
+    thread::sleep(Duration::from_millis(600));
     let lock = abba.deadlock();
     eprintln!("abba pid {pid}: {lock:?}");
 
@@ -197,6 +200,13 @@ fn abba_deadlock_is_reported_as_off_cpu_futex_wait_and_resolved_on_exit() {
     thread::sleep(Duration::from_millis(600));
     let events = daemon.events_for(pid);
     check_episodes(&events);
+    for r in events.iter().filter(|r| r.value["event"] == "hang") {
+        assert_eq!(
+            r.value["blocked_since_before_start"], false,
+            "every thread of abba blocked after \"go\", long after the attach: {}",
+            r.value
+        );
+    }
     for (tid, _, _) in workers {
         let id = &ids[&tid];
         let hangs = events

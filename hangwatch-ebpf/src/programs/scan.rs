@@ -12,10 +12,7 @@ use aya_ebpf::{
         generated::{bpf_get_task_stack, bpf_seq_write, bpf_task_pt_regs},
     },
 };
-use hangwatch_ebpf::{
-    Counter, FLAG_BLOCKED_BEFORE_ATTACH, MAX_KERNEL_STACK_DEPTH, PF_KTHREAD, ThreadRecord,
-    task_state,
-};
+use hangwatch_ebpf::{Counter, MAX_KERNEL_STACK_DEPTH, PF_KTHREAD, ThreadRecord, task_state};
 
 use crate::{
     maps::{SCAN_CONFIG, STACK_REQUESTS, STACK_SCRATCH, THREAD_STATE, WATCHED_TGIDS, count},
@@ -73,7 +70,7 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
             Some(state) => {
                 state.off_cpu_at_ns = now;
                 state.state_at_switch = task_state;
-                state.flags |= FLAG_BLOCKED_BEFORE_ATTACH;
+                state.first_seen_blocked_ns = now;
                 count(Counter::BlockedBeforeAttach);
                 state
             }

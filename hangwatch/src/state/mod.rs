@@ -4,10 +4,7 @@ mod syscalls;
 mod table;
 mod wait;
 
-use hangwatch_ebpf::{
-    FLAG_BLOCKED_BEFORE_ATTACH, FLAG_FUTEX_TIMEOUT, FLAG_IN_SYSCALL, PF_KTHREAD, ThreadRecord,
-    task_state,
-};
+use hangwatch_ebpf::{FLAG_FUTEX_TIMEOUT, FLAG_IN_SYSCALL, PF_KTHREAD, ThreadRecord, task_state};
 
 pub use table::{Refresh, ThreadTable};
 pub use wait::Wait;
@@ -87,7 +84,8 @@ impl From<&ThreadRecord> for ThreadSample {
             woken: (s.woken_wait_ns == s.off_cpu_at_ns && s.off_cpu_at_ns != 0)
                 || record.task_state == task_state::RUNNING,
             kernel_thread: record.task_flags & PF_KTHREAD != 0,
-            blocked_before_attach: s.flags & FLAG_BLOCKED_BEFORE_ATTACH != 0,
+            blocked_before_attach: s.first_seen_blocked_ns == s.off_cpu_at_ns
+                && s.off_cpu_at_ns != 0,
             syscall: (s.flags & FLAG_IN_SYSCALL != 0).then_some(TrackedSyscall {
                 nr: s.syscall_nr,
                 futex_uaddr: s.futex_uaddr,

@@ -88,6 +88,14 @@ impl<H> ThreadTable<H> {
         });
     }
 
+    /// When the wait of `key` that began at `since_ns` ended, if the last read saw it run
+    /// (the switch-in right after that switch-out).
+    pub fn wait_end(&self, key: &ThreadKey, since_ns: u64) -> Option<u64> {
+        let state = &self.rows.get(key)?.record.state;
+        (state.off_cpu_at_ns == since_ns && state.on_cpu_at_ns > since_ns)
+            .then_some(state.on_cpu_at_ns)
+    }
+
     /// The candidates that are off-CPU now, as samples for the detectors.
     pub fn samples(&self) -> Vec<ThreadSample> {
         self.rows
@@ -160,6 +168,12 @@ mod tests {
         assert!(samples[0].woken);
         assert!(!samples[0].uninterruptible());
         assert_eq!(table.len(), 2, "the exited thread is dropped");
+        let key2 = ThreadKey {
+            tid: 2,
+            start_boottime_ns: 7,
+        };
+        assert_eq!(table.wait_end(&key2, 100), Some(400), "ran at 400");
+        assert_eq!(table.wait_end(&key2, 50), None, "not that wait");
     }
 
     #[test]
