@@ -19,7 +19,7 @@ pub fn render(e: &HangEvent) -> String {
     };
     let _ = writeln!(
         out,
-        "{head} {kind}: {comm}[{pid}] thread '{thread}' (tid {tid}) off CPU {at_least}{secs:.1}s (threshold {threshold}s)",
+        "{head} {kind}: {comm}[{pid}] thread '{thread}' (tid {tid}) blocked {at_least}{secs:.1}s (threshold {threshold}s)",
         kind = e.kind.as_str(),
         comm = e.comm,
         pid = e.pid,
@@ -31,12 +31,8 @@ pub fn render(e: &HangEvent) -> String {
     if let Some(resolution) = e.resolution {
         let _ = writeln!(out, "  ended    {resolution:?}");
     }
-    let _ = writeln!(
-        out,
-        "  exe      {}  {}",
-        e.exe.as_deref().unwrap_or("?"),
-        e.cmdline.join(" ")
-    );
+    let _ = writeln!(out, "  exe      {}", e.exe.as_deref().unwrap_or("?"));
+    let _ = writeln!(out, "  cmdline  {}", e.cmdline.join(" "));
     if let Some(cgroup) = &e.cgroup {
         let _ = writeln!(out, "  cgroup   {cgroup}");
     }
@@ -69,4 +65,54 @@ pub fn render(e: &HangEvent) -> String {
     }
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{detect::HangKind, stack::Frame, state::Wait};
+
+    #[test]
+    fn a_report_names_the_thread_the_wait_and_the_stack() {
+        let sample = crate::detect::testing::blocked(11, 10, 2, 0);
+        let event = HangEvent {
+            event: EventType::Hang,
+            id: "d_state-11-0".into(),
+            kind: HangKind::DState,
+            pid: 10,
+            tid: 11,
+            comm: "writer".into(),
+            thread_name: "io".into(),
+            exe: Some("/usr/bin/writer".into()),
+            cmdline: vec!["writer".into(), "-v".into()],
+            cgroup: Some("/system.slice/w.service".into()),
+            started_at: "2026-01-01T00:00:00.000Z".into(),
+            duration_ms: 12_345,
+            threshold_ms: 10_000,
+            blocked_since_before_start: false,
+            wait: Wait::describe(&sample),
+            kernel_stack: vec![Frame {
+                address: "0xffffffff81000000".into(),
+                symbol: Some("percpu_rwsem_wait".into()),
+                offset: Some(0x2a),
+                module: Some("kernel".into()),
+            }],
+            kernel_stack_error: None,
+            user_registers: None,
+            resolution: None,
+        };
+        let text = render(&event);
+        assert!(
+            text.starts_with(
+                "HANG d_state: writer[10] thread 'io' (tid 11) blocked 12.3s (threshold 10s)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("wait     D (uninterruptible sleep)"),
+            "{text}"
+        );
+        assert!(text.contains("#0  percpu_rwsem_wait+0x2a"), "{text}");
+        assert!(text.contains("cmdline  writer -v"), "{text}");
+    }
 }
