@@ -28,7 +28,7 @@ use crate::{
     meta::{ProcessCache, ThreadProc, thread_proc},
     probe::{Lookup, Probes, ThreadHandle, preflight},
     sink::{EventType, HangEvent, OutputFormat, Resolution, StdoutSink},
-    stack::{KernelSymbolizer, UserRegisters},
+    stack::{KernelSymbolizer, UserRegisters, UserStacks},
     state::{Refresh, ThreadKey, ThreadSample, ThreadTable},
 };
 
@@ -112,6 +112,7 @@ struct Scanner {
     tracker: Tracker,
     processes: ProcessCache,
     symbolizer: KernelSymbolizer,
+    user_stacks: UserStacks,
     sink: StdoutSink,
     /// The last report of each open episode, which its `resolved` event repeats.
     reports: HashMap<EpisodeKey, HangEvent>,
@@ -166,6 +167,7 @@ impl Scanner {
             tracker: Tracker::default(),
             processes: ProcessCache::default(),
             symbolizer: KernelSymbolizer::new(),
+            user_stacks: UserStacks::new(),
             sink,
             reports: HashMap::new(),
             table: ThreadTable::default(),
@@ -346,6 +348,20 @@ impl Scanner {
                 None,
             ),
         };
+        let user = user_registers.map(|regs| self.user_stacks.capture(sample.tgid, regs));
+        let blocked_here = user
+            .as_ref()
+            .and_then(|u| u.blocked_here())
+            .map(|f| f.location());
+        let (user_stack, user_stack_error, user_stack_unwind) = match user {
+            Some(u) => (u.frames, u.error, u.info),
+            None if sample.kernel_thread => (Vec::new(), None, None),
+            None => (
+                Vec::new(),
+                Some("no user registers: the thread was gone or not in the kernel".to_owned()),
+                None,
+            ),
+        };
         let report = HangEvent {
             event,
             id: episode.id.clone(),
@@ -370,6 +386,10 @@ impl Scanner {
             kernel_stack,
             kernel_stack_error,
             user_registers,
+            user_stack,
+            user_stack_error,
+            user_stack_unwind,
+            blocked_here,
             resolution: None,
         };
         self.reports.insert(episode.key, report.clone());
@@ -416,7 +436,7 @@ impl Scanner {
             .unwrap_or_else(|e| format!("unreadable: {e}"));
         let mean = |total: Duration, n: u64| total.checked_div(n.max(1) as u32).unwrap_or_default();
         tracing::info!(
-            "detached after {} scans (mean {:?}) and {} full walks (mean {:?}, every {:?}), {} candidate threads at the end; counters: {counters}; events dropped: {}; processes vanished: {}; symbolization {:?}",
+            "detached after {} scans (mean {:?}) and {} full walks (mean {:?}, every {:?}), {} candidate threads at the end; counters: {counters}; events dropped: {}; processes vanished: {}; kernel symbolization {:?}; user stacks: {} in {:?}, module cache {:?} (hits, misses)",
             self.scans,
             mean(self.scan_time, self.scans),
             self.walks,
@@ -426,6 +446,9 @@ impl Scanner {
             self.sink.dropped.load(Ordering::Relaxed),
             self.processes.vanished,
             self.symbolizer.spent,
+            self.user_stacks.captured,
+            self.user_stacks.spent,
+            self.user_stacks.module_cache(),
         );
         for stats in self.probes.program_stats() {
             tracing::info!("{stats}");

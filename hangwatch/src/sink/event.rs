@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::{
     detect::HangKind,
-    stack::{Frame, UserRegisters},
+    stack::{Frame, UserRegisters, user::UnwindInfo},
     state::Wait,
 };
 
@@ -51,6 +51,15 @@ pub struct HangEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_stack_error: Option<String>,
     pub user_registers: Option<UserRegisters>,
+    /// The user stack, innermost frame first, each tagged kernel/runtime/application.
+    pub user_stack: Vec<Frame>,
+    /// Why the user stack is missing or partial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_stack_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_stack_unwind: Option<UnwindInfo>,
+    /// The first application frame: "function at file:line".
+    pub blocked_here: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution: Option<Resolution>,
 }

@@ -10,7 +10,7 @@ use blazesym::{
     },
 };
 
-use super::Frame;
+use super::{Frame, FrameTag};
 
 pub struct KernelSymbolizer {
     symbolizer: Symbolizer,
@@ -66,6 +66,10 @@ impl KernelSymbolizer {
                         address: format!("{address:#x}"),
                         symbol: sym.map(|s| s.name.to_string()),
                         offset: sym.map(|s| s.offset as u64),
+                        file: None,
+                        line: None,
+                        inlined: false,
+                        tag: FrameTag::Kernel,
                         module: Some(sym.and_then(|s| s.module.as_ref()).map_or_else(
                             || "kernel".to_owned(),
                             |m| m.to_string_lossy().into_owned(),

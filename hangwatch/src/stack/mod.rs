@@ -1,21 +1,50 @@
-//! Stacks of hung threads. `kernel.rs` symbolizes the kernel stack the `dump_stacks`
-//! iterator captured; user stacks (DWARF unwinding from the saved registers) build on the
-//! same capture.
+//! Stacks of hung threads: the kernel stack the `dump_stacks` iterator captured
+//! (`kernel.rs`), and the user stack unwound with DWARF CFI from the registers saved at
+//! kernel entry (`user/`), both symbolized with blazesym and tagged (`tag.rs`) so a
+//! report can point at the first frame of the program's own code.
 mod kernel;
+mod tag;
+pub mod user;
 
 use serde::Serialize;
 
 pub use kernel::KernelSymbolizer;
+pub use tag::FrameTag;
+pub use user::UserStacks;
 
 /// One frame of a symbolized stack.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Frame {
-    /// The instruction address, hex.
+    /// The instruction address (or return address), hex.
     pub address: String,
     pub symbol: Option<String>,
     /// Offset of `address` within `symbol`.
     pub offset: Option<u64>,
+    /// The module (executable or shared library path, `kernel`, `[vdso]`).
     pub module: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// A function inlined into the frame below it (same address).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inlined: bool,
+    pub tag: FrameTag,
+}
+
+impl Frame {
+    /// "name at file:line", or the best part of it that is known.
+    pub fn location(&self) -> String {
+        let name = self.symbol.as_deref().unwrap_or("??");
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => format!("{name} at {file}:{line}"),
+            (Some(file), None) => format!("{name} at {file}"),
+            _ => match &self.module {
+                Some(module) => format!("{name} in {module}"),
+                None => name.to_owned(),
+            },
+        }
+    }
 }
 
 /// The user registers saved when the thread entered the kernel: where its user stack is.

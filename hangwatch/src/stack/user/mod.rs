@@ -1,0 +1,232 @@
+//! User stacks of blocked threads, taken lazily: only for a thread being reported, while it
+//! is still blocked, from the registers the `dump_stacks` iterator read.
+//!
+//! maps (`maps.rs`) -> stack copy (`memory.rs`) -> unwind tables per module (`modules.rs`,
+//! cached) -> DWARF unwinding (`unwind.rs`) -> blazesym symbolization (cached by blazesym)
+//! -> frames tagged kernel / runtime / application (`super::tag`).
+mod maps;
+mod memory;
+mod modules;
+#[cfg(target_arch = "x86_64")]
+mod unwind;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use blazesym::{
+    Pid,
+    symbolize::{
+        Input, Symbolized, Symbolizer,
+        source::{Process, Source},
+    },
+};
+use serde::Serialize;
+
+use super::{Frame, FrameTag, UserRegisters, tag};
+
+/// How a user stack was obtained, to judge it by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnwindInfo {
+    /// Frames the DWARF unwinder found.
+    pub frames: usize,
+    /// Frames a frame-pointer walk from the same registers reaches (most distribution
+    /// binaries have no frame pointers: this is what CFI adds).
+    pub frame_pointer_frames: usize,
+    /// Bytes of stack copied.
+    pub stack_bytes: usize,
+    /// Modules on the stack's path that could not be read (their frames are unnamed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable_modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UserStack {
+    pub frames: Vec<Frame>,
+    /// Why the stack is missing or partial.
+    pub error: Option<String>,
+    pub info: Option<UnwindInfo>,
+}
+
+impl UserStack {
+    fn failed(reason: String) -> Self {
+        Self {
+            error: Some(reason),
+            ..Self::default()
+        }
+    }
+
+    /// The first frame of the program's own code: where it is blocked, for a person.
+    pub fn blocked_here(&self) -> Option<&Frame> {
+        self.frames.iter().find(|f| f.tag == FrameTag::Application)
+    }
+}
+
+/// Everything kept between reports: module unwind tables and blazesym's caches.
+pub struct UserStacks {
+    modules: modules::ModuleCache,
+    symbolizer: Symbolizer,
+    /// Time spent unwinding and symbolizing user stacks.
+    pub spent: Duration,
+    pub captured: u64,
+}
+
+impl Default for UserStacks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UserStacks {
+    pub fn new() -> Self {
+        Self {
+            modules: modules::ModuleCache::default(),
+            symbolizer: Symbolizer::builder()
+                .enable_code_info(true)
+                .enable_inlined_fns(true)
+                .enable_demangling(true)
+                .build(),
+            spent: Duration::ZERO,
+            captured: 0,
+        }
+    }
+
+    /// Module cache hits and misses.
+    pub fn module_cache(&self) -> (u64, u64) {
+        (self.modules.hits, self.modules.misses)
+    }
+
+    /// Unwinds and symbolizes the user stack of a blocked thread of `pid`.
+    pub fn capture(&mut self, pid: u32, regs: UserRegisters) -> UserStack {
+        let started = Instant::now();
+        let stack = self.capture_inner(pid, regs);
+        self.spent += started.elapsed();
+        self.captured += 1;
+        stack
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn capture_inner(&mut self, _pid: u32, _regs: UserRegisters) -> UserStack {
+        UserStack::failed("user stacks are unwound on x86_64 only so far".into())
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn capture_inner(&mut self, pid: u32, regs: UserRegisters) -> UserStack {
+        let maps = match maps::read(pid) {
+            Ok(maps) => maps,
+            Err(err) => return UserStack::failed(format!("process gone ({err})")),
+        };
+        let Some(stack_mapping) = maps.iter().find(|m| m.contains(regs.sp)) else {
+            return UserStack::failed(format!("stack pointer {:#x} is in no mapping", regs.sp));
+        };
+        let stack = match memory::copy_stack(pid, regs.sp, stack_mapping.end) {
+            Ok(stack) => stack,
+            Err(err) => return UserStack::failed(format!("stack memory unreadable ({err})")),
+        };
+        let mut modules = Vec::new();
+        let mut unreadable_modules = Vec::new();
+        for mapping in maps
+            .iter()
+            .filter(|m| m.executable && (m.is_file() || m.path == "[vdso]"))
+        {
+            match self.modules.get(pid, mapping) {
+                Ok(sections) => modules.push((mapping.clone(), sections)),
+                Err(err) => unreadable_modules.push(err.to_string()),
+            }
+        }
+        let mut unwinder = unwind::ProcessUnwinder::new(&modules);
+        let unwound = unwinder.unwind(regs.ip, regs.sp, regs.fp, &stack);
+        let no_cfi: Vec<&str> = modules
+            .iter()
+            .filter(|(_, s)| !s.has_cfi())
+            .map(|(m, _): &(maps::Mapping, Arc<modules::UnwindSections>)| m.path.as_str())
+            .collect();
+        let frames = self.symbolize(pid, &unwound.frames, &maps);
+        let mut error = unwound.stopped;
+        if error.is_some() && !no_cfi.is_empty() {
+            error = error.map(|e| format!("{e}; modules without CFI: {}", no_cfi.join(", ")));
+        }
+        UserStack {
+            info: Some(UnwindInfo {
+                frames: unwound.frames.len(),
+                frame_pointer_frames: unwind::frame_pointer_walk(regs.fp, &stack),
+                stack_bytes: stack.bytes.len(),
+                unreadable_modules,
+            }),
+            frames,
+            error,
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn symbolize(
+        &mut self,
+        pid: u32,
+        raw: &[unwind::RawFrame],
+        maps: &[maps::Mapping],
+    ) -> Vec<Frame> {
+        let lookups: Vec<u64> = raw.iter().map(|f| f.lookup).collect();
+        let source = Source::Process(Process::new(Pid::from(pid)));
+        // A failure leaves the frames unnamed but keeps their addresses and modules.
+        let symbolized = self
+            .symbolizer
+            .symbolize(&source, Input::AbsAddr(&lookups))
+            .inspect_err(|err| tracing::debug!("symbolizing a stack of pid {pid} failed: {err}"))
+            .unwrap_or_default();
+        let mut frames = Vec::with_capacity(raw.len());
+        for (i, f) in raw.iter().enumerate() {
+            let address = format!("{:#x}", f.address);
+            let mapped = maps
+                .iter()
+                .find(|m| m.contains(f.lookup))
+                .map(|m| m.path.clone())
+                .filter(|p| !p.is_empty());
+            let Some(Symbolized::Sym(sym)) = symbolized.get(i) else {
+                frames.push(Frame {
+                    address,
+                    symbol: None,
+                    offset: None,
+                    tag: tag::classify(mapped.as_deref(), None),
+                    module: mapped,
+                    file: None,
+                    line: None,
+                    inlined: false,
+                });
+                continue;
+            };
+            let module = sym
+                .module
+                .as_ref()
+                .map(|m| m.to_string_lossy().into_owned())
+                .or(mapped);
+            // Innermost first: the inlined callees (blazesym lists them outermost first),
+            // then the function the address belongs to.
+            for inlined in sym.inlined.iter().rev() {
+                let code = inlined.code_info.as_ref();
+                frames.push(Frame {
+                    address: address.clone(),
+                    symbol: Some(inlined.name.to_string()),
+                    offset: None,
+                    module: module.clone(),
+                    file: code.map(|c| c.to_path().display().to_string()),
+                    line: code.and_then(|c| c.line),
+                    inlined: true,
+                    tag: tag::classify(module.as_deref(), Some(&inlined.name)),
+                });
+            }
+            let code = sym.code_info.as_deref();
+            frames.push(Frame {
+                address,
+                symbol: Some(sym.name.to_string()),
+                offset: Some(sym.offset as u64),
+                file: code.map(|c| c.to_path().display().to_string()),
+                line: code.and_then(|c| c.line),
+                inlined: false,
+                tag: tag::classify(module.as_deref(), Some(&sym.name)),
+                module,
+            });
+        }
+        frames
+    }
+}

@@ -1,0 +1,180 @@
+//! The unwind tables (`.eh_frame`, `.eh_frame_hdr`, `.debug_frame`) of each module a stack
+//! runs through, read once per file and cached by device and inode, so a second report
+//! from the same binary reads nothing.
+//!
+//! Files are opened through `/proc/PID/map_files/` (which also reaches binaries inside
+//! containers and deleted-but-mapped files), falling back to `/proc/PID/root/PATH`.
+use std::{
+    collections::{HashMap, VecDeque},
+    fs,
+    sync::Arc,
+};
+
+use object::{Object, ObjectSection, ObjectSegment};
+
+use super::maps::Mapping;
+
+/// Modules kept in the cache; the oldest is dropped beyond this.
+pub const MAX_CACHED_MODULES: usize = 256;
+
+/// What framehop needs of one ELF file, addresses as stated in the file (SVMA).
+#[derive(Debug)]
+pub struct UnwindSections {
+    /// File offset and stated address of each `PT_LOAD` segment, to place a mapping.
+    segments: Vec<(u64, u64, u64)>,
+    pub text_svma: Option<std::ops::Range<u64>>,
+    pub eh_frame_svma: Option<std::ops::Range<u64>>,
+    pub eh_frame: Option<Arc<[u8]>>,
+    pub eh_frame_hdr_svma: Option<std::ops::Range<u64>>,
+    pub eh_frame_hdr: Option<Arc<[u8]>>,
+    pub debug_frame: Option<Arc<[u8]>>,
+    pub got_svma: Option<std::ops::Range<u64>>,
+}
+
+impl UnwindSections {
+    pub fn parse<'data, R: object::ReadRef<'data>>(data: R) -> Result<Self, object::Error> {
+        let file = object::File::parse(data)?;
+        let range = |name: &str| {
+            file.section_by_name(name)
+                .map(|s| s.address()..s.address() + s.size())
+        };
+        let bytes = |name: &str| -> Option<Arc<[u8]>> {
+            let section = file.section_by_name(name)?;
+            let data = section.uncompressed_data().ok()?;
+            (!data.is_empty()).then(|| Arc::from(&*data))
+        };
+        Ok(Self {
+            segments: file
+                .segments()
+                .map(|s| {
+                    let (offset, size) = s.file_range();
+                    (offset, size, s.address())
+                })
+                .collect(),
+            text_svma: range(".text"),
+            eh_frame_svma: range(".eh_frame"),
+            eh_frame: bytes(".eh_frame"),
+            eh_frame_hdr_svma: range(".eh_frame_hdr"),
+            eh_frame_hdr: bytes(".eh_frame_hdr"),
+            debug_frame: bytes(".debug_frame"),
+            got_svma: range(".got"),
+        })
+    }
+
+    /// Has any call frame information at all.
+    pub fn has_cfi(&self) -> bool {
+        self.eh_frame.is_some() || self.debug_frame.is_some()
+    }
+
+    /// The stated address that file offset `offset` is loaded at, from the segment holding it.
+    pub fn svma_of_offset(&self, offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(start, size, _)| (*start..start + size.max(&1)).contains(&offset))
+            .map(|(start, _, vaddr)| vaddr + (offset - start))
+    }
+}
+
+/// Why a module's unwind tables could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ModuleError {
+    #[error("cannot read {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("{path} is not a readable ELF file: {reason}")]
+    NotElf { path: String, reason: String },
+}
+
+type Key = (String, u64);
+
+#[derive(Default)]
+pub struct ModuleCache {
+    by_file: HashMap<Key, Result<Arc<UnwindSections>, ModuleError>>,
+    order: VecDeque<Key>,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl ModuleCache {
+    /// The unwind tables of the file behind `mapping` of process `pid`.
+    pub fn get(&mut self, pid: u32, mapping: &Mapping) -> Result<Arc<UnwindSections>, ModuleError> {
+        let key = if mapping.path == "[vdso]" {
+            // One vDSO per running kernel: the same image in every process.
+            ("[vdso]".to_owned(), 0)
+        } else {
+            (mapping.dev.clone(), mapping.inode)
+        };
+        if let Some(found) = self.by_file.get(&key) {
+            self.hits += 1;
+            return found.clone();
+        }
+        self.misses += 1;
+        let loaded = load(pid, mapping);
+        if self.order.len() >= MAX_CACHED_MODULES
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.by_file.remove(&oldest);
+        }
+        self.order.push_back(key.clone());
+        self.by_file.insert(key, loaded.clone());
+        loaded
+    }
+}
+
+fn load(pid: u32, mapping: &Mapping) -> Result<Arc<UnwindSections>, ModuleError> {
+    let unreadable = |e: std::io::Error| ModuleError::Unreadable {
+        path: mapping.path.clone(),
+        reason: e.to_string(),
+    };
+    if mapping.path == "[vdso]" {
+        let image =
+            super::memory::copy_stack(pid, mapping.start, mapping.end).map_err(unreadable)?;
+        return parse(mapping, image.bytes.as_slice());
+    }
+    let via_map_files = format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        mapping.start, mapping.end
+    );
+    let via_root = format!("/proc/{pid}/root{}", mapping.path);
+    let file = fs::File::open(&via_map_files)
+        .or_else(|_| fs::File::open(&via_root))
+        .map_err(unreadable)?;
+    // Reads only the headers and the sections asked for, not the whole file (and, unlike a
+    // memory map, a file truncated under us is a read error, not a SIGBUS).
+    let cache = object::ReadCache::new(file);
+    parse(mapping, &cache)
+}
+
+fn parse<'data, R: object::ReadRef<'data>>(
+    mapping: &Mapping,
+    data: R,
+) -> Result<Arc<UnwindSections>, ModuleError> {
+    UnwindSections::parse(data)
+        .map(Arc::new)
+        .map_err(|e| ModuleError::NotElf {
+            path: mapping.path.clone(),
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_executable_has_cfi_and_maps_its_text() {
+        let pid = std::process::id();
+        let maps = super::super::maps::read(pid).expect("own maps");
+        let exe = fs::read_link("/proc/self/exe").expect("exe");
+        let text = maps
+            .iter()
+            .find(|m| m.executable && m.path == exe.to_string_lossy())
+            .expect("an executable mapping of our binary");
+        let mut cache = ModuleCache::default();
+        let sections = cache.get(pid, text).expect("readable");
+        assert!(sections.has_cfi());
+        assert!(sections.svma_of_offset(text.offset).is_some());
+        let again = cache.get(pid, text).expect("cached");
+        assert!(Arc::ptr_eq(&sections, &again));
+        assert_eq!((cache.hits, cache.misses), (1, 1));
+    }
+}
