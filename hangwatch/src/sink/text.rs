@@ -2,6 +2,26 @@
 use std::fmt::Write;
 
 use super::{EventType, HangEvent};
+use crate::stack::{Frame, FrameTag};
+
+fn write_frames(out: &mut String, frames: &[Frame]) {
+    let first_app = frames.iter().position(|f| f.tag == FrameTag::Application);
+    for (i, f) in frames.iter().enumerate() {
+        let mark = if Some(i) == first_app { "->" } else { "  " };
+        let inlined = if f.inlined { " [inlined]" } else { "" };
+        let name = f.symbol.as_deref().unwrap_or("??");
+        let place = match (&f.file, f.line, f.offset) {
+            (Some(file), Some(line), _) => format!("{name} at {file}:{line}"),
+            (_, _, Some(offset)) => format!("{name}+{offset:#x}"),
+            _ => name.to_owned(),
+        };
+        let module = match (&f.module, f.tag) {
+            (Some(module), FrameTag::Runtime | FrameTag::Application) => format!("  ({module})"),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "  {mark}#{i:<2} {place}{inlined}{module}");
+    }
+}
 
 pub fn render(e: &HangEvent) -> String {
     let mut out = String::new();
@@ -52,15 +72,22 @@ pub fn render(e: &HangEvent) -> String {
         wait.push_str(", woken, waiting for a CPU");
     }
     let _ = writeln!(out, "  wait     {wait}");
+    if let Some(here) = &e.blocked_here {
+        let _ = writeln!(out, "  blocked here: {here}");
+    }
     if e.event != EventType::Resolved {
+        if !e.user_stack.is_empty() {
+            let _ = writeln!(out, "  user stack:");
+            write_frames(&mut out, &e.user_stack);
+        }
+        if let Some(err) = &e.user_stack_error {
+            let _ = writeln!(out, "  user stack incomplete: {err}");
+        }
         if let Some(err) = &e.kernel_stack_error {
             let _ = writeln!(out, "  kernel stack unavailable: {err}");
         } else if !e.kernel_stack.is_empty() {
             let _ = writeln!(out, "  kernel stack:");
-            for (i, f) in e.kernel_stack.iter().enumerate() {
-                let name = f.symbol.as_deref().unwrap_or("??");
-                let _ = writeln!(out, "    #{i:<2} {name}+{:#x}", f.offset.unwrap_or(0));
-            }
+            write_frames(&mut out, &e.kernel_stack);
         }
     }
     out.push('\n');
@@ -70,7 +97,7 @@ pub fn render(e: &HangEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{detect::HangKind, stack::Frame, state::Wait};
+    use crate::{detect::HangKind, state::Wait};
 
     #[test]
     fn a_report_names_the_thread_the_wait_and_the_stack() {
@@ -96,9 +123,26 @@ mod tests {
                 symbol: Some("percpu_rwsem_wait".into()),
                 offset: Some(0x2a),
                 module: Some("kernel".into()),
+                file: None,
+                line: None,
+                inlined: false,
+                tag: FrameTag::Kernel,
             }],
             kernel_stack_error: None,
             user_registers: None,
+            user_stack: vec![Frame {
+                address: "0x5000".into(),
+                symbol: Some("write_all".into()),
+                offset: Some(4),
+                module: Some("/usr/bin/writer".into()),
+                file: Some("src/io.rs".into()),
+                line: Some(42),
+                inlined: false,
+                tag: FrameTag::Application,
+            }],
+            user_stack_error: None,
+            user_stack_unwind: None,
+            blocked_here: Some("write_all at src/io.rs:42".into()),
             resolution: None,
         };
         let text = render(&event);
@@ -112,7 +156,15 @@ mod tests {
             text.contains("wait     D (uninterruptible sleep)"),
             "{text}"
         );
-        assert!(text.contains("#0  percpu_rwsem_wait+0x2a"), "{text}");
+        assert!(text.contains("#0  percpu_rwsem_wait+0x2a\n"), "{text}");
+        assert!(
+            text.contains("blocked here: write_all at src/io.rs:42"),
+            "{text}"
+        );
+        assert!(
+            text.contains("->#0  write_all at src/io.rs:42  (/usr/bin/writer)"),
+            "{text}"
+        );
         assert!(text.contains("cmdline  writer -v"), "{text}");
     }
 }
