@@ -52,7 +52,8 @@ pub fn render(e: &HangEvent) -> String {
         let _ = writeln!(out, "  ended    {resolution:?}");
     }
     let _ = writeln!(out, "  exe      {}", e.exe.as_deref().unwrap_or("?"));
-    let _ = writeln!(out, "  cmdline  {}", e.cmdline.join(" "));
+    let cmdline = e.cmdline.join(" ").replace('\n', "\\n");
+    let _ = writeln!(out, "  cmdline  {cmdline}");
     if let Some(cgroup) = &e.cgroup {
         let _ = writeln!(out, "  cgroup   {cgroup}");
     }
