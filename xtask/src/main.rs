@@ -1,7 +1,8 @@
-//! `cargo xtask <task>`: set-up, build, run and test hangwatch. See README.md.
+//! `cargo xtask <task>`: set-up, build, run, test and bench hangwatch. See README.md.
 //!
 //! One module per task; the helpers they share are here.
 
+mod bench;
 mod build;
 mod run;
 mod setup;
@@ -19,7 +20,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "Set-up, build, run and test tasks for hangwatch")]
+#[command(about = "Set-up, build, run, test and bench tasks for hangwatch")]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -36,6 +37,10 @@ enum Task {
     Run(run::Args),
     /// Set up, then run the whole test suite (release); kernel tests run only as root.
     Test(test::Args),
+    /// Set up, build (release), then measure what hangwatch costs: throughput beside bare, the
+    /// floor program and bpftrace; ns/run per program; the daemon's CPU and RSS (as root).
+    /// Writes target/bench/report.{json,md}.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         Task::Build(args) => build::build(&args),
         Task::Run(args) => run::run(&args),
         Task::Test(args) => test::test(&args),
+        Task::Bench(args) => bench::bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

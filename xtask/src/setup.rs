@@ -2,7 +2,8 @@
 //! Idempotent, and quick when everything is there (it runs before every build, run and test).
 //!
 //! - Debian packages: Rust 1.96 with a prebuilt `core` for BPF and LLVM 22 (the eBPF toolchain,
-//!   see README.md "Building"), and the tools the tests use.
+//!   see README.md "Building"), the tools the tests and the benchmark use, and, when the
+//!   distribution has them, the benchmark's optional bpftrace and bpftool.
 //! - bpf-linker 0.13, built against Debian's LLVM 22.
 //! - tracefs on /sys/kernel/tracing (when root).
 //!
@@ -25,8 +26,15 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 /// What the tests run: a C compiler for the test programs, python3, mkfs.ext4, fsfreeze,
 /// losetup, setpriv, mount.
 const TEST_PACKAGES: &[&str] = &["gcc", "python3", "e2fsprogs", "util-linux", "mount"];
-/// Commands the tests need, checked on machines without dpkg.
+/// What `cargo xtask bench` runs: perf (`perf bench sched pipe|messaging`).
+const BENCH_PACKAGES: &[&str] = &["linux-perf"];
+/// What `cargo xtask bench` uses if it is there: bpftrace (the comparison with a bpftrace
+/// script) and bpftool (the names of its programs). Installed when apt knows them; their
+/// absence or a failed install is only a warning.
+const OPTIONAL_BENCH_PACKAGES: &[&str] = &["bpftrace", "bpftool"];
+/// Commands the tests and the benchmark need, checked on machines without dpkg.
 const TEST_TOOLS: &[&str] = &[
+    "perf",
     "gcc",
     "python3",
     "mkfs.ext4",
@@ -57,13 +65,24 @@ fn apt_install() -> Result<()> {
     let wanted: Vec<&str> = TOOLCHAIN_PACKAGES
         .iter()
         .chain(TEST_PACKAGES)
+        .chain(BENCH_PACKAGES)
         .copied()
         .collect();
     let missing = missing_packages(&wanted)?;
-    if missing.is_empty() {
+    // Only the optional packages this machine's apt knows (without an `apt-get update`, so
+    // that a distribution without them costs nothing on every run).
+    // Nor those whose install failed here before (remembered in target/).
+    let failed_marker = crate::target_dir().join(".xtask-setup-optional-failed");
+    let failed_before = std::fs::read_to_string(&failed_marker).unwrap_or_default();
+    let optional: Vec<&str> = missing_packages(OPTIONAL_BENCH_PACKAGES)?
+        .into_iter()
+        .filter(|p| !failed_before.split_whitespace().any(|f| f == *p) && has_candidate(p))
+        .collect();
+    if missing.is_empty() && optional.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask setup: installing {}", missing.join(" "));
+    let all: Vec<&str> = missing.iter().chain(&optional).copied().collect();
+    eprintln!("xtask setup: installing {}", all.join(" "));
     let apt = |args: &[&str]| -> Result<()> {
         let mut cmd = if crate::is_root() {
             Command::new("env")
@@ -83,12 +102,43 @@ fn apt_install() -> Result<()> {
         crate::status(&mut cmd).with_context(|| format!("`apt-get {}` failed", args.join(" ")))
     };
     apt(&["update"])?;
-    let mut install = vec!["install", "-y", "--no-install-recommends"];
-    install.extend(&missing);
-    apt(&install).context(
-        "installing the packages failed; on a release without rustc-web or llvm-22-dev use \
-         rustup nightly instead (README.md, \"Building\")",
-    )
+    if !missing.is_empty() {
+        let mut install = vec!["install", "-y", "--no-install-recommends"];
+        install.extend(&missing);
+        apt(&install).context(
+            "installing the packages failed; on a release without rustc-web or llvm-22-dev use \
+             rustup nightly instead (README.md, \"Building\")",
+        )?;
+    }
+    if !optional.is_empty() {
+        let mut install = vec!["install", "-y", "--no-install-recommends"];
+        install.extend(&optional);
+        if let Err(e) = apt(&install) {
+            eprintln!(
+                "xtask setup: warning: could not install {} ({e}); `cargo xtask bench` skips what \
+                 needs them (not retried until {} is removed)",
+                optional.join(" "),
+                failed_marker.display()
+            );
+            let _ = std::fs::create_dir_all(crate::target_dir());
+            let _ = std::fs::write(&failed_marker, optional.join(" ") + "\n");
+        }
+    }
+    Ok(())
+}
+
+/// Whether apt has a version of `package` to install.
+fn has_candidate(package: &str) -> bool {
+    Command::new("apt-cache")
+        .args(["policy", package])
+        .output()
+        .is_ok_and(|out| {
+            String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+                l.trim()
+                    .strip_prefix("Candidate:")
+                    .is_some_and(|c| c.trim() != "(none)")
+            })
+        })
 }
 
 /// The packages of `wanted` that dpkg does not list as installed.
@@ -125,8 +175,8 @@ fn check_non_debian() -> Result<()> {
         .collect();
     if !tools.is_empty() {
         eprintln!(
-            "xtask setup: warning: some tests need these commands, which are missing: {} \
-             (packages: gcc, python3, e2fsprogs, util-linux)",
+            "xtask setup: warning: some tests or the benchmark need these commands, which are \
+             missing: {} (packages: gcc, python3, e2fsprogs, util-linux, perf)",
             tools.join(" ")
         );
     }

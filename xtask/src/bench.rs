@@ -1,0 +1,560 @@
+//! `cargo xtask bench [--quick]`: what hangwatch costs the machine, in one run (as root).
+//!
+//! 1. Throughput: `perf bench sched pipe` (both tasks on CPU 0, the worst case for a
+//!    sched_switch probe) and `perf bench sched messaging` (many threads, all CPUs), in rounds;
+//!    each round runs every variant (bare, the empty floor program, hangwatch, bpftrace if
+//!    installed) in an order rotated from round to round, so that the machine's drift cancels
+//!    out in the per-round ratios to bare. `kernel.bpf_stats_enabled` is off meanwhile.
+//! 2. Per-program cost: one pipe run per variant with `kernel.bpf_stats_enabled=1`, the ns/run
+//!    the kernel accounts (hangwatch and its floor log it at exit; bpftrace's is read from
+//!    /proc/PID/fdinfo).
+//! 3. The daemon's own CPU and peak RSS with 0, 1,000 and 10,000 idle threads.
+//!
+//! Prints the tables with the targets and writes target/bench/report.{json,md}. Every process
+//! is killed by its PID when its guard drops (error, panic, Ctrl-C alike), and the sysctl is
+//! restored.
+
+mod load;
+mod proc;
+mod report;
+mod sys;
+mod variants;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use self::{
+    load::Sizes,
+    report::{DaemonCost, Report, Series, Target, VariantResult},
+    sys::BpfStats,
+    variants::{Bpftrace, ProgramCost, Tools, Variant},
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Fewer and shorter runs (3 rounds of ~0.5 s loads, 5 s daemon windows), for iterating.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds of the throughput comparison [default: 7, or 3 with --quick].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Use the existing target/release/hangwatch (no set-up, no build).
+    #[arg(long)]
+    no_build: bool,
+}
+
+/// How long the benchmark runs each thing.
+struct Plan {
+    rounds: usize,
+    /// The length of one load run, bare.
+    run_length: Duration,
+    /// How long the daemon's CPU time is measured, per idle-thread count.
+    daemon_window: Duration,
+    idle_threads: &'static [u64],
+    /// Messaging runs per variant and round (their mean is the round's value): the many-thread
+    /// load is the noisier one.
+    messaging_repeats: usize,
+}
+
+const IDLE_THREADS_SOURCE: &str = include_str!("bench/idle_threads.c");
+
+/// The targets (README.md "The budgets"; MISSION.md).
+const SCHED_SWITCH_NS: f64 = 150.0;
+const PIPE_RATIO: f64 = 0.92;
+const MESSAGING_RATIO: f64 = 0.99;
+const DAEMON_CPU_PERCENT: f64 = 0.5;
+const DAEMON_HWM_MIB: f64 = 64.0;
+const DAEMON_THREADS: u64 = 10_000;
+
+pub fn bench(args: &Args) -> Result<()> {
+    if !crate::is_root() {
+        bail!(
+            "the benchmark loads eBPF programs and sets kernel.bpf_stats_enabled: run it as root \
+             (sudo -E env PATH=\"$PATH\" cargo xtask bench)"
+        );
+    }
+    let plan = Plan {
+        rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 7 }).max(1),
+        run_length: Duration::from_millis(if args.quick { 500 } else { 1000 }),
+        // Whole multiples of the daemon's 5 s full walks.
+        daemon_window: Duration::from_secs(if args.quick { 5 } else { 10 }),
+        idle_threads: &[0, 1_000, DAEMON_THREADS],
+        messaging_repeats: if args.quick { 1 } else { 2 },
+    };
+    if !args.no_build {
+        crate::setup::setup()?;
+        crate::build::build_daemon(true)?;
+    }
+    let daemon = crate::target_dir().join("release").join("hangwatch");
+    if !daemon.is_file() {
+        bail!(
+            "{} is missing: build it (cargo xtask build)",
+            daemon.display()
+        );
+    }
+    for tool in ["perf", "taskset", "gcc"] {
+        if crate::find_program(tool).is_none() {
+            bail!("{tool} is missing (cargo xtask setup installs it: linux-perf, util-linux, gcc)");
+        }
+    }
+    let out_dir = crate::target_dir().join("bench");
+    fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let idle_threads = compile_idle_threads(&out_dir)?;
+    let tools = Tools {
+        daemon_run_args: variants::daemon_run_args(&daemon),
+        daemon,
+        bpftrace: Bpftrace::find(),
+        bpftool: crate::find_program("bpftool")
+            .or_else(|| Some(PathBuf::from("/usr/sbin/bpftool")).filter(|p| p.is_file())),
+    };
+
+    proc::catch_interrupts();
+    let started = Instant::now();
+    let mut notes = Vec::new();
+    let mut environment = environment(&tools, args.quick);
+    let busy = sys::cpu_busy(Duration::from_secs(1))?;
+    environment.push((
+        "CPU busy before the start".into(),
+        format!("{:.0}% (over 1 s)", busy * 100.0),
+    ));
+    if busy > 0.2 {
+        notes.push(format!(
+            "the machine was busy: {:.0}% of all CPU time in the second before the start went \
+             to other work; expect large spreads",
+            busy * 100.0
+        ));
+    }
+    let tracers = sys::other_tracers(&[]);
+    if !tracers.is_empty() {
+        notes.push(format!(
+            "other processes held tracing BPF programs at the start (they cost every variant, \
+             bare included, and add noise): {}",
+            tracers.join(", ")
+        ));
+    }
+    if tools.bpftrace.is_none() {
+        notes.push("bpftrace is not installed (Debian: bpftrace): its variant was skipped".into());
+    } else if tools.bpftool.is_none() {
+        notes.push("bpftool is not installed: bpftrace's programs are named by id".into());
+    }
+
+    let mut bpf_stats = BpfStats::take()?;
+    if bpf_stats.was_on() {
+        notes.push(
+            "kernel.bpf_stats_enabled was 1: turned off for the throughput runs, restored after"
+                .into(),
+        );
+    }
+    bpf_stats.set(false)?;
+
+    eprintln!(
+        "xtask bench: calibrating the loads to ~{:?} a run",
+        plan.run_length
+    );
+    let sizes = load::calibrate(plan.run_length)?;
+    environment.push(("pipe loops".into(), sizes.pipe_loops.to_string()));
+    environment.push(("messaging loops".into(), sizes.messaging_loops.to_string()));
+
+    let mut variants = vec![Variant::Bare, Variant::Floor, Variant::Hangwatch];
+    if tools.bpftrace.is_some() {
+        variants.push(Variant::Bpftrace);
+    }
+    let (throughput, orders, exit_times) = throughput(&plan, &tools, &variants, sizes, &mut notes)?;
+    let programs = program_costs(&tools, &variants, sizes, &mut bpf_stats, &mut notes)?;
+    drop(bpf_stats);
+    let daemon = daemon_costs(&plan, &tools, &idle_threads, &mut notes)?;
+
+    let worst_exit = exit_times.iter().copied().max().unwrap_or_default();
+    if worst_exit > Duration::from_secs(1) {
+        notes.push(format!(
+            "hangwatch took up to {worst_exit:.2?} to exit after SIGTERM (should be < 1 s)"
+        ));
+    }
+    let tracers = sys::other_tracers(&[]);
+    if !tracers.is_empty() {
+        notes.push(format!(
+            "other processes held tracing BPF programs at the end: {}",
+            tracers.join(", ")
+        ));
+    }
+    environment.push((
+        "wall time".into(),
+        format!("{:.0} s", started.elapsed().as_secs_f64()),
+    ));
+
+    let report = Report {
+        environment,
+        rounds: plan.rounds,
+        pipe_command: sizes.pipe_command(),
+        messaging_command: sizes.messaging_command(),
+        messaging_repeats: plan.messaging_repeats,
+        orders,
+        targets: targets(&throughput, &programs, &daemon),
+        throughput,
+        programs,
+        daemon,
+        notes,
+    };
+    print!("{}", report.text());
+    let json_path = out_dir.join("report.json");
+    let md_path = out_dir.join("report.md");
+    fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&report.json())? + "\n",
+    )
+    .with_context(|| format!("cannot write {}", json_path.display()))?;
+    fs::write(&md_path, report.markdown())
+        .with_context(|| format!("cannot write {}", md_path.display()))?;
+    println!(
+        "\nreport: {} and {} ({:.0} s)",
+        json_path.display(),
+        md_path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Rounds of every variant under both loads, order rotated each round. Also returns each
+/// round's order and hangwatch's exit times.
+#[allow(clippy::type_complexity)]
+fn throughput(
+    plan: &Plan,
+    tools: &Tools,
+    variants: &[Variant],
+    sizes: Sizes,
+    notes: &mut Vec<String>,
+) -> Result<(Vec<VariantResult>, Vec<Vec<Variant>>, Vec<Duration>)> {
+    let mut results: Vec<VariantResult> = variants
+        .iter()
+        .map(|&variant| VariantResult {
+            variant,
+            command: variant.command(tools),
+            pipe: Series::default(),
+            messaging: Series::default(),
+        })
+        .collect();
+    let mut orders = Vec::new();
+    let mut exit_times = Vec::new();
+    for round in 0..plan.rounds {
+        let order: Vec<Variant> = (0..variants.len())
+            .map(|i| variants[(i + round) % variants.len()])
+            .collect();
+        for &variant in &order {
+            let running = variants::start(variant, tools)?;
+            let pipe = load::pipe(sizes.pipe_loops)?;
+            let mut messaging = 0.0;
+            for _ in 0..plan.messaging_repeats {
+                messaging += load::messaging(sizes.messaging_loops)?;
+            }
+            let messaging = messaging / plan.messaging_repeats as f64;
+            let stopped = running.stop()?;
+            if stopped.killed {
+                notes.push(format!(
+                    "{} did not exit within 5 s of SIGTERM in round {}: killed",
+                    variant.name(),
+                    round + 1
+                ));
+            }
+            if variant == Variant::Hangwatch {
+                exit_times.push(stopped.exit_time);
+            }
+            eprintln!(
+                "xtask bench: round {}/{}: {:<9} pipe {pipe:>8.0} ops/s, messaging {messaging:>9.0} msg/s",
+                round + 1,
+                plan.rounds,
+                variant.name()
+            );
+            let r = results
+                .iter_mut()
+                .find(|r| r.variant == variant)
+                .expect("every variant has a result");
+            r.pipe.0.push(pipe);
+            r.messaging.0.push(messaging);
+        }
+        orders.push(order);
+    }
+    for r in &results {
+        for (load, series) in [("pipe", &r.pipe), ("messaging", &r.messaging)] {
+            if series.spread() > 0.10 {
+                notes.push(format!(
+                    "large spread: {} {load} varied by {:.0}% of its median across rounds \
+                     ({:.0}..{:.0})",
+                    r.variant.name(),
+                    series.spread() * 100.0,
+                    series.min(),
+                    series.max()
+                ));
+            }
+        }
+    }
+    Ok((results, orders, exit_times))
+}
+
+/// One pipe run per variant with kernel.bpf_stats_enabled=1: ns/run per program.
+fn program_costs(
+    tools: &Tools,
+    variants: &[Variant],
+    sizes: Sizes,
+    bpf_stats: &mut BpfStats,
+    notes: &mut Vec<String>,
+) -> Result<Vec<(Variant, ProgramCost)>> {
+    let mut costs = Vec::new();
+    for &variant in variants.iter().filter(|v| **v != Variant::Bare) {
+        bpf_stats.set(true)?;
+        let running = variants::start(variant, tools)?;
+        load::pipe(sizes.pipe_loops)?;
+        let held = running.held_program_costs(tools.bpftool.as_deref());
+        let stopped = running.stop()?;
+        bpf_stats.set(false)?;
+        let found = if variant == Variant::Bpftrace {
+            held
+        } else {
+            stopped.program_costs()
+        };
+        if found.is_empty() {
+            notes.push(format!(
+                "{}: no per-program statistics (no \"bpf program ...\" lines at exit)",
+                variant.name()
+            ));
+        }
+        for cost in found {
+            eprintln!(
+                "xtask bench: {} program {}: {} runs, {:.1} ns/run",
+                variant.name(),
+                cost.name,
+                cost.runs,
+                cost.ns_per_run
+            );
+            costs.push((variant, cost));
+        }
+    }
+    Ok(costs)
+}
+
+/// The daemon's CPU and memory with N idle threads on the machine.
+fn daemon_costs(
+    plan: &Plan,
+    tools: &Tools,
+    idle_threads: &Path,
+    notes: &mut Vec<String>,
+) -> Result<Vec<DaemonCost>> {
+    let mut out = Vec::new();
+    for &threads in plan.idle_threads {
+        let _idle = if threads > 0 {
+            let mut cmd = Command::new(idle_threads);
+            cmd.arg(threads.to_string());
+            let mut p = proc::Proc::spawn("idle_threads", &mut cmd, false)?;
+            p.wait_for_line("ready", Duration::from_secs(60))?;
+            Some(p)
+        } else {
+            None
+        };
+        let running = variants::start(Variant::Hangwatch, tools)?;
+        let pid = running.pid().context("hangwatch has a pid")?;
+        let startup_cpu = sys::cpu_time(pid)?;
+        let startup_precise = sys::cpu_time_precise(pid);
+        let start = Instant::now();
+        proc::sleep(plan.daemon_window)?;
+        let cpu = sys::cpu_time(pid)?.saturating_sub(startup_cpu);
+        let precise = sys::cpu_time_precise(pid)
+            .zip(startup_precise)
+            .map(|(end, start)| end.saturating_sub(start));
+        let window = start.elapsed();
+        let vm_hwm_kib = sys::status_kib(pid, "VmHWM")?;
+        let vm_rss_kib = sys::status_kib(pid, "VmRSS")?;
+        let stopped = running.stop()?;
+        let scans = stopped.scans();
+        if scans.is_none() {
+            notes.push(format!(
+                "hangwatch with {threads} idle threads logged no \"detached after N scans (mean ...)\""
+            ));
+        }
+        let cost = DaemonCost {
+            threads,
+            window,
+            cpu_percent: precise.unwrap_or(cpu).as_secs_f64() / window.as_secs_f64() * 100.0,
+            stat_cpu_percent: cpu.as_secs_f64() / window.as_secs_f64() * 100.0,
+            precise: precise.is_some(),
+            startup_cpu: startup_precise.unwrap_or(startup_cpu),
+            vm_hwm_kib,
+            vm_rss_kib,
+            scans,
+            full_walks: stopped.full_walks(),
+            summary: stopped.summary().map(str::to_owned),
+        };
+        eprintln!(
+            "xtask bench: daemon with {threads} idle threads: {:.3}% of a core, VmHWM {:.1} MiB",
+            cost.cpu_percent,
+            vm_hwm_kib as f64 / 1024.0
+        );
+        out.push(cost);
+    }
+    Ok(out)
+}
+
+fn targets(
+    throughput: &[VariantResult],
+    programs: &[(Variant, ProgramCost)],
+    daemon: &[DaemonCost],
+) -> Vec<Target> {
+    let series = |v: Variant| throughput.iter().find(|r| r.variant == v);
+    let ratio = |pick: fn(&VariantResult) -> &Series| {
+        Some(pick(series(Variant::Hangwatch)?).ratio_to(pick(series(Variant::Bare)?)))
+    };
+    let at_least = |name: &str, wanted: f64, measured: Option<f64>| Target {
+        name: name.to_owned(),
+        wanted: format!(">= {wanted:.2}"),
+        measured: measured.map(|m| format!("{m:.3}")),
+        pass: measured.map(|m| m >= wanted),
+    };
+    let sched_switch = programs
+        .iter()
+        .find(|(v, c)| *v == Variant::Hangwatch && c.name == "sched_switch")
+        .map(|(_, c)| c.ns_per_run);
+    let busy = daemon.iter().find(|d| d.threads == DAEMON_THREADS);
+    let hwm_mib = busy.map(|d| d.vm_hwm_kib as f64 / 1024.0);
+    vec![
+        Target {
+            name: "hangwatch sched_switch ns/run".into(),
+            wanted: format!("<= {SCHED_SWITCH_NS:.0}"),
+            measured: sched_switch.map(|n| format!("{n:.1}")),
+            pass: sched_switch.map(|n| n <= SCHED_SWITCH_NS),
+        },
+        at_least(
+            "pipe (ping-pong) hangwatch/bare",
+            PIPE_RATIO,
+            ratio(|r| &r.pipe),
+        ),
+        at_least(
+            "messaging hangwatch/bare",
+            MESSAGING_RATIO,
+            ratio(|r| &r.messaging),
+        ),
+        Target {
+            name: format!("daemon CPU, {DAEMON_THREADS} idle threads"),
+            wanted: format!("<= {DAEMON_CPU_PERCENT} % of a core"),
+            measured: busy.map(|d| format!("{:.3} %", d.cpu_percent)),
+            pass: busy.map(|d| d.cpu_percent <= DAEMON_CPU_PERCENT),
+        },
+        Target {
+            name: format!("daemon VmHWM, {DAEMON_THREADS} idle threads"),
+            wanted: format!("<= {DAEMON_HWM_MIB:.0} MiB"),
+            measured: hwm_mib.map(|m| format!("{m:.1} MiB")),
+            pass: hwm_mib.map(|m| m <= DAEMON_HWM_MIB),
+        },
+    ]
+}
+
+/// gcc -O2 -pthread: target/bench/idle_threads.
+fn compile_idle_threads(out_dir: &Path) -> Result<PathBuf> {
+    let source = out_dir.join("idle_threads.c");
+    let binary = out_dir.join("idle_threads");
+    fs::write(&source, IDLE_THREADS_SOURCE)
+        .with_context(|| format!("cannot write {}", source.display()))?;
+    crate::status(
+        Command::new("gcc")
+            .args(["-O2", "-pthread", "-Wall", "-o"])
+            .arg(&binary)
+            .arg(&source),
+    )
+    .context("compiling the idle-threads program failed")?;
+    Ok(binary)
+}
+
+/// What the figures depend on.
+fn environment(tools: &Tools, quick: bool) -> Vec<(String, String)> {
+    let read = |path: &str| {
+        fs::read_to_string(path)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let command = |cmd: &mut Command| {
+        cmd.output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let cpu_model = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let root = crate::workspace_root();
+    let commit = command(
+        Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(&root),
+    );
+    let dirty = !command(
+        Command::new("git")
+            .args(["status", "--porcelain", "--", "hangwatch", "hangwatch-ebpf"])
+            .current_dir(&root),
+    )
+    .is_empty();
+    vec![
+        (
+            "date".into(),
+            command(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
+        ),
+        (
+            "hangwatch".into(),
+            format!(
+                "{commit}{}",
+                if dirty { " (with local changes)" } else { "" }
+            ),
+        ),
+        (
+            "daemon binary".into(),
+            format!(
+                "{} (built {})",
+                tools.daemon.display(),
+                command(
+                    Command::new("date")
+                        .arg("-u")
+                        .arg("+%Y-%m-%dT%H:%M:%SZ")
+                        .arg("-r")
+                        .arg(&tools.daemon)
+                )
+            ),
+        ),
+        ("kernel".into(), read("/proc/sys/kernel/osrelease")),
+        (
+            "cpus".into(),
+            format!(
+                "{} x {cpu_model}",
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            ),
+        ),
+        (
+            "load average at start".into(),
+            read("/proc/loadavg")
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        (
+            "perf".into(),
+            command(Command::new("perf").arg("--version")),
+        ),
+        (
+            "bpftrace".into(),
+            tools
+                .bpftrace
+                .as_ref()
+                .map_or("not installed".into(), |b| b.version.clone()),
+        ),
+        ("mode".into(), if quick { "quick" } else { "full" }.into()),
+    ]
+}

@@ -1,0 +1,446 @@
+//! The results: statistics, the printed tables, report.json and report.md.
+
+use std::{fmt::Write as _, time::Duration};
+
+use serde_json::{Value, json};
+
+use super::variants::{ProgramCost, Variant};
+
+/// Per-round values of one load under one variant (indexed by round).
+#[derive(Debug, Clone, Default)]
+pub struct Series(pub Vec<f64>);
+
+impl Series {
+    pub fn median(&self) -> f64 {
+        median(&self.0)
+    }
+    pub fn min(&self) -> f64 {
+        self.0.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+    pub fn max(&self) -> f64 {
+        self.0.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    }
+    /// (max - min) / median.
+    pub fn spread(&self) -> f64 {
+        (self.max() - self.min()) / self.median()
+    }
+    /// The median of the per-round ratios to `base` (same round: same machine noise).
+    pub fn ratio_to(&self, base: &Series) -> f64 {
+        let ratios: Vec<f64> = self.0.iter().zip(&base.0).map(|(v, b)| v / b).collect();
+        median(&ratios)
+    }
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One variant's throughput under both loads.
+pub struct VariantResult {
+    pub variant: Variant,
+    pub command: String,
+    pub pipe: Series,
+    pub messaging: Series,
+}
+
+/// The daemon with N idle threads on the machine.
+pub struct DaemonCost {
+    pub threads: u64,
+    pub window: Duration,
+    /// From schedstat when the kernel keeps it (`precise`), else from utime + stime.
+    pub cpu_percent: f64,
+    /// From utime + stime (clock-tick samples).
+    pub stat_cpu_percent: f64,
+    pub precise: bool,
+    pub startup_cpu: Duration,
+    pub vm_hwm_kib: u64,
+    pub vm_rss_kib: u64,
+    pub scans: Option<(u64, Duration)>,
+    /// The periodic walks of every task, where the daemon reports them.
+    pub full_walks: Option<(u64, Duration)>,
+    pub summary: Option<String>,
+}
+
+pub struct Target {
+    pub name: String,
+    pub wanted: String,
+    pub measured: Option<String>,
+    pub pass: Option<bool>,
+}
+
+pub struct Report {
+    pub environment: Vec<(String, String)>,
+    pub rounds: usize,
+    pub pipe_command: String,
+    pub messaging_command: String,
+    /// Messaging runs per variant and round, averaged.
+    pub messaging_repeats: usize,
+    pub orders: Vec<Vec<Variant>>,
+    pub throughput: Vec<VariantResult>,
+    pub programs: Vec<(Variant, ProgramCost)>,
+    pub daemon: Vec<DaemonCost>,
+    pub targets: Vec<Target>,
+    pub notes: Vec<String>,
+}
+
+/// A table: its header and rows, rendered aligned for the terminal or as Markdown.
+struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Self {
+        Self {
+            header: header.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// First column left-aligned, the others right-aligned.
+    fn text(&self) -> String {
+        let width = |i: usize| {
+            self.rows
+                .iter()
+                .chain([&self.header])
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        };
+        let widths: Vec<usize> = (0..self.header.len()).map(width).collect();
+        let mut out = String::new();
+        for row in [&self.header].into_iter().chain(&self.rows) {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                if i == 0 {
+                    line.push_str(cell);
+                    line.push_str(&" ".repeat(pad));
+                } else {
+                    line.push_str("  ");
+                    line.push_str(&" ".repeat(pad));
+                    line.push_str(cell);
+                }
+            }
+            out.push_str("  ");
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+
+    fn markdown(&self) -> String {
+        let mut out = format!("| {} |\n", self.header.join(" | "));
+        out.push('|');
+        for i in 0..self.header.len() {
+            out.push_str(if i == 0 { " :-- |" } else { " --: |" });
+        }
+        out.push('\n');
+        for row in &self.rows {
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
+        out
+    }
+}
+
+fn pass_text(pass: Option<bool>) -> String {
+    match pass {
+        Some(true) => "pass".to_owned(),
+        Some(false) => "FAIL".to_owned(),
+        None => "n/a".to_owned(),
+    }
+}
+
+fn range(series: &Series, decimals: usize) -> String {
+    format!(
+        "{:.*}..{:.*}",
+        decimals,
+        series.min(),
+        decimals,
+        series.max()
+    )
+}
+
+impl Report {
+    fn bare(&self) -> Option<&VariantResult> {
+        self.throughput.iter().find(|r| r.variant == Variant::Bare)
+    }
+
+    fn throughput_table(&self) -> Table {
+        let mut t = Table::new(&[
+            "variant",
+            "pipe ops/s",
+            "min..max",
+            "spread",
+            "vs bare",
+            "messaging msg/s",
+            "min..max",
+            "spread",
+            "vs bare",
+        ]);
+        let bare = self.bare();
+        for r in &self.throughput {
+            let ratio = |s: &Series, b: Option<&Series>| {
+                b.map_or("-".to_owned(), |b| format!("{:.3}", s.ratio_to(b)))
+            };
+            t.row(vec![
+                r.variant.name().to_owned(),
+                format!("{:.0}", r.pipe.median()),
+                range(&r.pipe, 0),
+                format!("{:.1}%", r.pipe.spread() * 100.0),
+                ratio(&r.pipe, bare.map(|b| &b.pipe)),
+                format!("{:.0}", r.messaging.median()),
+                range(&r.messaging, 0),
+                format!("{:.1}%", r.messaging.spread() * 100.0),
+                ratio(&r.messaging, bare.map(|b| &b.messaging)),
+            ]);
+        }
+        t
+    }
+
+    fn programs_table(&self) -> Table {
+        let mut t = Table::new(&["variant", "program", "runs", "ns/run"]);
+        for (variant, cost) in &self.programs {
+            t.row(vec![
+                variant.name().to_owned(),
+                cost.name.clone(),
+                cost.runs.to_string(),
+                format!("{:.1}", cost.ns_per_run),
+            ]);
+        }
+        t
+    }
+
+    fn daemon_table(&self) -> Table {
+        let mut t = Table::new(&[
+            "idle threads",
+            "window",
+            "CPU % of a core",
+            "(utime+stime)",
+            "start-up CPU",
+            "VmHWM MiB",
+            "VmRSS MiB",
+            "scans",
+            "mean scan",
+            "full walks",
+            "mean walk",
+        ]);
+        for d in &self.daemon {
+            t.row(vec![
+                d.threads.to_string(),
+                format!("{:.1} s", d.window.as_secs_f64()),
+                format!("{:.3}{}", d.cpu_percent, if d.precise { "" } else { "*" }),
+                format!("{:.3}", d.stat_cpu_percent),
+                format!("{:.0} ms", d.startup_cpu.as_secs_f64() * 1e3),
+                format!("{:.1}", d.vm_hwm_kib as f64 / 1024.0),
+                format!("{:.1}", d.vm_rss_kib as f64 / 1024.0),
+                d.scans.map_or("?".to_owned(), |(n, _)| n.to_string()),
+                d.scans
+                    .map_or("?".to_owned(), |(_, mean)| format!("{mean:.2?}")),
+                d.full_walks.map_or("-".to_owned(), |(n, _)| n.to_string()),
+                d.full_walks
+                    .map_or("-".to_owned(), |(_, mean)| format!("{mean:.2?}")),
+            ]);
+        }
+        t
+    }
+
+    fn targets_table(&self) -> Table {
+        let mut t = Table::new(&["target", "wanted", "measured", "result"]);
+        for target in &self.targets {
+            t.row(vec![
+                target.name.clone(),
+                target.wanted.clone(),
+                target.measured.clone().unwrap_or_else(|| "-".to_owned()),
+                pass_text(target.pass),
+            ]);
+        }
+        t
+    }
+
+    fn orders_text(&self) -> String {
+        self.orders
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let names: Vec<&str> = o.iter().map(|v| v.name()).collect();
+                format!("{}: {}", i + 1, names.join(" "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn repeats_text(&self) -> String {
+        match self.messaging_repeats {
+            1 => String::new(),
+            n => format!("; mean of {n} runs per variant and round"),
+        }
+    }
+
+    /// The terminal version.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\nthroughput: {} rounds, variant order rotated each round, kernel.bpf_stats_enabled=0; \
+             median per variant, \"vs bare\" = median of the per-round ratios",
+            self.rounds
+        );
+        let _ = writeln!(out, "  pipe:      {} (ops/s)", self.pipe_command);
+        let _ = writeln!(
+            out,
+            "  messaging: {} (messages/s{})",
+            self.messaging_command,
+            self.repeats_text()
+        );
+        out.push_str(&self.throughput_table().text());
+        let _ = writeln!(
+            out,
+            "\nbpf programs: kernel.bpf_stats_enabled=1, one pipe run each (programs that ran)"
+        );
+        out.push_str(&self.programs_table().text());
+        let _ = writeln!(
+            out,
+            "\ndaemon's own cost: hangwatch run (defaults), CPU over the window after start-up \
+             (from /proc/PID/task/*/schedstat; * = from utime+stime, clock ticks)"
+        );
+        out.push_str(&self.daemon_table().text());
+        let _ = writeln!(out, "\ntargets");
+        out.push_str(&self.targets_table().text());
+        if !self.notes.is_empty() {
+            let _ = writeln!(out, "\nnotes");
+            for note in &self.notes {
+                let _ = writeln!(out, "  - {note}");
+            }
+        }
+        out
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::from("# hangwatch benchmark\n\n");
+        for (k, v) in &self.environment {
+            let _ = writeln!(out, "- {k}: {v}");
+        }
+        let _ = writeln!(
+            out,
+            "\n## Throughput\n\n{} rounds, variant order rotated each round \
+             ({}), `kernel.bpf_stats_enabled=0`. Median per variant; \"vs bare\" is the median of \
+             the per-round ratios.\n\n- pipe: `{}` (ops/s)\n- messaging: `{}` (messages/s{})\n",
+            self.rounds,
+            self.orders_text(),
+            self.pipe_command,
+            self.messaging_command,
+            self.repeats_text()
+        );
+        out.push_str(&self.throughput_table().markdown());
+        for r in &self.throughput {
+            let _ = writeln!(out, "\n- {}: `{}`", r.variant.name(), r.command);
+        }
+        let _ = writeln!(
+            out,
+            "\n## BPF programs\n\n`kernel.bpf_stats_enabled=1`, one pipe run each.\n"
+        );
+        out.push_str(&self.programs_table().markdown());
+        let _ = writeln!(
+            out,
+            "\n## The daemon's own cost\n\n`hangwatch run` (defaults) with N threads blocked in \
+             `pthread_cond_wait`; CPU over the window after start-up, from \
+             /proc/PID/task/*/schedstat (* = from utime+stime, clock ticks), and utime+stime \
+             from /proc/PID/stat beside it.\n"
+        );
+        out.push_str(&self.daemon_table().markdown());
+        let _ = writeln!(out, "\n## Targets\n");
+        out.push_str(&self.targets_table().markdown());
+        if !self.notes.is_empty() {
+            let _ = writeln!(out, "\n## Notes\n");
+            for note in &self.notes {
+                let _ = writeln!(out, "- {note}");
+            }
+        }
+        out
+    }
+
+    pub fn json(&self) -> Value {
+        let bare = self.bare();
+        let series = |s: &Series, b: Option<&Series>| {
+            json!({
+                "per_round": s.0,
+                "median": s.median(),
+                "min": s.min(),
+                "max": s.max(),
+                "ratio_to_bare": b.map(|b| s.ratio_to(b)),
+            })
+        };
+        json!({
+            "environment": self.environment.iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect::<serde_json::Map<_, _>>(),
+            "rounds": self.rounds,
+            "pipe_command": self.pipe_command,
+            "messaging_command": self.messaging_command,
+            "messaging_repeats": self.messaging_repeats,
+            "orders": self.orders.iter()
+                .map(|o| o.iter().map(|v| v.name()).collect::<Vec<_>>())
+                .collect::<Vec<_>>(),
+            "throughput": self.throughput.iter().map(|r| json!({
+                "variant": r.variant.name(),
+                "command": r.command,
+                "pipe_ops_per_sec": series(&r.pipe, bare.map(|b| &b.pipe)),
+                "messaging_msgs_per_sec": series(&r.messaging, bare.map(|b| &b.messaging)),
+            })).collect::<Vec<_>>(),
+            "programs": self.programs.iter().map(|(v, c)| json!({
+                "variant": v.name(),
+                "program": c.name,
+                "runs": c.runs,
+                "ns_per_run": c.ns_per_run,
+            })).collect::<Vec<_>>(),
+            "daemon": self.daemon.iter().map(|d| json!({
+                "idle_threads": d.threads,
+                "window_seconds": d.window.as_secs_f64(),
+                "cpu_percent_of_a_core": d.cpu_percent,
+                "cpu_percent_source": if d.precise { "schedstat" } else { "utime+stime" },
+                "utime_stime_cpu_percent_of_a_core": d.stat_cpu_percent,
+                "startup_cpu_seconds": d.startup_cpu.as_secs_f64(),
+                "vm_hwm_kib": d.vm_hwm_kib,
+                "vm_rss_kib": d.vm_rss_kib,
+                "scans": d.scans.map(|(n, _)| n),
+                "mean_scan_seconds": d.scans.map(|(_, m)| m.as_secs_f64()),
+                "full_walks": d.full_walks.map(|(n, _)| n),
+                "mean_full_walk_seconds": d.full_walks.map(|(_, m)| m.as_secs_f64()),
+                "summary": d.summary,
+            })).collect::<Vec<_>>(),
+            "targets": self.targets.iter().map(|t| json!({
+                "target": t.name,
+                "wanted": t.wanted,
+                "measured": t.measured,
+                "pass": t.pass,
+            })).collect::<Vec<_>>(),
+            "notes": self.notes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_ratios() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        let bare = Series(vec![100.0, 50.0, 200.0]);
+        let other = Series(vec![90.0, 50.0, 160.0]);
+        // Ratios 0.9, 1.0, 0.8: the median is 0.9, whatever the medians of the values.
+        assert!((other.ratio_to(&bare) - 0.9).abs() < 1e-12);
+    }
+}
