@@ -23,9 +23,18 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
     "libstd-rust-web-dev-bpf",
     "llvm-22-dev",
 ];
-/// What the tests run: a C compiler for the test programs, python3, mkfs.ext4, fsfreeze,
-/// losetup, setpriv, mount.
-const TEST_PACKAGES: &[&str] = &["gcc", "python3", "e2fsprogs", "util-linux", "mount"];
+/// What the tests run: a C compiler for the test programs (and libc.a for a -static one),
+/// binutils (objcopy, strip, readelf: a stripped binary with a separate debug file),
+/// python3, mkfs.ext4, fsfreeze, losetup, setpriv, unshare, mount.
+const TEST_PACKAGES: &[&str] = &[
+    "gcc",
+    "libc6-dev",
+    "binutils",
+    "python3",
+    "e2fsprogs",
+    "util-linux",
+    "mount",
+];
 /// What `cargo xtask bench` runs: perf (`perf bench sched pipe|messaging`).
 const BENCH_PACKAGES: &[&str] = &["linux-perf"];
 /// What `cargo xtask bench` uses if it is there: bpftrace (the comparison with a bpftrace
@@ -41,6 +50,11 @@ const TEST_TOOLS: &[&str] = &[
     "fsfreeze",
     "losetup",
     "setpriv",
+    "unshare",
+    "chroot",
+    "objcopy",
+    "strip",
+    "readelf",
     "mount",
 ];
 
@@ -176,7 +190,7 @@ fn check_non_debian() -> Result<()> {
     if !tools.is_empty() {
         eprintln!(
             "xtask setup: warning: some tests or the benchmark need these commands, which are \
-             missing: {} (packages: gcc, python3, e2fsprogs, util-linux, perf)",
+             missing: {} (packages: gcc, libc6-dev, binutils, python3, e2fsprogs, util-linux, perf)",
             tools.join(" ")
         );
     }

@@ -70,6 +70,28 @@ const RUNTIME_SYMBOLS: &[&str] = &[
     "__clone",
     "_Py",
     "Py",
+    // glibc internals, for statically linked programs where libc is not a module of its own.
+    "__lll_",
+    "lll_",
+    "__pthread_",
+    "___pthread_",
+    "pthread_",
+    "__GI_",
+    "__futex",
+    "futex_",
+    "__libc_",
+    "__new_sem",
+    "sem_",
+    "__nanosleep",
+    "__clock_nanosleep",
+    "clock_nanosleep",
+    "__select",
+    "__poll",
+    "__read",
+    "__write",
+    "__epoll",
+    "epoll_wait",
+    "__syscall_cancel",
 ];
 
 pub fn classify(module: Option<&str>, symbol: Option<&str>) -> FrameTag {
@@ -112,6 +134,8 @@ mod tests {
         );
         assert_eq!(classify(app, Some("api::handler")), FrameTag::Application);
         assert_eq!(classify(app, Some("take_locks")), FrameTag::Application);
+        // Static programs carry libc inside the executable.
+        assert_eq!(classify(app, Some("__lll_lock_wait")), FrameTag::Runtime);
         assert_eq!(classify(app, None), FrameTag::Application);
     }
 }

@@ -136,7 +136,20 @@ impl UserStacks {
             }
         }
         let mut unwinder = unwind::ProcessUnwinder::new(&modules);
-        let unwound = unwinder.unwind(regs.ip, regs.sp, regs.fp, &stack);
+        let mut unwound = unwinder.unwind(regs.ip, regs.sp, regs.fp, &stack);
+        // A return address outside every executable mapping means the walk went wrong
+        // (a bad rule or a corrupt frame): what follows it is noise, not frames.
+        if let Some(bad) = unwound
+            .frames
+            .iter()
+            .position(|f| !maps.iter().any(|m| m.executable && m.contains(f.lookup)))
+        {
+            unwound.stopped = Some(format!(
+                "unwinding stopped at {:#x}, outside any executable mapping",
+                unwound.frames[bad].address
+            ));
+            unwound.frames.truncate(bad);
+        }
         let no_cfi: Vec<&str> = modules
             .iter()
             .filter(|(_, s)| !s.has_cfi())

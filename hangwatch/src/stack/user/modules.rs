@@ -66,13 +66,34 @@ impl UnwindSections {
         self.eh_frame.is_some() || self.debug_frame.is_some()
     }
 
-    /// The stated address that file offset `offset` is loaded at, from the segment holding it.
+    /// The stated address that a mapping starting at file offset `offset` is loaded at.
+    ///
+    /// The kernel maps each `PT_LOAD` segment from its page-aligned file offset, so the
+    /// segment behind a mapping is the one whose aligned offset equals the mapping's. Only
+    /// when none does (an odd layout) the first segment holding the offset is taken: lld
+    /// packs segments so tightly that a read-only segment's file range can contain the
+    /// start of the executable one's mapping.
     pub fn svma_of_offset(&self, offset: u64) -> Option<u64> {
+        let page = page_size();
         self.segments
             .iter()
-            .find(|(start, size, _)| (*start..start + size.max(&1)).contains(&offset))
-            .map(|(start, _, vaddr)| vaddr + (offset - start))
+            .find(|(start, _, _)| start & !(page - 1) == offset)
+            .or_else(|| {
+                self.segments
+                    .iter()
+                    .find(|(start, size, _)| (*start..start + size.max(&1)).contains(&offset))
+            })
+            .map(|(start, _, vaddr)| vaddr.wrapping_sub(start.wrapping_sub(offset)))
     }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size)
+        .ok()
+        .filter(|s| s.is_power_of_two())
+        .unwrap_or(4096)
 }
 
 /// Why a module's unwind tables could not be had.
@@ -159,6 +180,23 @@ fn parse<'data, R: object::ReadRef<'data>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_segment_behind_a_mapping_is_found_by_its_aligned_offset() {
+        // lld's layout: the R segment's file range holds the page where R E begins.
+        let sections = UnwindSections {
+            segments: vec![(0, 0x2875c, 0), (0x28760, 0x65da0, 0x29760)],
+            text_svma: None,
+            eh_frame_svma: None,
+            eh_frame: None,
+            eh_frame_hdr_svma: None,
+            eh_frame_hdr: None,
+            debug_frame: None,
+            got_svma: None,
+        };
+        assert_eq!(sections.svma_of_offset(0x28000), Some(0x29000));
+        assert_eq!(sections.svma_of_offset(0), Some(0));
+    }
 
     #[test]
     fn our_own_executable_has_cfi_and_maps_its_text() {
