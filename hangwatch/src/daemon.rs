@@ -22,7 +22,7 @@ use hangwatch_ebpf::StackRecord;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::{
-    clock,
+    api, clock,
     detect::{Detectors, Targets},
     episode::{Episode, EpisodeKey, Tracker, Transition},
     meta::{ProcessCache, ThreadProc, thread_proc},
@@ -42,6 +42,10 @@ pub struct Config {
     pub comms: Vec<String>,
     pub scan_interval: Duration,
     pub output: OutputFormat,
+    /// Where the HTTP API and `/metrics` listen; `None` for off.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Where events are POSTed, if anywhere.
+    pub webhook: Option<crate::sink::WebhookUrl>,
 }
 
 /// Runs until SIGTERM or SIGINT. Start-up failures are returned before anything runs.
@@ -59,11 +63,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .context("cannot install signal handlers")?;
 
+    // The HTTP server first: a taken port fails the start before the probes load, and
+    // /healthz answers 503 until they are attached.
+    let surfaces = api::Surfaces::start(&config)?;
+
     let scan_stop = stop.clone();
     thread::Builder::new()
         .name("hangwatch-scan".into())
         .spawn(move || {
-            let result = Scanner::start(config);
+            let result = Scanner::start(config, surfaces);
             match result {
                 Ok(mut scanner) => {
                     let _ = ready_tx.send(Ok(()));
@@ -114,6 +122,8 @@ struct Scanner {
     symbolizer: KernelSymbolizer,
     user_stacks: UserStacks,
     sink: StdoutSink,
+    /// The other outputs: the API store, the metrics, the webhook.
+    surfaces: api::Surfaces,
     /// The last report of each open episode, which its `resolved` event repeats.
     reports: HashMap<EpisodeKey, HangEvent>,
     /// Threads that may cross a threshold before the next full walk.
@@ -129,7 +139,7 @@ struct Scanner {
 }
 
 impl Scanner {
-    fn start(config: Config) -> anyhow::Result<Self> {
+    fn start(config: Config, mut surfaces: api::Surfaces) -> anyhow::Result<Self> {
         let mut probes = Probes::load()?;
         for d in &probes.degraded {
             tracing::warn!(
@@ -141,6 +151,7 @@ impl Scanner {
         }
         probes.set_scan_config(config.detectors.scan_config())?;
         let sink = StdoutSink::spawn(config.output).context("cannot start the output thread")?;
+        surfaces.probes_attached(&probes);
         tracing::info!(
             "probes attached ({} of {}); scanning every {:?}; d_state {}; off_cpu {}",
             crate::probe::PROBES.len() - probes.degraded.len(),
@@ -169,6 +180,7 @@ impl Scanner {
             symbolizer: KernelSymbolizer::new(),
             user_stacks: UserStacks::new(),
             sink,
+            surfaces,
             reports: HashMap::new(),
             table: ThreadTable::default(),
             next_walk: None,
@@ -188,6 +200,7 @@ impl Scanner {
             }
             self.scans += 1;
             self.scan_time += started.elapsed();
+            self.publish_figures(started.elapsed());
             let next = started + self.config.scan_interval;
             // Sleeps until the next scan, or returns at once on shutdown.
             match wake.recv_timeout(next.saturating_duration_since(Instant::now())) {
@@ -283,6 +296,7 @@ impl Scanner {
 
         let now_wall = SystemTime::now();
         for transition in transitions {
+            let reported = Instant::now();
             let event = match transition {
                 Transition::Opened(episode) => self.report(
                     EventType::Hang,
@@ -302,7 +316,9 @@ impl Scanner {
                 ),
                 Transition::Ended(episode) => self.resolve(&episode, &samples, now_ns),
             };
+            self.surfaces.metrics().report(reported.elapsed());
             if let Some(event) = event {
+                self.surfaces.hub.publish(&event);
                 self.sink.send(event);
             }
         }
@@ -421,6 +437,31 @@ impl Scanner {
         report.duration_ms = millis(episode.duration(ended_ns));
         report.resolution = Some(resolution);
         Some(report)
+    }
+
+    /// Hands this scan's figures to the status and the metrics, and answers the API's
+    /// stack requests (this thread owns the iterators).
+    fn publish_figures(&mut self, took: Duration) {
+        self.surfaces.answer_stack_requests(
+            &mut self.probes,
+            &mut self.symbolizer,
+            &mut self.user_stacks,
+        );
+        let figures = api::ScanFigures {
+            took,
+            scans: self.scans,
+            walks: self.walks,
+            scan_time: self.scan_time,
+            walk_time: self.walk_time,
+            tracked_threads: self.table.len(),
+            watched_processes: self.targets.resolve(Instant::now()).len(),
+            bpf_counters: self.probes.counters().unwrap_or_default(),
+            kernel_symbolize: (self.symbolizer.spent, self.symbolizer.failures),
+            user_stacks: (self.user_stacks.spent, self.user_stacks.captured),
+            module_cache: self.user_stacks.module_cache(),
+            stdout_dropped: self.sink.dropped.load(Ordering::Relaxed),
+        };
+        self.surfaces.after_scan(&figures);
     }
 
     fn log_summary(&self) {

@@ -1,10 +1,12 @@
 //! hangwatch: parse the command line, set up logging, dispatch.
+mod api;
 mod cli;
 mod clock;
 mod daemon;
 mod detect;
 mod episode;
 mod meta;
+mod metrics;
 mod probe;
 mod sink;
 mod stack;
@@ -29,6 +31,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Run(args) => daemon::run(args.into_config()),
         cli::Command::BenchFloor => cli::bench_floor::run(),
+        cli::Command::BenchStack(args) => cli::bench_stack::run(args),
+        cli::Command::Client(command) => {
+            return command.run().unwrap_or_else(|err| {
+                eprintln!("hangwatch: error: {}", one_line(&err));
+                ExitCode::FAILURE
+            });
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,8 +1,23 @@
-//! The command line: one binary, one subcommand per file.
+//! The command line: one binary, one subcommand per file. `run` is the daemon; the others
+//! are clients of its HTTP API (`client.rs`), printing tables (`table.rs`) or `--json`.
 pub mod bench_floor;
+pub mod bench_stack;
+mod client;
+mod history;
+mod list;
 pub mod run;
+mod show;
+mod status;
+mod table;
+mod threads;
+mod watch;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// `list --exit-code`: some thread is hung. (1 is an error, 2 a usage error.)
+pub const EXIT_HUNG: u8 = 3;
 
 /// System-wide hang detector for Linux: watches every thread through eBPF and reports
 /// the ones that stop making progress, with their stacks.
@@ -17,7 +32,42 @@ pub struct Cli {
 pub enum Command {
     /// Attach the probes and report hangs until SIGTERM or SIGINT (needs root).
     Run(run::RunArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
     /// Attach only an empty sched_switch program (the benchmark's floor) until SIGTERM.
     #[command(hide = true)]
     BenchFloor,
+    /// Measure the cost of one user stack, cold and warm, on a blocked thread of PID.
+    #[command(hide = true)]
+    BenchStack(bench_stack::BenchStackArgs),
+}
+
+/// The subcommands that ask a running daemon, through its HTTP API.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// The threads hung right now.
+    List(list::ListArgs),
+    /// One episode's whole report, with its user and kernel stacks.
+    Show(show::ShowArgs),
+    /// Recently ended episodes.
+    History(history::HistoryArgs),
+    /// Print events as they happen, until interrupted.
+    Watch(watch::WatchArgs),
+    /// What every thread of a process waits on right now (a live thread dump).
+    Threads(threads::ThreadsArgs),
+    /// The daemon's own state: probes, scans, counters.
+    Status(status::StatusArgs),
+}
+
+impl ClientCommand {
+    pub fn run(&self) -> anyhow::Result<ExitCode> {
+        match self {
+            Self::List(args) => list::run(args),
+            Self::Show(args) => show::run(args),
+            Self::History(args) => history::run(args),
+            Self::Watch(args) => watch::run(args),
+            Self::Threads(args) => threads::run(args),
+            Self::Status(args) => status::run(args),
+        }
+    }
 }

@@ -1,12 +1,12 @@
 //! `hangwatch run`: the daemon's flags.
-use std::{io::IsTerminal, time::Duration};
+use std::{io::IsTerminal, net::SocketAddr, time::Duration};
 
 use clap::Args;
 
 use crate::{
     daemon::Config,
     detect::{DState, Detectors, OffCpu},
-    sink::OutputFormat,
+    sink::{OutputFormat, WebhookUrl},
 };
 
 #[derive(Debug, Args)]
@@ -35,6 +35,38 @@ pub struct RunArgs {
     /// Event format on stdout [default: text on a terminal, json otherwise]
     #[arg(long, value_enum)]
     pub output: Option<OutputFormat>,
+
+    /// Address of the HTTP API and /metrics, or "off"; port 0 picks a free port (logged)
+    /// [default: 127.0.0.1:9924]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen, default_value = DEFAULT_LISTEN, hide_default_value = true)]
+    pub listen: Listen,
+
+    /// POST every event (JSON) to this http:// URL; a slow or down receiver never delays
+    /// detection (bounded queue and retries, drops counted in the metrics)
+    #[arg(long, value_name = "URL", value_parser = parse_webhook)]
+    pub webhook: Option<WebhookUrl>,
+}
+
+/// Where the HTTP API listens unless told otherwise: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9924";
+
+/// A socket address, or "off".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text == "off" {
+        return Ok(Listen(None));
+    }
+    text.parse::<SocketAddr>()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| {
+            "expected IP:PORT (e.g. 127.0.0.1:9924, 0.0.0.0:9924, [::1]:9924) or \"off\"".to_owned()
+        })
+}
+
+fn parse_webhook(text: &str) -> Result<WebhookUrl, String> {
+    WebhookUrl::parse(text).map_err(|e| e.to_string())
 }
 
 impl RunArgs {
@@ -46,6 +78,8 @@ impl RunArgs {
             d_state_threshold,
             scan_interval,
             output,
+            listen,
+            webhook,
         } = self;
         let output = output.unwrap_or(if std::io::stdout().is_terminal() {
             OutputFormat::Text
@@ -64,6 +98,8 @@ impl RunArgs {
             comms,
             scan_interval,
             output,
+            listen: listen.0,
+            webhook,
         }
     }
 }
@@ -124,6 +160,31 @@ mod tests {
             "off_cpu is off without targets"
         );
         assert_eq!(config.scan_interval.as_millis(), 250);
+        assert_eq!(
+            config.listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9924")
+        );
+        assert!(config.webhook.is_none());
+    }
+
+    #[test]
+    fn listen_and_webhook() {
+        let config = run_args(&["--listen", "off", "--webhook", "http://127.0.0.1:1/x"])
+            .expect("parses")
+            .into_config();
+        assert!(config.listen.is_none());
+        assert_eq!(
+            config.webhook.map(|w| w.to_string()).as_deref(),
+            Some("http://127.0.0.1:1/x")
+        );
+        let err = run_args(&["--listen", "localhost"])
+            .expect_err("rejected")
+            .to_string();
+        assert!(err.contains("IP:PORT"), "{err}");
+        let err = run_args(&["--webhook", "https://x/"])
+            .expect_err("rejected")
+            .to_string();
+        assert!(err.contains("https is not supported"), "{err}");
     }
 
     #[test]

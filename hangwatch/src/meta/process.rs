@@ -26,7 +26,7 @@ pub struct ProcessCache {
 impl ProcessCache {
     /// Facts about process `tgid`, or `None` if it is gone (counted in `vanished`).
     pub fn get(&mut self, tgid: u32) -> Option<ProcessInfo> {
-        let start = match start_ticks(tgid, tgid) {
+        let start = match start_ticks_of(tgid, tgid, true) {
             Some(start) => start,
             None => {
                 self.by_tgid.remove(&tgid);
@@ -143,12 +143,23 @@ impl ProcSyscall {
     }
 }
 
-/// Field 22 of /proc/TGID/task/TID/stat: start time in clock ticks since boot.
+/// Field 22 of /proc/TGID/task/TID/stat: start time in clock ticks since boot; `None`
+/// when the thread is gone or has exited (a zombie or dead thread keeps its /proc entry
+/// until it is reaped).
 fn start_ticks(tgid: u32, tid: u32) -> Option<u64> {
+    start_ticks_of(tgid, tid, false)
+}
+
+/// As `start_ticks`, keeping exited threads when `exited_too` (a process lives on after its
+/// main thread exited, and its facts are the leader's).
+fn start_ticks_of(tgid: u32, tid: u32, exited_too: bool) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/stat")).ok()?;
     // The comm field may contain spaces and parentheses: split after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace();
+    if matches!(fields.next()?, "Z" | "X" | "x") && !exited_too {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 fn clock_ticks() -> u64 {

@@ -15,7 +15,7 @@ use aya::{
 use hangwatch_ebpf::{Counter, ScanConfig, StackRecord, ThreadRecord, names};
 
 pub use attach::{Degraded, PROBES};
-pub use thread_state::{Lookup, ThreadHandle};
+pub use thread_state::{Lookup, StateReader, ThreadHandle};
 
 /// The eBPF object built from `hangwatch-ebpf` by build.rs.
 static EBPF_OBJECT: &[u8] =
@@ -193,6 +193,12 @@ impl Probes {
     pub fn read_thread(&self, thread: &ThreadHandle) -> std::io::Result<Lookup> {
         use std::os::fd::AsFd as _;
         thread_state::lookup(self.thread_state.fd().as_fd(), thread)
+    }
+
+    /// A reader of the per-thread state for another thread than the scan's.
+    pub fn state_reader(&self) -> std::io::Result<StateReader> {
+        use std::os::fd::AsFd as _;
+        StateReader::new(self.thread_state.fd().as_fd())
     }
 
     /// The probe counters, summed over CPUs.

@@ -78,3 +78,25 @@ pub fn lookup(map: BorrowedFd<'_>, thread: &ThreadHandle) -> io::Result<Lookup> 
         _ => Err(err),
     }
 }
+
+/// A cheap, clonable reader of `THREAD_STATE` for other threads than the scan (the API's
+/// `threads PID`): a duplicate of the map's fd, read per thread by pidfd.
+#[derive(Debug, Clone)]
+pub struct StateReader(std::sync::Arc<OwnedFd>);
+
+impl StateReader {
+    pub fn new(map: BorrowedFd<'_>) -> io::Result<Self> {
+        Ok(Self(std::sync::Arc::new(map.try_clone_to_owned()?)))
+    }
+
+    /// Thread `tid`'s state now. `Err` with `EINVAL` where thread pidfds are missing
+    /// (before Linux 6.9); `Ok(Lookup::Gone)` when the thread no longer exists.
+    pub fn read(&self, tid: u32) -> io::Result<Lookup> {
+        let thread = match ThreadHandle::open(tid) {
+            Ok(thread) => thread,
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => return Ok(Lookup::Gone),
+            Err(err) => return Err(err),
+        };
+        lookup(self.0.as_fd(), &thread)
+    }
+}

@@ -2,7 +2,10 @@
 //! never waits for it: a stalled stdout reader costs dropped events (counted), not a
 //! stalled detector.
 mod event;
+mod hub;
+pub(crate) mod store;
 mod text;
+mod webhook;
 
 use std::{
     io::Write,
@@ -15,6 +18,9 @@ use std::{
 };
 
 pub use event::{EventType, HangEvent, Resolution};
+pub use hub::Hub;
+pub use store::{HISTORY_CAPACITY, ProbeStatus, Store, ms, started_at};
+pub use webhook::{WebhookError, WebhookSink, WebhookUrl};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {

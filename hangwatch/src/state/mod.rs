@@ -7,7 +7,7 @@ mod wait;
 use hangwatch_ebpf::{FLAG_FUTEX_TIMEOUT, FLAG_IN_SYSCALL, PF_KTHREAD, ThreadRecord, task_state};
 
 pub use table::{Refresh, ThreadTable};
-pub use wait::Wait;
+pub use wait::{TaskState, Wait};
 
 /// A thread, unambiguously: the tid together with its start time survives tid reuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

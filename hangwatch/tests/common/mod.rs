@@ -357,6 +357,11 @@ impl Daemon {
     pub fn start_unattached(args: &[&str]) -> Self {
         require_root();
         let mut full = vec!["run".to_owned(), "--output".to_owned(), "json".to_owned()];
+        // A free port each, so that daemons of tests running in parallel never collide
+        // on the default address; `Daemon::endpoint` reads the port from the log.
+        if !args.contains(&"--listen") {
+            full.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
         full.extend(args.iter().map(|a| (*a).to_owned()));
         let mut child = Command::new(HANGWATCH)
             .args(&full)
@@ -440,6 +445,33 @@ impl Daemon {
         }
         let took = self.started.elapsed();
         eprintln!("hangwatch (pid {}) attached after {took:?}", self.pid);
+    }
+
+    /// The HTTP API's base URL (`http://127.0.0.1:PORT`), from the daemon's
+    /// "listening on" log line; panics if it never logs one.
+    pub fn endpoint(&self) -> String {
+        let (lock, cv) = &*self.output;
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let mut out = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(url) = out
+                .stderr
+                .lines()
+                .find_map(|l| l.split_once("listening on ").map(|(_, url)| url.trim()))
+            {
+                return url.to_owned();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero() && !out.stderr_closed,
+                "hangwatch never logged \"listening on\":\n{}",
+                out.stderr
+            );
+            out = cv
+                .wait_timeout(out, left.min(Duration::from_millis(100)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     fn status_now(&self) -> Option<ExitStatus> {
@@ -803,6 +835,235 @@ pub fn check_episodes(events: &[Received]) {
                 "episode {id}: duration_ms went back to {duration}: {v}"
             );
             last_duration = duration;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP: the daemon's API, the CLI, a webhook receiver
+// ---------------------------------------------------------------------------------------
+
+/// An HTTP answer: status, body text, and the body as JSON when it is JSON.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub text: String,
+    pub json: Value,
+}
+
+/// `method` `url` with a 10 s limit; panics when the server cannot be reached.
+pub fn http(method: &str, url: &str) -> Answer {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let response = match method {
+        "GET" => agent.get(url).call(),
+        "POST" => agent.post(url).send("{}"),
+        "PUT" => agent.put(url).send("{}"),
+        "DELETE" => agent.delete(url).call(),
+        other => panic!("unsupported method {other}"),
+    }
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let text = response
+        .into_body()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"));
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Answer { status, text, json }
+}
+
+/// GET that must answer 200; returns the body as JSON (Null if not JSON).
+pub fn get_ok(url: &str) -> Answer {
+    let answer = http("GET", url);
+    assert_eq!(answer.status, 200, "GET {url}: {}", answer.text);
+    answer
+}
+
+/// What a CLI run printed and how it exited.
+#[derive(Debug)]
+pub struct CliRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("CLI output is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// Runs `hangwatch <args>` against `endpoint` (through HANGWATCH_ENDPOINT), with a time
+/// limit of 20 s.
+pub fn cli(endpoint: &str, args: &[&str]) -> CliRun {
+    let child = Command::new(HANGWATCH)
+        .args(args)
+        .env("HANGWATCH_ENDPOINT", endpoint)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting hangwatch {args:?}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(output) => output.unwrap_or_else(|e| panic!("hangwatch {args:?}: {e}")),
+        Err(_) => {
+            signal(pid, libc::SIGKILL);
+            panic!("hangwatch {args:?} did not finish within 20 s");
+        }
+    };
+    let run = CliRun {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    eprintln!(
+        "$ hangwatch {} -> {:?}\n{}{}",
+        args.join(" "),
+        run.code,
+        run.stdout,
+        run.stderr
+    );
+    run
+}
+
+/// Like [`cli`], and it must exit 0.
+pub fn cli_ok(endpoint: &str, args: &[&str]) -> CliRun {
+    let run = cli(endpoint, args);
+    assert_eq!(run.code, Some(0), "hangwatch {args:?} failed: {run:?}");
+    run
+}
+
+/// How a [`WebhookReceiver`] treats requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReceiverMode {
+    /// Reads each request and answers 200.
+    Accept,
+    /// Never accepts a connection (the kernel's backlog completes the handshake, so the
+    /// client waits for an answer that never comes).
+    NeverAnswer,
+}
+
+/// A tiny HTTP server on loopback that records the JSON bodies POSTed to it.
+pub struct WebhookReceiver {
+    pub url: String,
+    bodies: Arc<(Mutex<Vec<Received>>, Condvar)>,
+    _listener: Option<std::net::TcpListener>,
+}
+
+impl WebhookReceiver {
+    pub fn start(mode: ReceiverMode) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let url = format!("http://{addr}/hook");
+        let bodies: Arc<(Mutex<Vec<Received>>, Condvar)> = Arc::default();
+        if mode == ReceiverMode::NeverAnswer {
+            return Self {
+                url,
+                bodies,
+                _listener: Some(listener),
+            };
+        }
+        let sink = Arc::clone(&bodies);
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let sink = Arc::clone(&sink);
+                thread::spawn(move || serve_connection(stream, &sink));
+            }
+        });
+        Self {
+            url,
+            bodies,
+            _listener: None,
+        }
+    }
+
+    /// Every body received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.bodies
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until `done` holds for the bodies received; false on timeout.
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[Received]) -> bool) -> bool {
+        let (lock, cv) = &*self.bodies;
+        let deadline = Instant::now() + timeout;
+        let mut bodies = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if done(&bodies) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            bodies = cv
+                .wait_timeout(bodies, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Reads HTTP/1.1 requests (Content-Length bodies) from one connection, answering 200.
+fn serve_connection(stream: std::net::TcpStream, sink: &(Mutex<Vec<Received>>, Condvar)) {
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut writer = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+            return;
+        }
+        let at = Instant::now();
+        let value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        {
+            let (lock, cv) = sink;
+            lock.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Received { at, value });
+            cv.notify_all();
+        }
+        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        if writer.write_all(answer.as_bytes()).is_err() {
+            return;
         }
     }
 }

@@ -1,0 +1,286 @@
+//! The HTTP server on `--listen`: `/metrics`, `/healthz` and the read-only JSON API the CLI
+//! talks to, versioned under `/api/v1/`. One file per resource.
+//!
+//! It runs on its own thread with a single-threaded tokio runtime, apart from the scan:
+//! a slow client or a blocked `/proc` read here never delays detection, and a stuck scan
+//! never stops `/metrics` from answering. Every error is a 4xx/5xx with a JSON body
+//! `{"error": "..."}`.
+mod hangs;
+mod health;
+mod history;
+mod metrics;
+mod status;
+mod surfaces;
+pub mod threads;
+mod watch;
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    sync::{Arc, OnceLock, mpsc},
+    thread,
+};
+
+use axum::{
+    Json, Router,
+    extract::{MatchedPath, Query, Request, State, rejection::QueryRejection},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use crate::{metrics::Metrics, probe::StateReader, sink::Store};
+
+pub use surfaces::{ScanFigures, Surfaces};
+pub use threads::StackRequest;
+
+/// What the handlers share.
+pub struct Api {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    /// Set once the probes are attached: then `/healthz` is ready.
+    probes: OnceLock<ProbeAccess>,
+}
+
+/// The handlers' way to the kernel side, once it is there.
+struct ProbeAccess {
+    /// Reads one thread's state by pidfd; `None` where thread pidfds are missing (< 6.9).
+    reader: Option<StateReader>,
+    /// Stack captures go to the scan thread, which owns the iterators.
+    stacks: mpsc::Sender<StackRequest>,
+}
+
+impl Api {
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            metrics,
+            probes: OnceLock::new(),
+        })
+    }
+
+    /// The probes are attached: from now on `/healthz` answers 200 and `threads` reads
+    /// the per-thread state.
+    pub fn probes_attached(&self, reader: Option<StateReader>, stacks: mpsc::Sender<StackRequest>) {
+        let _ = self.probes.set(ProbeAccess { reader, stacks });
+    }
+
+    fn ready(&self) -> bool {
+        self.probes.get().is_some()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the HTTP server: {0}")]
+    Start(#[source] std::io::Error),
+}
+
+/// Binds `addr` now (so a taken port fails the start) and serves on a thread of its own.
+/// Returns the bound address (the port, when `addr` asked for port 0).
+pub fn serve(addr: SocketAddr, api: Arc<Api>) -> Result<SocketAddr, ServeError> {
+    let listener = TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .thread_name("hangwatch-http-io")
+        .max_blocking_threads(4)
+        .build()
+        .map_err(ServeError::Start)?;
+    thread::Builder::new()
+        .name("hangwatch-http".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(err) => {
+                        tracing::error!("HTTP server: {err}");
+                        return;
+                    }
+                };
+                if let Err(err) = axum::serve(listener, router(api)).await {
+                    tracing::error!("HTTP server stopped: {err}");
+                }
+            });
+        })
+        .map_err(ServeError::Start)?;
+    Ok(bound)
+}
+
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/api/v1/hangs", get(hangs::list))
+        .route("/api/v1/hangs/{id}", get(hangs::one))
+        .route("/api/v1/history", get(history::list))
+        .route("/api/v1/threads/{pid}", get(threads::threads))
+        .route("/api/v1/status", get(status::status))
+        .route("/api/v1/watch", get(watch::watch))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(Arc::clone(&api), count))
+        .with_state(api)
+}
+
+/// Counts each request by route (a short name: bounded, and free of the `{}` of path
+/// templates that some scrapers mis-parse) and status code.
+async fn count(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
+    let route = match request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+    {
+        Some("/metrics") => "metrics",
+        Some("/healthz") => "healthz",
+        Some("/api/v1/hangs") => "hangs",
+        Some("/api/v1/hangs/{id}") => "hang",
+        Some("/api/v1/history") => "history",
+        Some("/api/v1/threads/{pid}") => "threads",
+        Some("/api/v1/status") => "status",
+        Some("/api/v1/watch") => "watch",
+        _ => "other",
+    };
+    let response = next.run(request).await;
+    api.metrics.http_request(route, response.status().as_u16());
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see /api/v1/hangs, /api/v1/hangs/ID, /api/v1/history, /api/v1/threads/PID, /api/v1/status, /api/v1/watch, /metrics, /healthz",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "the API is read-only: use GET",
+    )
+}
+
+/// An error answer: a status and `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+/// The query string as name/value pairs, checked against the names a route takes.
+pub struct Params(Vec<(String, String)>);
+
+type RawParams = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+impl Params {
+    /// Refuses a malformed query and names it does not know (a typo is an error, not a
+    /// silently ignored filter).
+    pub fn check(raw: RawParams, known: &[&str]) -> Result<Self, ApiError> {
+        let Query(pairs) = raw.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        for (name, _) in &pairs {
+            if !known.contains(&name.as_str()) {
+                let known = if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                };
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter `{name}` (this endpoint takes: {known})"
+                )));
+            }
+        }
+        Ok(Self(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// An integer in `range`, or `default` when absent.
+    pub fn number(
+        &self,
+        name: &str,
+        range: std::ops::RangeInclusive<u64>,
+        default: u64,
+    ) -> Result<u64, ApiError> {
+        let Some(text) = self.get(name) else {
+            return Ok(default);
+        };
+        text.parse::<u64>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "`{name}` must be an integer from {} to {}, not `{text}`",
+                    range.start(),
+                    range.end()
+                ))
+            })
+    }
+
+    /// `true`/`false` (or `1`/`0`); a bare `?name` is true.
+    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None => Ok(false),
+            Some("" | "true" | "1") => Ok(true),
+            Some("false" | "0") => Ok(false),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "`{name}` must be true or false, not `{other}`"
+            ))),
+        }
+    }
+
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests;

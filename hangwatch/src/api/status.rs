@@ -1,0 +1,30 @@
+//! `/api/v1/status`: the daemon itself: version, uptime, probes, scan figures, counters.
+use std::{sync::Arc, time::SystemTime};
+
+use axum::{Json, extract::State};
+use serde_json::{Value, json};
+
+use super::{Api, ApiError, Params, RawParams};
+use crate::{clock, sink::started_at};
+
+pub async fn status(State(api): State<Arc<Api>>, raw: RawParams) -> Result<Json<Value>, ApiError> {
+    Params::check(raw, &[])?;
+    let status = api.store.status();
+    let started = started_at();
+    let uptime = SystemTime::now()
+        .duration_since(started)
+        .unwrap_or_default();
+    let mut body = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "started_at": clock::rfc3339(started),
+        "uptime_s": uptime.as_secs(),
+        "open_episodes": api.store.open_count(),
+    });
+    if let (Value::Object(body), Ok(Value::Object(status))) =
+        (&mut body, serde_json::to_value(&status))
+    {
+        body.extend(status);
+    }
+    Ok(Json(body))
+}

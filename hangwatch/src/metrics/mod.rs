@@ -1,0 +1,660 @@
+//! Every metric hangwatch exports, declared in this one module on a private registry
+//! (`hangwatch_` prefix, base units, `_total` counters; sizes are gauges). The scan thread
+//! and the sinks update them; the HTTP server renders them on `/metrics`.
+//!
+//! README.md ("## Metrics") documents each one; a unit test below checks that every metric
+//! registered here is named there.
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use hangwatch_ebpf::Counter;
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::{detect::HangKind, sink::EventType};
+
+/// Episode lengths, from a short `loop_stall` to a thread stuck for hours.
+const HANG_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0,
+];
+/// The daemon's own work: a tick is tens of microseconds, a full walk of a busy machine a
+/// few milliseconds, a report with stacks up to tens of milliseconds.
+const WORK_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0,
+];
+
+/// Every hang kind, so that `hangwatch_hangs_total` has a 0 series for each from the start.
+const KINDS: &[HangKind] = &[HangKind::DState, HangKind::OffCpu];
+/// Fails to compile when a kind is added without adding it to `KINDS`.
+const _: fn(HangKind) = |kind| match kind {
+    HangKind::DState | HangKind::OffCpu => {}
+};
+
+/// Every way an event can fail to reach a sink: full queues (stdout, webhook, a `watch`
+/// client that fell behind) and webhook deliveries given up after their retries.
+const DROP_REASONS: [(&str, &str); 4] = [
+    ("stdout", "queue_full"),
+    ("watch", "queue_full"),
+    ("webhook", "queue_full"),
+    ("webhook", "failed"),
+];
+
+/// Labels of `hangwatch_hung_threads`, in order.
+const HUNG_LABELS: [&str; 5] = ["kind", "namespace", "pod", "container", "comm"];
+
+/// The label values of one hung thread (empty when not known, e.g. outside Kubernetes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HungLabels {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub comm: String,
+}
+
+impl HungLabels {
+    fn values(&self) -> [&str; 5] {
+        [
+            self.kind,
+            &self.namespace,
+            &self.pod,
+            &self.container,
+            &self.comm,
+        ]
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    hangs: IntCounterVec,
+    events: IntCounterVec,
+    hung_threads: IntGaugeVec,
+    hang_duration: HistogramVec,
+    bpf_events: IntCounterVec,
+    bpf_state_unavailable: IntCounter,
+    bpf_records_dropped: IntCounter,
+    kernel_stack_failures: IntCounter,
+    blocked_before_start: IntCounter,
+    probe_attached: IntGaugeVec,
+    scan_duration: Histogram,
+    walk_duration: Histogram,
+    report_duration: Histogram,
+    symbolize_seconds: prometheus::CounterVec,
+    symbolize_failures: IntCounterVec,
+    user_stacks: IntCounter,
+    unwind_cache: IntCounterVec,
+    candidate_threads: IntGauge,
+    watched_processes: IntGauge,
+    sink_dropped: IntCounterVec,
+    webhook_requests: IntCounterVec,
+    http_requests: IntCounterVec,
+    /// The last BPF counter values seen, to turn totals into increments.
+    last_bpf: Mutex<HashMap<u32, u64>>,
+    /// The label sets of `hung_threads` set at the last update, to remove the stale ones.
+    last_hung: Mutex<HashMap<HungLabels, i64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("hangwatch")
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
+    HistogramOpts::new(name, help)
+        .namespace("hangwatch")
+        .buckets(buckets.to_vec())
+}
+
+impl Metrics {
+    /// Declares and registers every metric. Panics only on a programming error (a
+    /// duplicate or malformed name), which the unit tests catch.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| {
+            registry
+                .register(c)
+                .expect("metric names are unique and valid");
+        };
+        let build_info = IntGaugeVec::new(
+            opts(
+                "build_info",
+                "Always 1; the labels say which hangwatch runs on which kernel.",
+            ),
+            &["version", "kernel"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), &kernel_release()])
+            .set(1);
+        reg(Box::new(build_info));
+
+        let m = Self {
+            hangs: IntCounterVec::new(
+                opts("hangs_total", "Hang episodes started, by kind."),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            events: IntCounterVec::new(
+                opts(
+                    "events_total",
+                    "Events emitted (hang, update, resolved), by event and kind.",
+                ),
+                &["event", "kind"],
+            )
+            .expect("valid metric"),
+            hung_threads: IntGaugeVec::new(
+                opts(
+                    "hung_threads",
+                    "Threads hung now, by kind and where they run; a label set disappears when its last episode ends.",
+                ),
+                &HUNG_LABELS,
+            )
+            .expect("valid metric"),
+            hang_duration: HistogramVec::new(
+                histogram(
+                    "hang_duration_seconds",
+                    "Length of ended hang episodes, from the start of the wait to its end.",
+                    HANG_BUCKETS,
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            bpf_events: IntCounterVec::new(
+                opts(
+                    "bpf_events_total",
+                    "Events handled by the BPF probes, by probe (sched_switch, sched_wakeup, futex).",
+                ),
+                &["probe"],
+            )
+            .expect("valid metric"),
+            bpf_state_unavailable: IntCounter::with_opts(opts(
+                "bpf_state_unavailable_total",
+                "Probe events whose per-thread state could not be had (task storage allocation failed or busy): waits that may go unseen.",
+            ))
+            .expect("valid metric"),
+            bpf_records_dropped: IntCounter::with_opts(opts(
+                "bpf_records_dropped_total",
+                "Thread or stack records the task iterators could not write (output buffer full).",
+            ))
+            .expect("valid metric"),
+            kernel_stack_failures: IntCounter::with_opts(opts(
+                "kernel_stack_failures_total",
+                "Kernel stacks of hung threads the kernel could not walk.",
+            ))
+            .expect("valid metric"),
+            blocked_before_start: IntCounter::with_opts(opts(
+                "threads_blocked_before_start_total",
+                "Threads first seen already blocked (their wait began before hangwatch attached).",
+            ))
+            .expect("valid metric"),
+            probe_attached: IntGaugeVec::new(
+                opts(
+                    "probe_attached",
+                    "1 when the BPF program is attached, 0 when it could not be (optional probes only).",
+                ),
+                &["probe"],
+            )
+            .expect("valid metric"),
+            scan_duration: Histogram::with_opts(histogram(
+                "scan_duration_seconds",
+                "Time of one scan tick: reading thread state, detecting, reporting.",
+                WORK_BUCKETS,
+            ))
+            .expect("valid metric"),
+            walk_duration: Histogram::with_opts(histogram(
+                "walk_duration_seconds",
+                "Time of one full walk of every thread (the scan_threads task iterator).",
+                WORK_BUCKETS,
+            ))
+            .expect("valid metric"),
+            report_duration: Histogram::with_opts(histogram(
+                "report_duration_seconds",
+                "Time to build one event: process facts, stack capture and symbolization.",
+                WORK_BUCKETS,
+            ))
+            .expect("valid metric"),
+            symbolize_seconds: prometheus::CounterVec::new(
+                opts(
+                    "symbolize_seconds_total",
+                    "Time spent symbolizing stacks, by stack (kernel, user).",
+                ),
+                &["stack"],
+            )
+            .expect("valid metric"),
+            symbolize_failures: IntCounterVec::new(
+                opts(
+                    "symbolize_failures_total",
+                    "Stacks whose symbolization failed, by stack (kernel, user).",
+                ),
+                &["stack"],
+            )
+            .expect("valid metric"),
+            user_stacks: IntCounter::with_opts(opts(
+                "user_stacks_total",
+                "User stacks captured (unwound with DWARF CFI and symbolized).",
+            ))
+            .expect("valid metric"),
+            unwind_cache: IntCounterVec::new(
+                opts(
+                    "unwind_cache_lookups_total",
+                    "Lookups of the user unwinder's per-file cache of unwind tables and symbols, by result (hit, miss).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            candidate_threads: IntGauge::with_opts(opts(
+                "tracked_threads",
+                "Threads followed between full walks: off-CPU long enough that they may cross a threshold soon.",
+            ))
+            .expect("valid metric"),
+            watched_processes: IntGauge::with_opts(opts(
+                "watched_processes",
+                "Processes selected for off_cpu (--pid, --comm) right now.",
+            ))
+            .expect("valid metric"),
+            sink_dropped: IntCounterVec::new(
+                opts(
+                    "sink_dropped_events_total",
+                    "Events a sink did not deliver, by sink (stdout, webhook, watch) and reason (queue_full, failed).",
+                ),
+                &["sink", "reason"],
+            )
+            .expect("valid metric"),
+            webhook_requests: IntCounterVec::new(
+                opts(
+                    "webhook_requests_total",
+                    "POSTs to the webhook, retries included, by result (success, error).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            http_requests: IntCounterVec::new(
+                opts(
+                    "http_requests_total",
+                    "Requests to the HTTP API, by route and status code.",
+                ),
+                &["route", "code"],
+            )
+            .expect("valid metric"),
+            last_bpf: Mutex::default(),
+            last_hung: Mutex::default(),
+            registry: registry.clone(),
+        };
+        for c in m.collectors() {
+            reg(c);
+        }
+        #[cfg(target_os = "linux")]
+        reg(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        // Counters that exist before their first increment, so that rate() and alerts see
+        // a 0 rather than no series.
+        for kind in KINDS {
+            m.hangs.with_label_values(&[kind.as_str()]);
+        }
+        for (sink, reason) in DROP_REASONS {
+            m.sink_dropped.with_label_values(&[sink, reason]);
+        }
+        m
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        let Self {
+            registry: _,
+            hangs,
+            events,
+            hung_threads,
+            hang_duration,
+            bpf_events,
+            bpf_state_unavailable,
+            bpf_records_dropped,
+            kernel_stack_failures,
+            blocked_before_start,
+            probe_attached,
+            scan_duration,
+            walk_duration,
+            report_duration,
+            symbolize_seconds,
+            symbolize_failures,
+            user_stacks,
+            unwind_cache,
+            candidate_threads,
+            watched_processes,
+            sink_dropped,
+            webhook_requests,
+            http_requests,
+            last_bpf: _,
+            last_hung: _,
+        } = self;
+        vec![
+            Box::new(hangs.clone()),
+            Box::new(events.clone()),
+            Box::new(hung_threads.clone()),
+            Box::new(hang_duration.clone()),
+            Box::new(bpf_events.clone()),
+            Box::new(bpf_state_unavailable.clone()),
+            Box::new(bpf_records_dropped.clone()),
+            Box::new(kernel_stack_failures.clone()),
+            Box::new(blocked_before_start.clone()),
+            Box::new(probe_attached.clone()),
+            Box::new(scan_duration.clone()),
+            Box::new(walk_duration.clone()),
+            Box::new(report_duration.clone()),
+            Box::new(symbolize_seconds.clone()),
+            Box::new(symbolize_failures.clone()),
+            Box::new(user_stacks.clone()),
+            Box::new(unwind_cache.clone()),
+            Box::new(candidate_threads.clone()),
+            Box::new(watched_processes.clone()),
+            Box::new(sink_dropped.clone()),
+            Box::new(webhook_requests.clone()),
+            Box::new(http_requests.clone()),
+        ]
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!("cannot encode metrics: {err}");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// One event was emitted.
+    pub fn event(&self, event: EventType, kind: HangKind, duration: Duration) {
+        let name = match event {
+            EventType::Hang => "hang",
+            EventType::Update => "update",
+            EventType::Resolved => "resolved",
+        };
+        self.events.with_label_values(&[name, kind.as_str()]).inc();
+        match event {
+            EventType::Hang => self.hangs.with_label_values(&[kind.as_str()]).inc(),
+            EventType::Resolved => self
+                .hang_duration
+                .with_label_values(&[kind.as_str()])
+                .observe(duration.as_secs_f64()),
+            EventType::Update => {}
+        }
+    }
+
+    /// Sets `hangwatch_hung_threads` to the open episodes, removing label sets that have
+    /// none left (so the series count stays bounded by the live episodes).
+    pub fn set_hung(&self, open: impl IntoIterator<Item = HungLabels>) {
+        let mut counts: HashMap<HungLabels, i64> = HashMap::new();
+        for labels in open {
+            *counts.entry(labels).or_default() += 1;
+        }
+        let mut last = self.last_hung.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in last.keys().filter(|l| !counts.contains_key(*l)) {
+            let _ = self.hung_threads.remove_label_values(&gone.values());
+        }
+        for (labels, n) in &counts {
+            self.hung_threads
+                .with_label_values(&labels.values())
+                .set(*n);
+        }
+        *last = counts;
+    }
+
+    /// Folds the probes' counter totals in (they only grow while the probes are loaded).
+    pub fn bpf_counters(&self, totals: &[(Counter, u64)]) {
+        let mut last = self.last_bpf.lock().unwrap_or_else(|e| e.into_inner());
+        for &(counter, total) in totals {
+            let before = last.insert(counter as u32, total).unwrap_or(0);
+            let delta = total.saturating_sub(before);
+            if delta == 0 && before != 0 {
+                continue;
+            }
+            match counter {
+                Counter::SchedSwitchEvents => self
+                    .bpf_events
+                    .with_label_values(&["sched_switch"])
+                    .inc_by(delta),
+                Counter::SchedWakeupEvents => self
+                    .bpf_events
+                    .with_label_values(&["sched_wakeup"])
+                    .inc_by(delta),
+                Counter::FutexSyscallEvents => {
+                    self.bpf_events.with_label_values(&["futex"]).inc_by(delta)
+                }
+                Counter::StateUnavailable => self.bpf_state_unavailable.inc_by(delta),
+                Counter::RecordsDropped => self.bpf_records_dropped.inc_by(delta),
+                Counter::KernelStackFailed => self.kernel_stack_failures.inc_by(delta),
+                Counter::BlockedBeforeAttach => self.blocked_before_start.inc_by(delta),
+            }
+        }
+    }
+
+    pub fn probe(&self, program: &str, attached: bool) {
+        self.probe_attached
+            .with_label_values(&[program])
+            .set(i64::from(attached));
+    }
+
+    pub fn scan(&self, took: Duration) {
+        self.scan_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn walk(&self, took: Duration) {
+        self.walk_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn report(&self, took: Duration) {
+        self.report_duration.observe(took.as_secs_f64());
+    }
+
+    /// Symbolization time and failures since the last call, for `stack` (kernel, user).
+    pub fn symbolized(&self, stack: &str, spent: Duration, failures: u64) {
+        if !spent.is_zero() {
+            self.symbolize_seconds
+                .with_label_values(&[stack])
+                .inc_by(spent.as_secs_f64());
+        }
+        if failures > 0 {
+            self.symbolize_failures
+                .with_label_values(&[stack])
+                .inc_by(failures);
+        }
+    }
+
+    /// User stacks captured and unwinder cache lookups since the last call.
+    pub fn user_stacks(&self, captured: u64, hits: u64, misses: u64) {
+        self.user_stacks.inc_by(captured);
+        self.unwind_cache.with_label_values(&["hit"]).inc_by(hits);
+        self.unwind_cache
+            .with_label_values(&["miss"])
+            .inc_by(misses);
+    }
+
+    /// Events not delivered so far, by sink (all reasons together).
+    pub fn dropped_totals(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let mut totals = std::collections::BTreeMap::new();
+        for (sink, reason) in DROP_REASONS {
+            *totals.entry(sink).or_default() +=
+                self.sink_dropped.with_label_values(&[sink, reason]).get();
+        }
+        totals
+    }
+
+    pub fn threads(&self, candidates: usize, watched: usize) {
+        self.candidate_threads
+            .set(i64::try_from(candidates).unwrap_or(i64::MAX));
+        self.watched_processes
+            .set(i64::try_from(watched).unwrap_or(i64::MAX));
+    }
+
+    /// `n` events a sink did not deliver.
+    pub fn dropped(&self, sink: &str, reason: &str, n: u64) {
+        if n > 0 {
+            self.sink_dropped
+                .with_label_values(&[sink, reason])
+                .inc_by(n);
+        }
+    }
+
+    pub fn webhook_request(&self, success: bool) {
+        let result = if success { "success" } else { "error" };
+        self.webhook_requests.with_label_values(&[result]).inc();
+    }
+
+    pub fn http_request(&self, route: &str, code: u16) {
+        self.http_requests
+            .with_label_values(&[route, &code.to_string()])
+            .inc();
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> prometheus_parse::Scrape {
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("valid exposition")
+    }
+
+    fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no {name}{labels:?} in the scrape"));
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name} is {other:?}"),
+        }
+    }
+
+    fn labels(kind: &'static str, comm: &str) -> HungLabels {
+        HungLabels {
+            kind,
+            namespace: String::new(),
+            pod: String::new(),
+            container: String::new(),
+            comm: comm.into(),
+        }
+    }
+
+    #[test]
+    fn hung_threads_follow_the_open_episodes() {
+        let m = Metrics::new();
+        m.set_hung([labels("off_cpu", "abba"), labels("off_cpu", "abba")]);
+        let s = parse(&m.render());
+        assert_eq!(
+            value(&s, "hangwatch_hung_threads", &[("comm", "abba")]),
+            2.0
+        );
+        m.set_hung([labels("d_state", "dd")]);
+        let text = m.render();
+        assert!(
+            !text.contains("comm=\"abba\""),
+            "stale series kept:\n{text}"
+        );
+        let s = parse(&text);
+        assert_eq!(
+            value(&s, "hangwatch_hung_threads", &[("kind", "d_state")]),
+            1.0
+        );
+    }
+
+    #[test]
+    fn bpf_totals_become_increments() {
+        let m = Metrics::new();
+        m.bpf_counters(&[
+            (Counter::SchedSwitchEvents, 10),
+            (Counter::RecordsDropped, 0),
+        ]);
+        m.bpf_counters(&[
+            (Counter::SchedSwitchEvents, 25),
+            (Counter::RecordsDropped, 2),
+        ]);
+        let s = parse(&m.render());
+        assert_eq!(
+            value(
+                &s,
+                "hangwatch_bpf_events_total",
+                &[("probe", "sched_switch")]
+            ),
+            25.0
+        );
+        assert_eq!(value(&s, "hangwatch_bpf_records_dropped_total", &[]), 2.0);
+    }
+
+    #[test]
+    fn events_count_and_durations_are_observed() {
+        let m = Metrics::new();
+        m.event(EventType::Hang, HangKind::OffCpu, Duration::from_secs(1));
+        m.event(
+            EventType::Resolved,
+            HangKind::OffCpu,
+            Duration::from_secs(3),
+        );
+        let s = parse(&m.render());
+        assert_eq!(
+            value(&s, "hangwatch_hangs_total", &[("kind", "off_cpu")]),
+            1.0
+        );
+        assert_eq!(
+            value(&s, "hangwatch_hangs_total", &[("kind", "d_state")]),
+            0.0
+        );
+        assert_eq!(
+            value(
+                &s,
+                "hangwatch_build_info",
+                &[("version", env!("CARGO_PKG_VERSION"))]
+            ),
+            1.0
+        );
+        let text = m.render();
+        assert!(
+            text.contains("hangwatch_hang_duration_seconds_sum{kind=\"off_cpu\"} 3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_metric_is_documented_in_the_readme() {
+        let readme = include_str!("../../../README.md");
+        let m = Metrics::new();
+        // Touch the vectors so that every family appears in the exposition.
+        m.set_hung([labels("off_cpu", "x")]);
+        m.probe("sched_switch", true);
+        m.bpf_counters(&[(Counter::SchedSwitchEvents, 1)]);
+        m.event(
+            EventType::Resolved,
+            HangKind::OffCpu,
+            Duration::from_secs(1),
+        );
+        m.symbolized("kernel", Duration::from_millis(1), 1);
+        m.webhook_request(true);
+        m.http_request("metrics", 200);
+        for family in m.registry.gather() {
+            let name = family.name();
+            if name.starts_with("process_") {
+                continue;
+            }
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "{name} is not documented in README.md"
+            );
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The API's view of the daemon: the open episodes with their last report, a bounded
+//! history of ended ones, the daemon's status, and a broadcast of every event for
+//! `hangwatch watch`. The scan thread writes it (one short lock per event); the HTTP
+//! server reads it.
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::{EventType, HangEvent};
+
+/// Ended episodes kept for `history` (with their stacks: a few KiB each).
+pub const HISTORY_CAPACITY: usize = 256;
+/// Events buffered per `watch` client; a client further behind misses events (counted).
+const WATCH_BUFFER: usize = 256;
+
+pub struct Store {
+    state: RwLock<State>,
+    events: broadcast::Sender<Arc<HangEvent>>,
+}
+
+struct State {
+    /// Open episodes by id: their last report.
+    current: BTreeMap<String, Arc<HangEvent>>,
+    /// Ended episodes, oldest first: their `resolved` event.
+    history: VecDeque<Arc<HangEvent>>,
+    status: Status,
+}
+
+/// What `/api/v1/status` shows, besides what is computed per request.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    /// The probes are attached and the scan runs.
+    pub ready: bool,
+    pub probes: Vec<ProbeStatus>,
+    /// The effective configuration, as the daemon runs it.
+    pub config: serde_json::Value,
+    pub scans: u64,
+    pub full_walks: u64,
+    pub last_scan_ms: f64,
+    pub mean_scan_ms: f64,
+    pub mean_walk_ms: f64,
+    /// Threads followed between full walks (the candidates).
+    pub tracked_threads: usize,
+    /// Processes selected for `off_cpu`.
+    pub watched_processes: usize,
+    /// The BPF probes' counters (events per probe, state unavailable, records dropped...).
+    pub bpf_counters: BTreeMap<String, u64>,
+    pub events: EventCounts,
+    /// Events a sink did not deliver, by sink.
+    pub dropped_events: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EventCounts {
+    pub hang: u64,
+    pub update: u64,
+    pub resolved: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeStatus {
+    pub program: &'static str,
+    pub required: bool,
+    pub attached: bool,
+    /// Why it is not attached, and what is lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Store {
+    pub fn new(config: serde_json::Value) -> Self {
+        Self {
+            state: RwLock::new(State {
+                current: BTreeMap::new(),
+                history: VecDeque::new(),
+                status: Status {
+                    config,
+                    ..Status::default()
+                },
+            }),
+            events: broadcast::channel(WATCH_BUFFER).0,
+        }
+    }
+
+    /// Takes one event: opens, updates or ends its episode, and tells `watch` clients.
+    pub fn record(&self, event: &HangEvent) {
+        let event = Arc::new(event.clone());
+        {
+            let mut state = self.write();
+            let counts = &mut state.status.events;
+            match event.event {
+                EventType::Hang => counts.hang += 1,
+                EventType::Update => counts.update += 1,
+                EventType::Resolved => counts.resolved += 1,
+            }
+            match event.event {
+                EventType::Hang | EventType::Update => {
+                    state.current.insert(event.id.clone(), Arc::clone(&event));
+                }
+                EventType::Resolved => {
+                    state.current.remove(&event.id);
+                    if state.history.len() == HISTORY_CAPACITY {
+                        state.history.pop_front();
+                    }
+                    state.history.push_back(Arc::clone(&event));
+                }
+            }
+        }
+        // No receiver is the normal case (nobody watching).
+        let _ = self.events.send(event);
+    }
+
+    /// The open episodes' last reports, longest first.
+    pub fn current(&self) -> Vec<Arc<HangEvent>> {
+        let mut hangs: Vec<_> = self.read().current.values().cloned().collect();
+        hangs.sort_by(|a, b| {
+            b.duration_ms
+                .cmp(&a.duration_ms)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        hangs
+    }
+
+    /// Up to `limit` ended episodes, most recent first.
+    pub fn history(&self, limit: usize) -> Vec<Arc<HangEvent>> {
+        self.read()
+            .history
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// One episode by id: open (its last report) or ended (its `resolved` event).
+    pub fn episode(&self, id: &str) -> Option<Arc<HangEvent>> {
+        let state = self.read();
+        state
+            .current
+            .get(id)
+            .or_else(|| state.history.iter().rev().find(|e| e.id == id))
+            .cloned()
+    }
+
+    /// The open episode of thread `tid`, if any.
+    pub fn episode_of_thread(&self, tid: u32) -> Option<String> {
+        self.read()
+            .current
+            .values()
+            .find(|e| e.tid == tid)
+            .map(|e| e.id.clone())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<HangEvent>> {
+        self.events.subscribe()
+    }
+
+    pub fn status(&self) -> Status {
+        self.read().status.clone()
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.read().current.len()
+    }
+
+    pub fn update_status(&self, update: impl FnOnce(&mut Status)) {
+        update(&mut self.write().status);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Milliseconds as a float, for the daemon's own timings.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// When the daemon started, for `status`.
+pub fn started_at() -> SystemTime {
+    static STARTED: std::sync::OnceLock<SystemTime> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(SystemTime::now)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::{detect::HangKind, state::Wait};
+
+    /// A synthetic report, for tests of the store and the API.
+    pub fn event(event: EventType, id: &str, tid: u32, duration_ms: u64) -> HangEvent {
+        let sample = crate::detect::testing::blocked(tid, 100, 1, 0);
+        HangEvent {
+            event,
+            id: id.into(),
+            kind: HangKind::OffCpu,
+            pid: 100,
+            tid,
+            comm: "abba".into(),
+            thread_name: "worker".into(),
+            exe: Some("/tmp/abba".into()),
+            cmdline: vec!["/tmp/abba".into()],
+            cgroup: Some("/".into()),
+            started_at: "2026-01-01T00:00:00.000Z".into(),
+            duration_ms,
+            threshold_ms: 1000,
+            blocked_since_before_start: false,
+            wait: Wait::describe(&sample),
+            kernel_stack: Vec::new(),
+            kernel_stack_error: None,
+            user_registers: None,
+            user_stack: Vec::new(),
+            user_stack_error: None,
+            user_stack_unwind: None,
+            blocked_here: Some("worker at abba.c:30".into()),
+            resolution: (event == EventType::Resolved).then_some(super::super::Resolution::Running),
+        }
+    }
+
+    #[test]
+    fn episodes_move_from_current_to_history() {
+        let store = Store::new(serde_json::Value::Null);
+        let mut watch = store.subscribe();
+        store.record(&event(EventType::Hang, "a", 1, 1000));
+        store.record(&event(EventType::Hang, "b", 2, 3000));
+        store.record(&event(EventType::Update, "a", 1, 5000));
+        let ids: Vec<_> = store.current().iter().map(|e| e.id.clone()).collect();
+        assert_eq!(ids, ["a", "b"], "longest first");
+        store.record(&event(EventType::Resolved, "a", 1, 6000));
+        assert_eq!(store.current().len(), 1);
+        assert_eq!(store.history(10)[0].id, "a");
+        assert_eq!(
+            store.episode("a").map(|e| e.event),
+            Some(EventType::Resolved)
+        );
+        assert_eq!(store.episode("b").map(|e| e.event), Some(EventType::Hang));
+        assert!(store.episode("c").is_none());
+        assert_eq!(store.episode_of_thread(2).as_deref(), Some("b"));
+        assert_eq!(store.status().events.hang, 2);
+        assert_eq!(
+            watch.try_recv().map(|e| e.id.clone()).ok().as_deref(),
+            Some("a")
+        );
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let store = Store::new(serde_json::Value::Null);
+        for i in 0..HISTORY_CAPACITY + 10 {
+            store.record(&event(EventType::Resolved, &format!("e{i}"), 1, 1));
+        }
+        let all = store.history(usize::MAX);
+        assert_eq!(all.len(), HISTORY_CAPACITY);
+        assert_eq!(
+            all[0].id,
+            format!("e{}", HISTORY_CAPACITY + 9),
+            "newest first"
+        );
+    }
+}
