@@ -142,6 +142,12 @@ pub struct ThreadRecord {
     pub task_flags: u32,
     /// The thread's own name (`task_struct::comm`).
     pub comm: [u8; 16],
+    /// The syscall the thread is in, from the registers saved at kernel entry (which stay
+    /// as they were while it is blocked): what `/proc/PID/task/TID/syscall` shows, read
+    /// here at no cost to the per-event path. -1 when not in a syscall (or a kernel thread).
+    pub syscall_nr: i64,
+    /// Its first five arguments (futex: address, op, value, timeout pointer, ...).
+    pub syscall_args: [u64; 5],
 }
 
 /// One record of the `dump_stacks` iterator.
@@ -210,7 +216,7 @@ pub const PF_KTHREAD: u32 = 0x0020_0000;
 const _: () = assert!(core::mem::size_of::<ThreadState>() == 64);
 const _: () = assert!(core::mem::size_of::<ScanConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 32);
-const _: () = assert!(core::mem::size_of::<ThreadRecord>() == 112);
+const _: () = assert!(core::mem::size_of::<ThreadRecord>() == 160);
 const _: () = assert!(core::mem::size_of::<StackRecord>() == 40 + 8 * MAX_KERNEL_STACK_DEPTH);
 
 #[cfg(feature = "user")]

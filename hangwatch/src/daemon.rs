@@ -26,7 +26,7 @@ use crate::{
     detect::{Detectors, Targets},
     episode::{Episode, EpisodeKey, Tracker, Transition},
     meta::{ProcessCache, ThreadProc, thread_proc},
-    probe::{Lookup, Probes, ThreadHandle, preflight},
+    probe::{Lookup, PROBES, ProbeSelection, Probes, ThreadHandle, preflight},
     sink::{EventType, HangEvent, OutputFormat, Resolution, StdoutSink},
     stack::{KernelSymbolizer, UserRegisters, UserStacks},
     state::{Refresh, ThreadKey, ThreadSample, ThreadTable},
@@ -46,6 +46,12 @@ pub struct Config {
     pub listen: Option<std::net::SocketAddr>,
     /// Where events are POSTed, if anywhere.
     pub webhook: Option<crate::sink::WebhookUrl>,
+    /// The optional probe groups to attach besides `sched_switch`.
+    pub probes: ProbeSelection,
+}
+
+fn enabled_probes(selection: ProbeSelection) -> usize {
+    PROBES.iter().filter(|p| selection.enabled(p.group)).count()
 }
 
 /// Runs until SIGTERM or SIGINT. Start-up failures are returned before anything runs.
@@ -140,7 +146,7 @@ struct Scanner {
 
 impl Scanner {
     fn start(config: Config, mut surfaces: api::Surfaces) -> anyhow::Result<Self> {
-        let mut probes = Probes::load()?;
+        let mut probes = Probes::load(config.probes)?;
         for d in &probes.degraded {
             tracing::warn!(
                 "probe {} not attached ({}): {}",
@@ -153,9 +159,9 @@ impl Scanner {
         let sink = StdoutSink::spawn(config.output).context("cannot start the output thread")?;
         surfaces.probes_attached(&probes);
         tracing::info!(
-            "probes attached ({} of {}); scanning every {:?}; d_state {}; off_cpu {}",
-            crate::probe::PROBES.len() - probes.degraded.len(),
-            crate::probe::PROBES.len(),
+            "probes attached ({} of {} asked for); scanning every {:?}; d_state {}; off_cpu {}",
+            enabled_probes(config.probes) - probes.degraded.len(),
+            enabled_probes(config.probes),
             config.scan_interval,
             config
                 .detectors

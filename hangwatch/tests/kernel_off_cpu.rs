@@ -20,18 +20,32 @@ const ARRIVAL_SLACK: Duration = Duration::from_millis(1500);
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn abba_deadlock_is_reported_as_off_cpu_futex_wait_and_resolved_on_exit() {
+    abba_case(&[]);
+}
+
+/// The same with the optional probes attached: the futex details then come from the futex
+/// tracepoints instead of the saved registers, and must say the same.
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn abba_with_the_optional_wakeup_and_futex_probes() {
+    abba_case(&["--wakeup-probe", "--futex-probes"]);
+}
+
+fn abba_case(extra: &[&str]) {
     require_root();
     let mut abba = Abba::start();
     let pid = abba.pid();
     let pid_arg = pid.to_string();
-    let mut daemon = Daemon::start(&[
+    let mut args = vec![
         "--pid",
         &pid_arg,
         "--threshold",
         "1s",
         "--scan-interval",
         "250ms",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let mut daemon = Daemon::start(&args);
     // Let a few scans meet abba's main thread blocked in read(stdin) since before the
     // attach; it runs again on "go", so its later wait (pthread_join) is a new block.
     thread::sleep(Duration::from_millis(600));

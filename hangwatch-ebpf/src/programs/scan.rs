@@ -99,6 +99,24 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
     if !wanted {
         return 0;
     }
+    let task_flags: u32 = task.read(off.flags);
+    let (syscall_nr, syscall_args) = if task_flags & PF_KTHREAD == 0 {
+        let regs = unsafe { bpf_task_pt_regs(task.as_ptr()) } as *const u8;
+        (
+            // 32 bits on every architecture (arm64 keeps it in an s32).
+            unsafe { bpf_probe_read_kernel(regs.wrapping_add(REG_SYSCALL_NR).cast::<i32>()) }
+                .map_or(-1, i64::from),
+            [
+                read_reg(regs, REG_ARG0),
+                read_reg(regs, REG_ARG1),
+                read_reg(regs, REG_ARG2),
+                read_reg(regs, REG_ARG3),
+                read_reg(regs, REG_ARG4),
+            ],
+        )
+    } else {
+        (-1, [0; 5])
+    };
     let record = ThreadRecord {
         state: *state,
         start_boottime_ns: task.read(off.start_boottime),
@@ -106,8 +124,10 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
         tid: task.read(off.pid),
         tgid,
         task_state,
-        task_flags: task.read(off.flags),
+        task_flags,
         comm: task.comm(off.comm),
+        syscall_nr,
+        syscall_args,
     };
     write(ctx, &record);
     0
@@ -174,6 +194,20 @@ const REG_IP: usize = 16 * 8;
 const REG_SP: usize = 19 * 8;
 #[cfg(bpf_target_arch = "x86_64")]
 const REG_FP: usize = 4 * 8; // rbp
+// The syscall number as entered (orig_ax, -1 for interrupts and exceptions) and the
+// argument registers of the syscall ABI: rdi, rsi, rdx, r10, r8.
+#[cfg(bpf_target_arch = "x86_64")]
+const REG_SYSCALL_NR: usize = 15 * 8;
+#[cfg(bpf_target_arch = "x86_64")]
+const REG_ARG0: usize = 14 * 8;
+#[cfg(bpf_target_arch = "x86_64")]
+const REG_ARG1: usize = 13 * 8;
+#[cfg(bpf_target_arch = "x86_64")]
+const REG_ARG2: usize = 12 * 8;
+#[cfg(bpf_target_arch = "x86_64")]
+const REG_ARG3: usize = 7 * 8;
+#[cfg(bpf_target_arch = "x86_64")]
+const REG_ARG4: usize = 9 * 8; // r8
 
 #[cfg(bpf_target_arch = "aarch64")]
 const REG_IP: usize = 32 * 8; // pc
@@ -181,3 +215,17 @@ const REG_IP: usize = 32 * 8; // pc
 const REG_SP: usize = 31 * 8;
 #[cfg(bpf_target_arch = "aarch64")]
 const REG_FP: usize = 29 * 8; // x29
+// After user_pt_regs (regs[31], sp, pc, pstate): orig_x0 and syscallno. x0 is overwritten
+// by the return value, so the first argument is orig_x0.
+#[cfg(bpf_target_arch = "aarch64")]
+const REG_SYSCALL_NR: usize = 35 * 8;
+#[cfg(bpf_target_arch = "aarch64")]
+const REG_ARG0: usize = 34 * 8;
+#[cfg(bpf_target_arch = "aarch64")]
+const REG_ARG1: usize = 8;
+#[cfg(bpf_target_arch = "aarch64")]
+const REG_ARG2: usize = 2 * 8;
+#[cfg(bpf_target_arch = "aarch64")]
+const REG_ARG3: usize = 3 * 8;
+#[cfg(bpf_target_arch = "aarch64")]
+const REG_ARG4: usize = 4 * 8;

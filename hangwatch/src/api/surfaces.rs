@@ -106,12 +106,21 @@ impl Surfaces {
                 .degraded
                 .iter()
                 .find(|d| d.spec.program == spec.program);
-            self.hub.metrics.probe(spec.program, degraded.is_none());
+            let enabled = probes.selection.enabled(spec.group);
+            let attached = enabled && degraded.is_none();
+            self.hub.metrics.probe(spec.program, attached);
             statuses.push(ProbeStatus {
                 program: spec.program,
-                required: spec.without.is_none(),
-                attached: degraded.is_none(),
-                reason: degraded.map(|d| format!("{}: {}", d.reason, spec.without.unwrap_or(""))),
+                enabled,
+                required: enabled && spec.without.is_none(),
+                attached,
+                reason: match degraded {
+                    Some(d) => Some(format!("{}: {}", d.reason, spec.without.unwrap_or(""))),
+                    None if !enabled => {
+                        Some("optional, not asked for (hangwatch run --help)".to_owned())
+                    }
+                    None => None,
+                },
             });
         }
         self.hub.store.update_status(|s| {

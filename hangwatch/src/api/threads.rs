@@ -316,6 +316,8 @@ fn view(
         task_state: bits,
         task_flags: 0,
         comm,
+        syscall_nr: -1,
+        syscall_args: [0; 5],
     });
     let waiting = bits != task_state::RUNNING || off_cpu_at.is_some();
     ThreadView {

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use crate::{
-    probe::{Probes, preflight},
+    probe::{ProbeSelection, Probes, preflight},
     stack::{UserRegisters, UserStacks},
 };
 
@@ -28,7 +28,7 @@ pub struct BenchStackArgs {
 pub fn run(args: BenchStackArgs) -> anyhow::Result<()> {
     preflight::check()?;
     let tid = args.tid.unwrap_or(args.pid);
-    let mut probes = Probes::load()?;
+    let mut probes = Probes::load(ProbeSelection::default())?;
     let record = probes
         .dump_stacks(&[tid])?
         .into_iter()

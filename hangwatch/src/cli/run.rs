@@ -6,6 +6,7 @@ use clap::Args;
 use crate::{
     daemon::Config,
     detect::{DState, Detectors, OffCpu},
+    probe::ProbeSelection,
     sink::{OutputFormat, WebhookUrl},
 };
 
@@ -45,6 +46,17 @@ pub struct RunArgs {
     /// detection (bounded queue and retries, drops counted in the metrics)
     #[arg(long, value_name = "URL", value_parser = parse_webhook)]
     pub webhook: Option<WebhookUrl>,
+
+    /// Also attach sched_wakeup, to tell a thread that was woken and waits for a CPU from a
+    /// blocked one between full walks (costs about 70 ns per wakeup)
+    #[arg(long)]
+    pub wakeup_probe: bool,
+
+    /// Also attach the futex syscall tracepoints (any syscall tracepoint slows every
+    /// syscall of the machine; without them the futex details come from the saved
+    /// registers at scan time)
+    #[arg(long)]
+    pub futex_probes: bool,
 }
 
 /// Where the HTTP API listens unless told otherwise: loopback only.
@@ -80,6 +92,8 @@ impl RunArgs {
             output,
             listen,
             webhook,
+            wakeup_probe,
+            futex_probes,
         } = self;
         let output = output.unwrap_or(if std::io::stdout().is_terminal() {
             OutputFormat::Text
@@ -100,6 +114,10 @@ impl RunArgs {
             output,
             listen: listen.0,
             webhook,
+            probes: ProbeSelection {
+                wakeup: wakeup_probe,
+                futex: futex_probes,
+            },
         }
     }
 }

@@ -24,7 +24,9 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     }
     let mut t = table::new(&[]);
     let probes = s["probes"].as_array().cloned().unwrap_or_default();
-    let attached = probes.iter().filter(|p| p["attached"] == true).count();
+    let asked: Vec<&serde_json::Value> = probes.iter().filter(|p| p["enabled"] == true).collect();
+    let attached = asked.iter().filter(|p| p["attached"] == true).count();
+    let optional = probes.len() - asked.len();
     let mut rows: Vec<(String, String)> = vec![
         (
             "version".into(),
@@ -49,10 +51,13 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         ),
         (
             "probes".into(),
-            format!("{attached} of {} attached", probes.len()),
+            format!(
+                "{attached} of {} attached ({optional} optional not asked for)",
+                asked.len()
+            ),
         ),
     ];
-    for p in probes.iter().filter(|p| p["attached"] != true) {
+    for p in asked.iter().filter(|p| p["attached"] != true) {
         rows.push((
             format!("  {}", table::text(p, "program")),
             format!("not attached: {}", table::text(p, "reason")),

@@ -165,6 +165,7 @@ pub(crate) mod testing {
             kernel_thread: false,
             blocked_before_attach: false,
             syscall: None,
+            saved_syscall: None,
             seen_at_ns: 0,
         }
     }

@@ -17,10 +17,42 @@ pub enum AttachPoint {
     },
 }
 
+/// Probes come in groups; only `Core` is attached by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeGroup {
+    /// `sched_switch`: all that detection needs.
+    Core,
+    /// `sched_wakeup`: tells a woken thread waiting for a CPU from a blocked one between
+    /// full walks. Measured at about 70 ns per wakeup (README, "What the probes cost").
+    Wakeup,
+    /// The futex syscall tracepoints. Enabling any syscall tracepoint sends every syscall
+    /// of every task through the kernel's slow syscall path, which costs more than the
+    /// probes themselves; the scan reads the same futex arguments from the saved registers.
+    Futex,
+}
+
+/// Which optional groups to attach.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProbeSelection {
+    pub wakeup: bool,
+    pub futex: bool,
+}
+
+impl ProbeSelection {
+    pub fn enabled(&self, group: ProbeGroup) -> bool {
+        match group {
+            ProbeGroup::Core => true,
+            ProbeGroup::Wakeup => self.wakeup,
+            ProbeGroup::Futex => self.futex,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct ProbeSpec {
     pub program: &'static str,
     pub point: AttachPoint,
+    pub group: ProbeGroup,
     /// What the daemon loses without it; `None` means it cannot run without it.
     pub without: Option<&'static str>,
 }
@@ -29,11 +61,13 @@ pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         program: names::PROG_SCHED_SWITCH,
         point: AttachPoint::Btf("sched_switch"),
+        group: ProbeGroup::Core,
         without: None,
     },
     ProbeSpec {
         program: names::PROG_SCHED_WAKEUP,
         point: AttachPoint::Btf("sched_wakeup"),
+        group: ProbeGroup::Wakeup,
         without: None,
     },
     ProbeSpec {
@@ -42,6 +76,7 @@ pub const PROBES: &[ProbeSpec] = &[
             category: "syscalls",
             name: "sys_enter_futex",
         },
+        group: ProbeGroup::Futex,
         without: None,
     },
     ProbeSpec {
@@ -50,6 +85,7 @@ pub const PROBES: &[ProbeSpec] = &[
             category: "syscalls",
             name: "sys_exit_futex",
         },
+        group: ProbeGroup::Futex,
         without: None,
     },
     ProbeSpec {
@@ -58,6 +94,7 @@ pub const PROBES: &[ProbeSpec] = &[
             category: "syscalls",
             name: "sys_enter_futex_wait",
         },
+        group: ProbeGroup::Futex,
         without: Some("futex_wait(2) waits (Linux 6.7+) are reported without their address"),
     },
     ProbeSpec {
@@ -66,6 +103,7 @@ pub const PROBES: &[ProbeSpec] = &[
             category: "syscalls",
             name: "sys_exit_futex_wait",
         },
+        group: ProbeGroup::Futex,
         without: Some("futex_wait(2) waits (Linux 6.7+) are reported without their address"),
     },
     ProbeSpec {
@@ -74,6 +112,7 @@ pub const PROBES: &[ProbeSpec] = &[
             category: "syscalls",
             name: "sys_enter_futex_waitv",
         },
+        group: ProbeGroup::Futex,
         without: Some("futex_waitv(2) waits (Linux 5.16+) are reported without their address"),
     },
     ProbeSpec {
@@ -82,6 +121,7 @@ pub const PROBES: &[ProbeSpec] = &[
             category: "syscalls",
             name: "sys_exit_futex_waitv",
         },
+        group: ProbeGroup::Futex,
         without: Some("futex_waitv(2) waits (Linux 5.16+) are reported without their address"),
     },
 ];
@@ -124,9 +164,13 @@ pub struct Degraded {
 
 /// Loads and attaches every probe of the table. Required probes fail the start; optional
 /// ones are returned as `Degraded` for the daemon to log and report.
-pub fn attach_all(ebpf: &mut Ebpf, btf: &Btf) -> Result<Vec<Degraded>, AttachError> {
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    selection: ProbeSelection,
+) -> Result<Vec<Degraded>, AttachError> {
     let mut degraded = Vec::new();
-    for spec in PROBES {
+    for spec in PROBES.iter().filter(|spec| selection.enabled(spec.group)) {
         match attach_one(ebpf, btf, spec) {
             Ok(()) => {}
             Err(err) => match spec.without {
@@ -146,6 +190,7 @@ pub fn attach_floor(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), AttachError> {
     let spec = ProbeSpec {
         program: names::PROG_FLOOR_SCHED_SWITCH,
         point: AttachPoint::Btf("sched_switch"),
+        group: ProbeGroup::Core,
         without: None,
     };
     attach_one(ebpf, btf, &spec)

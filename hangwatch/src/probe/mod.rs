@@ -14,7 +14,7 @@ use aya::{
 };
 use hangwatch_ebpf::{Counter, ScanConfig, StackRecord, ThreadRecord, names};
 
-pub use attach::{Degraded, PROBES};
+pub use attach::{Degraded, PROBES, ProbeSelection};
 pub use thread_state::{Lookup, StateReader, ThreadHandle};
 
 /// The eBPF object built from `hangwatch-ebpf` by build.rs.
@@ -65,6 +65,8 @@ pub struct Probes {
     thread_state: MapData,
     watched_now: HashSet<u32>,
     pub degraded: Vec<Degraded>,
+    /// The optional probe groups that were asked for.
+    pub selection: ProbeSelection,
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
@@ -76,7 +78,7 @@ where
 }
 
 impl Probes {
-    pub fn load() -> Result<Self, ProbeError> {
+    pub fn load(selection: ProbeSelection) -> Result<Self, ProbeError> {
         let (mut ebpf, btf) = load_object()?;
 
         // Iterators are loaded once and attached per scan.
@@ -94,7 +96,7 @@ impl Probes {
                 source: e.into(),
             })?;
         }
-        let degraded = attach::attach_all(&mut ebpf, &btf)?;
+        let degraded = attach::attach_all(&mut ebpf, &btf, selection)?;
 
         Ok(Self {
             scan_config: take_map(&mut ebpf, names::MAP_SCAN_CONFIG)?,
@@ -108,6 +110,7 @@ impl Probes {
             watched_now: HashSet::new(),
             ebpf,
             degraded,
+            selection,
         })
     }
 

@@ -65,6 +65,8 @@ pub struct EventCounts {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeStatus {
     pub program: &'static str,
+    /// Asked for: a default probe, or an optional one turned on.
+    pub enabled: bool,
     pub required: bool,
     pub attached: bool,
     /// Why it is not attached, and what is lost.

@@ -16,7 +16,9 @@ pub struct ThreadKey {
     pub start_boottime_ns: u64,
 }
 
-/// The syscall a thread is blocked in, as the futex probes saw it.
+use crate::meta::ProcSyscall;
+
+/// The syscall a thread is blocked in, as the optional futex probes saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TrackedSyscall {
     pub nr: u32,
@@ -46,6 +48,8 @@ pub struct ThreadSample {
     /// when it was first seen.
     pub blocked_before_attach: bool,
     pub syscall: Option<TrackedSyscall>,
+    /// The syscall it is in and its arguments, from its saved registers.
+    pub saved_syscall: Option<ProcSyscall>,
     pub seen_at_ns: u64,
 }
 
@@ -92,6 +96,14 @@ impl From<&ThreadRecord> for ThreadSample {
                 futex_op: s.futex_op,
                 has_timeout: s.flags & FLAG_FUTEX_TIMEOUT != 0,
                 entered_at_ns: s.syscall_entered_at_ns,
+            }),
+            saved_syscall: (record.syscall_nr >= 0).then(|| {
+                let mut args = [0; 6];
+                args[..5].copy_from_slice(&record.syscall_args);
+                ProcSyscall {
+                    nr: record.syscall_nr,
+                    args,
+                }
             }),
             seen_at_ns: record.seen_at_ns,
         }

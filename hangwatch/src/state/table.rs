@@ -109,8 +109,10 @@ impl<H> ThreadTable<H> {
 /// Folds a fresh read of a candidate's task storage into its last full record.
 fn apply(record: &mut ThreadRecord, state: ThreadState, now_ns: u64) {
     if state.off_cpu_at_ns != record.state.off_cpu_at_ns {
-        // It ran and blocked again: its state now is the one it switched out with.
+        // It ran and blocked again: its state now is the one it switched out with, and the
+        // syscall the walk saw is over (the report reads the new one from /proc).
         record.task_state = state.state_at_switch;
+        record.syscall_nr = -1;
     }
     if state.woken_wait_ns == state.off_cpu_at_ns && state.off_cpu_at_ns != 0 {
         record.task_state = task_state::RUNNING;
@@ -138,6 +140,8 @@ mod tests {
             task_state,
             task_flags: 0,
             comm: [0; 16],
+            syscall_nr: -1,
+            syscall_args: [0; 5],
         }
     }
 

@@ -103,23 +103,32 @@ pub struct Wait {
 impl Wait {
     pub fn describe(sample: &ThreadSample) -> Self {
         let state = TaskState::from_bits(sample.task_state);
-        let syscall = sample.syscall;
-        Self {
+        let wait = Self {
             state,
             state_description: state.description(),
-            syscall: syscall.map(|s| syscall_name(i64::from(s.nr))),
-            syscall_nr: syscall.map(|s| s.nr),
-            futex: syscall.map(|s| FutexWait {
-                address: format!("{:#x}", s.futex_uaddr),
-                op: futex_op_name(i64::from(s.nr), s.futex_op),
-                has_timeout: s.has_timeout,
-            }),
+            syscall: None,
+            syscall_nr: None,
+            futex: None,
             woken: sample.woken,
+        };
+        match sample.syscall {
+            // The futex probes, when attached, saw the call itself.
+            Some(s) => Self {
+                syscall: Some(syscall_name(i64::from(s.nr))),
+                syscall_nr: Some(s.nr),
+                futex: Some(FutexWait {
+                    address: format!("{:#x}", s.futex_uaddr),
+                    op: futex_op_name(i64::from(s.nr), s.futex_op),
+                    has_timeout: s.has_timeout,
+                }),
+                ..wait
+            },
+            None => wait.with_proc_syscall(sample.saved_syscall),
         }
     }
 
-    /// Fills the syscall from `/proc/PID/task/TID/syscall` when the probes did not see it
-    /// (a syscall other than futex, or a futex entered before hangwatch started).
+    /// Fills the syscall from the thread's saved registers (the scan's, or
+    /// `/proc/PID/task/TID/syscall`, which reads the same registers) when it is not known yet.
     pub fn with_proc_syscall(mut self, proc: Option<ProcSyscall>) -> Self {
         let Some(proc) = proc else {
             return self;
