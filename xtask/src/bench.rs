@@ -31,7 +31,7 @@ use anyhow::{Context as _, Result, bail};
 
 use self::{
     load::Sizes,
-    report::{DaemonCost, Report, Series, Target, VariantResult},
+    report::{DaemonCost, Report, Series, StackCost, Target, VariantResult},
     sys::BpfStats,
     variants::{Bpftrace, ProgramCost, Tools, Variant},
 };
@@ -161,7 +161,12 @@ pub fn bench(args: &Args) -> Result<()> {
     environment.push(("pipe loops".into(), sizes.pipe_loops.to_string()));
     environment.push(("messaging loops".into(), sizes.messaging_loops.to_string()));
 
-    let mut variants = vec![Variant::Bare, Variant::Floor, Variant::Hangwatch];
+    let mut variants = vec![
+        Variant::Bare,
+        Variant::Floor,
+        Variant::Hangwatch,
+        Variant::HangwatchAll,
+    ];
     if tools.bpftrace.is_some() {
         variants.push(Variant::Bpftrace);
     }
@@ -169,6 +174,7 @@ pub fn bench(args: &Args) -> Result<()> {
     let programs = program_costs(&tools, &variants, sizes, &mut bpf_stats, &mut notes)?;
     drop(bpf_stats);
     let daemon = daemon_costs(&plan, &tools, &idle_threads, &mut notes)?;
+    let stacks = stack_costs(&tools, &mut notes);
 
     let worst_exit = exit_times.iter().copied().max().unwrap_or_default();
     if worst_exit > Duration::from_secs(1) {
@@ -195,10 +201,11 @@ pub fn bench(args: &Args) -> Result<()> {
         messaging_command: sizes.messaging_command(),
         messaging_repeats: plan.messaging_repeats,
         orders,
-        targets: targets(&throughput, &programs, &daemon),
+        targets: targets(&throughput, &programs, &daemon, &stacks),
         throughput,
         programs,
         daemon,
+        stacks,
         notes,
     };
     print!("{}", report.text());
@@ -402,6 +409,7 @@ fn targets(
     throughput: &[VariantResult],
     programs: &[(Variant, ProgramCost)],
     daemon: &[DaemonCost],
+    stacks: &[StackCost],
 ) -> Vec<Target> {
     let series = |v: Variant| throughput.iter().find(|r| r.variant == v);
     let ratio = |pick: fn(&VariantResult) -> &Series| {
@@ -448,7 +456,57 @@ fn targets(
             measured: hwm_mib.map(|m| format!("{m:.1} MiB")),
             pass: hwm_mib.map(|m| m <= DAEMON_HWM_MIB),
         },
+        Target {
+            name: "warm unwind + symbolize, one stack".into(),
+            wanted: "<= 1 ms".into(),
+            measured: stacks
+                .first()
+                .map(|c| format!("{:.0} us", c.warm_median_us)),
+            pass: stacks.first().map(|c| c.warm_median_us <= 1000.0),
+        },
     ]
+}
+
+/// The cost of one user stack of real blocked processes: Debian's python3 on a lock (no
+/// frame pointers, a deep interpreter stack). Failures become notes, not errors.
+fn stack_costs(tools: &Tools, notes: &mut Vec<String>) -> Vec<StackCost> {
+    let python = Path::new("/usr/bin/python3");
+    if !python.is_file() {
+        notes.push("/usr/bin/python3 is missing: no user stack cost".into());
+        return Vec::new();
+    }
+    let script = "import threading; l = threading.Lock(); l.acquire(); print('ready', flush=True); l.acquire()";
+    let measure = || -> Result<StackCost> {
+        let mut cmd = Command::new(python);
+        cmd.args(["-c", script]);
+        let mut target = proc::Proc::spawn("python3", &mut cmd, false)?;
+        target.wait_for_line("ready", Duration::from_secs(10))?;
+        proc::sleep(Duration::from_millis(200))?;
+        let out = Command::new(&tools.daemon)
+            .args(["bench-stack", "--pid", &target.pid().to_string()])
+            .output()
+            .context("cannot run hangwatch bench-stack")?;
+        if !out.status.success() {
+            bail!("bench-stack failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .context("bench-stack printed no JSON")?;
+        let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        Ok(StackCost {
+            target: "python3 blocked on a lock".into(),
+            frames: v["frames"].as_u64().unwrap_or(0),
+            cold_us: f("cold_us"),
+            warm_median_us: f("warm_us_median"),
+            warm_p99_us: f("warm_us_p99"),
+        })
+    };
+    match measure() {
+        Ok(cost) => vec![cost],
+        Err(err) => {
+            notes.push(format!("user stack cost not measured: {err:#}"));
+            Vec::new()
+        }
+    }
 }
 
 /// gcc -O2 -pthread: target/bench/idle_threads.

@@ -67,6 +67,16 @@ pub struct DaemonCost {
     pub summary: Option<String>,
 }
 
+/// Unwinding + symbolizing one user stack of a real blocked process (`hangwatch
+/// bench-stack`): cold, the first time for its binaries, and warm, from the caches.
+pub struct StackCost {
+    pub target: String,
+    pub frames: u64,
+    pub cold_us: f64,
+    pub warm_median_us: f64,
+    pub warm_p99_us: f64,
+}
+
 pub struct Target {
     pub name: String,
     pub wanted: String,
@@ -85,6 +95,7 @@ pub struct Report {
     pub throughput: Vec<VariantResult>,
     pub programs: Vec<(Variant, ProgramCost)>,
     pub daemon: Vec<DaemonCost>,
+    pub stacks: Vec<StackCost>,
     pub targets: Vec<Target>,
     pub notes: Vec<String>,
 }
@@ -255,6 +266,20 @@ impl Report {
         t
     }
 
+    fn stacks_table(&self) -> Table {
+        let mut t = Table::new(&["stack of", "frames", "cold", "warm median", "warm p99"]);
+        for c in &self.stacks {
+            t.row(vec![
+                c.target.clone(),
+                c.frames.to_string(),
+                format!("{:.1} ms", c.cold_us / 1e3),
+                format!("{:.0} us", c.warm_median_us),
+                format!("{:.0} us", c.warm_p99_us),
+            ]);
+        }
+        t
+    }
+
     fn targets_table(&self) -> Table {
         let mut t = Table::new(&["target", "wanted", "measured", "result"]);
         for target in &self.targets {
@@ -315,6 +340,11 @@ impl Report {
              (from /proc/PID/task/*/schedstat; * = from utime+stime, clock ticks)"
         );
         out.push_str(&self.daemon_table().text());
+        let _ = writeln!(
+            out,
+            "\nuser stacks: unwind + symbolize one blocked thread's stack (hangwatch bench-stack)"
+        );
+        out.push_str(&self.stacks_table().text());
         let _ = writeln!(out, "\ntargets");
         out.push_str(&self.targets_table().text());
         if !self.notes.is_empty() {
@@ -359,6 +389,13 @@ impl Report {
              from /proc/PID/stat beside it.\n"
         );
         out.push_str(&self.daemon_table().markdown());
+        let _ = writeln!(
+            out,
+            "\n## User stacks\n\nUnwinding (DWARF CFI) and symbolizing one blocked thread's user \
+             stack with `hangwatch bench-stack`: cold is the first time for its binaries, warm \
+             is from the caches.\n"
+        );
+        out.push_str(&self.stacks_table().markdown());
         let _ = writeln!(out, "\n## Targets\n");
         out.push_str(&self.targets_table().markdown());
         if !self.notes.is_empty() {
@@ -403,6 +440,13 @@ impl Report {
                 "program": c.name,
                 "runs": c.runs,
                 "ns_per_run": c.ns_per_run,
+            })).collect::<Vec<_>>(),
+            "stacks": self.stacks.iter().map(|c| json!({
+                "target": c.target,
+                "frames": c.frames,
+                "cold_us": c.cold_us,
+                "warm_median_us": c.warm_median_us,
+                "warm_p99_us": c.warm_p99_us,
             })).collect::<Vec<_>>(),
             "daemon": self.daemon.iter().map(|d| json!({
                 "idle_threads": d.threads,

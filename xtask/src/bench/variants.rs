@@ -21,6 +21,8 @@ pub enum Variant {
     Floor,
     /// `hangwatch run --output json`, defaults.
     Hangwatch,
+    /// The same with the optional probes too (`--wakeup-probe --futex-probes`).
+    HangwatchAll,
     /// The off-CPU histogram script a user would write with bpftrace.
     Bpftrace,
 }
@@ -31,6 +33,7 @@ impl Variant {
             Self::Bare => "bare",
             Self::Floor => "floor",
             Self::Hangwatch => "hangwatch",
+            Self::HangwatchAll => "hangwatch+opt",
             Self::Bpftrace => "bpftrace",
         }
     }
@@ -44,6 +47,12 @@ impl Variant {
                 tools.daemon.display(),
                 tools.daemon_run_args.join(" ")
             ),
+            Self::HangwatchAll => format!(
+                "{} {} {}",
+                tools.daemon.display(),
+                tools.daemon_run_args.join(" "),
+                OPTIONAL_PROBES.join(" ")
+            ),
             Self::Bpftrace => match &tools.bpftrace {
                 Some(bt) => format!("bpftrace -e '{}'", bt.script),
                 None => "bpftrace (not installed)".to_owned(),
@@ -51,6 +60,9 @@ impl Variant {
         }
     }
 }
+
+/// The flags that attach hangwatch's optional probes.
+pub const OPTIONAL_PROBES: [&str; 2] = ["--wakeup-probe", "--futex-probes"];
 
 /// The programs the variants run.
 pub struct Tools {
@@ -154,13 +166,16 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 pub fn start(variant: Variant, tools: &Tools) -> Result<Running> {
     let proc = match variant {
         Variant::Bare => None,
-        Variant::Floor | Variant::Hangwatch => {
+        Variant::Floor | Variant::Hangwatch | Variant::HangwatchAll => {
             let mut cmd = Command::new(&tools.daemon);
             let ready = if variant == Variant::Floor {
                 cmd.arg("bench-floor");
                 "floor program attached"
             } else {
                 cmd.args(&tools.daemon_run_args);
+                if variant == Variant::HangwatchAll {
+                    cmd.args(OPTIONAL_PROBES);
+                }
                 "probes attached"
             };
             // No colours in the log lines we parse.
