@@ -28,7 +28,7 @@ use crate::{
     meta::{ProcessCache, ThreadProc, thread_proc},
     probe::{Lookup, PROBES, ProbeSelection, Probes, ThreadHandle, preflight},
     sink::{EventType, HangEvent, OutputFormat, Resolution, StdoutSink},
-    stack::{KernelSymbolizer, UserRegisters, UserStacks},
+    stack::StackTaker,
     state::{Refresh, ThreadKey, ThreadSample, ThreadTable},
 };
 
@@ -125,8 +125,7 @@ struct Scanner {
     targets: Targets,
     tracker: Tracker,
     processes: ProcessCache,
-    symbolizer: KernelSymbolizer,
-    user_stacks: UserStacks,
+    stacks: StackTaker,
     sink: StdoutSink,
     /// The other outputs: the API store, the metrics, the webhook.
     surfaces: api::Surfaces,
@@ -183,8 +182,7 @@ impl Scanner {
             config,
             tracker: Tracker::default(),
             processes: ProcessCache::default(),
-            symbolizer: KernelSymbolizer::new(),
-            user_stacks: UserStacks::new(),
+            stacks: StackTaker::default(),
             sink,
             surfaces,
             reports: HashMap::new(),
@@ -350,40 +348,9 @@ impl Scanner {
             ThreadProc::Gone => None,
         };
         let process = self.processes.get(sample.tgid);
-        let (kernel_stack, kernel_stack_error, user_registers) = match stacks.get(&sample.key) {
-            Some(s) if s.kernel_depth > 0 => {
-                let depth = (s.kernel_depth as usize).min(s.kernel_stack.len());
-                (
-                    self.symbolizer.symbolize(&s.kernel_stack[..depth]),
-                    None,
-                    user_registers(sample, s),
-                )
-            }
-            Some(s) => (
-                Vec::new(),
-                Some("the kernel could not walk this thread's stack".to_owned()),
-                user_registers(sample, s),
-            ),
-            None => (
-                Vec::new(),
-                Some("the thread was gone before its stack was read".to_owned()),
-                None,
-            ),
-        };
-        let user = user_registers.map(|regs| self.user_stacks.capture(sample.tgid, regs));
-        let blocked_here = user
-            .as_ref()
-            .and_then(|u| u.blocked_here())
-            .map(|f| f.location());
-        let (user_stack, user_stack_error, user_stack_unwind) = match user {
-            Some(u) => (u.frames, u.error, u.info),
-            None if sample.kernel_thread => (Vec::new(), None, None),
-            None => (
-                Vec::new(),
-                Some("no user registers: the thread was gone or not in the kernel".to_owned()),
-                None,
-            ),
-        };
+        let thread_stacks =
+            self.stacks
+                .take(sample.tgid, stacks.get(&sample.key), sample.kernel_thread);
         let report = HangEvent {
             event,
             id: episode.id.clone(),
@@ -405,13 +372,7 @@ impl Scanner {
             threshold_ms: millis(episode.threshold),
             blocked_since_before_start: sample.blocked_before_attach,
             wait: sample.wait().with_proc_syscall(syscall),
-            kernel_stack,
-            kernel_stack_error,
-            user_registers,
-            user_stack,
-            user_stack_error,
-            user_stack_unwind,
-            blocked_here,
+            stacks: thread_stacks,
             resolution: None,
         };
         self.reports.insert(episode.key, report.clone());
@@ -448,11 +409,8 @@ impl Scanner {
     /// Hands this scan's figures to the status and the metrics, and answers the API's
     /// stack requests (this thread owns the iterators).
     fn publish_figures(&mut self, took: Duration) {
-        self.surfaces.answer_stack_requests(
-            &mut self.probes,
-            &mut self.symbolizer,
-            &mut self.user_stacks,
-        );
+        self.surfaces
+            .answer_stack_requests(&mut self.probes, &mut self.stacks);
         let figures = api::ScanFigures {
             took,
             scans: self.scans,
@@ -462,9 +420,9 @@ impl Scanner {
             tracked_threads: self.table.len(),
             watched_processes: self.targets.resolve(Instant::now()).len(),
             bpf_counters: self.probes.counters().unwrap_or_default(),
-            kernel_symbolize: (self.symbolizer.spent, self.symbolizer.failures),
-            user_stacks: (self.user_stacks.spent, self.user_stacks.captured),
-            module_cache: self.user_stacks.module_cache(),
+            kernel_symbolize: (self.stacks.kernel.spent, self.stacks.kernel.failures),
+            user_stacks: (self.stacks.user.spent, self.stacks.user.captured),
+            module_cache: self.stacks.user.module_cache(),
             stdout_dropped: self.sink.dropped.load(Ordering::Relaxed),
         };
         self.surfaces.after_scan(&figures);
@@ -492,23 +450,15 @@ impl Scanner {
             self.table.len(),
             self.sink.dropped.load(Ordering::Relaxed),
             self.processes.vanished,
-            self.symbolizer.spent,
-            self.user_stacks.captured,
-            self.user_stacks.spent,
-            self.user_stacks.module_cache(),
+            self.stacks.kernel.spent,
+            self.stacks.user.captured,
+            self.stacks.user.spent,
+            self.stacks.user.module_cache(),
         );
         for stats in self.probes.program_stats() {
             tracing::info!("{stats}");
         }
     }
-}
-
-fn user_registers(sample: &ThreadSample, stack: &StackRecord) -> Option<UserRegisters> {
-    (!sample.kernel_thread && stack.user_ip != 0).then_some(UserRegisters {
-        ip: stack.user_ip,
-        sp: stack.user_sp,
-        fp: stack.user_fp,
-    })
 }
 
 fn millis(d: Duration) -> u64 {

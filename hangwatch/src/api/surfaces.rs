@@ -17,7 +17,7 @@ use crate::{
     metrics::Metrics,
     probe::{PROBES, Probes},
     sink::{Hub, ProbeStatus, Store, WebhookError, WebhookSink, ms},
-    stack::{KernelSymbolizer, UserStacks},
+    stack::StackTaker,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -137,14 +137,9 @@ impl Surfaces {
     }
 
     /// Captures the stacks the API asked for since the last scan.
-    pub fn answer_stack_requests(
-        &mut self,
-        probes: &mut Probes,
-        symbolizer: &mut KernelSymbolizer,
-        user_stacks: &mut UserStacks,
-    ) {
+    pub fn answer_stack_requests(&mut self, probes: &mut Probes, stacks: &mut StackTaker) {
         while let Ok(request) = self.stack_requests.try_recv() {
-            threads::answer(request, probes, symbolizer, user_stacks);
+            threads::answer(request, probes, stacks);
         }
     }
 

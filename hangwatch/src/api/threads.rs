@@ -23,7 +23,7 @@ use crate::{
     clock,
     meta::ProcSyscall,
     probe::{Lookup, Probes, StateReader},
-    stack::{Frame, KernelSymbolizer, UserRegisters, UserStacks},
+    stack::{StackTaker, ThreadStacks},
     state::{ThreadSample, Wait},
 };
 
@@ -40,61 +40,29 @@ const STACKS_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct StackRequest {
     pub pid: u32,
     pub tids: Vec<u32>,
-    pub reply: oneshot::Sender<Result<Vec<ThreadStacks>, String>>,
+    pub reply: oneshot::Sender<Result<Vec<ThreadStacksOf>, String>>,
 }
 
+/// One thread's stacks in a dump: what every hang report carries.
 #[derive(Debug, Clone, Serialize)]
-pub struct ThreadStacks {
+pub struct ThreadStacksOf {
     #[serde(skip)]
     pub tid: u32,
-    pub kernel_stack: Vec<Frame>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kernel_stack_error: Option<String>,
-    pub user_registers: Option<UserRegisters>,
-    /// Innermost frame first, each tagged kernel/runtime/application.
-    pub user_stack: Vec<Frame>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_stack_error: Option<String>,
-    /// The first application frame: "function at file:line".
-    pub blocked_here: Option<String>,
+    #[serde(flatten)]
+    pub stacks: ThreadStacks,
 }
 
 /// Answers one stack request; runs on the scan thread, between two ticks.
-pub fn answer(
-    request: StackRequest,
-    probes: &mut Probes,
-    symbolizer: &mut KernelSymbolizer,
-    user_stacks: &mut UserStacks,
-) {
+pub fn answer(request: StackRequest, probes: &mut Probes, stacks: &mut StackTaker) {
     let result = probes
         .dump_stacks(&request.tids)
         .map(|records| {
             records
                 .iter()
-                .map(|s| {
-                    let depth = (s.kernel_depth as usize).min(s.kernel_stack.len());
-                    let registers = (s.user_ip != 0).then_some(UserRegisters {
-                        ip: s.user_ip,
-                        sp: s.user_sp,
-                        fp: s.user_fp,
-                    });
-                    let user = registers.map(|regs| user_stacks.capture(request.pid, regs));
-                    ThreadStacks {
-                        tid: s.tid,
-                        kernel_stack: symbolizer.symbolize(&s.kernel_stack[..depth]),
-                        kernel_stack_error: (depth == 0)
-                            .then(|| "the kernel could not walk this thread's stack".to_owned()),
-                        user_registers: registers,
-                        blocked_here: user
-                            .as_ref()
-                            .and_then(|u| u.blocked_here())
-                            .map(|f| f.location()),
-                        user_stack_error: match &user {
-                            Some(u) => u.error.clone(),
-                            None => Some("no user registers (a kernel thread?)".to_owned()),
-                        },
-                        user_stack: user.map(|u| u.frames).unwrap_or_default(),
-                    }
+                .map(|record| ThreadStacksOf {
+                    tid: record.tid,
+                    // Kernel threads have no user registers; `take` then says so.
+                    stacks: stacks.take(request.pid, Some(record), false),
                 })
                 .collect()
         })
@@ -209,20 +177,16 @@ async fn add_stacks(dump: &mut ThreadDump, scan: &std::sync::mpsc::Sender<StackR
             return;
         }
     };
-    let mut by_tid: HashMap<u32, ThreadStacks> = stacks.into_iter().map(|s| (s.tid, s)).collect();
+    let mut by_tid: HashMap<u32, ThreadStacks> =
+        stacks.into_iter().map(|s| (s.tid, s.stacks)).collect();
     for (i, thread) in dump.threads.iter_mut().enumerate() {
         thread.stacks = Some(by_tid.remove(&thread.tid).unwrap_or_else(|| ThreadStacks {
-            tid: thread.tid,
-            kernel_stack: Vec::new(),
             kernel_stack_error: Some(if i >= MAX_STACK_REQUESTS as usize {
                 format!("not captured: at most {MAX_STACK_REQUESTS} threads per request")
             } else {
                 "the thread was gone before its stack was read".into()
             }),
-            user_registers: None,
-            user_stack: Vec::new(),
-            user_stack_error: None,
-            blocked_here: None,
+            ..ThreadStacks::default()
         }));
     }
 }

@@ -2,11 +2,7 @@
 //! carries"). This is the JSON line schema of `--output json`.
 use serde::Serialize;
 
-use crate::{
-    detect::HangKind,
-    stack::{Frame, UserRegisters, user::UnwindInfo},
-    state::Wait,
-};
+use crate::{detect::HangKind, stack::ThreadStacks, state::Wait};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -47,19 +43,37 @@ pub struct HangEvent {
     /// `duration_ms` long.
     pub blocked_since_before_start: bool,
     pub wait: Wait,
-    pub kernel_stack: Vec<Frame>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kernel_stack_error: Option<String>,
-    pub user_registers: Option<UserRegisters>,
-    /// The user stack, innermost frame first, each tagged kernel/runtime/application.
-    pub user_stack: Vec<Frame>,
-    /// Why the user stack is missing or partial.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_stack_error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_stack_unwind: Option<UnwindInfo>,
-    /// The first application frame: "function at file:line".
-    pub blocked_here: Option<String>,
+    /// `kernel_stack`, `user_stack`, `blocked_here` and the rest, at the top level.
+    #[serde(flatten)]
+    pub stacks: ThreadStacks,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution: Option<Resolution>,
+}
+
+/// A synthetic report, for tests of the sinks, the store and the API.
+#[cfg(test)]
+pub(crate) fn example(event: EventType, id: &str, tid: u32, duration_ms: u64) -> HangEvent {
+    let sample = crate::detect::testing::blocked(tid, 100, 1, 0);
+    HangEvent {
+        event,
+        id: id.into(),
+        kind: HangKind::OffCpu,
+        pid: 100,
+        tid,
+        comm: "abba".into(),
+        thread_name: "worker".into(),
+        exe: Some("/tmp/abba".into()),
+        cmdline: vec!["/tmp/abba".into()],
+        cgroup: Some("/".into()),
+        started_at: "2026-01-01T00:00:00.000Z".into(),
+        duration_ms,
+        threshold_ms: 1000,
+        blocked_since_before_start: false,
+        wait: Wait::describe(&sample),
+        stacks: ThreadStacks {
+            blocked_here: Some("worker at abba.c:30".into()),
+            ..ThreadStacks::default()
+        },
+        resolution: (event == EventType::Resolved).then_some(Resolution::Running),
+    }
 }

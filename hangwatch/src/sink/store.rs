@@ -197,37 +197,8 @@ pub fn started_at() -> SystemTime {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{detect::HangKind, state::Wait};
 
-    /// A synthetic report, for tests of the store and the API.
-    pub fn event(event: EventType, id: &str, tid: u32, duration_ms: u64) -> HangEvent {
-        let sample = crate::detect::testing::blocked(tid, 100, 1, 0);
-        HangEvent {
-            event,
-            id: id.into(),
-            kind: HangKind::OffCpu,
-            pid: 100,
-            tid,
-            comm: "abba".into(),
-            thread_name: "worker".into(),
-            exe: Some("/tmp/abba".into()),
-            cmdline: vec!["/tmp/abba".into()],
-            cgroup: Some("/".into()),
-            started_at: "2026-01-01T00:00:00.000Z".into(),
-            duration_ms,
-            threshold_ms: 1000,
-            blocked_since_before_start: false,
-            wait: Wait::describe(&sample),
-            kernel_stack: Vec::new(),
-            kernel_stack_error: None,
-            user_registers: None,
-            user_stack: Vec::new(),
-            user_stack_error: None,
-            user_stack_unwind: None,
-            blocked_here: Some("worker at abba.c:30".into()),
-            resolution: (event == EventType::Resolved).then_some(super::super::Resolution::Running),
-        }
-    }
+    pub(crate) use crate::sink::event::example as event;
 
     #[test]
     fn episodes_move_from_current_to_history() {

@@ -73,22 +73,22 @@ pub fn render(e: &HangEvent) -> String {
         wait.push_str(", woken, waiting for a CPU");
     }
     let _ = writeln!(out, "  wait     {wait}");
-    if let Some(here) = &e.blocked_here {
+    if let Some(here) = &e.stacks.blocked_here {
         let _ = writeln!(out, "  blocked here: {here}");
     }
     if e.event != EventType::Resolved {
-        if !e.user_stack.is_empty() {
+        if !e.stacks.user_stack.is_empty() {
             let _ = writeln!(out, "  user stack:");
-            write_frames(&mut out, &e.user_stack);
+            write_frames(&mut out, &e.stacks.user_stack);
         }
-        if let Some(err) = &e.user_stack_error {
+        if let Some(err) = &e.stacks.user_stack_error {
             let _ = writeln!(out, "  user stack incomplete: {err}");
         }
-        if let Some(err) = &e.kernel_stack_error {
+        if let Some(err) = &e.stacks.kernel_stack_error {
             let _ = writeln!(out, "  kernel stack unavailable: {err}");
-        } else if !e.kernel_stack.is_empty() {
+        } else if !e.stacks.kernel_stack.is_empty() {
             let _ = writeln!(out, "  kernel stack:");
-            write_frames(&mut out, &e.kernel_stack);
+            write_frames(&mut out, &e.stacks.kernel_stack);
         }
     }
     out.push('\n');
@@ -98,27 +98,19 @@ pub fn render(e: &HangEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{detect::HangKind, state::Wait};
+    use crate::{detect::HangKind, stack::ThreadStacks, state::Wait};
 
     #[test]
     fn a_report_names_the_thread_the_wait_and_the_stack() {
-        let sample = crate::detect::testing::blocked(11, 10, 2, 0);
-        let event = HangEvent {
-            event: EventType::Hang,
-            id: "d_state-11-0".into(),
-            kind: HangKind::DState,
-            pid: 10,
-            tid: 11,
-            comm: "writer".into(),
-            thread_name: "io".into(),
-            exe: Some("/usr/bin/writer".into()),
-            cmdline: vec!["writer".into(), "-v".into()],
-            cgroup: Some("/system.slice/w.service".into()),
-            started_at: "2026-01-01T00:00:00.000Z".into(),
-            duration_ms: 12_345,
-            threshold_ms: 10_000,
-            blocked_since_before_start: false,
-            wait: Wait::describe(&sample),
+        let mut event = crate::sink::event::example(EventType::Hang, "d_state-11-0", 11, 12_345);
+        event.kind = HangKind::DState;
+        event.pid = 10;
+        event.comm = "writer".into();
+        event.thread_name = "io".into();
+        event.cmdline = vec!["writer".into(), "-v".into()];
+        event.threshold_ms = 10_000;
+        event.wait = Wait::describe(&crate::detect::testing::blocked(11, 10, 2, 0));
+        event.stacks = ThreadStacks {
             kernel_stack: vec![Frame {
                 address: "0xffffffff81000000".into(),
                 symbol: Some("percpu_rwsem_wait".into()),
@@ -129,8 +121,6 @@ mod tests {
                 inlined: false,
                 tag: FrameTag::Kernel,
             }],
-            kernel_stack_error: None,
-            user_registers: None,
             user_stack: vec![Frame {
                 address: "0x5000".into(),
                 symbol: Some("write_all".into()),
@@ -141,10 +131,8 @@ mod tests {
                 inlined: false,
                 tag: FrameTag::Application,
             }],
-            user_stack_error: None,
-            user_stack_unwind: None,
             blocked_here: Some("write_all at src/io.rs:42".into()),
-            resolution: None,
+            ..ThreadStacks::default()
         };
         let text = render(&event);
         assert!(

@@ -4,12 +4,14 @@
 //! report can point at the first frame of the program's own code.
 mod kernel;
 mod tag;
+mod taker;
 pub mod user;
 
 use serde::Serialize;
 
 pub use kernel::KernelSymbolizer;
 pub use tag::FrameTag;
+pub use taker::{StackTaker, ThreadStacks};
 pub use user::UserStacks;
 
 /// One frame of a symbolized stack.
