@@ -14,6 +14,7 @@
 //! is killed by its PID when its guard drops (error, panic, Ctrl-C alike), and the sysctl is
 //! restored.
 
+mod latency;
 mod load;
 mod proc;
 mod report;
@@ -175,6 +176,11 @@ pub fn bench(args: &Args) -> Result<()> {
     drop(bpf_stats);
     let daemon = daemon_costs(&plan, &tools, &idle_threads, &mut notes)?;
     let stacks = stack_costs(&tools, &mut notes);
+    eprintln!(
+        "xtask bench: detection latency ({} hangs at random moments)",
+        latency::HANGS
+    );
+    let latency = detection_latency(&tools, &out_dir, &mut notes);
 
     let worst_exit = exit_times.iter().copied().max().unwrap_or_default();
     if worst_exit > Duration::from_secs(1) {
@@ -201,7 +207,8 @@ pub fn bench(args: &Args) -> Result<()> {
         messaging_command: sizes.messaging_command(),
         messaging_repeats: plan.messaging_repeats,
         orders,
-        targets: targets(&throughput, &programs, &daemon, &stacks),
+        targets: targets(&throughput, &programs, &daemon, &stacks, latency.as_ref()),
+        latency,
         throughput,
         programs,
         daemon,
@@ -410,6 +417,7 @@ fn targets(
     programs: &[(Variant, ProgramCost)],
     daemon: &[DaemonCost],
     stacks: &[StackCost],
+    latency: Option<&latency::Latency>,
 ) -> Vec<Target> {
     let series = |v: Variant| throughput.iter().find(|r| r.variant == v);
     let ratio = |pick: fn(&VariantResult) -> &Series| {
@@ -457,6 +465,16 @@ fn targets(
             pass: hwm_mib.map(|m| m <= DAEMON_HWM_MIB),
         },
         Target {
+            name: "detection latency p99 after the threshold".into(),
+            wanted: "<= 250 ms".into(),
+            measured: latency
+                .and_then(|l| l.quantile(0.99))
+                .map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3)),
+            pass: latency.and_then(|l| l.quantile(0.99)).map(|d| {
+                d <= Duration::from_millis(250) && latency.is_some_and(|l| l.reported == l.hangs)
+            }),
+        },
+        Target {
             name: "warm unwind + symbolize, one stack".into(),
             wanted: "<= 1 ms".into(),
             measured: stacks
@@ -487,10 +505,13 @@ fn stack_costs(tools: &Tools, notes: &mut Vec<String>) -> Vec<StackCost> {
             .output()
             .context("cannot run hangwatch bench-stack")?;
         if !out.status.success() {
-            bail!("bench-stack failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "bench-stack failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .context("bench-stack printed no JSON")?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("bench-stack printed no JSON")?;
         let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
         Ok(StackCost {
             target: "python3 blocked on a lock".into(),
@@ -511,9 +532,14 @@ fn stack_costs(tools: &Tools, notes: &mut Vec<String>) -> Vec<StackCost> {
 
 /// gcc -O2 -pthread: target/bench/idle_threads.
 fn compile_idle_threads(out_dir: &Path) -> Result<PathBuf> {
-    let source = out_dir.join("idle_threads.c");
-    let binary = out_dir.join("idle_threads");
-    fs::write(&source, IDLE_THREADS_SOURCE)
+    compile(out_dir, "idle_threads", IDLE_THREADS_SOURCE)
+}
+
+/// gcc -O2 -pthread: `target/bench/NAME` from `source`.
+fn compile(out_dir: &Path, name: &str, source_text: &str) -> Result<PathBuf> {
+    let source = out_dir.join(format!("{name}.c"));
+    let binary = out_dir.join(name);
+    fs::write(&source, source_text)
         .with_context(|| format!("cannot write {}", source.display()))?;
     crate::status(
         Command::new("gcc")
@@ -521,8 +547,36 @@ fn compile_idle_threads(out_dir: &Path) -> Result<PathBuf> {
             .arg(&binary)
             .arg(&source),
     )
-    .context("compiling the idle-threads program failed")?;
+    .with_context(|| format!("compiling {name}.c failed"))?;
     Ok(binary)
+}
+
+/// Detection latency, from threads that hang at random moments; a failure is a note.
+fn detection_latency(
+    tools: &Tools,
+    out_dir: &Path,
+    notes: &mut Vec<String>,
+) -> Option<latency::Latency> {
+    let measured = compile(
+        out_dir,
+        "hang_at_random",
+        include_str!("bench/hang_at_random.c"),
+    )
+    .and_then(|program| latency::measure(&tools.daemon, &tools.daemon_run_args, &program));
+    match measured {
+        Ok(l) if l.reported < l.hangs => {
+            notes.push(format!(
+                "detection latency: only {} of {} hangs were reported",
+                l.reported, l.hangs
+            ));
+            Some(l)
+        }
+        Ok(l) => Some(l),
+        Err(err) => {
+            notes.push(format!("detection latency not measured: {err:#}"));
+            None
+        }
+    }
 }
 
 /// What the figures depend on.

@@ -96,6 +96,7 @@ pub struct Report {
     pub programs: Vec<(Variant, ProgramCost)>,
     pub daemon: Vec<DaemonCost>,
     pub stacks: Vec<StackCost>,
+    pub latency: Option<super::latency::Latency>,
     pub targets: Vec<Target>,
     pub notes: Vec<String>,
 }
@@ -280,6 +281,26 @@ impl Report {
         t
     }
 
+    fn latency_table(&self) -> Table {
+        let mut t = Table::new(&["hangs", "reported", "threshold", "p50", "p99", "max"]);
+        if let Some(l) = &self.latency {
+            let q = |q: f64| {
+                l.quantile(q).map_or("-".to_owned(), |d| {
+                    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+                })
+            };
+            t.row(vec![
+                l.hangs.to_string(),
+                l.reported.to_string(),
+                format!("{:?}", l.threshold),
+                q(0.5),
+                q(0.99),
+                q(1.0),
+            ]);
+        }
+        t
+    }
+
     fn targets_table(&self) -> Table {
         let mut t = Table::new(&["target", "wanted", "measured", "result"]);
         for target in &self.targets {
@@ -345,6 +366,11 @@ impl Report {
             "\nuser stacks: unwind + symbolize one blocked thread's stack (hangwatch bench-stack)"
         );
         out.push_str(&self.stacks_table().text());
+        let _ = writeln!(
+            out,
+            "\ndetection latency: from a thread crossing its threshold to its hang event on stdout"
+        );
+        out.push_str(&self.latency_table().text());
         let _ = writeln!(out, "\ntargets");
         out.push_str(&self.targets_table().text());
         if !self.notes.is_empty() {
@@ -396,6 +422,13 @@ impl Report {
              is from the caches.\n"
         );
         out.push_str(&self.stacks_table().markdown());
+        let _ = writeln!(
+            out,
+            "\n## Detection latency\n\nThreads of a test program hang at random moments (a mutex \
+             never released); the time from each crossing its threshold to its `hang` event on \
+             hangwatch's stdout, both on CLOCK_MONOTONIC.\n"
+        );
+        out.push_str(&self.latency_table().markdown());
         let _ = writeln!(out, "\n## Targets\n");
         out.push_str(&self.targets_table().markdown());
         if !self.notes.is_empty() {
@@ -441,6 +474,14 @@ impl Report {
                 "runs": c.runs,
                 "ns_per_run": c.ns_per_run,
             })).collect::<Vec<_>>(),
+            "latency": self.latency.as_ref().map(|l| json!({
+                "hangs": l.hangs,
+                "reported": l.reported,
+                "threshold_seconds": l.threshold.as_secs_f64(),
+                "p50_seconds": l.quantile(0.5).map(|d| d.as_secs_f64()),
+                "p99_seconds": l.quantile(0.99).map(|d| d.as_secs_f64()),
+                "max_seconds": l.quantile(1.0).map(|d| d.as_secs_f64()),
+            })),
             "stacks": self.stacks.iter().map(|c| json!({
                 "target": c.target,
                 "frames": c.frames,
