@@ -174,7 +174,7 @@ pub fn bench(args: &Args) -> Result<()> {
     let (throughput, orders, exit_times) = throughput(&plan, &tools, &variants, sizes, &mut notes)?;
     let programs = program_costs(&tools, &variants, sizes, &mut bpf_stats, &mut notes)?;
     drop(bpf_stats);
-    let daemon = daemon_costs(&plan, &tools, &idle_threads, &mut notes)?;
+    let daemon = daemon_costs(&plan, &tools, &idle_threads, sizes, &mut notes)?;
     let stacks = stack_costs(&tools, &mut notes);
     eprintln!(
         "xtask bench: detection latency ({} hangs at random moments)",
@@ -356,6 +356,7 @@ fn daemon_costs(
     plan: &Plan,
     tools: &Tools,
     idle_threads: &Path,
+    sizes: Sizes,
     notes: &mut Vec<String>,
 ) -> Result<Vec<DaemonCost>> {
     let mut out = Vec::new();
@@ -369,47 +370,74 @@ fn daemon_costs(
         } else {
             None
         };
-        let running = variants::start(Variant::Hangwatch, tools)?;
-        let pid = running.pid().context("hangwatch has a pid")?;
-        let startup_cpu = sys::cpu_time(pid)?;
-        let startup_precise = sys::cpu_time_precise(pid);
-        let start = Instant::now();
-        proc::sleep(plan.daemon_window)?;
-        let cpu = sys::cpu_time(pid)?.saturating_sub(startup_cpu);
-        let precise = sys::cpu_time_precise(pid)
-            .zip(startup_precise)
-            .map(|(end, start)| end.saturating_sub(start));
-        let window = start.elapsed();
-        let vm_hwm_kib = sys::status_kib(pid, "VmHWM")?;
-        let vm_rss_kib = sys::status_kib(pid, "VmRSS")?;
-        let stopped = running.stop()?;
-        let scans = stopped.scans();
-        if scans.is_none() {
-            notes.push(format!(
-                "hangwatch with {threads} idle threads logged no \"detached after N scans (mean ...)\""
-            ));
-        }
-        let cost = DaemonCost {
-            threads,
-            window,
-            cpu_percent: precise.unwrap_or(cpu).as_secs_f64() / window.as_secs_f64() * 100.0,
-            stat_cpu_percent: cpu.as_secs_f64() / window.as_secs_f64() * 100.0,
-            precise: precise.is_some(),
-            startup_cpu: startup_precise.unwrap_or(startup_cpu),
-            vm_hwm_kib,
-            vm_rss_kib,
-            scans,
-            full_walks: stopped.full_walks(),
-            summary: stopped.summary().map(str::to_owned),
-        };
-        eprintln!(
-            "xtask bench: daemon with {threads} idle threads: {:.3}% of a core, VmHWM {:.1} MiB",
-            cost.cpu_percent,
-            vm_hwm_kib as f64 / 1024.0
-        );
-        out.push(cost);
+        out.push(daemon_cost(plan, tools, threads, None, notes)?);
     }
+    // Under the context-switch load: the ping-pong, sized to outlast the window.
+    let loops = sizes.pipe_loops * (plan.daemon_window.as_secs() + 5);
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0", "perf", "bench", "sched", "pipe", "-T", "-l"])
+        .arg(loops.to_string());
+    let _load = proc::Proc::spawn("pipe load", &mut cmd, true)?;
+    proc::sleep(Duration::from_millis(300))?;
+    out.push(daemon_cost(
+        plan,
+        tools,
+        0,
+        Some("ping-pong on CPU 0"),
+        notes,
+    )?);
     Ok(out)
+}
+
+/// The daemon's CPU and memory over one window, with whatever runs beside it.
+fn daemon_cost(
+    plan: &Plan,
+    tools: &Tools,
+    threads: u64,
+    load: Option<&'static str>,
+    notes: &mut Vec<String>,
+) -> Result<DaemonCost> {
+    let running = variants::start(Variant::Hangwatch, tools)?;
+    let pid = running.pid().context("hangwatch has a pid")?;
+    let startup_cpu = sys::cpu_time(pid)?;
+    let startup_precise = sys::cpu_time_precise(pid);
+    let start = Instant::now();
+    proc::sleep(plan.daemon_window)?;
+    let cpu = sys::cpu_time(pid)?.saturating_sub(startup_cpu);
+    let precise = sys::cpu_time_precise(pid)
+        .zip(startup_precise)
+        .map(|(end, start)| end.saturating_sub(start));
+    let window = start.elapsed();
+    let vm_hwm_kib = sys::status_kib(pid, "VmHWM")?;
+    let vm_rss_kib = sys::status_kib(pid, "VmRSS")?;
+    let stopped = running.stop()?;
+    let scans = stopped.scans();
+    if scans.is_none() {
+        notes.push(format!(
+            "hangwatch with {threads} idle threads logged no \"detached after N scans (mean ...)\""
+        ));
+    }
+    let cost = DaemonCost {
+        threads,
+        load,
+        window,
+        cpu_percent: precise.unwrap_or(cpu).as_secs_f64() / window.as_secs_f64() * 100.0,
+        stat_cpu_percent: cpu.as_secs_f64() / window.as_secs_f64() * 100.0,
+        precise: precise.is_some(),
+        startup_cpu: startup_precise.unwrap_or(startup_cpu),
+        vm_hwm_kib,
+        vm_rss_kib,
+        scans,
+        full_walks: stopped.full_walks(),
+        summary: stopped.summary().map(str::to_owned),
+    };
+    eprintln!(
+        "xtask bench: daemon with {threads} idle threads{}: {:.3}% of a core, VmHWM {:.1} MiB",
+        load.map(|l| format!(" and {l}")).unwrap_or_default(),
+        cost.cpu_percent,
+        vm_hwm_kib as f64 / 1024.0
+    );
+    Ok(cost)
 }
 
 fn targets(
@@ -433,7 +461,9 @@ fn targets(
         .iter()
         .find(|(v, c)| *v == Variant::Hangwatch && c.name == "sched_switch")
         .map(|(_, c)| c.ns_per_run);
-    let busy = daemon.iter().find(|d| d.threads == DAEMON_THREADS);
+    let busy = daemon
+        .iter()
+        .find(|d| d.threads == DAEMON_THREADS && d.load.is_none());
     let hwm_mib = busy.map(|d| d.vm_hwm_kib as f64 / 1024.0);
     vec![
         Target {

@@ -52,6 +52,8 @@ pub struct VariantResult {
 /// The daemon with N idle threads on the machine.
 pub struct DaemonCost {
     pub threads: u64,
+    /// What else ran during the window, if anything.
+    pub load: Option<&'static str>,
     pub window: Duration,
     /// From schedstat when the kernel keeps it (`precise`), else from utime + stime.
     pub cpu_percent: f64,
@@ -236,6 +238,7 @@ impl Report {
     fn daemon_table(&self) -> Table {
         let mut t = Table::new(&[
             "idle threads",
+            "load",
             "window",
             "CPU % of a core",
             "(utime+stime)",
@@ -250,6 +253,7 @@ impl Report {
         for d in &self.daemon {
             t.row(vec![
                 d.threads.to_string(),
+                d.load.unwrap_or("-").to_owned(),
                 format!("{:.1} s", d.window.as_secs_f64()),
                 format!("{:.3}{}", d.cpu_percent, if d.precise { "" } else { "*" }),
                 format!("{:.3}", d.stat_cpu_percent),
@@ -491,6 +495,7 @@ impl Report {
             })).collect::<Vec<_>>(),
             "daemon": self.daemon.iter().map(|d| json!({
                 "idle_threads": d.threads,
+                "load": d.load,
                 "window_seconds": d.window.as_secs_f64(),
                 "cpu_percent_of_a_core": d.cpu_percent,
                 "cpu_percent_source": if d.precise { "schedstat" } else { "utime+stime" },
