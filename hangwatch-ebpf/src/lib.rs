@@ -96,6 +96,10 @@ pub struct ScanConfig {
     pub watched_min_ns: u64,
     /// Emit any thread off-CPU for at least this long.
     pub any_min_ns: u64,
+    /// Emit any user thread off-CPU for at least this long whose saved syscall is a futex
+    /// wait (`futex`, `futex_wait`, `futex_waitv`): the candidates of `lock_wait` and
+    /// `deadlock`. Costs one probe read (the syscall number) per thread past it.
+    pub futex_min_ns: u64,
 }
 
 impl Default for ScanConfig {
@@ -104,6 +108,7 @@ impl Default for ScanConfig {
             d_state_min_ns: u64::MAX,
             watched_min_ns: u64::MAX,
             any_min_ns: u64::MAX,
+            futex_min_ns: u64::MAX,
         }
     }
 }
@@ -174,8 +179,9 @@ pub enum Counter {
     FutexSyscallEvents = 2,
     /// Task storage could not be had (allocation failed or the storage lock was busy).
     StateUnavailable = 3,
-    /// The iterator's output buffer refused a record.
-    RecordsDropped = 4,
+    /// A record did not fit the iterator's output buffer; the kernel runs the program
+    /// again for that thread at the next read(), so it is deferred, not lost.
+    RecordsDeferred = 4,
     /// `bpf_get_task_stack` failed for a requested thread.
     KernelStackFailed = 5,
     /// Threads first seen already blocked by a scan (no switch-out observed).
@@ -189,7 +195,7 @@ impl Counter {
         Counter::SchedWakeupEvents,
         Counter::FutexSyscallEvents,
         Counter::StateUnavailable,
-        Counter::RecordsDropped,
+        Counter::RecordsDeferred,
         Counter::KernelStackFailed,
         Counter::BlockedBeforeAttach,
     ];
@@ -214,7 +220,7 @@ pub mod task_state {
 pub const PF_KTHREAD: u32 = 0x0020_0000;
 
 const _: () = assert!(core::mem::size_of::<ThreadState>() == 64);
-const _: () = assert!(core::mem::size_of::<ScanConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<ScanConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<ThreadRecord>() == 160);
 const _: () = assert!(core::mem::size_of::<StackRecord>() == 40 + 8 * MAX_KERNEL_STACK_DEPTH);

@@ -12,6 +12,17 @@ pub fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// CPU time the calling thread has used (user and system).
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_THREAD_CPUTIME_ID always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// The wall-clock time of monotonic instant `mono_ns`, given a pair read together.
 pub fn wall_time_of(mono_ns: u64, now_mono_ns: u64, now_wall: SystemTime) -> SystemTime {
     now_wall

@@ -23,14 +23,22 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::{
     api, clock,
-    detect::{Detectors, Targets},
+    detect::{Detectors, HangKind, LockFacts, Targets},
     episode::{Episode, EpisodeKey, Tracker, Transition},
-    meta::{ProcessCache, ThreadProc, thread_proc},
+    meta::{OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc},
     probe::{Lookup, PROBES, ProbeSelection, Probes, ThreadHandle, preflight},
-    sink::{EventType, HangEvent, OutputFormat, Resolution, StdoutSink},
+    sink::{BlockedOn, CycleMember, EventType, HangEvent, OutputFormat, Resolution, StdoutSink},
     stack::StackTaker,
-    state::{Refresh, ThreadKey, ThreadSample, ThreadTable},
+    state::{
+        FutexCall, Refresh, ThreadKey, ThreadSample, ThreadTable, Wait, futex_op_name, syscall_name,
+    },
 };
+
+/// A `blocked_on` chain stops after this many owners.
+const MAX_CHAIN: usize = 16;
+
+/// The share of one core the full walks may take; beyond it they are spaced out.
+const WALK_CPU_SHARE: f64 = 0.004;
 
 /// How long shutdown waits for the scan thread before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
@@ -126,6 +134,10 @@ struct Scanner {
     tracker: Tracker,
     processes: ProcessCache,
     stacks: StackTaker,
+    /// Lock owners read from the waiters' processes, per wait.
+    owners: OwnerCache,
+    /// This scan's lock owners.
+    locks: LockFacts,
     sink: StdoutSink,
     /// The other outputs: the API store, the metrics, the webhook.
     surfaces: api::Surfaces,
@@ -137,6 +149,8 @@ struct Scanner {
     next_walk: Option<Instant>,
     /// False when this kernel cannot open thread pidfds (before 6.9): then every tick walks.
     per_thread_reads: bool,
+    /// Walks were spaced out beyond `walk_interval` (logged once).
+    walks_stretched: bool,
     scans: u64,
     walks: u64,
     walk_time: Duration,
@@ -158,7 +172,7 @@ impl Scanner {
         let sink = StdoutSink::spawn(config.output).context("cannot start the output thread")?;
         surfaces.probes_attached(&probes);
         tracing::info!(
-            "probes attached ({} of {} asked for); scanning every {:?}; d_state {}; off_cpu {}",
+            "probes attached ({} of {} asked for); scanning every {:?}; d_state {}; lock_wait {}; deadlock {}; off_cpu {}",
             enabled_probes(config.probes) - probes.degraded.len(),
             enabled_probes(config.probes),
             config.scan_interval,
@@ -167,6 +181,16 @@ impl Scanner {
                 .d_state
                 .as_ref()
                 .map_or("off".to_owned(), |d| format!("after {:?}", d.threshold)),
+            config
+                .detectors
+                .lock_wait
+                .as_ref()
+                .map_or("off".to_owned(), |l| format!("after {:?}", l.threshold)),
+            config
+                .detectors
+                .deadlock
+                .as_ref()
+                .map_or("off".to_owned(), |d| format!("held {:?}", d.hold)),
             match &config.detectors.off_cpu {
                 Some(o) if !(config.pids.is_empty() && config.comms.is_empty()) => format!(
                     "after {:?} for pids {:?} comms {:?}",
@@ -183,12 +207,15 @@ impl Scanner {
             tracker: Tracker::default(),
             processes: ProcessCache::default(),
             stacks: StackTaker::default(),
+            owners: OwnerCache::default(),
+            locks: LockFacts::default(),
             sink,
             surfaces,
             reports: HashMap::new(),
             table: ThreadTable::default(),
             next_walk: None,
             per_thread_reads: true,
+            walks_stretched: false,
             scans: 0,
             walks: 0,
             walk_time: Duration::ZERO,
@@ -240,13 +267,36 @@ impl Scanner {
             );
         }
         let walk_started = Instant::now();
+        let cpu_before = clock::thread_cpu_time();
         let records = self.probes.scan_threads()?;
+        // CPU time, not wall time: a busy machine makes walks slower, not costlier.
+        let took = clock::thread_cpu_time().saturating_sub(cpu_before);
         self.walks += 1;
         self.walk_time += walk_started.elapsed();
-        self.next_walk = Some(started + self.walk_interval);
+        // A walk costs about a microsecond per thread of the machine: on a machine with very
+        // many threads, walk less often so that walking stays within WALK_CPU_SHARE of a core
+        // (detection of newly blocked threads then takes up to that interval longer).
+        let interval = self.walk_interval.max(took.mul_f64(1.0 / WALK_CPU_SHARE));
+        if interval > self.walk_interval && !self.walks_stretched {
+            self.walks_stretched = true;
+            tracing::info!(
+                "a full walk takes {took:?} of CPU: walking every {interval:?} instead of every {:?} to stay within {:.1}% of a core",
+                self.walk_interval,
+                WALK_CPU_SHARE * 100.0
+            );
+        }
+        self.next_walk = Some(started + interval);
         let probes = &self.probes;
         let per_thread_reads = &mut self.per_thread_reads;
-        self.table.replace(&records, |tid| match probes.open_thread(tid) {
+        self.table.replace(&records, |record| {
+            // Only candidates a detector may report before the next walk are re-read each
+            // tick: a futex wait that cannot be a lock with an owner (a condvar, a
+            // semaphore...) matters only to the whole-process deadlock rule, which the walks
+            // serve. Idle machines have thousands of those.
+            if !crate::state::needs_ticks(record) {
+                return None;
+            }
+            match probes.open_thread(record.tid) {
             Ok(handle) => Some(handle),
             Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
                 if std::mem::replace(per_thread_reads, false) {
@@ -258,6 +308,7 @@ impl Scanner {
             }
             // Exited since the walk: the next refresh or walk drops it.
             Err(_) => None,
+            }
         });
         Ok(())
     }
@@ -267,12 +318,16 @@ impl Scanner {
         self.update_table(started, &selected)?;
         let now_ns = clock::monotonic_ns();
         let sample_list = self.table.samples();
-        let samples: HashMap<ThreadKey, ThreadSample> =
-            sample_list.iter().map(|s| (s.key, s.clone())).collect();
-        let candidates = self
-            .config
-            .detectors
-            .detect(&sample_list, &selected, now_ns);
+        let samples: HashMap<ThreadKey, &ThreadSample> =
+            sample_list.iter().map(|s| (s.key, s)).collect();
+        self.read_lock_owners(&sample_list, now_ns);
+        let candidates = self.config.detectors.detect(
+            &sample_list,
+            &selected,
+            &self.locks,
+            &mut confirm_deadlock,
+            now_ns,
+        );
         let transitions = self.tracker.step(&candidates, now_ns);
         if transitions.is_empty() {
             return Ok(());
@@ -280,10 +335,14 @@ impl Scanner {
 
         let wanted: Vec<u32> = transitions
             .iter()
-            .filter_map(|t| match t {
-                Transition::Opened(e) | Transition::Updated(e) => Some(e.key.thread.tid),
-                Transition::Ended(_) => None,
+            .flat_map(|t| match t {
+                Transition::Opened(e) | Transition::Updated(e) => std::iter::once(e.key.thread.tid)
+                    .chain(e.members.iter().map(|m| m.tid))
+                    .collect(),
+                Transition::Ended(_) => Vec::new(),
             })
+            .collect::<HashSet<u32>>()
+            .into_iter()
             .collect();
         let stacks: HashMap<ThreadKey, StackRecord> = self
             .probes
@@ -332,11 +391,103 @@ impl Scanner {
         Ok(())
     }
 
+    /// Reads the owner of the lock each futex waiter waits on (cached per wait).
+    fn read_lock_owners(&mut self, samples: &[ThreadSample], now_ns: u64) {
+        self.locks.owners.clear();
+        if !self.config.detectors.wants_futex_waits() {
+            return;
+        }
+        let mut live = HashSet::new();
+        for sample in samples {
+            // Condvar and semaphore waits name no owner: skip them before any lookup, an idle
+            // machine has thousands.
+            let Some(call) = sample.futex_wait().filter(|c| c.may_have_owner()) else {
+                continue;
+            };
+            live.insert((sample.key, sample.off_cpu_at_ns));
+            if let Some(owner) =
+                self.owners
+                    .owner(sample.tgid, sample.key, sample.off_cpu_at_ns, &call, now_ns)
+            {
+                self.locks.owners.insert(sample.key, owner);
+            }
+        }
+        self.owners.retain(|k| live.contains(k));
+    }
+
+    /// The owners from the lock `start` waits on: each owner, what it waits on, and so on
+    /// until a thread not in a lock wait, or one already in the chain.
+    fn blocked_on(
+        &self,
+        tgid: u32,
+        start: &ThreadSample,
+        samples: &HashMap<ThreadKey, &ThreadSample>,
+    ) -> Vec<BlockedOn> {
+        let by_tid: HashMap<u32, &ThreadSample> = samples
+            .values()
+            .filter(|s| s.tgid == tgid)
+            .map(|s| (s.key.tid, *s))
+            .collect();
+        let mut chain = Vec::new();
+        let mut seen = HashSet::from([start.key.tid]);
+        let mut next = self.locks.owners.get(&start.key).copied();
+        while let Some(tid) = next {
+            if chain.len() >= MAX_CHAIN {
+                break;
+            }
+            let cycle = !seen.insert(tid);
+            let link = match by_tid.get(&tid) {
+                Some(s) => {
+                    let wait = s.wait();
+                    BlockedOn {
+                        tid,
+                        thread_name: s.thread_name.to_string(),
+                        state: wait.state.letter(),
+                        syscall: wait.syscall.clone().unwrap_or_else(|| "running".into()),
+                        futex_op: wait.futex.map(|f| f.op),
+                        owner_tid: self.locks.owners.get(&s.key).copied(),
+                        cycle,
+                    }
+                }
+                // Not a candidate: running, or in a wait the scan does not report.
+                None => match futex_owner::proc_thread(tgid, tid) {
+                    Some(t) => {
+                        let syscall = t.syscall.filter(|_| t.state != 'R');
+                        let call = syscall.as_ref().and_then(FutexCall::from_syscall);
+                        BlockedOn {
+                            tid,
+                            thread_name: t.name,
+                            state: t.state,
+                            syscall: syscall
+                                .map_or_else(|| "running".into(), |s| syscall_name(s.nr)),
+                            futex_op: syscall.filter(|_| call.is_some()).map(|s| {
+                                let op = if s.nr == libc::SYS_futex {
+                                    s.args[1]
+                                } else {
+                                    s.args[3]
+                                };
+                                futex_op_name(s.nr, op as u32)
+                            }),
+                            owner_tid: call
+                                .filter(|_| !cycle)
+                                .and_then(|c| futex_owner::read_owner(tgid, &c)),
+                            cycle,
+                        }
+                    }
+                    None => break, // exited meanwhile
+                },
+            };
+            next = if cycle { None } else { link.owner_tid };
+            chain.push(link);
+        }
+        chain
+    }
+
     fn report(
         &mut self,
         event: EventType,
         episode: &Episode,
-        samples: &HashMap<ThreadKey, ThreadSample>,
+        samples: &HashMap<ThreadKey, &ThreadSample>,
         stacks: &HashMap<ThreadKey, StackRecord>,
         now_ns: u64,
         now_wall: SystemTime,
@@ -351,6 +502,37 @@ impl Scanner {
         let thread_stacks =
             self.stacks
                 .take(sample.tgid, stacks.get(&sample.key), sample.kernel_thread);
+        let with_owner = |s: &ThreadSample, locks: &LockFacts| Wait {
+            owner_tid: locks.owners.get(&s.key).copied(),
+            ..s.wait()
+        };
+        let mut cycle = Vec::new();
+        if episode.key.kind == HangKind::Deadlock {
+            for member in &episode.members {
+                let Some(m) = samples.get(member) else {
+                    continue;
+                };
+                let member_stacks = if *member == sample.key {
+                    thread_stacks.clone()
+                } else {
+                    self.stacks
+                        .take(m.tgid, stacks.get(member), m.kernel_thread)
+                };
+                cycle.push(CycleMember {
+                    tid: member.tid,
+                    thread_name: m.thread_name.to_string(),
+                    wait: with_owner(m, &self.locks),
+                    blocked_here: member_stacks.blocked_here,
+                    user_stack: member_stacks.user_stack,
+                    kernel_stack: member_stacks.kernel_stack,
+                });
+            }
+        }
+        let blocked_on = if self.locks.owners.contains_key(&sample.key) {
+            self.blocked_on(sample.tgid, sample, samples)
+        } else {
+            Vec::new()
+        };
         let report = HangEvent {
             event,
             id: episode.id.clone(),
@@ -359,8 +541,8 @@ impl Scanner {
             tid: sample.key.tid,
             comm: process
                 .as_ref()
-                .map_or_else(|| sample.thread_name.clone(), |p| p.comm.clone()),
-            thread_name: sample.thread_name.clone(),
+                .map_or_else(|| sample.thread_name.to_string(), |p| p.comm.clone()),
+            thread_name: sample.thread_name.to_string(),
             exe: process.as_ref().and_then(|p| p.exe.clone()),
             cmdline: process
                 .as_ref()
@@ -371,7 +553,9 @@ impl Scanner {
             duration_ms: millis(episode.duration(now_ns)),
             threshold_ms: millis(episode.threshold),
             blocked_since_before_start: sample.blocked_before_attach,
-            wait: sample.wait().with_proc_syscall(syscall),
+            wait: with_owner(sample, &self.locks).with_proc_syscall(syscall),
+            blocked_on,
+            cycle,
             stacks: thread_stacks,
             resolution: None,
         };
@@ -382,7 +566,7 @@ impl Scanner {
     fn resolve(
         &mut self,
         episode: &Episode,
-        samples: &HashMap<ThreadKey, ThreadSample>,
+        samples: &HashMap<ThreadKey, &ThreadSample>,
         now_ns: u64,
     ) -> Option<HangEvent> {
         let mut report = self.reports.remove(&episode.key)?;
@@ -441,7 +625,7 @@ impl Scanner {
             .unwrap_or_else(|e| format!("unreadable: {e}"));
         let mean = |total: Duration, n: u64| total.checked_div(n.max(1) as u32).unwrap_or_default();
         tracing::info!(
-            "detached after {} scans (mean {:?}) and {} full walks (mean {:?}, every {:?}), {} candidate threads at the end; counters: {counters}; events dropped: {}; processes vanished: {}; kernel symbolization {:?}; user stacks: {} in {:?}, module cache {:?} (hits, misses)",
+            "detached after {} scans (mean {:?}) and {} full walks (mean {:?}, every {:?}), {} candidate threads at the end; counters: {counters}; events dropped: {}; processes vanished: {}; kernel symbolization {:?}; user stacks: {} in {:?}, module cache {:?} (hits, misses); lock owner reads: {}",
             self.scans,
             mean(self.scan_time, self.scans),
             self.walks,
@@ -454,11 +638,36 @@ impl Scanner {
             self.stacks.user.captured,
             self.stacks.user.spent,
             self.stacks.user.module_cache(),
+            self.owners.reads_done,
         );
         for stats in self.probes.program_stats() {
             tracing::info!("{stats}");
         }
     }
+}
+
+/// A deadlock seen in the samples, checked against /proc now: every member still alive,
+/// in the same futex wait, with no kill pending; for a whole process, no other thread.
+fn confirm_deadlock(members: &[&ThreadSample], whole_process: bool) -> bool {
+    let Some(tgid) = members.first().map(|m| m.tgid) else {
+        return false;
+    };
+    if whole_process && futex_owner::thread_count(tgid) != Some(members.len()) {
+        return false;
+    }
+    members.iter().all(|m| {
+        let Some(now) = futex_owner::proc_thread(tgid, m.key.tid) else {
+            return false;
+        };
+        let same_wait = match (
+            now.syscall.as_ref().and_then(FutexCall::from_syscall),
+            m.futex_wait(),
+        ) {
+            (Some(now), Some(then)) => now.uaddr == then.uaddr,
+            _ => false,
+        };
+        same_wait && now.state == 'S' && !futex_owner::kill_pending(tgid, m.key.tid)
+    })
 }
 
 fn millis(d: Duration) -> u64 {

@@ -40,7 +40,7 @@ fn write<T>(ctx: *mut IterTaskContext, record: *const T) {
     let seq = unsafe { (*(*ctx).meta).seq };
     let len = core::mem::size_of::<T>() as u32;
     if unsafe { bpf_seq_write(seq, record.cast(), len) } != 0 {
-        count(Counter::RecordsDropped);
+        count(Counter::RecordsDeferred);
     }
 }
 
@@ -96,16 +96,21 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
         || (off_cpu_for >= config.watched_min_ns
             // SAFETY: the value is not used, only its presence.
             && unsafe { WATCHED_TGIDS.get(tgid) }.is_some());
-    if !wanted {
+    let maybe_futex = off_cpu_for >= config.futex_min_ns;
+    if !wanted && !maybe_futex {
         return 0;
     }
     let task_flags: u32 = task.read(off.flags);
     let (syscall_nr, syscall_args) = if task_flags & PF_KTHREAD == 0 {
         let regs = unsafe { bpf_task_pt_regs(task.as_ptr()) } as *const u8;
+        // 32 bits on every architecture (arm64 keeps it in an s32).
+        let nr = unsafe { bpf_probe_read_kernel(regs.wrapping_add(REG_SYSCALL_NR).cast::<i32>()) }
+            .map_or(-1, i64::from);
+        if !wanted && !is_futex_wait(nr) {
+            return 0;
+        }
         (
-            // 32 bits on every architecture (arm64 keeps it in an s32).
-            unsafe { bpf_probe_read_kernel(regs.wrapping_add(REG_SYSCALL_NR).cast::<i32>()) }
-                .map_or(-1, i64::from),
+            nr,
             [
                 read_reg(regs, REG_ARG0),
                 read_reg(regs, REG_ARG1),
@@ -114,8 +119,10 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
                 read_reg(regs, REG_ARG4),
             ],
         )
-    } else {
+    } else if wanted {
         (-1, [0; 5])
+    } else {
+        return 0;
     };
     let record = ThreadRecord {
         state: *state,
@@ -180,6 +187,17 @@ pub extern "C" fn dump_stacks(ctx: *mut IterTaskContext) -> i32 {
     write(ctx, record as *const _);
     0
 }
+
+/// The syscalls a thread waits on a futex in: futex(2), futex_waitv(2), futex_wait(2).
+#[inline(always)]
+fn is_futex_wait(nr: i64) -> bool {
+    nr == SYS_FUTEX || nr == 449 || nr == 455
+}
+
+#[cfg(bpf_target_arch = "x86_64")]
+const SYS_FUTEX: i64 = 202;
+#[cfg(bpf_target_arch = "aarch64")]
+const SYS_FUTEX: i64 = 98;
 
 #[inline(always)]
 fn read_reg(regs: *const u8, offset: usize) -> u64 {

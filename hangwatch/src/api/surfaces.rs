@@ -209,7 +209,7 @@ fn counter_name(counter: Counter) -> &'static str {
         Counter::SchedWakeupEvents => "sched_wakeup_events",
         Counter::FutexSyscallEvents => "futex_syscall_events",
         Counter::StateUnavailable => "state_unavailable",
-        Counter::RecordsDropped => "records_dropped",
+        Counter::RecordsDeferred => "records_deferred",
         Counter::KernelStackFailed => "kernel_stack_failed",
         Counter::BlockedBeforeAttach => "blocked_before_attach",
     }

@@ -5,7 +5,7 @@ use clap::Args;
 
 use crate::{
     daemon::Config,
-    detect::{DState, Detectors, OffCpu},
+    detect::{DState, Deadlock, Detectors, LockWait, OffCpu},
     probe::ProbeSelection,
     sink::{OutputFormat, WebhookUrl},
 };
@@ -29,8 +29,20 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_optional_duration, default_value = "10s", hide_default_value = true)]
     pub d_state_threshold: MaybeOff,
 
-    /// How often the per-thread state is scanned [default: 250ms]
-    #[arg(long, value_name = "DURATION", value_parser = parse_scan_interval, default_value = "250ms", hide_default_value = true)]
+    /// How long any thread may wait on a lock whose owner is known (lock_wait); "off"
+    /// disables it [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_optional_duration, default_value = "5s", hide_default_value = true)]
+    pub lock_wait_threshold: MaybeOff,
+
+    /// How long a deadlock (a wait-for cycle, or a process whose every thread is in an
+    /// untimed wait on a private futex) must hold before it is reported; "off" disables
+    /// it [default: 1s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_optional_duration, default_value = "1s", hide_default_value = true)]
+    pub deadlock_threshold: MaybeOff,
+
+    /// How often the per-thread state is read (a tick; detection latency is at most one
+    /// tick past the threshold) [default: 200ms]
+    #[arg(long, value_name = "DURATION", value_parser = parse_scan_interval, default_value = "200ms", hide_default_value = true)]
     pub scan_interval: Duration,
 
     /// Event format on stdout [default: text on a terminal, json otherwise]
@@ -88,6 +100,8 @@ impl RunArgs {
             comms,
             off_cpu_threshold,
             d_state_threshold,
+            lock_wait_threshold,
+            deadlock_threshold,
             scan_interval,
             output,
             listen,
@@ -107,6 +121,10 @@ impl RunArgs {
                 off_cpu: selects.then_some(OffCpu {
                     threshold: off_cpu_threshold,
                 }),
+                lock_wait: lock_wait_threshold
+                    .0
+                    .map(|threshold| LockWait { threshold }),
+                deadlock: deadlock_threshold.0.map(|hold| Deadlock { hold }),
             },
             pids,
             comms,
@@ -177,7 +195,12 @@ mod tests {
             config.detectors.off_cpu.is_none(),
             "off_cpu is off without targets"
         );
-        assert_eq!(config.scan_interval.as_millis(), 250);
+        assert_eq!(
+            config.detectors.lock_wait.map(|l| l.threshold.as_secs()),
+            Some(5)
+        );
+        assert_eq!(config.detectors.deadlock.map(|d| d.hold.as_secs()), Some(1));
+        assert_eq!(config.scan_interval.as_millis(), 200);
         assert_eq!(
             config.listen.map(|a| a.to_string()).as_deref(),
             Some("127.0.0.1:9924")

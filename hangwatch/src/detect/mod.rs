@@ -1,16 +1,23 @@
 //! Detectors: from the thread samples of one scan, which threads are hung and of what kind.
 //! One file per hang kind; each is a pure function of the samples, the rules and `now`.
 mod d_state;
+pub mod deadlock;
+mod lock_wait;
 mod off_cpu;
 mod targets;
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use serde::Serialize;
 
 use crate::state::{ThreadKey, ThreadSample};
 
 pub use d_state::DState;
+pub use deadlock::Deadlock;
+pub use lock_wait::LockWait;
 pub use off_cpu::OffCpu;
 pub use targets::Targets;
 
@@ -20,6 +27,8 @@ pub use targets::Targets;
 pub enum HangKind {
     DState,
     OffCpu,
+    LockWait,
+    Deadlock,
 }
 
 impl HangKind {
@@ -27,6 +36,8 @@ impl HangKind {
         match self {
             Self::DState => "d_state",
             Self::OffCpu => "off_cpu",
+            Self::LockWait => "lock_wait",
+            Self::Deadlock => "deadlock",
         }
     }
 }
@@ -41,6 +52,16 @@ pub struct Candidate {
     /// CLOCK_MONOTONIC ns at which the wait began: with `thread` and `kind` it names the
     /// episode, so a thread that runs and blocks again starts a new one.
     pub since_ns: u64,
+    /// For a deadlock, every thread of it (the cycle in order); empty otherwise.
+    pub members: Vec<ThreadKey>,
+}
+
+/// What the daemon read about the locks the sampled threads wait on.
+#[derive(Debug, Clone, Default)]
+pub struct LockFacts {
+    /// The owner tid of the lock a thread waits on, when known (a live thread of its
+    /// process).
+    pub owners: HashMap<ThreadKey, u32>,
 }
 
 /// Everything the detectors need besides the samples.
@@ -48,28 +69,70 @@ pub struct Candidate {
 pub struct Detectors {
     pub d_state: Option<DState>,
     pub off_cpu: Option<OffCpu>,
+    pub lock_wait: Option<LockWait>,
+    pub deadlock: Option<Deadlock>,
 }
 
 /// The processes selected for `off_cpu`, resolved to tgids for this scan.
 pub type Selected = HashSet<u32>;
 
 impl Detectors {
+    /// `confirm` checks a deadlock against /proc (see [`Deadlock::check`]).
     pub fn detect(
         &self,
         samples: &[ThreadSample],
         selected: &Selected,
+        locks: &LockFacts,
+        confirm: &mut deadlock::Confirm<'_>,
         now_ns: u64,
     ) -> Vec<Candidate> {
-        let mut out = Vec::new();
+        let mut out = match &self.deadlock {
+            Some(d) => d.check(samples, locks, confirm, now_ns),
+            None => Vec::new(),
+        };
+        // A thread of a deadlock is the deadlock's, also while the cycle has not held long
+        // enough yet (its members block one after the other).
+        let mut deadlocked = deadlock::members(&out);
+        if self.deadlock.is_some() {
+            deadlocked.extend(
+                deadlock::cycles(samples, locks)
+                    .into_iter()
+                    .flatten()
+                    .map(|i| samples[i].key),
+            );
+        }
         for sample in samples {
+            if sample.paused() {
+                continue; // stopped by a signal or a debugger: not the program's hang
+            }
             if let Some(d) = &self.d_state {
                 out.extend(d.check(sample, now_ns));
             }
             if let Some(o) = &self.off_cpu {
                 out.extend(o.check(sample, selected, now_ns));
             }
+            if let Some(l) = &self.lock_wait
+                && !deadlocked.contains(&sample.key)
+            {
+                out.extend(l.check(sample, locks, now_ns));
+            }
         }
         out
+    }
+
+    /// Whether the scan must report futex waiters (and the daemon read lock owners).
+    pub fn wants_futex_waits(&self) -> bool {
+        self.lock_wait.is_some() || self.deadlock.is_some()
+    }
+
+    fn futex_threshold(&self) -> Option<Duration> {
+        [
+            self.lock_wait.as_ref().map(|l| l.threshold),
+            self.deadlock.as_ref().map(|d| d.hold),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The kernel-side filter of a full walk: threads off-CPU for at least half of a
@@ -80,6 +143,7 @@ impl Detectors {
             d_state_min_ns: self.d_state.as_ref().map_or(u64::MAX, |d| ns(d.threshold)),
             watched_min_ns: self.off_cpu.as_ref().map_or(u64::MAX, |o| ns(o.threshold)),
             any_min_ns: u64::MAX,
+            futex_min_ns: self.futex_threshold().map_or(u64::MAX, ns),
         }
     }
 }
@@ -91,6 +155,7 @@ impl Detectors {
         let smallest = [
             self.d_state.as_ref().map(|d| d.threshold),
             self.off_cpu.as_ref().map(|o| o.threshold),
+            self.futex_threshold(),
         ]
         .into_iter()
         .flatten()
@@ -110,6 +175,7 @@ fn candidate(sample: &ThreadSample, kind: HangKind, threshold: Duration) -> Cand
         kind,
         threshold,
         since_ns: sample.off_cpu_at_ns,
+        members: Vec::new(),
     }
 }
 
@@ -124,9 +190,18 @@ mod tests {
             d_state: Some(DState {
                 threshold: Duration::from_secs(10),
             }),
-            off_cpu: None,
+            ..Detectors::default()
         };
         assert_eq!(d.walk_interval(tick), Duration::from_secs(5));
+        let locks = Detectors {
+            deadlock: Some(Deadlock {
+                hold: Duration::from_secs(1),
+            }),
+            ..d.clone()
+        };
+        assert_eq!(locks.walk_interval(tick), Duration::from_millis(500));
+        assert_eq!(locks.scan_config().futex_min_ns, 500_000_000);
+        assert_eq!(d.scan_config().futex_min_ns, u64::MAX);
         let o = Detectors {
             off_cpu: Some(OffCpu {
                 threshold: Duration::from_secs(1),
@@ -142,6 +217,42 @@ mod tests {
         };
         assert_eq!(tiny.walk_interval(tick), tick);
         assert_eq!(o.scan_config().watched_min_ns, 500_000_000);
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+    use crate::detect::testing::blocked_in_futex;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_forming_cycle_gets_no_lock_wait_and_then_one_deadlock() {
+        let d = Detectors {
+            lock_wait: Some(LockWait {
+                threshold: Duration::from_secs(1),
+            }),
+            deadlock: Some(Deadlock {
+                hold: Duration::from_secs(1),
+            }),
+            ..Detectors::default()
+        };
+        // b blocked first, a a little later: at 1 s b has waited 1 s, the cycle 0.99 s.
+        let a = blocked_in_futex(101, 100, SEC / 100, 2, false);
+        let b = blocked_in_futex(102, 100, 0, 2, false);
+        let mut locks = LockFacts::default();
+        locks.owners.insert(a.key, 102);
+        locks.owners.insert(b.key, 101);
+        let samples = [a, b];
+        let mut yes = |_: &[&ThreadSample], _| true;
+        let none = Selected::default();
+        assert!(d.detect(&samples, &none, &locks, &mut yes, SEC).is_empty());
+        let later = d.detect(&samples, &none, &locks, &mut yes, 2 * SEC);
+        assert_eq!(
+            later.iter().map(|c| c.kind).collect::<Vec<_>>(),
+            vec![HangKind::Deadlock]
+        );
     }
 }
 
@@ -168,5 +279,26 @@ pub(crate) mod testing {
             saved_syscall: None,
             seen_at_ns: 0,
         }
+    }
+
+    /// A thread in `futex(uaddr, FUTEX_WAIT_PRIVATE, val, timeout)`.
+    pub fn blocked_in_futex(
+        tid: u32,
+        tgid: u32,
+        off_cpu_at_ns: u64,
+        val: u64,
+        timed: bool,
+    ) -> ThreadSample {
+        let mut s = blocked(
+            tid,
+            tgid,
+            hangwatch_ebpf::task_state::INTERRUPTIBLE,
+            off_cpu_at_ns,
+        );
+        s.saved_syscall = Some(crate::meta::ProcSyscall {
+            nr: libc::SYS_futex,
+            args: [0x1000, 128, val, u64::from(timed), 0, 0],
+        });
+        s
     }
 }

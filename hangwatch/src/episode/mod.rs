@@ -33,6 +33,8 @@ pub struct Episode {
     pub updates: u32,
     /// Monotonic ns after which the next `update` is due.
     pub next_update_ns: u64,
+    /// For a deadlock, its threads (the cycle in order); empty otherwise.
+    pub members: Vec<ThreadKey>,
 }
 
 impl Episode {
@@ -72,6 +74,7 @@ impl Tracker {
             present.insert(key);
             match self.open.get_mut(&key) {
                 Some(episode) if now_ns >= episode.next_update_ns => {
+                    episode.members.clone_from(&c.members);
                     episode.updates += 1;
                     episode.next_update_ns =
                         key.since_ns + next_update_after(c.threshold, episode.updates);
@@ -86,6 +89,7 @@ impl Tracker {
                         threshold: c.threshold,
                         updates: 0,
                         next_update_ns: key.since_ns + next_update_after(c.threshold, 0),
+                        members: c.members.clone(),
                     };
                     self.open.insert(key, episode.clone());
                     transitions.push(Transition::Opened(episode));
@@ -134,6 +138,7 @@ mod tests {
             kind: HangKind::OffCpu,
             threshold: Duration::from_secs(1),
             since_ns,
+            members: Vec::new(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! What a report says about the process around a thread: read from /proc once per process
 //! and cached, checked against the thread's start time so a reused pid is never confused
 //! with the process that had it before.
+pub mod futex_owner;
 mod process;
 
+pub use futex_owner::OwnerCache;
 pub use process::{ProcSyscall, ProcessCache, ThreadProc, thread_proc};

@@ -26,10 +26,15 @@ const WORK_BUCKETS: &[f64] = &[
 ];
 
 /// Every hang kind, so that `hangwatch_hangs_total` has a 0 series for each from the start.
-const KINDS: &[HangKind] = &[HangKind::DState, HangKind::OffCpu];
+const KINDS: &[HangKind] = &[
+    HangKind::DState,
+    HangKind::OffCpu,
+    HangKind::LockWait,
+    HangKind::Deadlock,
+];
 /// Fails to compile when a kind is added without adding it to `KINDS`.
 const _: fn(HangKind) = |kind| match kind {
-    HangKind::DState | HangKind::OffCpu => {}
+    HangKind::DState | HangKind::OffCpu | HangKind::LockWait | HangKind::Deadlock => {}
 };
 
 /// Every way an event can fail to reach a sink: full queues (stdout, webhook, a `watch`
@@ -74,7 +79,7 @@ pub struct Metrics {
     hang_duration: HistogramVec,
     bpf_events: IntCounterVec,
     bpf_state_unavailable: IntCounter,
-    bpf_records_dropped: IntCounter,
+    bpf_records_deferred: IntCounter,
     kernel_stack_failures: IntCounter,
     blocked_before_start: IntCounter,
     probe_attached: IntGaugeVec,
@@ -179,9 +184,9 @@ impl Metrics {
                 "Probe events whose per-thread state could not be had (task storage allocation failed or busy): waits that may go unseen.",
             ))
             .expect("valid metric"),
-            bpf_records_dropped: IntCounter::with_opts(opts(
-                "bpf_records_dropped_total",
-                "Thread or stack records the task iterators could not write (output buffer full).",
+            bpf_records_deferred: IntCounter::with_opts(opts(
+                "bpf_records_deferred_total",
+                "Records that did not fit a task iterator's output buffer; the kernel shows that thread again at the next read, so none is lost.",
             ))
             .expect("valid metric"),
             kernel_stack_failures: IntCounter::with_opts(opts(
@@ -314,7 +319,7 @@ impl Metrics {
             hang_duration,
             bpf_events,
             bpf_state_unavailable,
-            bpf_records_dropped,
+            bpf_records_deferred,
             kernel_stack_failures,
             blocked_before_start,
             probe_attached,
@@ -340,7 +345,7 @@ impl Metrics {
             Box::new(hang_duration.clone()),
             Box::new(bpf_events.clone()),
             Box::new(bpf_state_unavailable.clone()),
-            Box::new(bpf_records_dropped.clone()),
+            Box::new(bpf_records_deferred.clone()),
             Box::new(kernel_stack_failures.clone()),
             Box::new(blocked_before_start.clone()),
             Box::new(probe_attached.clone()),
@@ -427,7 +432,7 @@ impl Metrics {
                     self.bpf_events.with_label_values(&["futex"]).inc_by(delta)
                 }
                 Counter::StateUnavailable => self.bpf_state_unavailable.inc_by(delta),
-                Counter::RecordsDropped => self.bpf_records_dropped.inc_by(delta),
+                Counter::RecordsDeferred => self.bpf_records_deferred.inc_by(delta),
                 Counter::KernelStackFailed => self.kernel_stack_failures.inc_by(delta),
                 Counter::BlockedBeforeAttach => self.blocked_before_start.inc_by(delta),
             }
@@ -579,11 +584,11 @@ mod tests {
         let m = Metrics::new();
         m.bpf_counters(&[
             (Counter::SchedSwitchEvents, 10),
-            (Counter::RecordsDropped, 0),
+            (Counter::RecordsDeferred, 0),
         ]);
         m.bpf_counters(&[
             (Counter::SchedSwitchEvents, 25),
-            (Counter::RecordsDropped, 2),
+            (Counter::RecordsDeferred, 2),
         ]);
         let s = parse(&m.render());
         assert_eq!(
@@ -594,7 +599,7 @@ mod tests {
             ),
             25.0
         );
-        assert_eq!(value(&s, "hangwatch_bpf_records_dropped_total", &[]), 2.0);
+        assert_eq!(value(&s, "hangwatch_bpf_records_deferred_total", &[]), 2.0);
     }
 
     #[test]

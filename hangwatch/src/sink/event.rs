@@ -43,11 +43,50 @@ pub struct HangEvent {
     /// `duration_ms` long.
     pub blocked_since_before_start: bool,
     pub wait: Wait,
+    /// The chain of lock owners from this thread on: its lock's owner, what that one
+    /// waits on, the owner of that lock, ... until a thread not in a lock wait, or a cycle.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocked_on: Vec<BlockedOn>,
+    /// For a deadlock: every thread of it (the cycle in order), with its wait and stack.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cycle: Vec<CycleMember>,
     /// `kernel_stack`, `user_stack`, `blocked_here` and the rest, at the top level.
     #[serde(flatten)]
     pub stacks: ThreadStacks,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution: Option<Resolution>,
+}
+
+/// One owner in a `blocked_on` chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockedOn {
+    pub tid: u32,
+    pub thread_name: String,
+    /// Task state letter as `ps` shows it.
+    pub state: char,
+    /// The syscall it is in, or "running".
+    pub syscall: String,
+    /// For a futex wait, its op (e.g. `FUTEX_WAIT_PRIVATE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub futex_op: Option<String>,
+    /// The owner of the lock this one waits on, when known: the next link.
+    pub owner_tid: Option<u32>,
+    /// The chain came back to a thread already in it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cycle: bool,
+}
+
+/// One thread of a deadlock.
+#[derive(Debug, Clone, Serialize)]
+pub struct CycleMember {
+    pub tid: u32,
+    pub thread_name: String,
+    pub wait: Wait,
+    pub blocked_here: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub user_stack: Vec<crate::stack::Frame>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_stack: Vec<crate::stack::Frame>,
 }
 
 /// A synthetic report, for tests of the sinks, the store and the API.
@@ -70,6 +109,8 @@ pub(crate) fn example(event: EventType, id: &str, tid: u32, duration_ms: u64) ->
         threshold_ms: 1000,
         blocked_since_before_start: false,
         wait: Wait::describe(&sample),
+        blocked_on: Vec::new(),
+        cycle: Vec::new(),
         stacks: ThreadStacks {
             blocked_here: Some("worker at abba.c:30".into()),
             ..ThreadStacks::default()

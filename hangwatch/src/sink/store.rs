@@ -154,7 +154,7 @@ impl Store {
         self.read()
             .current
             .values()
-            .find(|e| e.tid == tid)
+            .find(|e| e.tid == tid || e.cycle.iter().any(|m| m.tid == tid))
             .map(|e| e.id.clone())
     }
 

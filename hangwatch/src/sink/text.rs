@@ -72,7 +72,43 @@ pub fn render(e: &HangEvent) -> String {
     if e.wait.woken {
         wait.push_str(", woken, waiting for a CPU");
     }
+    if e.wait.paused {
+        wait.push_str(", paused from outside");
+    }
+    if let Some(owner) = e.wait.owner_tid {
+        let _ = write!(wait, ", lock held by tid {owner}");
+    }
     let _ = writeln!(out, "  wait     {wait}");
+    for link in &e.blocked_on {
+        let again = if link.cycle { " (again: cycle)" } else { "" };
+        let op = link
+            .futex_op
+            .as_deref()
+            .map(|op| format!(" {op}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  held by  tid {} '{}' {} in {}{op}{again}",
+            link.tid, link.thread_name, link.state, link.syscall
+        );
+    }
+    if !e.cycle.is_empty() {
+        let tids: Vec<String> = e.cycle.iter().map(|m| m.tid.to_string()).collect();
+        let _ = writeln!(out, "  cycle    {} -> {}", tids.join(" -> "), tids[0]);
+        for m in &e.cycle {
+            let _ = writeln!(
+                out,
+                "    tid {} '{}' waits for {}, blocked here: {}",
+                m.tid,
+                m.thread_name,
+                m.wait.owner_tid.map_or_else(
+                    || "a lock copied or never released".to_owned(),
+                    |o| format!("tid {o}")
+                ),
+                m.blocked_here.as_deref().unwrap_or("?")
+            );
+        }
+    }
     if let Some(here) = &e.stacks.blocked_here {
         let _ = writeln!(out, "  blocked here: {here}");
     }
@@ -155,5 +191,49 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cmdline  writer -v"), "{text}");
+    }
+
+    #[test]
+    fn a_lock_wait_names_the_owner_chain_and_a_deadlock_its_cycle() {
+        use crate::sink::{BlockedOn, CycleMember};
+        let mut event = crate::sink::event::example(EventType::Hang, "lock_wait-11-0", 11, 6_000);
+        event.kind = HangKind::LockWait;
+        event.wait.owner_tid = Some(12);
+        event.blocked_on = vec![BlockedOn {
+            tid: 12,
+            thread_name: "holder".into(),
+            state: 'S',
+            syscall: "read".into(),
+            futex_op: None,
+            owner_tid: None,
+            cycle: false,
+        }];
+        let text = render(&event);
+        assert!(text.contains(", lock held by tid 12"), "{text}");
+        assert!(
+            text.contains("held by  tid 12 'holder' S in read\n"),
+            "{text}"
+        );
+
+        let mut event = crate::sink::event::example(EventType::Hang, "deadlock-11-0", 11, 1_000);
+        event.kind = HangKind::Deadlock;
+        let member = |tid, owner| CycleMember {
+            tid,
+            thread_name: format!("w{tid}"),
+            wait: Wait {
+                owner_tid: Some(owner),
+                ..event.wait.clone()
+            },
+            blocked_here: Some(format!("w{tid} at abba.c:{tid}")),
+            user_stack: Vec::new(),
+            kernel_stack: Vec::new(),
+        };
+        event.cycle = vec![member(11, 12), member(12, 11)];
+        let text = render(&event);
+        assert!(text.contains("cycle    11 -> 12 -> 11"), "{text}");
+        assert!(
+            text.contains("tid 12 'w12' waits for tid 11, blocked here: w12 at abba.c:12"),
+            "{text}"
+        );
     }
 }

@@ -1,13 +1,16 @@
 //! Per-thread state as the scan sees it: the decoded form of the kernel's `ThreadRecord`s.
 //! Plain data and pure functions, so detectors can be fed recorded samples in tests.
+mod lock;
 mod syscalls;
 mod table;
 mod wait;
 
 use hangwatch_ebpf::{FLAG_FUTEX_TIMEOUT, FLAG_IN_SYSCALL, PF_KTHREAD, ThreadRecord, task_state};
 
+pub use lock::{FutexCall, FutexCmd, MUTEX_PREFIX_BYTES, needs_ticks, owner_candidate};
+pub use syscalls::syscall_name;
 pub use table::{Refresh, ThreadTable};
-pub use wait::{TaskState, Wait};
+pub use wait::{TaskState, Wait, futex_op_name};
 
 /// A thread, unambiguously: the tid together with its start time survives tid reuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,7 +37,8 @@ pub struct ThreadSample {
     pub key: ThreadKey,
     pub tgid: u32,
     /// The thread's own name (`comm` of the task).
-    pub thread_name: String,
+    /// Shared, so that the samples the table hands out every tick cost no allocation.
+    pub thread_name: std::sync::Arc<str>,
     /// `__state` when the scan looked.
     pub task_state: u32,
     /// `prev_state` when it switched out.
@@ -64,6 +68,20 @@ impl ThreadSample {
             && self.task_state & task_state::NOLOAD == 0
     }
 
+    /// Stopped by a signal (`T`) or a tracer (`t`): paused from outside, not hung.
+    pub fn paused(&self) -> bool {
+        self.task_state & (task_state::STOPPED | task_state::TRACED) != 0
+            && self.task_state & (task_state::INTERRUPTIBLE | task_state::UNINTERRUPTIBLE) == 0
+    }
+
+    /// In a futex wait, and neither woken nor paused: the thread waits for another one.
+    pub fn futex_wait(&self) -> Option<FutexCall> {
+        if self.woken || self.paused() || self.kernel_thread {
+            return None;
+        }
+        FutexCall::of(self)
+    }
+
     pub fn wait(&self) -> Wait {
         Wait::describe(self)
     }
@@ -79,7 +97,7 @@ impl From<&ThreadRecord> for ThreadSample {
                 start_boottime_ns: record.start_boottime_ns,
             },
             tgid: record.tgid,
-            thread_name: String::from_utf8_lossy(&record.comm[..name_len]).into_owned(),
+            thread_name: String::from_utf8_lossy(&record.comm[..name_len]).into(),
             task_state: record.task_state,
             state_at_switch: s.state_at_switch,
             off_cpu_at_ns: s.off_cpu_at_ns,

@@ -23,6 +23,8 @@ pub enum Refresh {
 
 struct Row<H> {
     record: ThreadRecord,
+    /// `record` decoded, rebuilt only when the record changes.
+    sample: ThreadSample,
     handle: Option<H>,
 }
 
@@ -53,18 +55,23 @@ impl<H> ThreadTable<H> {
 
     /// Replaces the table with the result of a full walk, keeping the handles of threads
     /// that stay and opening handles for new ones.
-    pub fn replace(&mut self, records: &[ThreadRecord], mut open: impl FnMut(u32) -> Option<H>) {
+    pub fn replace(
+        &mut self,
+        records: &[ThreadRecord],
+        mut open: impl FnMut(&ThreadRecord) -> Option<H>,
+    ) {
         let mut old = std::mem::take(&mut self.rows);
         for record in records {
             let key = key_of(record);
             let handle = match old.remove(&key) {
                 Some(row) => row.handle,
-                None => open(record.tid),
+                None => open(record),
             };
             self.rows.insert(
                 key,
                 Row {
                     record: *record,
+                    sample: ThreadSample::from(record),
                     handle,
                 },
             );
@@ -79,7 +86,10 @@ impl<H> ThreadTable<H> {
             };
             match read(handle) {
                 Refresh::State(state) => {
-                    apply(&mut row.record, state, now_ns);
+                    if state != row.record.state {
+                        apply(&mut row.record, state, now_ns);
+                        row.sample = ThreadSample::from(&row.record);
+                    }
                     true
                 }
                 Refresh::Unchanged => true,
@@ -101,7 +111,7 @@ impl<H> ThreadTable<H> {
         self.rows
             .values()
             .filter(|row| row.record.state.off_cpu_at_ns > row.record.state.on_cpu_at_ns)
-            .map(|row| ThreadSample::from(&row.record))
+            .map(|row| row.sample.clone())
             .collect()
     }
 }
@@ -150,7 +160,7 @@ mod tests {
         let mut table: ThreadTable<u32> = ThreadTable::default();
         table.replace(
             &[record(1, 100, 2), record(2, 100, 1), record(3, 100, 1)],
-            Some,
+            |r| Some(r.tid),
         );
         assert_eq!(table.samples().len(), 3);
         table.refresh(500, |&tid| match tid {
@@ -184,13 +194,13 @@ mod tests {
     fn a_walk_keeps_handles_of_known_threads() {
         let mut table: ThreadTable<u32> = ThreadTable::default();
         let mut opened = Vec::new();
-        table.replace(&[record(1, 100, 1)], |tid| {
-            opened.push(tid);
-            Some(tid)
+        table.replace(&[record(1, 100, 1)], |r| {
+            opened.push(r.tid);
+            Some(r.tid)
         });
-        table.replace(&[record(1, 100, 1), record(2, 100, 1)], |tid| {
-            opened.push(tid);
-            Some(tid)
+        table.replace(&[record(1, 100, 1), record(2, 100, 1)], |r| {
+            opened.push(r.tid);
+            Some(r.tid)
         });
         assert_eq!(opened, vec![1, 2]);
     }

@@ -98,6 +98,10 @@ pub struct Wait {
     pub futex: Option<FutexWait>,
     /// Woken since it blocked: it waits for a CPU now, not for an event.
     pub woken: bool,
+    /// Stopped by a signal (`T`) or a debugger (`t`): paused from outside, not hung.
+    pub paused: bool,
+    /// For a lock wait, the tid of the lock's owner (a live thread of the same process).
+    pub owner_tid: Option<u32>,
 }
 
 impl Wait {
@@ -110,6 +114,8 @@ impl Wait {
             syscall_nr: None,
             futex: None,
             woken: sample.woken,
+            paused: matches!(state, TaskState::Stopped | TaskState::Traced),
+            owner_tid: None,
         };
         match sample.syscall {
             // The futex probes, when attached, saw the call itself.

@@ -1067,3 +1067,29 @@ fn serve_connection(stream: std::net::TcpStream, sink: &(Mutex<Vec<Received>>, C
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Scripts
+// ---------------------------------------------------------------------------------------
+
+/// The Python the scripts of `tests/programs/` run with: Debian's, as in the seeds.
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// Starts `tests/programs/<name>` (a Python script) with [`PYTHON`].
+pub fn start_python(name: &str) -> Program {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/programs")
+        .join(name);
+    let mut command = Command::new(PYTHON);
+    command.arg(script);
+    Program::spawn(command)
+}
+
+/// Every distinct episode id among `events` of `kind`.
+pub fn episode_ids(events: &[Received], kind: &str) -> std::collections::BTreeSet<String> {
+    events
+        .iter()
+        .filter(|r| str_of(&r.value, "/kind") == kind)
+        .map(|r| str_of(&r.value, "/id").to_owned())
+        .collect()
+}

@@ -1,0 +1,190 @@
+//! Lock owners: for a thread in a futex wait, read the lock beside the futex word from its
+//! process (`process_vm_readv`, 20 bytes) and check that the owner it names is a live
+//! thread of the same process. Each wait is read once per `REREAD_AFTER_NS` at most: a
+//! mutex can change hands while a waiter that was not woken stays blocked.
+use std::{collections::HashMap, fs, path::Path};
+
+use crate::state::{FutexCall, FutexCmd, MUTEX_PREFIX_BYTES, ThreadKey, owner_candidate};
+
+/// How long an owner read stays good for the same wait.
+const REREAD_AFTER_NS: u64 = 1_000_000_000;
+
+/// Owner reads by wait: (thread, start of its wait) -> (read at, owner).
+#[derive(Debug, Default)]
+pub struct OwnerCache {
+    reads: HashMap<(ThreadKey, u64), (u64, Option<u32>)>,
+    /// Reads done, for the summary.
+    pub reads_done: u64,
+}
+
+impl OwnerCache {
+    /// The owner of the lock `tid` of `tgid` waits on in `call`, if it is known.
+    pub fn owner(
+        &mut self,
+        tgid: u32,
+        thread: ThreadKey,
+        since_ns: u64,
+        call: &FutexCall,
+        now_ns: u64,
+    ) -> Option<u32> {
+        if let Some(&(at, owner)) = self.reads.get(&(thread, since_ns))
+            && now_ns.saturating_sub(at) < REREAD_AFTER_NS
+        {
+            return owner;
+        }
+        let owner = if could_name_an_owner(call) {
+            self.reads_done += 1;
+            read_owner(tgid, call)
+        } else {
+            None
+        };
+        self.reads.insert((thread, since_ns), (now_ns, owner));
+        owner
+    }
+
+    /// Forgets the waits not in `live`.
+    pub fn retain(&mut self, live: impl Fn(&(ThreadKey, u64)) -> bool) {
+        self.reads.retain(|k, _| live(k));
+    }
+}
+
+/// Whether reading the memory can tell anything: a PI lock, or a plain wait for the
+/// value glibc's `lll_lock_wait` waits for (2, "taken, with waiters"). Idle condvar and
+/// semaphore waiters are left alone without a read.
+fn could_name_an_owner(call: &FutexCall) -> bool {
+    match call.cmd {
+        FutexCmd::LockPi => true,
+        FutexCmd::Wait => call.val.is_none_or(|v| v == 2),
+        FutexCmd::Other => false,
+    }
+}
+
+/// The live owner of the lock at the futex address of `call`, read now.
+pub fn read_owner(tgid: u32, call: &FutexCall) -> Option<u32> {
+    let words = read_words(tgid, call.uaddr)?;
+    let owner = owner_candidate(call, words)?;
+    is_thread_of(tgid, owner).then_some(owner)
+}
+
+/// The first five 32-bit words at `address` in process `tgid`.
+fn read_words(tgid: u32, address: u64) -> Option<[u32; 5]> {
+    let mut bytes = [0u8; MUTEX_PREFIX_BYTES];
+    let local = libc::iovec {
+        iov_base: bytes.as_mut_ptr().cast(),
+        iov_len: bytes.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: address as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: `local` points to `bytes`, which we own; the kernel checks `remote`.
+    let read = unsafe { libc::process_vm_readv(tgid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    if read != bytes.len() as isize {
+        return None;
+    }
+    let mut words = [0u32; 5];
+    for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(4)) {
+        *word = u32::from_ne_bytes(chunk.try_into().ok()?);
+    }
+    Some(words)
+}
+
+/// `tid` is a live (not exited) thread of process `tgid`.
+pub fn is_thread_of(tgid: u32, tid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 2..i + 3))
+        .unwrap_or("X");
+    !matches!(state, "Z" | "X" | "x")
+}
+
+/// The number of threads of a process, from the link count of `/proc/TGID/task` (2 plus
+/// one per thread): one `stat`, no directory read.
+pub fn thread_count(tgid: u32) -> Option<usize> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(Path::new(&format!("/proc/{tgid}/task"))).ok()?;
+    usize::try_from(meta.nlink()).ok()?.checked_sub(2)
+}
+
+/// SIGKILL is pending for the thread (its process is being killed): whatever it waits
+/// on, it is about to exit.
+pub fn kill_pending(tgid: u32, tid: u32) -> bool {
+    let Ok(status) = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/status")) else {
+        return true; // gone
+    };
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+    status.lines().any(|line| {
+        ["SigPnd:", "ShdPnd:"].iter().any(|key| {
+            line.strip_prefix(key)
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                .is_some_and(|mask| mask & SIGKILL_BIT != 0)
+        })
+    })
+}
+
+/// A thread as /proc shows it now: name, state letter, and the syscall it sits in
+/// ("running" when it is not in one).
+pub struct ProcThread {
+    pub name: String,
+    pub state: char,
+    pub syscall: Option<crate::meta::ProcSyscall>,
+}
+
+pub fn proc_thread(tgid: u32, tid: u32) -> Option<ProcThread> {
+    let dir = format!("/proc/{tgid}/task/{tid}");
+    let stat = fs::read_to_string(format!("{dir}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(stat.find('(')? + 1..close)?.to_owned();
+    let state = stat.get(close + 2..)?.chars().next()?;
+    let syscall = fs::read_to_string(format!("{dir}/syscall"))
+        .ok()
+        .and_then(|t| crate::meta::ProcSyscall::parse(&t));
+    Some(ProcThread {
+        name,
+        state,
+        syscall,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_our_threads() {
+        let me = std::process::id();
+        let n = thread_count(me).expect("our process");
+        assert!(n >= 1);
+        assert!(is_thread_of(me, me));
+        assert!(!is_thread_of(me, u32::MAX - 1));
+        assert!(!kill_pending(me, me));
+        assert!(kill_pending(me, u32::MAX - 1), "gone");
+        let tid = unsafe { libc::gettid() } as u32;
+        let t = proc_thread(me, tid).expect("ourselves");
+        assert_eq!(t.state, 'R');
+    }
+
+    #[test]
+    fn reads_a_held_mutex_of_our_own() {
+        // A glibc mutex held by this thread: owner is our tid.
+        let mut m: libc::pthread_mutex_t = unsafe { std::mem::zeroed() };
+        unsafe {
+            libc::pthread_mutex_init(&mut m, std::ptr::null());
+            libc::pthread_mutex_lock(&mut m);
+        }
+        let call = FutexCall {
+            uaddr: std::ptr::from_ref(&m) as u64,
+            cmd: crate::state::FutexCmd::Wait,
+            val: None,
+            private: true,
+            timed: false,
+        };
+        let tid = unsafe { libc::gettid() } as u32;
+        assert_eq!(read_owner(std::process::id(), &call), Some(tid));
+        unsafe { libc::pthread_mutex_unlock(&mut m) };
+        assert_eq!(read_owner(std::process::id(), &call), None);
+    }
+}
