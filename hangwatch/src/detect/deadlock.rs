@@ -92,10 +92,12 @@ impl Deadlock {
 /// smallest tid. Each thread has at most one outgoing edge (the owner of its lock), so a
 /// walk from each node finds every cycle once.
 pub fn cycles(samples: &[ThreadSample], locks: &LockFacts) -> Vec<Vec<usize>> {
+    // Every member of a cycle waits on a lock whose owner is known: only those can be
+    // nodes (an idle machine has thousands of other futex waiters).
     let by_tid: HashMap<u32, usize> = samples
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.futex_wait().is_some())
+        .filter(|(_, s)| locks.owners.contains_key(&s.key))
         .map(|(i, s)| (s.key.tid, i))
         .collect();
     let next = |i: usize| -> Option<usize> {
