@@ -633,27 +633,8 @@ fn binary_in_a_chroot_is_symbolized_through_proc_root() {
     let build = temp_dir("hangwatch-static");
     let binary = build.path().join("prog");
     let source = chain_source();
-    let output = Command::new("gcc")
-        .args([
-            "-O2",
-            "-fomit-frame-pointer",
-            "-g",
-            "-pthread",
-            "-static",
-            "-Wall",
-            "-o",
-        ])
-        .arg(&binary)
-        .arg(&source)
-        .output()
-        .unwrap_or_else(|e| panic!("running gcc for {}: {e}", source.display()));
-    assert!(
-        output.status.success(),
-        "gcc -static failed on {} ({}); is libc6-dev (libc.a) installed?\n{}",
-        source.display(),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    // libc.a comes with libc6-dev.
+    gcc(&source, &binary, &["-static"]);
     // Empty on the host for the whole test: the binary lives on a tmpfs mounted over it in
     // the program's own mount namespace.
     let root = temp_dir("hangwatch-chroot");

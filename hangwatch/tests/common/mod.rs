@@ -58,6 +58,27 @@ pub fn find_tool(tool: &str) -> Option<PathBuf> {
 /// Compiles `tests/programs/<name>.c` with the flags of the issue and returns the binary,
 /// named `<name>` (so its comm and exe are predictable). Compiled once per test binary run,
 /// into cargo's temporary directory for integration tests.
+/// `gcc -O2 -fomit-frame-pointer -g -pthread -Wall [extra] -o OUT SOURCE`, the way every
+/// test program is built (no frame pointers: what distributions ship); panics with gcc's
+/// output on failure.
+pub fn gcc(source: &Path, out: &Path, extra: &[&str]) {
+    let output = Command::new("gcc")
+        .args(["-O2", "-fomit-frame-pointer", "-g", "-pthread", "-Wall"])
+        .args(extra)
+        .arg("-o")
+        .arg(out)
+        .arg(source)
+        .output()
+        .unwrap_or_else(|e| panic!("running gcc for {}: {e}", source.display()));
+    assert!(
+        output.status.success(),
+        "gcc {extra:?} failed on {} ({}):\n{}",
+        source.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 pub fn compile(name: &str) -> PathBuf {
     static CACHE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
@@ -73,26 +94,7 @@ pub fn compile(name: &str) -> PathBuf {
     let out = dir.join(name);
     // Build beside and rename, so a concurrent run never executes a half-written file.
     let partial = dir.join(format!("{name}.{}.partial", std::process::id()));
-    let output = Command::new("gcc")
-        .args([
-            "-O2",
-            "-fomit-frame-pointer",
-            "-g",
-            "-pthread",
-            "-Wall",
-            "-o",
-        ])
-        .arg(&partial)
-        .arg(&source)
-        .output()
-        .unwrap_or_else(|e| panic!("running gcc for {}: {e}", source.display()));
-    assert!(
-        output.status.success(),
-        "gcc failed on {} ({}):\n{}",
-        source.display(),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    gcc(&source, &partial, &[]);
     std::fs::rename(&partial, &out)
         .unwrap_or_else(|e| panic!("renaming {} to {}: {e}", partial.display(), out.display()));
     cache.insert(name.to_owned(), out.clone());
