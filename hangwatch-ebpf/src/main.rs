@@ -7,6 +7,7 @@
 
 mod maps;
 mod programs;
+mod syscalls;
 mod task;
 
 #[cfg(not(test))]

@@ -1,12 +1,13 @@
 //! The maps shared with the daemon (names in `hangwatch_ebpf::names`).
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
-    btf_maps::{Array, HashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     helpers::generated::bpf_task_storage_get,
     macros::btf_map,
 };
 use hangwatch_ebpf::{
-    Counter, MAX_STACK_REQUESTS, MAX_WATCHED_TGIDS, ScanConfig, StackRecord, ThreadState,
+    Counter, ExitSignal, MAX_EXIT_SIGNALS, MAX_STACK_REQUESTS, MAX_WATCHED_TGIDS, ScanConfig,
+    StackRecord, ThreadState,
 };
 
 use crate::task::Task;
@@ -73,6 +74,13 @@ pub static WATCHED_TGIDS: HashMap<u32, u32, { MAX_WATCHED_TGIDS as usize }> = Ha
 
 #[btf_map]
 pub static STACK_REQUESTS: HashMap<u32, u32, { MAX_STACK_REQUESTS as usize }> = HashMap::new();
+
+/// Processes sent an exit signal since the daemon last drained the map. LRU, so a storm of
+/// signals to short-lived processes can never fill it (evictions are older entries, which
+/// the daemon has already drained).
+#[btf_map]
+pub static EXIT_SIGNALS: LruHashMap<u32, ExitSignal, { MAX_EXIT_SIGNALS as usize }> =
+    LruHashMap::new();
 
 /// Scratch space for one `StackRecord`, too large for the 512-byte BPF stack.
 #[btf_map]

@@ -23,14 +23,20 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::{
     api, clock,
-    detect::{Detectors, HangKind, LockFacts, Targets},
+    detect::{
+        Detectors, Facts, HangKind, LockFacts, LoopFacts, Targets, Watch, loop_stall::is_parked,
+    },
     episode::{Episode, EpisodeKey, Tracker, Transition},
     meta::{OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc},
     probe::{Lookup, PROBES, ProbeSelection, Probes, ThreadHandle, preflight},
-    sink::{BlockedOn, CycleMember, EventType, HangEvent, OutputFormat, Resolution, StdoutSink},
-    stack::StackTaker,
+    sink::{
+        BlockedOn, CycleMember, EventType, ExitInfo, HangEvent, LoopStallInfo, OutputFormat,
+        Resolution, StdoutSink,
+    },
+    stack::{StackTaker, ThreadStacks},
     state::{
-        FutexCall, Refresh, ThreadKey, ThreadSample, ThreadTable, Wait, futex_op_name, syscall_name,
+        ExitTable, FutexCall, Refresh, ThreadKey, ThreadSample, ThreadTable, Wait, futex_op_name,
+        syscall_name,
     },
 };
 
@@ -39,6 +45,10 @@ const MAX_CHAIN: usize = 16;
 
 /// The share of one core the full walks may take; beyond it they are spaced out.
 const WALK_CPU_SHARE: f64 = 0.004;
+
+/// `sys_enter_loop` stays attached this long after the last loop thread that needed it, so
+/// that a busy loop does not make the daemon attach and detach it at every tick.
+const LOOP_PROBE_LINGER: Duration = Duration::from_secs(1);
 
 /// How long shutdown waits for the scan thread before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
@@ -138,6 +148,13 @@ struct Scanner {
     owners: OwnerCache,
     /// This scan's lock owners.
     locks: LockFacts,
+    /// Event-loop threads: the on-demand probe and the verdicts on their futex waits.
+    loops: LoopFacts,
+    /// When a loop thread last needed `sys_enter_loop`.
+    loop_probe_wanted_at: Option<Instant>,
+    loop_probe_attaches: u64,
+    /// Processes sent an exit signal, until they are gone.
+    exits: ExitTable,
     sink: StdoutSink,
     /// The other outputs: the API store, the metrics, the webhook.
     surfaces: api::Surfaces,
@@ -209,6 +226,10 @@ impl Scanner {
             stacks: StackTaker::default(),
             owners: OwnerCache::default(),
             locks: LockFacts::default(),
+            loops: LoopFacts::default(),
+            loop_probe_wanted_at: None,
+            loop_probe_attaches: 0,
+            exits: ExitTable::default(),
             sink,
             surfaces,
             reports: HashMap::new(),
@@ -313,22 +334,93 @@ impl Scanner {
         Ok(())
     }
 
+    /// Folds in the exit signals the probe recorded, and forgets processes that are gone.
+    fn update_exits(&mut self) -> anyhow::Result<()> {
+        if self.config.detectors.stuck_exit.is_none() {
+            return Ok(());
+        }
+        self.exits.merge(self.probes.drain_exit_signals()?);
+        self.exits
+            .retain(|r| thread_proc(r.tgid, r.target) != ThreadProc::Gone);
+        Ok(())
+    }
+
+    /// Watches loop threads closer where the detector asks: reads the stack of one in a
+    /// futex wait (once per wait) to tell a parked worker from a stuck one, and keeps
+    /// `sys_enter_loop` attached while one runs away from its wait.
+    fn follow_loops(&mut self, watch: &[(ThreadKey, Watch)], samples: &[ThreadSample]) {
+        let by_key: HashMap<ThreadKey, &ThreadSample> =
+            samples.iter().map(|s| (s.key, s)).collect();
+        let checks: Vec<&ThreadSample> = watch
+            .iter()
+            .filter(|(_, w)| *w == Watch::CheckPark)
+            .filter_map(|(k, _)| by_key.get(k).copied())
+            .collect();
+        if !checks.is_empty() {
+            let tids: Vec<u32> = checks.iter().map(|s| s.key.tid).collect();
+            let records = self.probes.dump_stacks(&tids).unwrap_or_else(|err| {
+                tracing::debug!("cannot read stacks of parked loop threads: {err}");
+                Vec::new()
+            });
+            for s in checks {
+                let record = records
+                    .iter()
+                    .find(|r| r.tid == s.key.tid && r.start_boottime_ns == s.key.start_boottime_ns);
+                let stacks = self.stacks.take(s.tgid, record, s.kernel_thread);
+                // A stack that cannot be read cannot tell: quiet by default, as parked.
+                let parked = stacks.user_stack.is_empty()
+                    || is_parked(stacks.user_stack.iter().filter_map(|f| f.symbol.as_deref()));
+                self.loops.parked.insert(s.key, (s.off_cpu_at_ns, parked));
+                if parked && !stacks.user_stack.is_empty() {
+                    self.loops.parkers.insert(s.key);
+                }
+            }
+        }
+        self.loops.parked.retain(|k, _| by_key.contains_key(k));
+        self.loops.parkers.retain(|k| by_key.contains_key(k));
+
+        let now = Instant::now();
+        if watch.iter().any(|(_, w)| *w == Watch::Probe) {
+            self.loop_probe_wanted_at = Some(now);
+        }
+        let wanted = self
+            .loop_probe_wanted_at
+            .is_some_and(|at| now.duration_since(at) < LOOP_PROBE_LINGER);
+        match self.probes.set_loop_probe(wanted) {
+            Ok(true) if self.loops.probe_since_ns.is_none() => {
+                // From now on (not before the attach returned) returns are seen.
+                self.loops.probe_since_ns = Some(clock::monotonic_ns());
+                self.loop_probe_attaches += 1;
+            }
+            Ok(true) => {}
+            Ok(false) => self.loops.probe_since_ns = None,
+            Err(err) => tracing::warn!("sys_enter_loop: {err}"),
+        }
+    }
+
     fn scan_once(&mut self, started: Instant) -> anyhow::Result<()> {
         let selected = self.targets.resolve(started);
         self.update_table(started, &selected)?;
+        self.update_exits()?;
         let now_ns = clock::monotonic_ns();
         let sample_list = self.table.samples();
         let samples: HashMap<ThreadKey, &ThreadSample> =
             sample_list.iter().map(|s| (s.key, s)).collect();
         self.read_lock_owners(&sample_list, now_ns);
-        let candidates = self.config.detectors.detect(
+        let exits = self.exits.requests();
+        let detection = self.config.detectors.detect(
             &sample_list,
-            &selected,
-            &self.locks,
+            &Facts {
+                selected: &selected,
+                locks: &self.locks,
+                loops: &self.loops,
+                exits: &exits,
+            },
             &mut confirm_deadlock,
             now_ns,
         );
-        let transitions = self.tracker.step(&candidates, now_ns);
+        self.follow_loops(&detection.watch, &sample_list);
+        let transitions = self.tracker.step(&detection.candidates, now_ns);
         if transitions.is_empty() {
             return Ok(());
         }
@@ -336,6 +428,11 @@ impl Scanner {
         let wanted: Vec<u32> = transitions
             .iter()
             .flat_map(|t| match t {
+                Transition::Opened(e) | Transition::Updated(e)
+                    if e.key.kind == HangKind::StuckExit =>
+                {
+                    futex_owner::task_ids(e.tgid)
+                }
                 Transition::Opened(e) | Transition::Updated(e) => std::iter::once(e.key.thread.tid)
                     .chain(e.members.iter().map(|m| m.tid))
                     .collect(),
@@ -492,6 +589,9 @@ impl Scanner {
         now_ns: u64,
         now_wall: SystemTime,
     ) -> Option<HangEvent> {
+        if episode.key.kind == HangKind::StuckExit {
+            return self.report_exit(event, episode, stacks, now_ns, now_wall);
+        }
         let sample = samples.get(&episode.key.thread)?;
         let thread = thread_proc(sample.tgid, sample.key);
         let syscall = match thread {
@@ -499,9 +599,7 @@ impl Scanner {
             ThreadProc::Gone => None,
         };
         let process = self.processes.get(sample.tgid);
-        let thread_stacks =
-            self.stacks
-                .take(sample.tgid, stacks.get(&sample.key), sample.kernel_thread);
+        let thread_stacks = self.stacks_of(sample, stacks.get(&sample.key));
         let with_owner = |s: &ThreadSample, locks: &LockFacts| Wait {
             owner_tid: locks.owners.get(&s.key).copied(),
             ..s.wait()
@@ -515,8 +613,7 @@ impl Scanner {
                 let member_stacks = if *member == sample.key {
                     thread_stacks.clone()
                 } else {
-                    self.stacks
-                        .take(m.tgid, stacks.get(member), m.kernel_thread)
+                    self.stacks_of(m, stacks.get(member))
                 };
                 cycle.push(CycleMember {
                     tid: member.tid,
@@ -533,6 +630,32 @@ impl Scanner {
         } else {
             Vec::new()
         };
+        let stall = (episode.key.kind == HangKind::LoopStall)
+            .then_some(sample.event_loop)
+            .flatten()
+            .map(|lp| {
+                let blocked = !sample.not_blocked() && !sample.woken;
+                let syscall = blocked
+                    .then(|| syscall.map(|s| syscall_name(s.nr)))
+                    .flatten()
+                    .or_else(|| blocked.then(|| sample.wait().syscall).flatten());
+                LoopStallInfo {
+                    doing: match (&syscall, blocked) {
+                        (Some(name), _) => format!("blocked in {name}"),
+                        (None, true) => "blocked".to_owned(),
+                        (None, false) => "running on CPU".to_owned(),
+                    },
+                    on_cpu: !blocked,
+                    syscall,
+                    last_return_at: clock::rfc3339(clock::wall_time_of(
+                        episode.key.since_ns,
+                        now_ns,
+                        now_wall,
+                    )),
+                    loop_waits: lp.waits,
+                    parking_worker: self.loops.parkers.contains(&sample.key),
+                }
+            });
         let report = HangEvent {
             event,
             id: episode.id.clone(),
@@ -556,6 +679,94 @@ impl Scanner {
             wait: with_owner(sample, &self.locks).with_proc_syscall(syscall),
             blocked_on,
             cycle,
+            stall,
+            exit: None,
+            threads: Vec::new(),
+            stacks: thread_stacks,
+            resolution: None,
+        };
+        self.reports.insert(episode.key, report.clone());
+        Some(report)
+    }
+
+    /// The stacks of a thread: from the `dump_stacks` record while it is blocked; while it
+    /// runs, its saved registers are stale and its stack is sampled on CPU.
+    fn stacks_of(&mut self, sample: &ThreadSample, record: Option<&StackRecord>) -> ThreadStacks {
+        if sample.not_blocked() && !sample.kernel_thread {
+            return running_stacks();
+        }
+        self.stacks.take(sample.tgid, record, sample.kernel_thread)
+    }
+
+    /// A `stuck_exit` report: the process, the signal, and every thread with its stack.
+    fn report_exit(
+        &mut self,
+        event: EventType,
+        episode: &Episode,
+        stacks: &HashMap<ThreadKey, StackRecord>,
+        now_ns: u64,
+        now_wall: SystemTime,
+    ) -> Option<HangEvent> {
+        let request = self.exits.get(episode.tgid)?.clone();
+        let tgid = request.tgid;
+        let process = self.processes.get(tgid);
+        let by_tid: HashMap<u32, &StackRecord> = stacks.values().map(|r| (r.tid, r)).collect();
+        let mut threads = Vec::new();
+        let mut main = None;
+        for tid in futex_owner::task_ids(tgid) {
+            let Some(t) = futex_owner::proc_thread(tgid, tid) else {
+                continue; // exited meanwhile
+            };
+            let wait = Wait::from_proc(t.state, t.syscall);
+            let thread_stacks = if t.state == 'R' {
+                running_stacks()
+            } else {
+                self.stacks.take(tgid, by_tid.get(&tid).copied(), false)
+            };
+            if tid == request.target.tid {
+                main = Some((t.name.clone(), wait.clone(), thread_stacks.clone()));
+            }
+            threads.push(CycleMember {
+                tid,
+                thread_name: t.name,
+                wait,
+                blocked_here: thread_stacks.blocked_here,
+                user_stack: thread_stacks.user_stack,
+                kernel_stack: thread_stacks.kernel_stack,
+            });
+        }
+        let (thread_name, wait, thread_stacks) = main?;
+        let report = HangEvent {
+            event,
+            id: episode.id.clone(),
+            kind: HangKind::StuckExit,
+            pid: tgid,
+            tid: request.target.tid,
+            comm: process
+                .as_ref()
+                .map_or_else(|| thread_name.clone(), |p| p.comm.clone()),
+            thread_name,
+            exe: process.as_ref().and_then(|p| p.exe.clone()),
+            cmdline: process
+                .as_ref()
+                .map(|p| p.cmdline.clone())
+                .unwrap_or_default(),
+            cgroup: process.as_ref().and_then(|p| p.cgroup.clone()),
+            started_at: clock::rfc3339(clock::wall_time_of(episode.key.since_ns, now_ns, now_wall)),
+            duration_ms: millis(episode.duration(now_ns)),
+            threshold_ms: millis(episode.threshold),
+            blocked_since_before_start: false,
+            wait,
+            blocked_on: Vec::new(),
+            cycle: Vec::new(),
+            stall: None,
+            exit: Some(ExitInfo {
+                signal: request.signal_name(),
+                sender_pid: request.sender_pid,
+                sender_comm: request.sender_comm.clone(),
+                signals: request.signals,
+            }),
+            threads,
             stacks: thread_stacks,
             resolution: None,
         };
@@ -571,7 +782,8 @@ impl Scanner {
     ) -> Option<HangEvent> {
         let mut report = self.reports.remove(&episode.key)?;
         // Still in the scan (a new wait, or woken) or still in /proc: it moved on.
-        let resolution = if samples.contains_key(&episode.key.thread)
+        let resolution = if (episode.key.kind != HangKind::StuckExit
+            && samples.contains_key(&episode.key.thread))
             || thread_proc(episode.tgid, episode.key.thread) != ThreadProc::Gone
         {
             Resolution::Running
@@ -625,7 +837,7 @@ impl Scanner {
             .unwrap_or_else(|e| format!("unreadable: {e}"));
         let mean = |total: Duration, n: u64| total.checked_div(n.max(1) as u32).unwrap_or_default();
         tracing::info!(
-            "detached after {} scans (mean {:?}) and {} full walks (mean {:?}, every {:?}), {} candidate threads at the end; counters: {counters}; events dropped: {}; processes vanished: {}; kernel symbolization {:?}; user stacks: {} in {:?}, module cache {:?} (hits, misses); lock owner reads: {}",
+            "detached after {} scans (mean {:?}) and {} full walks (mean {:?}, every {:?}), {} candidate threads at the end; counters: {counters}; events dropped: {}; processes vanished: {}; kernel symbolization {:?}; user stacks: {} in {:?}, module cache {:?} (hits, misses); lock owner reads: {}; sys_enter_loop attached {} times; processes asked to exit and still there: {}",
             self.scans,
             mean(self.scan_time, self.scans),
             self.walks,
@@ -639,6 +851,8 @@ impl Scanner {
             self.stacks.user.spent,
             self.stacks.user.module_cache(),
             self.owners.reads_done,
+            self.loop_probe_attaches,
+            self.exits.len(),
         );
         for stats in self.probes.program_stats() {
             tracing::info!("{stats}");
@@ -672,4 +886,14 @@ fn confirm_deadlock(members: &[&ThreadSample], whole_process: bool) -> bool {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The stacks of a thread running on CPU, until on-CPU sampling lands: its saved registers
+/// are those of its last kernel entry, so none are shown rather than wrong ones.
+fn running_stacks() -> ThreadStacks {
+    ThreadStacks {
+        kernel_stack_error: Some("the thread is running on CPU".into()),
+        user_stack_error: Some("the thread is running on CPU: its stack is not sampled yet".into()),
+        ..ThreadStacks::default()
+    }
 }

@@ -371,7 +371,7 @@ fn every_cli_command_against_a_live_hang() {
     assert!(
         status
             .stdout
-            .contains("1 of 1 attached (7 optional not asked for)"),
+            .contains("2 of 2 attached (7 optional not asked for)"),
         "{}",
         status.stdout
     );

@@ -434,64 +434,12 @@ fn stripped_binary_resolves_names_from_build_id_debug_file() {
 // 3. Rust release binary: a tokio worker blocked in std::thread::sleep (seed 001)
 // ---------------------------------------------------------------------------------------
 
-/// examples/tokio_stall, next to this test binary (target/<profile>/deps/..): built by a
-/// plain `cargo test`; with `--test kernel_user_stack` cargo builds no examples, so it is
-/// built here then.
-fn tokio_stall_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| panic!("{} is not in target/<profile>/deps", exe.display()));
-    let example = profile_dir.join("examples/tokio_stall");
-    if !example.is_file() {
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug");
-        let target_dir = profile_dir.parent().expect("target dir");
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "hangwatch",
-                "--example",
-                "tokio_stall",
-            ])
-            .arg("--manifest-path")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(target_dir);
-        match profile {
-            "debug" => {}
-            "release" => {
-                cargo.arg("--release");
-            }
-            other => {
-                cargo.args(["--profile", other]);
-            }
-        }
-        let status = cargo
-            .status()
-            .unwrap_or_else(|e| panic!("running {cargo:?}: {e}"));
-        assert!(status.success(), "{cargo:?} failed: {status}");
-    }
-    assert!(
-        example.is_file(),
-        "{} does not exist after building it",
-        example.display()
-    );
-    example
-}
-
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn tokio_worker_blocked_in_sleep_reaches_the_handler() {
     require_root();
     let started = Instant::now();
-    let binary = tokio_stall_binary();
+    let binary = example("tokio_stall");
     let mut program = Program::start(&binary, &[]);
     let pid = program.expect_number("pid", LINE_TIMEOUT);
     assert_eq!(pid, u64::from(program.pid));

@@ -31,6 +31,7 @@ const TEST_PACKAGES: &[&str] = &[
     "libc6-dev",
     "binutils",
     "python3",
+    "python3-venv",
     "e2fsprogs",
     "util-linux",
     "mount",
@@ -71,7 +72,44 @@ pub fn setup() -> Result<()> {
     }
     bpf_linker()?;
     tracefs();
+    test_venv()?;
     Ok(())
+}
+
+/// The Python packages the tests use beyond the standard library (gevent, for its event
+/// loop), pinned, from PyPI.
+const TEST_PYTHON_PACKAGES: &[&str] = &["gevent==26.9.0"];
+
+/// A virtualenv of Debian's python3 with [`TEST_PYTHON_PACKAGES`], under target/, made
+/// once (a marker file names what it holds). The tests find its interpreter in
+/// `HANGWATCH_TEST_VENV_PYTHON` (set by `cargo xtask test`).
+pub fn test_venv() -> Result<()> {
+    let venv = test_venv_dir();
+    let marker = venv.join(".hangwatch-packages");
+    let wanted = TEST_PYTHON_PACKAGES.join(" ");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == wanted) {
+        return Ok(());
+    }
+    eprintln!("xtask setup: making {} with {wanted}", venv.display());
+    let _ = std::fs::remove_dir_all(&venv);
+    crate::status(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(&venv),
+    )
+    .context("cannot make the tests' Python virtualenv (Debian package python3-venv)")?;
+    crate::status(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(TEST_PYTHON_PACKAGES),
+    )
+    .with_context(|| format!("cannot install {wanted} from PyPI into {}", venv.display()))?;
+    std::fs::write(&marker, wanted + "\n")?;
+    Ok(())
+}
+
+pub fn test_venv_dir() -> std::path::PathBuf {
+    crate::target_dir().join("test-venv")
 }
 
 /// Installs the missing Debian packages (one `apt-get update`, then one `apt-get install`).

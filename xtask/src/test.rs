@@ -19,6 +19,10 @@ pub fn test(args: &Args) -> Result<()> {
 
     let mut cmd = crate::cargo();
     cmd.args(["test", "--workspace", "--release"]);
+    cmd.env(
+        "HANGWATCH_TEST_VENV_PYTHON",
+        crate::setup::test_venv_dir().join("bin/python"),
+    );
     let (cargo_args, harness_args) = match args.args.iter().position(|a| a == "--") {
         Some(i) => (&args.args[..i], &args.args[i + 1..]),
         None => (&args.args[..], &[][..]),

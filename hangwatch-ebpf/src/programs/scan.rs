@@ -8,14 +8,18 @@
 use aya_ebpf::{
     bindings::{seq_file, task_struct},
     helpers::{
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::{bpf_get_task_stack, bpf_seq_write, bpf_task_pt_regs},
+        bpf_ktime_get_ns,
+        generated::{bpf_get_task_stack, bpf_seq_write},
     },
 };
-use hangwatch_ebpf::{Counter, MAX_KERNEL_STACK_DEPTH, PF_KTHREAD, ThreadRecord, task_state};
+use hangwatch_ebpf::{
+    Counter, MAX_KERNEL_STACK_DEPTH, MIN_LOOP_WAITS, PF_KTHREAD, ThreadRecord, ThreadState,
+    task_state,
+};
 
 use crate::{
     maps::{SCAN_CONFIG, STACK_REQUESTS, STACK_SCRATCH, THREAD_STATE, WATCHED_TGIDS, count},
+    syscalls::{SavedRegs, is_futex_wait},
     task::{Task, offsets},
 };
 
@@ -81,44 +85,51 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
         },
         None => return 0,
     };
-    if state.off_cpu_at_ns <= state.on_cpu_at_ns {
-        return 0; // on CPU
-    }
-    let off_cpu_for = now.saturating_sub(state.off_cpu_at_ns);
     let Some(config) = SCAN_CONFIG.get(0) else {
         return 0;
     };
-    let uninterruptible =
-        task_state & task_state::UNINTERRUPTIBLE != 0 && task_state & task_state::NOLOAD == 0;
     let tgid: u32 = task.read(off.tgid);
-    let wanted = off_cpu_for >= config.any_min_ns
-        || (uninterruptible && off_cpu_for >= config.d_state_min_ns)
-        || (off_cpu_for >= config.watched_min_ns
-            // SAFETY: the value is not used, only its presence.
-            && unsafe { WATCHED_TGIDS.get(tgid) }.is_some());
-    let maybe_futex = off_cpu_for >= config.futex_min_ns;
+    let on_cpu = state.off_cpu_at_ns <= state.on_cpu_at_ns;
+    // Running, or runnable after a preemption: not blocked, whatever the clock says.
+    let not_blocked = on_cpu || state.state_at_switch == 0;
+    // SAFETY (both lookups): the value is not used, only its presence.
+    let watched = || unsafe { WATCHED_TGIDS.get(tgid) }.is_some();
+
+    let away_from_loop = state.loop_waits >= MIN_LOOP_WAITS && !in_loop_wait(state, on_cpu) && {
+        let back_at = state.loop_left_at_ns.max(state.loop_entered_at_ns);
+        now.saturating_sub(back_at) >= config.loop_min_ns
+    };
+    let running_long = not_blocked
+        && now.saturating_sub(state.runnable_since_ns) >= config.on_cpu_min_ns
+        && watched();
+    let (wanted, maybe_futex) = if on_cpu {
+        (away_from_loop || running_long, false)
+    } else {
+        let off_cpu_for = now.saturating_sub(state.off_cpu_at_ns);
+        let uninterruptible =
+            task_state & task_state::UNINTERRUPTIBLE != 0 && task_state & task_state::NOLOAD == 0;
+        (
+            away_from_loop
+                || running_long
+                || off_cpu_for >= config.any_min_ns
+                || (uninterruptible && off_cpu_for >= config.d_state_min_ns)
+                || (off_cpu_for >= config.watched_min_ns && watched()),
+            off_cpu_for >= config.futex_min_ns,
+        )
+    };
     if !wanted && !maybe_futex {
         return 0;
     }
     let task_flags: u32 = task.read(off.flags);
-    let (syscall_nr, syscall_args) = if task_flags & PF_KTHREAD == 0 {
-        let regs = unsafe { bpf_task_pt_regs(task.as_ptr()) } as *const u8;
-        // 32 bits on every architecture (arm64 keeps it in an s32).
-        let nr = unsafe { bpf_probe_read_kernel(regs.wrapping_add(REG_SYSCALL_NR).cast::<i32>()) }
-            .map_or(-1, i64::from);
+    // A running thread's saved registers are those of its last kernel entry, stale: it is
+    // in no syscall.
+    let (syscall_nr, syscall_args) = if task_flags & PF_KTHREAD == 0 && !on_cpu {
+        let regs = SavedRegs::of(task);
+        let nr = regs.syscall_nr();
         if !wanted && !is_futex_wait(nr) {
             return 0;
         }
-        (
-            nr,
-            [
-                read_reg(regs, REG_ARG0),
-                read_reg(regs, REG_ARG1),
-                read_reg(regs, REG_ARG2),
-                read_reg(regs, REG_ARG3),
-                read_reg(regs, REG_ARG4),
-            ],
-        )
+        (nr, regs.syscall_args())
     } else if wanted {
         (-1, [0; 5])
     } else {
@@ -171,10 +182,10 @@ pub extern "C" fn dump_stacks(ctx: *mut IterTaskContext) -> i32 {
     if flags & PF_KTHREAD == 0 {
         // The user registers saved at kernel entry: valid as long as the thread stays in
         // the kernel, which is the case for every blocked thread we are asked about.
-        let regs = unsafe { bpf_task_pt_regs(task.as_ptr()) } as *const u8;
-        record.user_ip = read_reg(regs, REG_IP);
-        record.user_sp = read_reg(regs, REG_SP);
-        record.user_fp = read_reg(regs, REG_FP);
+        let regs = SavedRegs::of(task);
+        record.user_ip = regs.user_ip();
+        record.user_sp = regs.user_sp();
+        record.user_fp = regs.user_fp();
     }
 
     let size = (MAX_KERNEL_STACK_DEPTH * 8) as u32;
@@ -188,62 +199,9 @@ pub extern "C" fn dump_stacks(ctx: *mut IterTaskContext) -> i32 {
     0
 }
 
-/// The syscalls a thread waits on a futex in: futex(2), futex_waitv(2), futex_wait(2).
+/// Off-CPU in the loop wait it last blocked in (the switch-out that began this wait was
+/// inside epoll_wait or io_uring_enter): an idle event loop.
 #[inline(always)]
-fn is_futex_wait(nr: i64) -> bool {
-    nr == SYS_FUTEX || nr == 449 || nr == 455
+fn in_loop_wait(state: &ThreadState, on_cpu: bool) -> bool {
+    !on_cpu && state.state_at_switch != 0 && state.loop_blocked_at_ns == state.off_cpu_at_ns
 }
-
-#[cfg(bpf_target_arch = "x86_64")]
-const SYS_FUTEX: i64 = 202;
-#[cfg(bpf_target_arch = "aarch64")]
-const SYS_FUTEX: i64 = 98;
-
-#[inline(always)]
-fn read_reg(regs: *const u8, offset: usize) -> u64 {
-    // SAFETY: probe_read_kernel fails instead of faulting on a bad address.
-    unsafe { bpf_probe_read_kernel(regs.wrapping_add(offset).cast::<u64>()) }.unwrap_or(0)
-}
-
-// Byte offsets in `struct pt_regs`, a fixed layout per architecture.
-#[cfg(bpf_target_arch = "x86_64")]
-const REG_IP: usize = 16 * 8;
-#[cfg(bpf_target_arch = "x86_64")]
-const REG_SP: usize = 19 * 8;
-#[cfg(bpf_target_arch = "x86_64")]
-const REG_FP: usize = 4 * 8; // rbp
-// The syscall number as entered (orig_ax, -1 for interrupts and exceptions) and the
-// argument registers of the syscall ABI: rdi, rsi, rdx, r10, r8.
-#[cfg(bpf_target_arch = "x86_64")]
-const REG_SYSCALL_NR: usize = 15 * 8;
-#[cfg(bpf_target_arch = "x86_64")]
-const REG_ARG0: usize = 14 * 8;
-#[cfg(bpf_target_arch = "x86_64")]
-const REG_ARG1: usize = 13 * 8;
-#[cfg(bpf_target_arch = "x86_64")]
-const REG_ARG2: usize = 12 * 8;
-#[cfg(bpf_target_arch = "x86_64")]
-const REG_ARG3: usize = 7 * 8;
-#[cfg(bpf_target_arch = "x86_64")]
-const REG_ARG4: usize = 9 * 8; // r8
-
-#[cfg(bpf_target_arch = "aarch64")]
-const REG_IP: usize = 32 * 8; // pc
-#[cfg(bpf_target_arch = "aarch64")]
-const REG_SP: usize = 31 * 8;
-#[cfg(bpf_target_arch = "aarch64")]
-const REG_FP: usize = 29 * 8; // x29
-// After user_pt_regs (regs[31], sp, pc, pstate): orig_x0 and syscallno. x0 is overwritten
-// by the return value, so the first argument is orig_x0.
-#[cfg(bpf_target_arch = "aarch64")]
-const REG_SYSCALL_NR: usize = 35 * 8;
-#[cfg(bpf_target_arch = "aarch64")]
-const REG_ARG0: usize = 34 * 8;
-#[cfg(bpf_target_arch = "aarch64")]
-const REG_ARG1: usize = 8;
-#[cfg(bpf_target_arch = "aarch64")]
-const REG_ARG2: usize = 2 * 8;
-#[cfg(bpf_target_arch = "aarch64")]
-const REG_ARG3: usize = 3 * 8;
-#[cfg(bpf_target_arch = "aarch64")]
-const REG_ARG4: usize = 4 * 8;

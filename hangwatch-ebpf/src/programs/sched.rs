@@ -1,5 +1,7 @@
 //! The scheduler probes: the hot path every machine pays for on each context switch.
-//! Two task-storage lookups (prev and next), one timestamp, a few stores. BTF tracepoints
+//! Two task-storage lookups (prev and next), one timestamp, a few stores; on a blocking
+//! switch-out, one more load: the syscall the thread blocks in, from its saved registers,
+//! which is how event-loop threads are recognized without any syscall probe. BTF tracepoints
 //! (`tp_btf`) because they hand us the task pointers that task storage is keyed by and cost
 //! far less than a classic tracepoint (figures in README.md, "What the probes cost").
 use aya_ebpf::{
@@ -10,6 +12,7 @@ use hangwatch_ebpf::Counter;
 
 use crate::{
     maps::{THREAD_STATE, count},
+    syscalls::{WaitKind, saved_syscall_nr, wait_kind},
     task::Task,
 };
 
@@ -23,15 +26,43 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     count(Counter::SchedSwitchEvents);
 
-    match Task::new(prev).and_then(|t| THREAD_STATE.get_or_create(t)) {
-        Some(state) => {
+    match Task::new(prev).and_then(|t| THREAD_STATE.get_or_create(t).map(|s| (t, s))) {
+        Some((task, state)) => {
             state.off_cpu_at_ns = now;
             state.state_at_switch = prev_state;
+            // Blocking (not preempted): in which kind of wait? Kernel threads have no saved
+            // user registers worth reading; their syscall number reads as -1 or garbage
+            // that matches no wait.
+            if prev_state != 0 {
+                match wait_kind(saved_syscall_nr(task)) {
+                    WaitKind::Loop => {
+                        state.loop_blocked_at_ns = now;
+                        state.loop_waits = state.loop_waits.wrapping_add(1);
+                    }
+                    WaitKind::Futex => {
+                        state.futex_blocked_at_ns = now;
+                        state.futex_waits = state.futex_waits.wrapping_add(1);
+                    }
+                    WaitKind::Other => {}
+                }
+            }
         }
         None => count(Counter::StateUnavailable),
     }
     match Task::new(next).and_then(|t| THREAD_STATE.get_or_create(t)) {
-        Some(state) => state.on_cpu_at_ns = now,
+        Some(state) => {
+            state.on_cpu_at_ns = now;
+            let switched_out_at = state.off_cpu_at_ns;
+            // Back from a blocking wait (or first seen): a new stretch of running begins.
+            if state.state_at_switch != 0 || state.runnable_since_ns == 0 {
+                state.runnable_since_ns = now;
+            }
+            if state.loop_blocked_at_ns == switched_out_at && switched_out_at != 0 {
+                state.loop_left_at_ns = now;
+            } else if state.futex_blocked_at_ns == switched_out_at && switched_out_at != 0 {
+                state.futex_left_at_ns = now;
+            }
+        }
         None => count(Counter::StateUnavailable),
     }
     0

@@ -212,6 +212,9 @@ fn counter_name(counter: Counter) -> &'static str {
         Counter::RecordsDeferred => "records_deferred",
         Counter::KernelStackFailed => "kernel_stack_failed",
         Counter::BlockedBeforeAttach => "blocked_before_attach",
+        Counter::SysEnterEvents => "sys_enter_loop_events",
+        Counter::ExitSignals => "exit_signals",
+        Counter::ExitSignalsLost => "exit_signals_lost",
     }
 }
 
@@ -227,6 +230,11 @@ fn effective_config(config: &Config, listening: Option<std::net::SocketAddr>) ->
         "scan_interval": duration(Some(config.scan_interval)),
         "d_state_threshold": duration(config.detectors.d_state.as_ref().map(|d| d.threshold)),
         "off_cpu_threshold": duration(config.detectors.off_cpu.as_ref().map(|o| o.threshold)),
+        "lock_wait_threshold": duration(config.detectors.lock_wait.as_ref().map(|l| l.threshold)),
+        "deadlock_threshold": duration(config.detectors.deadlock.as_ref().map(|d| d.hold)),
+        "loop_stall_threshold": duration(config.detectors.loop_stall.as_ref().map(|l| l.threshold)),
+        "on_cpu_threshold": duration(config.detectors.on_cpu.as_ref().map(|o| o.threshold)),
+        "stuck_exit_grace": duration(config.detectors.stuck_exit.as_ref().map(|s| s.grace)),
         "pids": config.pids,
         "comms": config.comms,
         "listen": listening.map(|a| a.to_string()),

@@ -5,7 +5,7 @@ use clap::Args;
 
 use crate::{
     daemon::Config,
-    detect::{DState, Deadlock, Detectors, LockWait, OffCpu},
+    detect::{DState, Deadlock, Detectors, LockWait, LoopStall, OffCpu, OnCpu, StuckExit},
     probe::ProbeSelection,
     sink::{OutputFormat, WebhookUrl},
 };
@@ -39,6 +39,23 @@ pub struct RunArgs {
     /// it [default: 1s]
     #[arg(long, value_name = "DURATION", value_parser = parse_optional_duration, default_value = "1s", hide_default_value = true)]
     pub deadlock_threshold: MaybeOff,
+
+    /// How long an event-loop thread (one that keeps coming back to epoll_wait or
+    /// io_uring_enter) may stay away from its wait, blocked elsewhere or running; "off"
+    /// disables loop_stall [default: 2s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_optional_duration, default_value = "2s", hide_default_value = true)]
+    pub loop_stall_threshold: MaybeOff,
+
+    /// How long a thread of a selected process (--pid, --comm) may run without blocking
+    /// (on_cpu); "off" disables it [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_optional_duration, default_value = "5s", hide_default_value = true)]
+    pub on_cpu_threshold: MaybeOff,
+
+    /// How long a process sent SIGTERM, SIGINT or SIGQUIT (by another process, not a
+    /// terminal's ^C) may take to exit before it is reported (stuck_exit); "off" disables
+    /// it [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_optional_duration, default_value = "10s", hide_default_value = true)]
+    pub stuck_exit_grace: MaybeOff,
 
     /// How often the per-thread state is read (a tick; detection latency is at most one
     /// tick past the threshold) [default: 200ms]
@@ -102,6 +119,9 @@ impl RunArgs {
             d_state_threshold,
             lock_wait_threshold,
             deadlock_threshold,
+            loop_stall_threshold,
+            on_cpu_threshold,
+            stuck_exit_grace,
             scan_interval,
             output,
             listen,
@@ -125,6 +145,14 @@ impl RunArgs {
                     .0
                     .map(|threshold| LockWait { threshold }),
                 deadlock: deadlock_threshold.0.map(|hold| Deadlock { hold }),
+                loop_stall: loop_stall_threshold
+                    .0
+                    .map(|threshold| LoopStall { threshold }),
+                on_cpu: on_cpu_threshold
+                    .0
+                    .filter(|_| selects)
+                    .map(|threshold| OnCpu { threshold }),
+                stuck_exit: stuck_exit_grace.0.map(|grace| StuckExit { grace }),
             },
             pids,
             comms,

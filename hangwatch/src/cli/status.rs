@@ -68,9 +68,14 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         (
             "detectors".into(),
             format!(
-                "d_state {}, off_cpu {} (pids {}, comms {})",
+                "d_state {}, lock_wait {}, deadlock {}, loop_stall {}, stuck_exit {}, off_cpu {} and on_cpu {} (pids {}, comms {})",
                 table::text(c, "d_state_threshold"),
+                table::text(c, "lock_wait_threshold"),
+                table::text(c, "deadlock_threshold"),
+                table::text(c, "loop_stall_threshold"),
+                table::text(c, "stuck_exit_grace"),
                 table::text(c, "off_cpu_threshold"),
+                table::text(c, "on_cpu_threshold"),
                 c["pids"],
                 c["comms"]
             ),

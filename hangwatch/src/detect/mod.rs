@@ -3,7 +3,10 @@
 mod d_state;
 pub mod deadlock;
 mod lock_wait;
+pub mod loop_stall;
 mod off_cpu;
+mod on_cpu;
+pub mod stuck_exit;
 mod targets;
 
 use std::{
@@ -18,7 +21,10 @@ use crate::state::{ThreadKey, ThreadSample};
 pub use d_state::DState;
 pub use deadlock::Deadlock;
 pub use lock_wait::LockWait;
+pub use loop_stall::{LoopFacts, LoopStall, LoopVerdict, Watch};
 pub use off_cpu::OffCpu;
+pub use on_cpu::OnCpu;
+pub use stuck_exit::{ExitRequest, StuckExit};
 pub use targets::Targets;
 
 /// The hang kinds. Their names are part of the contract (MISSION.md).
@@ -29,6 +35,9 @@ pub enum HangKind {
     OffCpu,
     LockWait,
     Deadlock,
+    LoopStall,
+    OnCpu,
+    StuckExit,
 }
 
 impl HangKind {
@@ -38,6 +47,9 @@ impl HangKind {
             Self::OffCpu => "off_cpu",
             Self::LockWait => "lock_wait",
             Self::Deadlock => "deadlock",
+            Self::LoopStall => "loop_stall",
+            Self::OnCpu => "on_cpu",
+            Self::StuckExit => "stuck_exit",
         }
     }
 }
@@ -71,6 +83,25 @@ pub struct Detectors {
     pub off_cpu: Option<OffCpu>,
     pub lock_wait: Option<LockWait>,
     pub deadlock: Option<Deadlock>,
+    pub loop_stall: Option<LoopStall>,
+    /// For the selected processes, like `off_cpu`.
+    pub on_cpu: Option<OnCpu>,
+    pub stuck_exit: Option<StuckExit>,
+}
+
+/// What one scan found: the hung threads, and the loop threads to watch closer.
+#[derive(Debug, Clone, Default)]
+pub struct Detection {
+    pub candidates: Vec<Candidate>,
+    pub watch: Vec<(ThreadKey, Watch)>,
+}
+
+/// Everything besides the samples that the detectors read.
+pub struct Facts<'a> {
+    pub selected: &'a Selected,
+    pub locks: &'a LockFacts,
+    pub loops: &'a LoopFacts,
+    pub exits: &'a [ExitRequest],
 }
 
 /// The processes selected for `off_cpu`, resolved to tgids for this scan.
@@ -81,11 +112,17 @@ impl Detectors {
     pub fn detect(
         &self,
         samples: &[ThreadSample],
-        selected: &Selected,
-        locks: &LockFacts,
+        facts: &Facts<'_>,
         confirm: &mut deadlock::Confirm<'_>,
         now_ns: u64,
-    ) -> Vec<Candidate> {
+    ) -> Detection {
+        let Facts {
+            selected,
+            locks,
+            loops,
+            exits,
+        } = *facts;
+        let mut watch = Vec::new();
         let mut out = match &self.deadlock {
             Some(d) => d.check(samples, locks, confirm, now_ns),
             None => Vec::new(),
@@ -116,8 +153,35 @@ impl Detectors {
             {
                 out.extend(l.check(sample, locks, now_ns));
             }
+            if let Some(o) = &self.on_cpu {
+                out.extend(o.check(sample, selected, now_ns));
+            }
+            // A loop thread in a lock wait or a deadlock is reported as that: it names the
+            // owner, which a stall report cannot.
+            if let Some(l) = &self.loop_stall
+                && !deadlocked.contains(&sample.key)
+                && !locks.owners.contains_key(&sample.key)
+            {
+                match l.check(sample, loops, now_ns) {
+                    LoopVerdict::Fine => {}
+                    LoopVerdict::Watch(w) => watch.push((sample.key, w)),
+                    LoopVerdict::Stalled(c) => {
+                        // Still watched: the probe is how a running loop is seen back.
+                        if sample.not_blocked() {
+                            watch.push((sample.key, Watch::Probe));
+                        }
+                        out.push(c);
+                    }
+                }
+            }
         }
-        out
+        if let Some(s) = &self.stuck_exit {
+            out.extend(exits.iter().filter_map(|e| s.check(e, now_ns)));
+        }
+        Detection {
+            candidates: out,
+            watch,
+        }
     }
 
     /// Whether the scan must report futex waiters (and the daemon read lock owners).
@@ -144,6 +208,13 @@ impl Detectors {
             watched_min_ns: self.off_cpu.as_ref().map_or(u64::MAX, |o| ns(o.threshold)),
             any_min_ns: u64::MAX,
             futex_min_ns: self.futex_threshold().map_or(u64::MAX, ns),
+            // A loop thread is watched from a quarter of its threshold on (the probe must
+            // prove that much before a stall is reported).
+            loop_min_ns: self
+                .loop_stall
+                .as_ref()
+                .map_or(u64::MAX, |l| ns(l.proven() * 2)),
+            on_cpu_min_ns: self.on_cpu.as_ref().map_or(u64::MAX, |o| ns(o.threshold)),
         }
     }
 }
@@ -156,6 +227,8 @@ impl Detectors {
             self.d_state.as_ref().map(|d| d.threshold),
             self.off_cpu.as_ref().map(|o| o.threshold),
             self.futex_threshold(),
+            self.loop_stall.as_ref().map(|l| l.threshold),
+            self.on_cpu.as_ref().map(|o| o.threshold),
         ]
         .into_iter()
         .flatten()
@@ -247,8 +320,19 @@ mod lock_tests {
         let samples = [a, b];
         let mut yes = |_: &[&ThreadSample], _| true;
         let none = Selected::default();
-        assert!(d.detect(&samples, &none, &locks, &mut yes, SEC).is_empty());
-        let later = d.detect(&samples, &none, &locks, &mut yes, 2 * SEC);
+        let loops = LoopFacts::default();
+        let facts = Facts {
+            selected: &none,
+            locks: &locks,
+            loops: &loops,
+            exits: &[],
+        };
+        assert!(
+            d.detect(&samples, &facts, &mut yes, SEC)
+                .candidates
+                .is_empty()
+        );
+        let later = d.detect(&samples, &facts, &mut yes, 2 * SEC).candidates;
         assert_eq!(
             later.iter().map(|c| c.kind).collect::<Vec<_>>(),
             vec![HangKind::Deadlock]
@@ -272,6 +356,9 @@ pub(crate) mod testing {
             task_state,
             state_at_switch: task_state,
             off_cpu_at_ns,
+            on_cpu: false,
+            runnable_since_ns: 0,
+            event_loop: None,
             woken: false,
             kernel_thread: false,
             blocked_before_attach: false,

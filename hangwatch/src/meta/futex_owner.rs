@@ -109,6 +109,16 @@ pub fn thread_count(tgid: u32) -> Option<usize> {
     usize::try_from(meta.nlink()).ok()?.checked_sub(2)
 }
 
+/// The tids of a process's threads, from /proc (empty when it is gone).
+pub fn task_ids(tgid: u32) -> Vec<u32> {
+    fs::read_dir(format!("/proc/{tgid}/task"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// SIGKILL is pending for the thread (its process is being killed): whatever it waits
 /// on, it is about to exit.
 pub fn kill_pending(tgid: u32, tid: u32) -> bool {

@@ -31,10 +31,19 @@ const KINDS: &[HangKind] = &[
     HangKind::OffCpu,
     HangKind::LockWait,
     HangKind::Deadlock,
+    HangKind::LoopStall,
+    HangKind::OnCpu,
+    HangKind::StuckExit,
 ];
 /// Fails to compile when a kind is added without adding it to `KINDS`.
 const _: fn(HangKind) = |kind| match kind {
-    HangKind::DState | HangKind::OffCpu | HangKind::LockWait | HangKind::Deadlock => {}
+    HangKind::DState
+    | HangKind::OffCpu
+    | HangKind::LockWait
+    | HangKind::Deadlock
+    | HangKind::LoopStall
+    | HangKind::OnCpu
+    | HangKind::StuckExit => {}
 };
 
 /// Every way an event can fail to reach a sink: full queues (stdout, webhook, a `watch`
@@ -79,6 +88,7 @@ pub struct Metrics {
     hang_duration: HistogramVec,
     bpf_events: IntCounterVec,
     bpf_state_unavailable: IntCounter,
+    exit_signals_lost: IntCounter,
     bpf_records_deferred: IntCounter,
     kernel_stack_failures: IntCounter,
     blocked_before_start: IntCounter,
@@ -178,6 +188,11 @@ impl Metrics {
                 ),
                 &["probe"],
             )
+            .expect("valid metric"),
+            exit_signals_lost: IntCounter::with_opts(opts(
+                "exit_signals_lost_total",
+                "SIGTERM/SIGINT/SIGQUIT the probe saw but could not record: stuck_exit may miss those processes.",
+            ))
             .expect("valid metric"),
             bpf_state_unavailable: IntCounter::with_opts(opts(
                 "bpf_state_unavailable_total",
@@ -319,6 +334,7 @@ impl Metrics {
             hang_duration,
             bpf_events,
             bpf_state_unavailable,
+            exit_signals_lost,
             bpf_records_deferred,
             kernel_stack_failures,
             blocked_before_start,
@@ -345,6 +361,7 @@ impl Metrics {
             Box::new(hang_duration.clone()),
             Box::new(bpf_events.clone()),
             Box::new(bpf_state_unavailable.clone()),
+            Box::new(exit_signals_lost.clone()),
             Box::new(bpf_records_deferred.clone()),
             Box::new(kernel_stack_failures.clone()),
             Box::new(blocked_before_start.clone()),
@@ -431,6 +448,15 @@ impl Metrics {
                 Counter::FutexSyscallEvents => {
                     self.bpf_events.with_label_values(&["futex"]).inc_by(delta)
                 }
+                Counter::SysEnterEvents => self
+                    .bpf_events
+                    .with_label_values(&["sys_enter_loop"])
+                    .inc_by(delta),
+                Counter::ExitSignals => self
+                    .bpf_events
+                    .with_label_values(&["signal_generate"])
+                    .inc_by(delta),
+                Counter::ExitSignalsLost => self.exit_signals_lost.inc_by(delta),
                 Counter::StateUnavailable => self.bpf_state_unavailable.inc_by(delta),
                 Counter::RecordsDeferred => self.bpf_records_deferred.inc_by(delta),
                 Counter::KernelStackFailed => self.kernel_stack_failures.inc_by(delta),

@@ -22,6 +22,9 @@ pub enum AttachPoint {
 pub enum ProbeGroup {
     /// `sched_switch`: all that detection needs.
     Core,
+    /// `signal_generate`: exit signals, for `stuck_exit`. Signals are rare: no cost that
+    /// matters.
+    Exit,
     /// `sched_wakeup`: tells a woken thread waiting for a CPU from a blocked one between
     /// full walks. Measured at about 70 ns per wakeup (README, "What the probes cost").
     Wakeup,
@@ -41,7 +44,7 @@ pub struct ProbeSelection {
 impl ProbeSelection {
     pub fn enabled(&self, group: ProbeGroup) -> bool {
         match group {
-            ProbeGroup::Core => true,
+            ProbeGroup::Core | ProbeGroup::Exit => true,
             ProbeGroup::Wakeup => self.wakeup,
             ProbeGroup::Futex => self.futex,
         }
@@ -63,6 +66,12 @@ pub const PROBES: &[ProbeSpec] = &[
         point: AttachPoint::Btf("sched_switch"),
         group: ProbeGroup::Core,
         without: None,
+    },
+    ProbeSpec {
+        program: names::PROG_SIGNAL_GENERATE,
+        point: AttachPoint::Btf("signal_generate"),
+        group: ProbeGroup::Exit,
+        without: Some("stuck_exit is not reported"),
     },
     ProbeSpec {
         program: names::PROG_SCHED_WAKEUP,
@@ -183,6 +192,35 @@ pub fn attach_all(
         }
     }
     Ok(degraded)
+}
+
+/// The probe attached only while a loop thread may be stalled (see `detect/loop_stall.rs`):
+/// loaded with the others, attached and detached by the daemon.
+pub const LOOP_PROBE: ProbeSpec = ProbeSpec {
+    program: names::PROG_SYS_ENTER_LOOP,
+    point: AttachPoint::Btf("sys_enter"),
+    group: ProbeGroup::Core,
+    without: Some(
+        "a busy event loop that never blocks cannot be told from a stalled one: loop_stall reports only loops blocked elsewhere",
+    ),
+};
+
+/// Loads a BTF tracepoint program without attaching it.
+pub fn load_detached(ebpf: &mut Ebpf, btf: &Btf, spec: &ProbeSpec) -> Result<(), AttachError> {
+    let AttachPoint::Btf(name) = spec.point else {
+        unreachable!("on-demand probes are BTF tracepoints");
+    };
+    let load_err = |source| AttachError::Load {
+        program: spec.program,
+        point: spec.point.to_string(),
+        source,
+    };
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(spec.program)
+        .ok_or(AttachError::MissingProgram(spec.program))?
+        .try_into()
+        .map_err(load_err)?;
+    program.load(name, btf).map_err(load_err)
 }
 
 /// Attaches only the benchmark's empty `sched_switch` program.

@@ -12,9 +12,9 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::Iter,
 };
-use hangwatch_ebpf::{Counter, ScanConfig, StackRecord, ThreadRecord, names};
+use hangwatch_ebpf::{Counter, ExitSignal, ScanConfig, StackRecord, ThreadRecord, names};
 
-pub use attach::{Degraded, PROBES, ProbeSelection};
+pub use attach::{Degraded, LOOP_PROBE, PROBES, ProbeSelection};
 pub use thread_state::{Lookup, StateReader, ThreadHandle};
 
 /// The eBPF object built from `hangwatch-ebpf` by build.rs.
@@ -64,6 +64,10 @@ pub struct Probes {
     /// The task-storage map, read per thread by pidfd (aya has no typed wrapper for it).
     thread_state: MapData,
     watched_now: HashSet<u32>,
+    exit_signals: HashMap<MapData, u32, ExitSignal>,
+    /// The link of `sys_enter_loop` while it is attached; `Err` when it could not be
+    /// loaded (then it is never attached).
+    loop_probe: Result<Option<aya::programs::tp_btf::BtfTracePointLinkId>, String>,
     pub degraded: Vec<Degraded>,
     /// The optional probe groups that were asked for.
     pub selection: ProbeSelection,
@@ -96,7 +100,17 @@ impl Probes {
                 source: e.into(),
             })?;
         }
-        let degraded = attach::attach_all(&mut ebpf, &btf, selection)?;
+        let mut degraded = attach::attach_all(&mut ebpf, &btf, selection)?;
+        let loop_probe = match attach::load_detached(&mut ebpf, &btf, &LOOP_PROBE) {
+            Ok(()) => Ok(None),
+            Err(err) => {
+                degraded.push(Degraded {
+                    spec: LOOP_PROBE,
+                    reason: err.to_string(),
+                });
+                Err(err.to_string())
+            }
+        };
 
         Ok(Self {
             scan_config: take_map(&mut ebpf, names::MAP_SCAN_CONFIG)?,
@@ -108,6 +122,8 @@ impl Probes {
                 _ => return Err(ProbeError::MissingMap(names::MAP_THREAD_STATE)),
             },
             watched_now: HashSet::new(),
+            exit_signals: take_map(&mut ebpf, names::MAP_EXIT_SIGNALS)?,
+            loop_probe,
             ebpf,
             degraded,
             selection,
@@ -153,6 +169,62 @@ impl Probes {
             }
         }
         Ok(full)
+    }
+
+    /// Attaches or detaches `sys_enter_loop`. Returns whether it is attached now.
+    pub fn set_loop_probe(&mut self, attach: bool) -> Result<bool, ProbeError> {
+        let Ok(link) = &self.loop_probe else {
+            return Ok(false);
+        };
+        if attach == link.is_some() {
+            return Ok(attach);
+        }
+        let program: &mut aya::programs::BtfTracePoint = self
+            .ebpf
+            .program_mut(LOOP_PROBE.program)
+            .ok_or(attach::AttachError::MissingProgram(LOOP_PROBE.program))?
+            .try_into()
+            .map_err(|source| attach::AttachError::Attach {
+                program: LOOP_PROBE.program,
+                point: LOOP_PROBE.point.to_string(),
+                source,
+            })?;
+        let result = if attach {
+            program.attach().map(Some)
+        } else {
+            let id = self.loop_probe.as_mut().ok().and_then(Option::take);
+            id.map_or(Ok(None), |id| program.detach(id).map(|()| None))
+        };
+        let link = result.map_err(|source| attach::AttachError::Attach {
+            program: LOOP_PROBE.program,
+            point: LOOP_PROBE.point.to_string(),
+            source,
+        })?;
+        let attached = link.is_some();
+        self.loop_probe = Ok(link);
+        Ok(attached)
+    }
+
+    /// Takes the exit signals recorded since the last call (tgid, first signal).
+    pub fn drain_exit_signals(&mut self) -> Result<Vec<(u32, ExitSignal)>, ProbeError> {
+        let map_err = |source| ProbeError::Map {
+            name: names::MAP_EXIT_SIGNALS,
+            source,
+        };
+        let keys: Vec<u32> = self.exit_signals.keys().filter_map(Result::ok).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for tgid in keys {
+            match self.exit_signals.get(&tgid, 0) {
+                Ok(signal) => out.push((tgid, signal)),
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(e)),
+            }
+            match self.exit_signals.remove(&tgid) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        Ok(out)
     }
 
     /// One walk of every thread: the threads the scan config asks about.

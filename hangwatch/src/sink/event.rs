@@ -50,6 +50,16 @@ pub struct HangEvent {
     /// For a deadlock: every thread of it (the cycle in order), with its wait and stack.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cycle: Vec<CycleMember>,
+    /// For `loop_stall`: what the event-loop thread does instead of coming back to its wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stall: Option<LoopStallInfo>,
+    /// For `stuck_exit`: the signal that asked the process to exit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitInfo>,
+    /// For `stuck_exit`: every thread of the process with its wait and stack, so the one
+    /// that holds up the shutdown shows.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub threads: Vec<CycleMember>,
     /// `kernel_stack`, `user_stack`, `blocked_here` and the rest, at the top level.
     #[serde(flatten)]
     pub stacks: ThreadStacks,
@@ -76,7 +86,36 @@ pub struct BlockedOn {
     pub cycle: bool,
 }
 
-/// One thread of a deadlock.
+/// What a stalled event-loop thread is doing.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoopStallInfo {
+    /// "running on CPU", or "blocked in SYSCALL".
+    pub doing: String,
+    pub on_cpu: bool,
+    /// The syscall it is blocked in, when blocked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
+    /// The last time it was seen coming back to its loop wait (RFC 3339).
+    pub last_return_at: String,
+    /// Blocking loop waits seen from this thread (what makes it an event-loop thread).
+    pub loop_waits: u32,
+    /// It parks on a futex when idle (a tokio-style worker).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub parking_worker: bool,
+}
+
+/// The exit request a `stuck_exit` process did not follow.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExitInfo {
+    /// SIGTERM, SIGINT or SIGQUIT.
+    pub signal: &'static str,
+    pub sender_pid: u32,
+    pub sender_comm: String,
+    /// Exit signals received so far.
+    pub signals: u32,
+}
+
+/// One thread of a deadlock, or of a process that does not exit.
 #[derive(Debug, Clone, Serialize)]
 pub struct CycleMember {
     pub tid: u32,
@@ -111,6 +150,9 @@ pub(crate) fn example(event: EventType, id: &str, tid: u32, duration_ms: u64) ->
         wait: Wait::describe(&sample),
         blocked_on: Vec::new(),
         cycle: Vec::new(),
+        stall: None,
+        exit: None,
+        threads: Vec::new(),
         stacks: ThreadStacks {
             blocked_here: Some("worker at abba.c:30".into()),
             ..ThreadStacks::default()

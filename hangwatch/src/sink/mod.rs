@@ -17,7 +17,9 @@ use std::{
     thread,
 };
 
-pub use event::{BlockedOn, CycleMember, EventType, HangEvent, Resolution};
+pub use event::{
+    BlockedOn, CycleMember, EventType, ExitInfo, HangEvent, LoopStallInfo, Resolution,
+};
 pub use hub::Hub;
 pub use store::{HISTORY_CAPACITY, ProbeStatus, Store, ms, started_at};
 pub use webhook::{WebhookError, WebhookSink, WebhookUrl};

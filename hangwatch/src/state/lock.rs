@@ -145,7 +145,8 @@ pub fn owner_candidate(call: &FutexCall, words: [u32; 5]) -> Option<u32> {
 /// Whether a candidate of a full walk must be followed every tick: anything but a futex
 /// wait that cannot have an owner (those matter only to rules the walks serve).
 pub fn needs_ticks(record: &hangwatch_ebpf::ThreadRecord) -> bool {
-    if record.syscall_nr < 0 {
+    // Event-loop threads are few and are judged at every tick (loop_stall).
+    if record.syscall_nr < 0 || record.state.loop_waits >= hangwatch_ebpf::MIN_LOOP_WAITS {
         return true;
     }
     let mut args = [0; 6];

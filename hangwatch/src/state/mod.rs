@@ -1,12 +1,17 @@
 //! Per-thread state as the scan sees it: the decoded form of the kernel's `ThreadRecord`s.
 //! Plain data and pure functions, so detectors can be fed recorded samples in tests.
+mod exits;
 mod lock;
 mod syscalls;
 mod table;
 mod wait;
 
-use hangwatch_ebpf::{FLAG_FUTEX_TIMEOUT, FLAG_IN_SYSCALL, PF_KTHREAD, ThreadRecord, task_state};
+use hangwatch_ebpf::{
+    FLAG_FUTEX_TIMEOUT, FLAG_IN_SYSCALL, MIN_LOOP_WAITS, PF_KTHREAD, ThreadRecord, ThreadState,
+    task_state,
+};
 
+pub use exits::ExitTable;
 pub use lock::{FutexCall, FutexCmd, MUTEX_PREFIX_BYTES, needs_ticks, owner_candidate};
 pub use syscalls::syscall_name;
 pub use table::{Refresh, ThreadTable};
@@ -31,6 +36,39 @@ pub struct TrackedSyscall {
     pub entered_at_ns: u64,
 }
 
+/// An event-loop thread's dealings with its loop wait (epoll, io_uring), as the scheduler
+/// probe (and, while attached, `sys_enter_loop`) recorded them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopState {
+    /// Blocking waits in the loop wait seen so far.
+    pub waits: u32,
+    /// Blocked in its loop wait now: an idle loop.
+    pub in_wait: bool,
+    /// The last time it was seen coming back to its wait: the end of its last blocking
+    /// loop wait, or (while `sys_enter_loop` is attached) its last entry into one.
+    pub back_at_ns: u64,
+    /// Blocked in a futex wait now (a parked worker, or a lock: the stack tells).
+    pub in_futex: bool,
+    /// The end of its last blocking futex wait: a return to idle for a worker that parks.
+    pub futex_left_at_ns: u64,
+}
+
+impl LoopState {
+    pub fn of(state: &ThreadState) -> Option<Self> {
+        if state.loop_waits < MIN_LOOP_WAITS {
+            return None;
+        }
+        let blocked = state.off_cpu_at_ns > state.on_cpu_at_ns && state.state_at_switch != 0;
+        Some(Self {
+            waits: state.loop_waits,
+            in_wait: blocked && state.loop_blocked_at_ns == state.off_cpu_at_ns,
+            back_at_ns: state.loop_left_at_ns.max(state.loop_entered_at_ns),
+            in_futex: blocked && state.futex_blocked_at_ns == state.off_cpu_at_ns,
+            futex_left_at_ns: state.futex_left_at_ns,
+        })
+    }
+}
+
 /// One thread at one scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadSample {
@@ -45,6 +83,13 @@ pub struct ThreadSample {
     pub state_at_switch: u32,
     /// CLOCK_MONOTONIC ns of the switch-out that started this wait.
     pub off_cpu_at_ns: u64,
+    /// On a CPU now (switched in after its last switch-out).
+    pub on_cpu: bool,
+    /// Running or runnable without blocking since then (the switch-in after its last
+    /// blocking switch-out).
+    pub runnable_since_ns: u64,
+    /// For an event-loop thread, where it stands with its loop.
+    pub event_loop: Option<LoopState>,
     /// Made runnable since it switched out (waiting for a CPU, no longer for an event).
     pub woken: bool,
     pub kernel_thread: bool,
@@ -60,6 +105,11 @@ pub struct ThreadSample {
 impl ThreadSample {
     pub fn off_cpu_for_ns(&self, now_ns: u64) -> u64 {
         now_ns.saturating_sub(self.off_cpu_at_ns)
+    }
+
+    /// Not blocked: on a CPU, or preempted and waiting for one.
+    pub fn not_blocked(&self) -> bool {
+        self.on_cpu || self.state_at_switch == 0 || self.task_state == task_state::RUNNING
     }
 
     /// In uninterruptible sleep, and not an idle kernel thread (`TASK_IDLE`).
@@ -101,6 +151,9 @@ impl From<&ThreadRecord> for ThreadSample {
             task_state: record.task_state,
             state_at_switch: s.state_at_switch,
             off_cpu_at_ns: s.off_cpu_at_ns,
+            on_cpu: s.on_cpu_at_ns >= s.off_cpu_at_ns && s.on_cpu_at_ns != 0,
+            runnable_since_ns: s.runnable_since_ns,
+            event_loop: LoopState::of(s),
             // Woken from this wait, or runnable now (preempted, or woken before the probes
             // saw the wait): either way it waits for a CPU, not for an event.
             woken: (s.woken_wait_ns == s.off_cpu_at_ns && s.off_cpu_at_ns != 0)

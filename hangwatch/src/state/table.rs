@@ -106,13 +106,10 @@ impl<H> ThreadTable<H> {
             .then_some(state.on_cpu_at_ns)
     }
 
-    /// The candidates that are off-CPU now, as samples for the detectors.
+    /// The candidates, as samples for the detectors: blocked ones, and running ones
+    /// (which only `loop_stall` and `on_cpu` may report; the rest see them as woken).
     pub fn samples(&self) -> Vec<ThreadSample> {
-        self.rows
-            .values()
-            .filter(|row| row.record.state.off_cpu_at_ns > row.record.state.on_cpu_at_ns)
-            .map(|row| row.sample.clone())
-            .collect()
+        self.rows.values().map(|row| row.sample.clone()).collect()
     }
 }
 
@@ -124,8 +121,12 @@ fn apply(record: &mut ThreadRecord, state: ThreadState, now_ns: u64) {
         record.task_state = state.state_at_switch;
         record.syscall_nr = -1;
     }
-    if state.woken_wait_ns == state.off_cpu_at_ns && state.off_cpu_at_ns != 0 {
+    let on_cpu = state.on_cpu_at_ns >= state.off_cpu_at_ns;
+    if on_cpu || (state.woken_wait_ns == state.off_cpu_at_ns && state.off_cpu_at_ns != 0) {
         record.task_state = task_state::RUNNING;
+    }
+    if on_cpu {
+        record.syscall_nr = -1; // running: in no syscall we know of
     }
     record.state = state;
     record.seen_at_ns = now_ns;
@@ -177,10 +178,18 @@ mod tests {
             _ => Refresh::Gone,
         });
         let samples = table.samples();
-        assert_eq!(samples.len(), 1, "{samples:?}");
-        assert_eq!(samples[0].key.tid, 1);
-        assert!(samples[0].woken);
-        assert!(!samples[0].uninterruptible());
+        let blocked: Vec<_> = samples.iter().filter(|s| !s.on_cpu).collect();
+        assert_eq!(blocked.len(), 1, "{samples:?}");
+        assert_eq!(blocked[0].key.tid, 1);
+        assert!(blocked[0].woken);
+        assert!(!blocked[0].uninterruptible());
+        let running: Vec<_> = samples.iter().filter(|s| s.on_cpu).collect();
+        assert_eq!(running.len(), 1, "{samples:?}");
+        assert!(
+            running[0].woken && running[0].not_blocked(),
+            "{:?}",
+            running[0]
+        );
         assert_eq!(table.len(), 2, "the exited thread is dropped");
         let key2 = ThreadKey {
             tid: 2,

@@ -133,6 +133,32 @@ impl Wait {
         }
     }
 
+    /// A thread as /proc shows it (state letter, syscall), for threads the scan did not
+    /// report: the other threads of a process that does not exit.
+    pub fn from_proc(state: char, syscall: Option<ProcSyscall>) -> Self {
+        let state = match state {
+            'R' => TaskState::Runnable,
+            'D' => TaskState::Uninterruptible,
+            'T' => TaskState::Stopped,
+            't' => TaskState::Traced,
+            'I' => TaskState::Idle,
+            'P' => TaskState::Parked,
+            'X' | 'Z' => TaskState::Dead,
+            _ => TaskState::Sleeping,
+        };
+        Self {
+            state,
+            state_description: state.description(),
+            syscall: None,
+            syscall_nr: None,
+            futex: None,
+            woken: false,
+            paused: matches!(state, TaskState::Stopped | TaskState::Traced),
+            owner_tid: None,
+        }
+        .with_proc_syscall(syscall.filter(|_| state != TaskState::Runnable))
+    }
+
     /// Fills the syscall from the thread's saved registers (the scan's, or
     /// `/proc/PID/task/TID/syscall`, which reads the same registers) when it is not known yet.
     pub fn with_proc_syscall(mut self, proc: Option<ProcSyscall>) -> Self {

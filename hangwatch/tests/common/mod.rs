@@ -1095,3 +1095,48 @@ pub fn episode_ids(events: &[Received], kind: &str) -> std::collections::BTreeSe
         .map(|r| str_of(&r.value, "/id").to_owned())
         .collect()
 }
+
+/// The binary of example `name` of this package, next to this test binary
+/// (target/<profile>/deps/..): built by a plain `cargo test`; with `--test NAME` cargo
+/// builds no examples, so it is built here then.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("{} is not in target/<profile>/deps", exe.display()));
+    let example = profile_dir.join("examples").join(name);
+    if !example.is_file() {
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .args(["build", "--quiet", "-p", "hangwatch", "--example", name])
+            .arg("--manifest-path")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir);
+        match profile {
+            "debug" => {}
+            "release" => {
+                cargo.arg("--release");
+            }
+            other => {
+                cargo.args(["--profile", other]);
+            }
+        }
+        let status = cargo
+            .status()
+            .unwrap_or_else(|e| panic!("running {cargo:?}: {e}"));
+        assert!(status.success(), "{cargo:?} failed: {status}");
+    }
+    assert!(
+        example.is_file(),
+        "{} does not exist after building it",
+        example.display()
+    );
+    example
+}

@@ -1,0 +1,350 @@
+//! `loop_stall` and `stuck_exit` against real runtimes (issue 6): asyncio, tokio and gevent
+//! event loops blocked or spinning in a handler, their idle and busy twins that must stay
+//! silent, a CPU-bound program that is no event loop, and a daemon whose SIGTERM handler
+//! waits for a lock that is never released. All with the defaults but for short
+//! thresholds.
+mod common;
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::TcpStream,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+const LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default loop_stall threshold.
+const THRESHOLD_MS: u64 = 2000;
+
+/// A loop server under test: its pid, the tid of its loop thread (when it says), its port.
+struct Server {
+    program: Program,
+    tid: Option<u32>,
+    port: u16,
+}
+
+impl Server {
+    fn start(mut program: Program) -> Self {
+        let line = program.next_line(LINE_TIMEOUT);
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{}: not JSON: {line:?}: {e}", program.name));
+        program.expect_line("ready", LINE_TIMEOUT);
+        Self {
+            tid: v["tid"].as_u64().map(|t| u32::try_from(t).expect("tid")),
+            port: u16::try_from(v["port"].as_u64().expect("port")).expect("port"),
+            program,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.program.pid
+    }
+
+    /// Some requests, each answered, so that the loop has come back to its wait a few
+    /// times (that is how it is recognized as a loop).
+    fn warm_up(&self, requests: usize) {
+        for _ in 0..requests {
+            let mut conn = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+            conn.write_all(b"ping\n").expect("write");
+            let mut answer = String::new();
+            BufReader::new(&conn).read_line(&mut answer).expect("read");
+            assert_eq!(answer, "ok\n");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends the request whose handler stalls the loop; the connection stays open.
+    fn stall(&self) -> (TcpStream, Instant) {
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        conn.write_all(b"stall\n").expect("write");
+        (conn, Instant::now())
+    }
+}
+
+fn python(script: &str, args: &[&str], interpreter: &str) -> Program {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/programs")
+        .join(script);
+    let mut c = Command::new(interpreter);
+    c.arg(path).args(args);
+    Program::spawn(c)
+}
+
+fn symbols(v: &Value, pointer: &str) -> Vec<String> {
+    v.pointer(pointer)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["symbol"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The one loop_stall hang of `pid`, checked: its thread, its duration, its stall info.
+fn assert_loop_stall(daemon: &Daemon, pid: u32, tid: Option<u32>, doing: &str) -> Value {
+    let hang = daemon.wait_for_event(
+        &format!("loop_stall for pid {pid}"),
+        Duration::from_secs(6),
+        |v| {
+            v["event"] == "hang" && v["kind"] == "loop_stall" && u64_of(v, "/pid") == u64::from(pid)
+        },
+    );
+    let v = hang.value;
+    if let Some(tid) = tid {
+        assert_eq!(u64_of(&v, "/tid"), u64::from(tid), "the loop thread: {v}");
+    }
+    // Reported within threshold + 0.5 s of the stall, as the daemon measured it (from the
+    // loop's last return to its wait, by the kernel's clock).
+    let duration = u64_of(&v, "/duration_ms");
+    assert!(
+        (THRESHOLD_MS..=THRESHOLD_MS + 500).contains(&duration),
+        "reported after {duration} ms: {v}"
+    );
+    assert!(
+        str_of(&v, "/stall/doing").starts_with(doing),
+        "doing {:?}, expected {doing}: {v}",
+        v["stall"]["doing"]
+    );
+    assert!(u64_of(&v, "/stall/loop_waits") >= 2, "{v}");
+    let hangs = daemon
+        .events_for(pid)
+        .iter()
+        .filter(|r| r.value["event"] == "hang")
+        .count();
+    assert_eq!(hangs, 1, "one episode: {}", daemon.dump(Some(&[pid])));
+    v
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn asyncio_loop_blocked_or_spinning_in_a_handler_is_a_loop_stall_idle_is_not() {
+    require_root();
+    let mut daemon = Daemon::start(&[]);
+    let sleeping = Server::start(python("loop_server.py", &["sleep"], PYTHON));
+    let spinning = Server::start(python("loop_server.py", &["spin"], PYTHON));
+    let idle = Server::start(python("loop_server.py", &["idle"], PYTHON));
+    for s in [&sleeping, &spinning, &idle] {
+        s.warm_up(3);
+    }
+    let _blocked = sleeping.stall();
+    let _spun = spinning.stall();
+
+    let v = assert_loop_stall(
+        &daemon,
+        sleeping.pid(),
+        sleeping.tid,
+        "blocked in clock_nanosleep",
+    );
+    assert_eq!(str_of(&v, "/wait/syscall"), "clock_nanosleep", "{v}");
+    let frames = symbols(&v, "/user_stack");
+    assert!(
+        frames
+            .first()
+            .is_some_and(|f| f.contains("clock_nanosleep"))
+            && frames.iter().any(|f| f == "_PyEval_EvalFrameDefault"),
+        "libc's sleep called from the interpreter: {frames:?}"
+    );
+    let v = assert_loop_stall(&daemon, spinning.pid(), spinning.tid, "running on CPU");
+    assert_eq!(v["stall"]["on_cpu"], true, "{v}");
+
+    // The idle server saw the same warm-up and has sat in epoll_wait since.
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        daemon.events_for(idle.pid()).is_empty(),
+        "{}",
+        daemon.dump(Some(&[idle.pid()]))
+    );
+    daemon.stop();
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn tokio_worker_blocked_by_its_handler_is_a_loop_stall_idle_runtime_is_not() {
+    require_root();
+    let binary = example("tokio_server");
+    let mut daemon = Daemon::start(&[]);
+    let stalling = Server::start(Program::start(&binary, &["stall"]));
+    let idle = Server::start(Program::start(&binary, &["idle"]));
+    // Enough requests, some at once, that both workers have taken turns at the I/O driver.
+    for s in [&stalling, &idle] {
+        let port = s.port;
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                thread::spawn(move || {
+                    for _ in 0..5 {
+                        let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                        conn.write_all(b"ping\n").expect("write");
+                        let mut answer = String::new();
+                        BufReader::new(&conn).read_line(&mut answer).expect("read");
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().expect("client");
+        }
+    }
+    let _conn = stalling.stall();
+    let v = assert_loop_stall(&daemon, stalling.pid(), None, "blocked in clock_nanosleep");
+    let tid = u32::try_from(u64_of(&v, "/tid")).expect("tid");
+    assert_ne!(tid, stalling.pid(), "a worker, not the main thread: {v}");
+    let frames = symbols(&v, "/user_stack");
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.contains("tokio_server::handle_request")),
+        "the handler in the stack: {frames:?}"
+    );
+    // The idle runtime: one worker in epoll_wait, the other parked on its condvar.
+    thread::sleep(Duration::from_millis(1500));
+    assert!(
+        daemon.events_for(idle.pid()).is_empty(),
+        "{}",
+        daemon.dump(Some(&[idle.pid()]))
+    );
+    daemon.stop();
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs; gevent from the tests' virtualenv"]
+fn gevent_hub_blocked_by_an_unpatched_sleep_is_a_loop_stall_idle_is_not() {
+    require_root();
+    let venv_python = std::env::var("HANGWATCH_TEST_VENV_PYTHON").unwrap_or_else(|_| {
+        panic!("HANGWATCH_TEST_VENV_PYTHON is not set: run the tests with `cargo xtask test`, which makes the virtualenv with gevent")
+    });
+    let mut daemon = Daemon::start(&[]);
+    let blocked = Server::start(python("gevent_server.py", &["sleep"], &venv_python));
+    let idle = Server::start(python("gevent_server.py", &["idle"], &venv_python));
+    for s in [&blocked, &idle] {
+        s.warm_up(3);
+    }
+    let _conn = blocked.stall();
+    let v = assert_loop_stall(
+        &daemon,
+        blocked.pid(),
+        blocked.tid,
+        "blocked in clock_nanosleep",
+    );
+    let frames = symbols(&v, "/user_stack");
+    let at = |name: &str| frames.iter().position(|f| f.contains(name));
+    // The sleep, called by a greenlet the hub switched to from libev's loop.
+    assert!(
+        frames
+            .first()
+            .is_some_and(|f| f.contains("clock_nanosleep"))
+            && at("Greenlet")
+                .zip(at("ev_run"))
+                .is_some_and(|(g, ev)| g < ev),
+        "time.sleep in a greenlet run from the hub's ev_run: {frames:?}"
+    );
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        daemon.events_for(idle.pid()).is_empty(),
+        "{}",
+        daemon.dump(Some(&[idle.pid()]))
+    );
+    daemon.stop();
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn a_busy_loop_and_a_cpu_bound_program_are_not_loop_stalls() {
+    require_root();
+    let mut daemon = Daemon::start(&[]);
+    let server = Server::start(python("loop_server.py", &["idle"], PYTHON));
+    server.warm_up(3);
+    let port = server.port.to_string();
+    let mut client = python("loop_client.py", &[&port, "8"], PYTHON);
+    client.expect_line("running", LINE_TIMEOUT);
+    let hog = Program::spawn({
+        let mut c = Command::new(PYTHON);
+        c.args(["-c", "while True: pass"]);
+        c
+    });
+    // Three thresholds of constant load.
+    thread::sleep(Duration::from_millis(3 * THRESHOLD_MS));
+    for (what, pid) in [
+        ("the busy asyncio server", server.pid()),
+        ("its client", client.pid),
+        ("the CPU-bound program", hog.pid),
+    ] {
+        assert!(
+            daemon.events_for(pid).is_empty(),
+            "{what} (pid {pid}): {}",
+            daemon.dump(Some(&[pid]))
+        );
+    }
+    daemon.stop();
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn a_daemon_whose_sigterm_handler_waits_for_a_lock_is_a_stuck_exit() {
+    require_root();
+    let mut daemon = Daemon::start(&["--stuck-exit-grace", "2s"]);
+    let mut stuck = Program::start(&compile("stuck_exit"), &[]);
+    let line = stuck.next_line(LINE_TIMEOUT);
+    let info: Value = serde_json::from_str(&line).expect("json");
+    stuck.expect_line("ready", LINE_TIMEOUT);
+    let worker = u64_of(&info, "/worker");
+    let prompt = Program::spawn({
+        let mut c = Command::new("sleep");
+        c.arg("100003");
+        c
+    });
+    let sent = Instant::now();
+    signal(stuck.pid, libc::SIGTERM);
+    signal(prompt.pid, libc::SIGTERM);
+
+    let hang = daemon.wait_for_event("stuck_exit", Duration::from_secs(6), |v| {
+        is_event(v, "hang", "stuck_exit", stuck.pid)
+    });
+    let v = &hang.value;
+    let waited = hang.at.duration_since(sent);
+    assert!(
+        waited >= Duration::from_secs(2),
+        "before the grace time: {waited:?}"
+    );
+    assert_eq!(str_of(v, "/exit/signal"), "SIGTERM", "{v}");
+    assert_eq!(u64_of(v, "/pid"), u64::from(stuck.pid), "{v}");
+    let threads = v["threads"].as_array().expect("threads");
+    let by_tid = |tid: u64| {
+        threads
+            .iter()
+            .find(|t| u64_of(t, "/tid") == tid)
+            .unwrap_or_else(|| panic!("thread {tid} missing: {v}"))
+    };
+    // The main thread in the handler, blocked on the lock; the worker in read() holding it.
+    let main = by_tid(u64::from(stuck.pid));
+    assert_eq!(str_of(main, "/wait/syscall"), "futex", "{main}");
+    assert!(
+        symbols(main, "/user_stack")
+            .iter()
+            .any(|s| s == "save_state_and_exit"),
+        "{main}"
+    );
+    let holder = by_tid(worker);
+    assert_eq!(str_of(holder, "/wait/syscall"), "read", "{holder}");
+    assert!(
+        symbols(holder, "/user_stack")
+            .iter()
+            .any(|s| s == "wait_for_input"),
+        "{holder}"
+    );
+    // The process that exited at once is not reported.
+    assert!(
+        daemon.events_for(prompt.pid).is_empty(),
+        "{}",
+        daemon.dump(Some(&[prompt.pid]))
+    );
+    stuck.kill();
+    let resolved = daemon.wait_for_event("stuck_exit resolved", Duration::from_secs(3), |v| {
+        is_event(v, "resolved", "stuck_exit", stuck.pid)
+    });
+    assert_eq!(str_of(&resolved.value, "/resolution"), "exited");
+    daemon.stop();
+}

@@ -1,0 +1,32 @@
+"""A gevent StreamServer (seed 004), run by the tests' virtualenv python. Modes:
+  idle   serve normally;
+  sleep  a request "stall" calls the unpatched time.sleep(), which blocks the hub.
+Prints {"pid", "tid", "port"}, then "ready"."""
+import json
+import os
+import sys
+import threading
+import time
+
+import gevent
+from gevent.server import StreamServer
+
+MODE = sys.argv[1]
+# gevent.monkey is not used on purpose: time.sleep stays the blocking one.
+blocking_sleep = time.sleep
+
+
+def handle(sock, _address):
+    f = sock.makefile("rwb")
+    for line in f:
+        if line.strip() == b"stall" and MODE == "sleep":
+            blocking_sleep(100000)
+        f.write(b"ok\n")
+        f.flush()
+
+
+server = StreamServer(("127.0.0.1", 0), handle)
+server.start()
+print(json.dumps({"pid": os.getpid(), "tid": threading.get_native_id(), "port": server.server_port}), flush=True)
+print("ready", flush=True)
+gevent.wait()
