@@ -45,9 +45,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The rules and the thresholds they give.
     pub detectors: Detectors,
-    pub pids: Vec<u32>,
-    pub comms: Vec<String>,
+    /// The `--config` file the settings came from, if any.
+    pub config_file: Option<String>,
     pub scan_interval: Duration,
     pub output: OutputFormat,
     /// Where the HTTP API and `/metrics` listen; `None` for off.
@@ -172,36 +173,19 @@ impl Scanner {
         let sink = StdoutSink::spawn(config.output).context("cannot start the output thread")?;
         surfaces.probes_attached(&probes);
         tracing::info!(
-            "probes attached ({} of {} asked for); scanning every {:?}; d_state {}; lock_wait {}; deadlock {}; off_cpu {}",
+            "probes attached ({} of {} asked for); scanning every {:?}; {}{}",
             enabled_probes(config.probes) - probes.degraded.len(),
             enabled_probes(config.probes),
             config.scan_interval,
+            config.detectors.rules().summary(),
             config
-                .detectors
-                .d_state
+                .config_file
                 .as_ref()
-                .map_or("off".to_owned(), |d| format!("after {:?}", d.threshold)),
-            config
-                .detectors
-                .lock_wait
-                .as_ref()
-                .map_or("off".to_owned(), |l| format!("after {:?}", l.threshold)),
-            config
-                .detectors
-                .deadlock
-                .as_ref()
-                .map_or("off".to_owned(), |d| format!("held {:?}", d.hold)),
-            match &config.detectors.off_cpu {
-                Some(o) if !(config.pids.is_empty() && config.comms.is_empty()) => format!(
-                    "after {:?} for pids {:?} comms {:?}",
-                    o.threshold, config.pids, config.comms
-                ),
-                _ => "off (no --pid/--comm)".to_owned(),
-            }
+                .map_or_else(String::new, |f| format!(" (config {f})")),
         );
         Ok(Self {
             probes,
-            targets: Targets::new(config.pids.clone(), config.comms.clone()),
+            targets: Targets::new(config.detectors.rules().clone()),
             walk_interval: config.detectors.walk_interval(config.scan_interval),
             config,
             tracker: Tracker::default(),
@@ -314,7 +298,7 @@ impl Scanner {
     }
 
     fn scan_once(&mut self, started: Instant) -> anyhow::Result<()> {
-        let selected = self.targets.resolve(started);
+        let selected = self.targets.resolve(&mut self.processes, started);
         self.update_table(started, &selected)?;
         let now_ns = clock::monotonic_ns();
         let sample_list = self.table.samples();
@@ -324,11 +308,21 @@ impl Scanner {
         let candidates = self.config.detectors.detect(
             &sample_list,
             &selected,
+            &mut self.targets.lookup(&mut self.processes, started),
             &self.locks,
             &mut confirm_deadlock,
             now_ns,
         );
         let transitions = self.tracker.step(&candidates, now_ns);
+        // Process facts and thresholds are kept while their process has a thread in the
+        // scan, an episode, or is selected.
+        let sampled: HashSet<u32> = sample_list.iter().map(|s| s.tgid).collect();
+        let episodes: HashSet<u32> = self.tracker.open_episodes().map(|e| e.tgid).collect();
+        let live = |tgid: u32| sampled.contains(&tgid) || episodes.contains(&tgid);
+        let targets = &self.targets;
+        self.processes
+            .retain(|tgid| live(tgid) || targets.keeps(tgid));
+        self.targets.retain(live);
         if transitions.is_empty() {
             return Ok(());
         }
@@ -385,9 +379,6 @@ impl Scanner {
                 self.sink.send(event);
             }
         }
-        let live: HashSet<u32> = self.tracker.open_episodes().map(|e| e.tgid).collect();
-        self.processes
-            .retain(|tgid| live.contains(&tgid) || selected.contains(&tgid));
         Ok(())
     }
 
@@ -602,7 +593,7 @@ impl Scanner {
             scan_time: self.scan_time,
             walk_time: self.walk_time,
             tracked_threads: self.table.len(),
-            watched_processes: self.targets.resolve(Instant::now()).len(),
+            watched_processes: self.targets.selected().len(),
             bpf_counters: self.probes.counters().unwrap_or_default(),
             kernel_symbolize: (self.stacks.kernel.spent, self.stacks.kernel.failures),
             user_stacks: (self.stacks.user.spent, self.stacks.user.captured),

@@ -65,16 +65,17 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     }
     let c = &s["config"];
     rows.extend([
-        (
-            "detectors".into(),
-            format!(
-                "d_state {}, off_cpu {} (pids {}, comms {})",
-                table::text(c, "d_state_threshold"),
-                table::text(c, "off_cpu_threshold"),
-                c["pids"],
-                c["comms"]
-            ),
-        ),
+        ("detectors".into(), {
+            let base = c["thresholds"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(kind, t)| format!("{kind} {}", t.as_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let rules = c["rules"].as_array().map_or(0, Vec::len);
+            format!("{base}; {rules} rule(s)")
+        }),
         (
             "scans".into(),
             format!(
