@@ -25,7 +25,7 @@ use crate::{
     api, clock,
     detect::{Detectors, HangKind, LockFacts, Targets},
     episode::{Episode, EpisodeKey, Tracker, Transition},
-    meta::{OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc},
+    meta::{OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc, wchan},
     probe::{Lookup, PROBES, ProbeSelection, Probes, ThreadHandle, preflight},
     sink::{BlockedOn, CycleMember, EventType, HangEvent, OutputFormat, Resolution, StdoutSink},
     stack::StackTaker,
@@ -495,6 +495,7 @@ impl Scanner {
                 .take(sample.tgid, stacks.get(&sample.key), sample.kernel_thread);
         let with_owner = |s: &ThreadSample, locks: &LockFacts| Wait {
             owner_tid: locks.owners.get(&s.key).copied(),
+            wchan: wchan(s.tgid, s.key.tid),
             ..s.wait()
         };
         let mut cycle = Vec::new();

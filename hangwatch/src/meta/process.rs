@@ -198,6 +198,15 @@ pub fn thread_proc(tgid: u32, key: ThreadKey) -> ThreadProc {
     ThreadProc::Alive { syscall }
 }
 
+/// The wait channel of a thread (`/proc/TGID/task/TID/wchan`): the kernel function it
+/// sleeps in, e.g. `futex_do_wait`, `pipe_read`, `do_epoll_wait`. `None` when it runs, is
+/// gone, or the kernel does not say ("0").
+pub fn wchan(tgid: u32, tid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/wchan")).ok()?;
+    let name = text.trim();
+    (!name.is_empty() && name != "0").then(|| name.to_owned())
+}
+
 /// `/proc/PID/task/TID/syscall` of a blocked thread: the syscall number and its arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcSyscall {
@@ -300,6 +309,31 @@ mod tests {
         );
         let (_, version) = cache.facts(pid, later + RECHECK).expect("checked");
         assert_eq!(version, 1, "unchanged: not read again");
+    }
+
+    #[test]
+    fn wchan_of_a_sleeping_thread() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        // Until it sleeps, it has no wait channel (or the exec's).
+        let mut seen = None;
+        for _ in 0..200 {
+            seen = wchan(pid, pid);
+            if seen.as_deref().is_some_and(|w| w.contains("nanosleep")) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            seen.as_deref().is_some_and(|w| w.contains("nanosleep")),
+            "{seen:?}"
+        );
+        assert_eq!(wchan(u32::MAX - 1, u32::MAX - 1), None);
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub fn render(e: &HangEvent) -> String {
         };
         let _ = write!(wait, " {} on {} ({timeout})", f.op, f.address);
     }
+    if let Some(wchan) = &e.wait.wchan {
+        let _ = write!(wait, ", in the kernel at {wchan}");
+    }
     if e.wait.woken {
         wait.push_str(", woken, waiting for a CPU");
     }
