@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::state::{ThreadKey, ThreadSample};
 
@@ -29,7 +29,7 @@ use crate::config::Rules;
 /// is on and after how long in [`HangKind::default_rule`] (the compiler asks for both), and
 /// its entry in [`HangKind::ALL`]. The config keys of a `[[rule]]`, `check-config`, the
 /// per-kind threshold tables ([`PerKind`]), the metrics' series and the scan filter follow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HangKind {
     DState,
