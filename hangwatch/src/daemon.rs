@@ -27,7 +27,7 @@ use crate::{
         Detectors, Facts, HangKind, LockFacts, LoopFacts, Targets, Watch, loop_stall::is_parked,
     },
     episode::{Episode, EpisodeKey, Tracker, Transition},
-    meta::{OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc},
+    meta::{OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc, wchan},
     probe::{Lookup, PROBES, ProbeSelection, Probes, ThreadHandle, preflight},
     sink::{
         BlockedOn, CycleMember, EventType, ExitInfo, HangEvent, LoopStallInfo, OutputFormat,
@@ -55,9 +55,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The rules and the thresholds they give.
     pub detectors: Detectors,
-    pub pids: Vec<u32>,
-    pub comms: Vec<String>,
+    /// The `--config` file the settings came from, if any.
+    pub config_file: Option<String>,
     pub scan_interval: Duration,
     pub output: OutputFormat,
     /// Where the HTTP API and `/metrics` listen; `None` for off.
@@ -189,36 +190,19 @@ impl Scanner {
         let sink = StdoutSink::spawn(config.output).context("cannot start the output thread")?;
         surfaces.probes_attached(&probes);
         tracing::info!(
-            "probes attached ({} of {} asked for); scanning every {:?}; d_state {}; lock_wait {}; deadlock {}; off_cpu {}",
+            "probes attached ({} of {} asked for); scanning every {:?}; {}{}",
             enabled_probes(config.probes) - probes.degraded.len(),
             enabled_probes(config.probes),
             config.scan_interval,
+            config.detectors.rules().summary(),
             config
-                .detectors
-                .d_state
+                .config_file
                 .as_ref()
-                .map_or("off".to_owned(), |d| format!("after {:?}", d.threshold)),
-            config
-                .detectors
-                .lock_wait
-                .as_ref()
-                .map_or("off".to_owned(), |l| format!("after {:?}", l.threshold)),
-            config
-                .detectors
-                .deadlock
-                .as_ref()
-                .map_or("off".to_owned(), |d| format!("held {:?}", d.hold)),
-            match &config.detectors.off_cpu {
-                Some(o) if !(config.pids.is_empty() && config.comms.is_empty()) => format!(
-                    "after {:?} for pids {:?} comms {:?}",
-                    o.threshold, config.pids, config.comms
-                ),
-                _ => "off (no --pid/--comm)".to_owned(),
-            }
+                .map_or_else(String::new, |f| format!(" (config {f})")),
         );
         Ok(Self {
             probes,
-            targets: Targets::new(config.pids.clone(), config.comms.clone()),
+            targets: Targets::new(config.detectors.rules().clone()),
             walk_interval: config.detectors.walk_interval(config.scan_interval),
             config,
             tracker: Tracker::default(),
@@ -336,7 +320,12 @@ impl Scanner {
 
     /// Folds in the exit signals the probe recorded, and forgets processes that are gone.
     fn update_exits(&mut self) -> anyhow::Result<()> {
-        if self.config.detectors.stuck_exit.is_none() {
+        if self
+            .config
+            .detectors
+            .smallest(HangKind::StuckExit)
+            .is_none()
+        {
             return Ok(());
         }
         self.exits.merge(self.probes.drain_exit_signals()?);
@@ -399,7 +388,7 @@ impl Scanner {
     }
 
     fn scan_once(&mut self, started: Instant) -> anyhow::Result<()> {
-        let selected = self.targets.resolve(started);
+        let selected = self.targets.resolve(&mut self.processes, started);
         self.update_table(started, &selected)?;
         self.update_exits()?;
         let now_ns = clock::monotonic_ns();
@@ -416,11 +405,24 @@ impl Scanner {
                 loops: &self.loops,
                 exits: &exits,
             },
+            &mut self.targets.lookup(&mut self.processes, started),
             &mut confirm_deadlock,
             now_ns,
         );
         self.follow_loops(&detection.watch, &sample_list);
         let transitions = self.tracker.step(&detection.candidates, now_ns);
+        // Process facts and thresholds are kept while their process has a thread in the
+        // scan, an episode, an exit request, or is selected.
+        let sampled: HashSet<u32> = sample_list.iter().map(|s| s.tgid).collect();
+        let episodes: HashSet<u32> = self.tracker.open_episodes().map(|e| e.tgid).collect();
+        let asked_to_exit: HashSet<u32> = exits.iter().map(|e| e.tgid).collect();
+        let live = |tgid: u32| {
+            sampled.contains(&tgid) || episodes.contains(&tgid) || asked_to_exit.contains(&tgid)
+        };
+        let targets = &self.targets;
+        self.processes
+            .retain(|tgid| live(tgid) || targets.keeps(tgid));
+        self.targets.retain(live);
         if transitions.is_empty() {
             return Ok(());
         }
@@ -482,9 +484,6 @@ impl Scanner {
                 self.sink.send(event);
             }
         }
-        let live: HashSet<u32> = self.tracker.open_episodes().map(|e| e.tgid).collect();
-        self.processes
-            .retain(|tgid| live.contains(&tgid) || selected.contains(&tgid));
         Ok(())
     }
 
@@ -602,6 +601,7 @@ impl Scanner {
         let thread_stacks = self.stacks_of(sample, stacks.get(&sample.key));
         let with_owner = |s: &ThreadSample, locks: &LockFacts| Wait {
             owner_tid: locks.owners.get(&s.key).copied(),
+            wchan: wchan(s.tgid, s.key.tid),
             ..s.wait()
         };
         let mut cycle = Vec::new();
@@ -814,7 +814,7 @@ impl Scanner {
             scan_time: self.scan_time,
             walk_time: self.walk_time,
             tracked_threads: self.table.len(),
-            watched_processes: self.targets.resolve(Instant::now()).len(),
+            watched_processes: self.targets.selected().len(),
             bpf_counters: self.probes.counters().unwrap_or_default(),
             kernel_symbolize: (self.stacks.kernel.spent, self.stacks.kernel.failures),
             user_stacks: (self.stacks.user.spent, self.stacks.user.captured),

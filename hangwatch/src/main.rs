@@ -2,6 +2,7 @@
 mod api;
 mod cli;
 mod clock;
+mod config;
 mod daemon;
 mod detect;
 mod episode;
@@ -29,7 +30,11 @@ fn main() -> ExitCode {
         .init();
 
     let result = match cli.command {
-        cli::Command::Run(args) => daemon::run(args.into_config()),
+        cli::Command::Run(args) => args
+            .into_config()
+            .map_err(anyhow::Error::from)
+            .and_then(daemon::run),
+        cli::Command::CheckConfig(args) => return cli::check_config::run(&args),
         cli::Command::BenchFloor => cli::bench_floor::run(),
         cli::Command::BenchStack(args) => cli::bench_stack::run(args),
         cli::Command::Client(command) => {

@@ -8,8 +8,9 @@
 //! - Seed 003 made deterministic (Python: a thread holds a logging handler's lock while
 //!   main forks; the child logs): the child is a `deadlock` within the default 1 s.
 //! - Controls, silent: a 16-worker pool idle on a condvar, an idle Python
-//!   ThreadPoolExecutor, `sleep 100000`, and processes stopped with SIGSTOP even when
-//!   selected for `off_cpu` (a selected running `sleep` is the positive control).
+//!   ThreadPoolExecutor, an idle asyncio server (listening, nobody connects),
+//!   `sleep 100000`, and processes stopped with SIGSTOP even when selected for `off_cpu`
+//!   (a selected running `sleep` is the positive control).
 
 mod common;
 
@@ -204,6 +205,9 @@ fn idle_pools_sleepers_and_stopped_processes_are_silent() {
     let mut executor = start_python("idle_executor.py");
     let executor_pid = u32::try_from(executor.expect_number("pid", t)).expect("pid");
     executor.expect_line("ready", t);
+    let mut server = start_python("idle_asyncio.py");
+    let server_pid = u32::try_from(server.expect_number("pid", t)).expect("pid");
+    server.expect_line("ready", t);
     let sleeper = Program::spawn({
         let mut c = Command::new("sleep");
         c.arg("100000");
@@ -259,6 +263,7 @@ fn idle_pools_sleepers_and_stopped_processes_are_silent() {
     for (what, pid) in [
         ("idle_pool 16", pool_pid),
         ("idle ThreadPoolExecutor", executor_pid),
+        ("idle asyncio server", server_pid),
         ("sleep 100000", sleeper.pid),
         ("stopped sleep", stopped_sleep.pid),
         ("stopped idle_pool", stopped_pool.pid),

@@ -226,17 +226,30 @@ fn effective_config(config: &Config, listening: Option<std::net::SocketAddr>) ->
             |d| humantime::format_duration(d).to_string(),
         )
     };
+    let rules = config.detectors.rules();
     json!({
         "scan_interval": duration(Some(config.scan_interval)),
-        "d_state_threshold": duration(config.detectors.d_state.as_ref().map(|d| d.threshold)),
-        "off_cpu_threshold": duration(config.detectors.off_cpu.as_ref().map(|o| o.threshold)),
-        "lock_wait_threshold": duration(config.detectors.lock_wait.as_ref().map(|l| l.threshold)),
-        "deadlock_threshold": duration(config.detectors.deadlock.as_ref().map(|d| d.hold)),
-        "loop_stall_threshold": duration(config.detectors.loop_stall.as_ref().map(|l| l.threshold)),
-        "on_cpu_threshold": duration(config.detectors.on_cpu.as_ref().map(|o| o.threshold)),
-        "stuck_exit_grace": duration(config.detectors.stuck_exit.as_ref().map(|s| s.grace)),
-        "pids": config.pids,
-        "comms": config.comms,
+        "config_file": config.config_file,
+        // Each kind's threshold for every process before rules ("off": only where a rule
+        // turns it on).
+        "thresholds": rules
+            .base
+            .iter()
+            .map(|(kind, t)| (kind.as_str().to_owned(), json!(duration(*t))))
+            .collect::<serde_json::Map<_, _>>(),
+        "rules": rules
+            .rules
+            .iter()
+            .map(|r| json!({
+                "origin": r.origin,
+                "selector": r.selector.to_string(),
+                "set": r
+                    .set
+                    .iter()
+                    .filter_map(|(kind, s)| Some((kind.as_str().to_owned(), json!(s.as_ref()?.to_string()))))
+                    .collect::<serde_json::Map<_, _>>(),
+            }))
+            .collect::<Vec<_>>(),
         "listen": listening.map(|a| a.to_string()),
         "webhook": config.webhook.as_ref().map(ToString::to_string),
     })

@@ -302,7 +302,9 @@ fn view(
             if !probe_syscall_current {
                 sample.syscall = None;
             }
-            Wait::describe(&sample).with_proc_syscall(syscall)
+            Wait::describe(&sample)
+                .with_proc_syscall(syscall)
+                .with_wchan(crate::meta::wchan(tgid, tid))
         }),
         hang_id: None,
         stacks: None,

@@ -2,6 +2,7 @@
 //! are clients of its HTTP API (`client.rs`), printing tables (`table.rs`) or `--json`.
 pub mod bench_floor;
 pub mod bench_stack;
+pub mod check_config;
 mod client;
 mod history;
 mod list;
@@ -32,6 +33,9 @@ pub struct Cli {
 pub enum Command {
     /// Attach the probes and report hangs until SIGTERM or SIGINT (needs root).
     Run(run::RunArgs),
+    /// Check a config file: print the effective settings and rules, or each problem as
+    /// FILE:LINE:COL: reason (and exit 1).
+    CheckConfig(check_config::CheckConfigArgs),
     #[command(flatten)]
     Client(ClientCommand),
     /// Attach only an empty sched_switch program (the benchmark's floor) until SIGTERM.

@@ -1,17 +1,29 @@
 //! `hangwatch run`: the daemon's flags.
-use std::{io::IsTerminal, net::SocketAddr, time::Duration};
+use std::{io::IsTerminal, path::PathBuf, time::Duration};
 
 use clap::Args;
 
 use crate::{
+    config::{
+        ConfigError, ConfigFile, Listen, Pattern, Rule, Rules, Selector, Setting, parse_duration,
+        parse_listen, parse_scan_interval, parse_setting, parse_webhook,
+    },
     daemon::Config,
-    detect::{DState, Deadlock, Detectors, LockWait, LoopStall, OffCpu, OnCpu, StuckExit},
+    detect::{Detectors, HangKind, PerKind},
     probe::ProbeSelection,
     sink::{OutputFormat, WebhookUrl},
 };
 
-#[derive(Debug, Args)]
+/// Every flag but `--config` has a twin key in the config file; a flag given here wins over
+/// its key, and a key over the default. So the defaults are applied after the merge, and
+/// each field is `None` (or empty) when the flag was not given.
+#[derive(Debug, Default, Args)]
 pub struct RunArgs {
+    /// Read the settings and rules from this TOML file (see `hangwatch check-config`);
+    /// flags given on the command line override its keys
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Report `off_cpu` hangs for the threads of this process (repeatable).
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -20,47 +32,48 @@ pub struct RunArgs {
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
 
-    /// How long a selected thread may stay off-CPU before it is reported [default: 5s]
-    #[arg(long = "threshold", value_name = "DURATION", value_parser = parse_duration, default_value = "5s", hide_default_value = true)]
-    pub off_cpu_threshold: Duration,
+    /// How long a thread of a process of --pid or --comm may stay off-CPU before it is
+    /// reported [default: 5s]
+    #[arg(long = "threshold", value_name = "DURATION", value_parser = parse_duration)]
+    pub off_cpu_threshold: Option<Duration>,
 
     /// How long any thread may stay in uninterruptible sleep (D) before it is reported;
     /// "off" disables the d_state detector [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_optional_duration, default_value = "10s", hide_default_value = true)]
-    pub d_state_threshold: MaybeOff,
+    #[arg(long, value_name = "DURATION", value_parser = parse_setting)]
+    pub d_state_threshold: Option<Setting>,
 
     /// How long any thread may wait on a lock whose owner is known (lock_wait); "off"
     /// disables it [default: 5s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_optional_duration, default_value = "5s", hide_default_value = true)]
-    pub lock_wait_threshold: MaybeOff,
+    #[arg(long, value_name = "DURATION", value_parser = parse_setting)]
+    pub lock_wait_threshold: Option<Setting>,
 
     /// How long a deadlock (a wait-for cycle, or a process whose every thread is in an
     /// untimed wait on a private futex) must hold before it is reported; "off" disables
     /// it [default: 1s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_optional_duration, default_value = "1s", hide_default_value = true)]
-    pub deadlock_threshold: MaybeOff,
+    #[arg(long, value_name = "DURATION", value_parser = parse_setting)]
+    pub deadlock_threshold: Option<Setting>,
 
     /// How long an event-loop thread (one that keeps coming back to epoll_wait or
     /// io_uring_enter) may stay away from its wait, blocked elsewhere or running; "off"
     /// disables loop_stall [default: 2s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_optional_duration, default_value = "2s", hide_default_value = true)]
-    pub loop_stall_threshold: MaybeOff,
+    #[arg(long, value_name = "DURATION", value_parser = parse_setting)]
+    pub loop_stall_threshold: Option<Setting>,
 
-    /// How long a thread of a selected process (--pid, --comm) may run without blocking
-    /// (on_cpu); "off" disables it [default: 5s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_optional_duration, default_value = "5s", hide_default_value = true)]
-    pub on_cpu_threshold: MaybeOff,
+    /// How long a thread of a process of --pid or --comm may run without blocking
+    /// (on_cpu); "off" leaves it off for them [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_setting)]
+    pub on_cpu_threshold: Option<Setting>,
 
     /// How long a process sent SIGTERM, SIGINT or SIGQUIT (by another process, not a
     /// terminal's ^C) may take to exit before it is reported (stuck_exit); "off" disables
     /// it [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_optional_duration, default_value = "10s", hide_default_value = true)]
-    pub stuck_exit_grace: MaybeOff,
+    #[arg(long, value_name = "DURATION", value_parser = parse_setting)]
+    pub stuck_exit_grace: Option<Setting>,
 
     /// How often the per-thread state is read (a tick; detection latency is at most one
     /// tick past the threshold) [default: 200ms]
-    #[arg(long, value_name = "DURATION", value_parser = parse_scan_interval, default_value = "200ms", hide_default_value = true)]
-    pub scan_interval: Duration,
+    #[arg(long, value_name = "DURATION", value_parser = parse_scan_interval)]
+    pub scan_interval: Option<Duration>,
 
     /// Event format on stdout [default: text on a terminal, json otherwise]
     #[arg(long, value_enum)]
@@ -68,8 +81,8 @@ pub struct RunArgs {
 
     /// Address of the HTTP API and /metrics, or "off"; port 0 picks a free port (logged)
     /// [default: 127.0.0.1:9924]
-    #[arg(long, value_name = "ADDR", value_parser = parse_listen, default_value = DEFAULT_LISTEN, hide_default_value = true)]
-    pub listen: Listen,
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub listen: Option<Listen>,
 
     /// POST every event (JSON) to this http:// URL; a slow or down receiver never delays
     /// detection (bounded queue and retries, drops counted in the metrics)
@@ -90,29 +103,22 @@ pub struct RunArgs {
 
 /// Where the HTTP API listens unless told otherwise: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9924";
-
-/// A socket address, or "off".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Listen(pub Option<SocketAddr>);
-
-fn parse_listen(text: &str) -> Result<Listen, String> {
-    if text == "off" {
-        return Ok(Listen(None));
-    }
-    text.parse::<SocketAddr>()
-        .map(|a| Listen(Some(a)))
-        .map_err(|_| {
-            "expected IP:PORT (e.g. 127.0.0.1:9924, 0.0.0.0:9924, [::1]:9924) or \"off\"".to_owned()
-        })
-}
-
-fn parse_webhook(text: &str) -> Result<WebhookUrl, String> {
-    WebhookUrl::parse(text).map_err(|e| e.to_string())
-}
+const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_millis(200);
 
 impl RunArgs {
-    pub fn into_config(self) -> Config {
+    /// The daemon's configuration: these flags over the `--config` file over the defaults.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        Ok(self.merge(file))
+    }
+
+    /// The flags given over `file`'s keys over the defaults.
+    pub fn merge(self, file: ConfigFile) -> Config {
         let Self {
+            config,
             pids,
             comms,
             off_cpu_threshold,
@@ -129,78 +135,111 @@ impl RunArgs {
             wakeup_probe,
             futex_probes,
         } = self;
-        let output = output.unwrap_or(if std::io::stdout().is_terminal() {
-            OutputFormat::Text
+        let mut rules = Rules::default();
+        // The kinds on everywhere: their flag, else their key, else the default.
+        for (kind, flag, key) in [
+            (HangKind::DState, d_state_threshold, file.d_state_threshold),
+            (
+                HangKind::LockWait,
+                lock_wait_threshold,
+                file.lock_wait_threshold,
+            ),
+            (
+                HangKind::Deadlock,
+                deadlock_threshold,
+                file.deadlock_threshold,
+            ),
+            (
+                HangKind::LoopStall,
+                loop_stall_threshold,
+                file.loop_stall_threshold,
+            ),
+            (HangKind::StuckExit, stuck_exit_grace, file.stuck_exit_grace),
+        ] {
+            if let Some(setting) = flag.or(key) {
+                rules.base[kind] = setting.duration();
+            }
+        }
+        rules.rules = file.rules();
+        // --pid/--comm (or their keys) are rules after the file's: a process named on the
+        // command line gets off_cpu whatever the file's rules say.
+        let (pids, pid_origin) = if pids.is_empty() {
+            (file.pid.clone(), "pid key")
         } else {
-            OutputFormat::Json
-        });
-        let selects = !(pids.is_empty() && comms.is_empty());
+            (pids, "--pid")
+        };
+        let (comms, comm_origin) = if comms.is_empty() {
+            (file.comm.clone(), "comm key")
+        } else {
+            (comms, "--comm")
+        };
+        let threshold = off_cpu_threshold
+            .or(file.threshold)
+            .unwrap_or(HangKind::OffCpu.default_rule().threshold);
+        let on_cpu = on_cpu_threshold
+            .or(file.on_cpu_threshold)
+            .unwrap_or(Setting::After(HangKind::OnCpu.default_rule().threshold));
+        // A process named here is watched off CPU and on CPU alike.
+        let off_cpu = |selector: Selector, origin: String| {
+            let mut set = PerKind::default();
+            set[HangKind::OffCpu] = Some(Setting::After(threshold));
+            set[HangKind::OnCpu] = Some(on_cpu);
+            Rule {
+                selector,
+                set,
+                origin,
+            }
+        };
+        for pid in pids {
+            let selector = Selector {
+                pid: Some(pid),
+                ..Selector::default()
+            };
+            rules.rules.push(off_cpu(selector, pid_origin.to_owned()));
+        }
+        for comm in comms {
+            let selector = Selector {
+                comm: Some(Pattern::exact(&comm)),
+                ..Selector::default()
+            };
+            rules.rules.push(off_cpu(selector, comm_origin.to_owned()));
+        }
+        let output = output
+            .or(file.output)
+            .unwrap_or(if std::io::stdout().is_terminal() {
+                OutputFormat::Text
+            } else {
+                OutputFormat::Json
+            });
+        let default_listen = parse_listen(DEFAULT_LISTEN).expect("the default address parses");
         Config {
-            detectors: Detectors {
-                d_state: d_state_threshold.0.map(|threshold| DState { threshold }),
-                off_cpu: selects.then_some(OffCpu {
-                    threshold: off_cpu_threshold,
-                }),
-                lock_wait: lock_wait_threshold
-                    .0
-                    .map(|threshold| LockWait { threshold }),
-                deadlock: deadlock_threshold.0.map(|hold| Deadlock { hold }),
-                loop_stall: loop_stall_threshold
-                    .0
-                    .map(|threshold| LoopStall { threshold }),
-                on_cpu: on_cpu_threshold
-                    .0
-                    .filter(|_| selects)
-                    .map(|threshold| OnCpu { threshold }),
-                stuck_exit: stuck_exit_grace.0.map(|grace| StuckExit { grace }),
-            },
-            pids,
-            comms,
-            scan_interval,
+            detectors: Detectors::new(rules),
+            config_file: config.map(|p| p.display().to_string()),
+            scan_interval: scan_interval
+                .or(file.scan_interval)
+                .unwrap_or(DEFAULT_SCAN_INTERVAL),
             output,
-            listen: listen.0,
-            webhook,
+            listen: listen.or(file.listen).unwrap_or(default_listen).0,
+            webhook: webhook.or(file.webhook),
             probes: ProbeSelection {
-                wakeup: wakeup_probe,
-                futex: futex_probes,
+                wakeup: wakeup_probe || file.wakeup_probe.unwrap_or(false),
+                futex: futex_probes || file.futex_probes.unwrap_or(false),
             },
         }
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d =
-        humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 10s, 2m)"))?;
-    if d.is_zero() {
-        return Err("must be greater than zero".into());
-    }
-    Ok(d)
-}
-
-/// A duration, or "off".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MaybeOff(pub Option<Duration>);
-
-fn parse_optional_duration(text: &str) -> Result<MaybeOff, String> {
-    if text == "off" {
-        return Ok(MaybeOff(None));
-    }
-    parse_duration(text).map(|d| MaybeOff(Some(d)))
-}
-
-fn parse_scan_interval(text: &str) -> Result<Duration, String> {
-    let d = parse_duration(text)?;
-    if d < Duration::from_millis(10) || d > Duration::from_secs(10) {
-        return Err("must be between 10ms and 10s".into());
-    }
-    Ok(d)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use clap::Parser;
 
-    use crate::cli::{Cli, Command};
+    use crate::{
+        cli::{Cli, Command},
+        config::{ConfigFile, Process},
+        detect::HangKind,
+    };
 
     fn run_args(args: &[&str]) -> Result<super::RunArgs, clap::Error> {
         let cli = Cli::try_parse_from(["hangwatch", "run"].iter().chain(args))?;
@@ -210,24 +249,30 @@ mod tests {
         }
     }
 
+    fn config(args: &[&str], file: &str) -> crate::daemon::Config {
+        let file = ConfigFile::parse(file, "t.toml").expect("valid config");
+        run_args(args).expect("parses").merge(file)
+    }
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    fn process(pid: u32, comm: &str) -> Process<'_> {
+        Process {
+            pid,
+            comm,
+            exe: None,
+            cgroup: None,
+        }
+    }
+
     #[test]
     fn defaults_are_the_missions() {
-        let config = run_args(&["--output", "json"])
-            .expect("parses")
-            .into_config();
-        assert_eq!(
-            config.detectors.d_state.map(|d| d.threshold.as_secs()),
-            Some(10)
-        );
-        assert!(
-            config.detectors.off_cpu.is_none(),
-            "off_cpu is off without targets"
-        );
-        assert_eq!(
-            config.detectors.lock_wait.map(|l| l.threshold.as_secs()),
-            Some(5)
-        );
-        assert_eq!(config.detectors.deadlock.map(|d| d.hold.as_secs()), Some(1));
+        let config = config(&["--output", "json"], "");
+        let d = &config.detectors;
+        assert_eq!(d.smallest(HangKind::DState), Some(S(10)));
+        assert_eq!(d.smallest(HangKind::OffCpu), None, "off without targets");
+        assert_eq!(d.smallest(HangKind::LockWait), Some(S(5)));
+        assert_eq!(d.smallest(HangKind::Deadlock), Some(S(1)));
         assert_eq!(config.scan_interval.as_millis(), 200);
         assert_eq!(
             config.listen.map(|a| a.to_string()).as_deref(),
@@ -238,9 +283,10 @@ mod tests {
 
     #[test]
     fn listen_and_webhook() {
-        let config = run_args(&["--listen", "off", "--webhook", "http://127.0.0.1:1/x"])
-            .expect("parses")
-            .into_config();
+        let config = config(
+            &["--listen", "off", "--webhook", "http://127.0.0.1:1/x"],
+            "",
+        );
         assert!(config.listen.is_none());
         assert_eq!(
             config.webhook.map(|w| w.to_string()).as_deref(),
@@ -258,14 +304,18 @@ mod tests {
 
     #[test]
     fn selecting_a_pid_enables_off_cpu() {
-        let config = run_args(&["--pid", "42", "--threshold", "1s"])
-            .expect("parses")
-            .into_config();
+        let config = config(&["--pid", "42", "--threshold", "1s"], "");
+        let rules = config.detectors.rules();
+        assert_eq!(rules.smallest(HangKind::OffCpu), Some(S(1)));
         assert_eq!(
-            config.detectors.off_cpu.map(|o| o.threshold.as_secs()),
-            Some(1)
+            rules.thresholds_for(&process(42, "x"))[HangKind::OffCpu],
+            Some(S(1))
         );
-        assert_eq!(config.pids, vec![42]);
+        assert_eq!(
+            rules.thresholds_for(&process(43, "x"))[HangKind::OffCpu],
+            None
+        );
+        assert_eq!(rules.selected_pids().collect::<Vec<_>>(), vec![42]);
     }
 
     #[test]
@@ -278,13 +328,90 @@ mod tests {
             .expect_err("rejected")
             .to_string();
         assert!(err.contains("between"), "{err}");
-        assert!(
-            run_args(&["--d-state-threshold", "off"])
-                .expect("parses")
-                .into_config()
+        assert_eq!(
+            config(&["--d-state-threshold", "off"], "")
                 .detectors
-                .d_state
-                .is_none()
+                .smallest(HangKind::DState),
+            None
         );
+    }
+
+    #[test]
+    fn flags_given_override_the_file_and_the_file_the_defaults() {
+        let file = r#"
+d_state_threshold = "20s"
+lock_wait_threshold = "off"
+scan_interval = "1s"
+listen = "off"
+wakeup_probe = true
+comm = ["from-file"]
+threshold = "3s"
+"#;
+        let from_file = config(&[], file);
+        let d = &from_file.detectors;
+        assert_eq!(d.smallest(HangKind::DState), Some(S(20)));
+        assert_eq!(d.smallest(HangKind::LockWait), None);
+        assert_eq!(d.smallest(HangKind::Deadlock), Some(S(1)), "the default");
+        assert_eq!(from_file.scan_interval, S(1));
+        assert!(from_file.listen.is_none());
+        assert!(from_file.probes.wakeup);
+        assert_eq!(
+            d.rules().thresholds_for(&process(5, "from-file"))[HangKind::OffCpu],
+            Some(S(3))
+        );
+
+        let flags = config(
+            &[
+                "--d-state-threshold",
+                "2s",
+                "--scan-interval",
+                "300ms",
+                "--listen",
+                "127.0.0.1:0",
+                "--comm",
+                "from-flag",
+                "--threshold",
+                "4s",
+            ],
+            file,
+        );
+        let d = &flags.detectors;
+        assert_eq!(d.smallest(HangKind::DState), Some(S(2)));
+        assert_eq!(
+            d.smallest(HangKind::LockWait),
+            None,
+            "not given: the file's"
+        );
+        assert_eq!(flags.scan_interval, Duration::from_millis(300));
+        assert_eq!(
+            flags.listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:0")
+        );
+        let rules = d.rules();
+        assert_eq!(
+            rules.thresholds_for(&process(5, "from-flag"))[HangKind::OffCpu],
+            Some(S(4))
+        );
+        assert_eq!(
+            rules.thresholds_for(&process(5, "from-file"))[HangKind::OffCpu],
+            None,
+            "--comm replaces the comm key"
+        );
+    }
+
+    #[test]
+    fn command_line_selections_come_after_the_files_rules() {
+        let file = "[[rule]]\ncomm = \"app\"\noff_cpu = \"off\"\nlock_wait = \"1s\"\n";
+        let config = config(&["--comm", "app", "--threshold", "2s"], file);
+        let rules = config.detectors.rules();
+        let t = rules.thresholds_for(&process(9, "app"));
+        assert_eq!(t[HangKind::OffCpu], Some(S(2)), "--comm wins over the rule");
+        assert_eq!(
+            t[HangKind::LockWait],
+            Some(S(1)),
+            "the rule's other kinds stay"
+        );
+        assert_eq!(rules.rules[0].origin, "t.toml:1");
+        assert_eq!(rules.rules[1].origin, "--comm");
     }
 }

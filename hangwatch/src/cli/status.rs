@@ -65,21 +65,17 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     }
     let c = &s["config"];
     rows.extend([
-        (
-            "detectors".into(),
-            format!(
-                "d_state {}, lock_wait {}, deadlock {}, loop_stall {}, stuck_exit {}, off_cpu {} and on_cpu {} (pids {}, comms {})",
-                table::text(c, "d_state_threshold"),
-                table::text(c, "lock_wait_threshold"),
-                table::text(c, "deadlock_threshold"),
-                table::text(c, "loop_stall_threshold"),
-                table::text(c, "stuck_exit_grace"),
-                table::text(c, "off_cpu_threshold"),
-                table::text(c, "on_cpu_threshold"),
-                c["pids"],
-                c["comms"]
-            ),
-        ),
+        ("detectors".into(), {
+            let base = c["thresholds"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(kind, t)| format!("{kind} {}", t.as_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let rules = c["rules"].as_array().map_or(0, Vec::len);
+            format!("{base}; {rules} rule(s)")
+        }),
         (
             "scans".into(),
             format!(

@@ -31,11 +31,25 @@ impl Deadlock {
     /// `confirm(members, whole_process)` checks a deadlock that has held long enough
     /// against the process as it is now (the samples can be a tick old): each member still
     /// in the same wait, and for `whole_process` no other thread in the process.
+    #[cfg(test)]
     pub fn check(
         &self,
         samples: &[ThreadSample],
         locks: &LockFacts,
         confirm: &mut Confirm<'_>,
+        now_ns: u64,
+    ) -> Vec<Candidate> {
+        self.check_per_process(samples, locks, confirm, &mut |_| Some(self.hold), now_ns)
+    }
+
+    /// As [`Deadlock::check`], with the hold of each process from `hold_of(tgid)` (the
+    /// rules; `None` when `deadlock` is off for it); `self.hold` is the smallest of them.
+    pub fn check_per_process(
+        &self,
+        samples: &[ThreadSample],
+        locks: &LockFacts,
+        confirm: &mut Confirm<'_>,
+        hold_of: &mut dyn FnMut(u32) -> Option<Duration>,
         now_ns: u64,
     ) -> Vec<Candidate> {
         let mut out = Vec::new();
@@ -44,7 +58,7 @@ impl Deadlock {
             let members: Vec<&ThreadSample> = cycle.iter().map(|&i| &samples[i]).collect();
             in_cycle_tgids.insert(members[0].tgid);
             out.extend(
-                self.candidate(&members, now_ns)
+                candidate(&members, self.hold, hold_of, now_ns)
                     .filter(|_| confirm(&members, false)),
             );
         }
@@ -67,25 +81,35 @@ impl Deadlock {
             members.sort_by_key(|s| s.key.tid);
             // Only worth a /proc look once it has held long enough.
             out.extend(
-                self.candidate(&members, now_ns)
-                    .filter(|_| confirm(&members, true)),
+                candidate(&members, self.hold, hold_of, now_ns).filter(|_| confirm(&members, true)),
             );
         }
         out
     }
+}
 
-    fn candidate(&self, members: &[&ThreadSample], now_ns: u64) -> Option<Candidate> {
-        let first = members.iter().min_by_key(|s| s.key.tid)?;
-        let since_ns = members.iter().map(|s| s.off_cpu_at_ns).max()?;
-        (u128::from(now_ns.saturating_sub(since_ns)) >= self.hold.as_nanos()).then(|| Candidate {
-            thread: first.key,
-            tgid: first.tgid,
-            kind: HangKind::Deadlock,
-            threshold: self.hold,
-            since_ns,
-            members: members.iter().map(|s| s.key).collect(),
-        })
+fn candidate(
+    members: &[&ThreadSample],
+    smallest: Duration,
+    hold_of: &mut dyn FnMut(u32) -> Option<Duration>,
+    now_ns: u64,
+) -> Option<Candidate> {
+    let first = members.iter().min_by_key(|s| s.key.tid)?;
+    let since_ns = members.iter().map(|s| s.off_cpu_at_ns).max()?;
+    let held = now_ns.saturating_sub(since_ns);
+    // The process's own hold is looked up only once the smallest one has passed.
+    if u128::from(held) < smallest.as_nanos() {
+        return None;
     }
+    let hold = hold_of(first.tgid)?;
+    (u128::from(held) >= hold.as_nanos()).then(|| Candidate {
+        thread: first.key,
+        tgid: first.tgid,
+        kind: HangKind::Deadlock,
+        threshold: hold,
+        since_ns,
+        members: members.iter().map(|s| s.key).collect(),
+    })
 }
 
 /// The cycles of the wait-for graph, as indices into `samples`, each starting at its

@@ -27,7 +27,14 @@ pub use on_cpu::OnCpu;
 pub use stuck_exit::{ExitRequest, StuckExit};
 pub use targets::Targets;
 
+use crate::config::Rules;
+
 /// The hang kinds. Their names are part of the contract (MISSION.md).
+///
+/// Adding a kind is this one place: the variant, its name in [`HangKind::as_str`], where it
+/// is on and after how long in [`HangKind::default_rule`] (the compiler asks for both), and
+/// its entry in [`HangKind::ALL`]. The config keys of a `[[rule]]`, `check-config`, the
+/// per-kind threshold tables ([`PerKind`]), the metrics' series and the scan filter follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HangKind {
@@ -41,6 +48,17 @@ pub enum HangKind {
 }
 
 impl HangKind {
+    /// Every kind, in declaration order ([`PerKind`] is indexed by it; a test checks).
+    pub const ALL: [Self; 7] = [
+        Self::DState,
+        Self::OffCpu,
+        Self::LockWait,
+        Self::Deadlock,
+        Self::LoopStall,
+        Self::OnCpu,
+        Self::StuckExit,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::DState => "d_state",
@@ -52,6 +70,91 @@ impl HangKind {
             Self::StuckExit => "stuck_exit",
         }
     }
+
+    /// The kind named `name` as in events and config keys (`"lock_wait"`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Where the kind is on before any rule, and its threshold there (MISSION.md's table).
+    /// For a [`Scope::Selected`] kind the threshold is the one `--threshold` defaults to.
+    pub fn default_rule(self) -> KindDefault {
+        let (scope, threshold) = match self {
+            Self::DState => (Scope::Everywhere, Duration::from_secs(10)),
+            Self::OffCpu => (Scope::Selected, Duration::from_secs(5)),
+            Self::LockWait => (Scope::Everywhere, Duration::from_secs(5)),
+            // How long the deadlock must hold.
+            Self::Deadlock => (Scope::Everywhere, Duration::from_secs(1)),
+            // How long an event-loop thread may stay away from its wait.
+            Self::LoopStall => (Scope::Everywhere, Duration::from_secs(2)),
+            Self::OnCpu => (Scope::Selected, Duration::from_secs(5)),
+            // The grace time after SIGTERM/SIGINT/SIGQUIT.
+            Self::StuckExit => (Scope::Everywhere, Duration::from_secs(10)),
+        };
+        KindDefault { scope, threshold }
+    }
+}
+
+impl std::fmt::Display for HangKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which processes a kind watches when no rule says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every process of the machine (quiet on idle waits by construction).
+    Everywhere,
+    /// Only the processes a rule (or `--pid`, `--comm`) selects: the kind would be noise
+    /// machine-wide (any idle thread is off-CPU).
+    Selected,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindDefault {
+    pub scope: Scope,
+    pub threshold: Duration,
+}
+
+/// One value per hang kind: a fixed array indexed by [`HangKind`], so a table of thresholds
+/// grows with the enum and a lookup is an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerKind<T>([T; HangKind::ALL.len()]);
+
+impl<T> PerKind<T> {
+    pub fn from_fn(mut f: impl FnMut(HangKind) -> T) -> Self {
+        Self(HangKind::ALL.map(&mut f))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (HangKind, &T)> {
+        HangKind::ALL.into_iter().zip(self.0.iter())
+    }
+}
+
+impl<T: Default> Default for PerKind<T> {
+    fn default() -> Self {
+        Self::from_fn(|_| T::default())
+    }
+}
+
+impl<T> std::ops::Index<HangKind> for PerKind<T> {
+    type Output = T;
+    fn index(&self, kind: HangKind) -> &T {
+        &self.0[kind as usize]
+    }
+}
+
+impl<T> std::ops::IndexMut<HangKind> for PerKind<T> {
+    fn index_mut(&mut self, kind: HangKind) -> &mut T {
+        &mut self.0[kind as usize]
+    }
+}
+
+/// The threshold of a kind for a process, as the rules give it; `None` when the kind is
+/// off for that process. Implemented by [`Targets`]' per-process cache.
+pub trait Thresholds {
+    fn of(&mut self, kind: HangKind, tgid: u32) -> Option<Duration>;
 }
 
 /// A thread that is hung right now, by one detector.
@@ -76,17 +179,20 @@ pub struct LockFacts {
     pub owners: HashMap<ThreadKey, u32>,
 }
 
-/// Everything the detectors need besides the samples.
-#[derive(Debug, Clone, Default)]
+/// Everything the detectors need besides the samples: the rules, and for each kind the
+/// smallest threshold any of them gives (what the kernel-side filter and the walks must
+/// serve, and below which no process's threshold needs looking up).
+#[derive(Debug, Clone)]
 pub struct Detectors {
-    pub d_state: Option<DState>,
-    pub off_cpu: Option<OffCpu>,
-    pub lock_wait: Option<LockWait>,
-    pub deadlock: Option<Deadlock>,
-    pub loop_stall: Option<LoopStall>,
-    /// For the selected processes, like `off_cpu`.
-    pub on_cpu: Option<OnCpu>,
-    pub stuck_exit: Option<StuckExit>,
+    rules: Rules,
+    smallest: PerKind<Option<Duration>>,
+}
+
+impl Default for Detectors {
+    /// The defaults of MISSION.md, no rules.
+    fn default() -> Self {
+        Self::new(Rules::default())
+    }
 }
 
 /// What one scan found: the hung threads, and the loop threads to watch closer.
@@ -96,7 +202,8 @@ pub struct Detection {
     pub watch: Vec<(ThreadKey, Watch)>,
 }
 
-/// Everything besides the samples that the detectors read.
+/// Everything besides the samples and the thresholds that the detectors read.
+#[derive(Clone, Copy)]
 pub struct Facts<'a> {
     pub selected: &'a Selected,
     pub locks: &'a LockFacts,
@@ -104,15 +211,32 @@ pub struct Facts<'a> {
     pub exits: &'a [ExitRequest],
 }
 
-/// The processes selected for `off_cpu`, resolved to tgids for this scan.
+/// The processes selected for `off_cpu` and `on_cpu`, resolved to tgids for this scan.
 pub type Selected = HashSet<u32>;
 
 impl Detectors {
-    /// `confirm` checks a deadlock against /proc (see [`Deadlock::check`]).
+    pub fn new(rules: Rules) -> Self {
+        let smallest = PerKind::from_fn(|kind| rules.smallest(kind));
+        Self { rules, smallest }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// The smallest threshold of `kind` over every process; `None` when it is off for all.
+    pub fn smallest(&self, kind: HangKind) -> Option<Duration> {
+        self.smallest[kind]
+    }
+
+    /// `thresholds` gives each process's thresholds (asked only for threads off-CPU longer
+    /// than the kind's smallest threshold); `confirm` checks a deadlock against /proc (see
+    /// [`Deadlock::check`]).
     pub fn detect(
         &self,
         samples: &[ThreadSample],
         facts: &Facts<'_>,
+        thresholds: &mut dyn Thresholds,
         confirm: &mut deadlock::Confirm<'_>,
         now_ns: u64,
     ) -> Detection {
@@ -123,46 +247,89 @@ impl Detectors {
             exits,
         } = *facts;
         let mut watch = Vec::new();
-        let mut out = match &self.deadlock {
-            Some(d) => d.check(samples, locks, confirm, now_ns),
+        let mut out = match self.smallest(HangKind::Deadlock) {
+            Some(smallest) => Deadlock { hold: smallest }.check_per_process(
+                samples,
+                locks,
+                confirm,
+                &mut |tgid| thresholds.of(HangKind::Deadlock, tgid),
+                now_ns,
+            ),
             None => Vec::new(),
         };
         // A thread of a deadlock is the deadlock's, also while the cycle has not held long
         // enough yet (its members block one after the other).
         let mut deadlocked = deadlock::members(&out);
-        if self.deadlock.is_some() {
-            deadlocked.extend(
-                deadlock::cycles(samples, locks)
-                    .into_iter()
-                    .flatten()
-                    .map(|i| samples[i].key),
-            );
+        if self.smallest(HangKind::Deadlock).is_some() {
+            for cycle in deadlock::cycles(samples, locks) {
+                let tgid = samples[cycle[0]].tgid;
+                if thresholds.of(HangKind::Deadlock, tgid).is_some() {
+                    deadlocked.extend(cycle.into_iter().map(|i| samples[i].key));
+                }
+            }
         }
+        // The threshold of `kind` for this sample, looked up only once the thread has been
+        // off-CPU for the smallest one any process has.
+        let past = |kind: HangKind,
+                    sample: &ThreadSample,
+                    thresholds: &mut dyn Thresholds|
+         -> Option<Duration> {
+            let smallest = self.smallest(kind)?;
+            if u128::from(sample.off_cpu_for_ns(now_ns)) < smallest.as_nanos() {
+                return None;
+            }
+            thresholds.of(kind, sample.tgid)
+        };
         for sample in samples {
             if sample.paused() {
                 continue; // stopped by a signal or a debugger: not the program's hang
             }
-            if let Some(d) = &self.d_state {
-                out.extend(d.check(sample, now_ns));
-            }
-            if let Some(o) = &self.off_cpu {
-                out.extend(o.check(sample, selected, now_ns));
-            }
-            if let Some(l) = &self.lock_wait
-                && !deadlocked.contains(&sample.key)
+            if sample.uninterruptible()
+                && let Some(threshold) = past(HangKind::DState, sample, thresholds)
             {
-                out.extend(l.check(sample, locks, now_ns));
+                out.extend(DState { threshold }.check(sample, now_ns));
             }
-            if let Some(o) = &self.on_cpu {
-                out.extend(o.check(sample, selected, now_ns));
+            if selected.contains(&sample.tgid)
+                && let Some(threshold) = past(HangKind::OffCpu, sample, thresholds)
+            {
+                out.extend(OffCpu { threshold }.check(sample, selected, now_ns));
+            }
+            if locks.owners.contains_key(&sample.key)
+                && !deadlocked.contains(&sample.key)
+                && let Some(threshold) = past(HangKind::LockWait, sample, thresholds)
+            {
+                out.extend(LockWait { threshold }.check(sample, locks, now_ns));
+            }
+            // Running, not blocked: the off-CPU clock says nothing here.
+            if let Some(smallest) = self.smallest(HangKind::OnCpu)
+                && selected.contains(&sample.tgid)
+                && sample.not_blocked()
+                && u128::from(now_ns.saturating_sub(sample.runnable_since_ns))
+                    >= smallest.as_nanos()
+                && let Some(threshold) = thresholds.of(HangKind::OnCpu, sample.tgid)
+            {
+                out.extend(OnCpu { threshold }.check(sample, selected, now_ns));
             }
             // A loop thread in a lock wait or a deadlock is reported as that: it names the
             // owner, which a stall report cannot.
-            if let Some(l) = &self.loop_stall
+            if let Some(smallest) = self.smallest(HangKind::LoopStall)
+                && sample.event_loop.is_some_and(|l| !l.in_wait)
                 && !deadlocked.contains(&sample.key)
                 && !locks.owners.contains_key(&sample.key)
             {
-                match l.check(sample, loops, now_ns) {
+                // Watched from a quarter of the smallest threshold; the process's own
+                // threshold is looked up only then.
+                let early = LoopStall {
+                    threshold: smallest,
+                };
+                let verdict = match early.check(sample, loops, now_ns) {
+                    LoopVerdict::Fine => LoopVerdict::Fine,
+                    _ => match thresholds.of(HangKind::LoopStall, sample.tgid) {
+                        Some(threshold) => LoopStall { threshold }.check(sample, loops, now_ns),
+                        None => LoopVerdict::Fine,
+                    },
+                };
+                match verdict {
                     LoopVerdict::Fine => {}
                     LoopVerdict::Watch(w) => watch.push((sample.key, w)),
                     LoopVerdict::Stalled(c) => {
@@ -175,8 +342,12 @@ impl Detectors {
                 }
             }
         }
-        if let Some(s) = &self.stuck_exit {
-            out.extend(exits.iter().filter_map(|e| s.check(e, now_ns)));
+        if self.smallest(HangKind::StuckExit).is_some() {
+            for request in exits {
+                if let Some(grace) = thresholds.of(HangKind::StuckExit, request.tgid) {
+                    out.extend(StuckExit { grace }.check(request, now_ns));
+                }
+            }
         }
         Detection {
             candidates: out,
@@ -186,54 +357,57 @@ impl Detectors {
 
     /// Whether the scan must report futex waiters (and the daemon read lock owners).
     pub fn wants_futex_waits(&self) -> bool {
-        self.lock_wait.is_some() || self.deadlock.is_some()
+        self.futex_threshold().is_some()
     }
 
     fn futex_threshold(&self) -> Option<Duration> {
         [
-            self.lock_wait.as_ref().map(|l| l.threshold),
-            self.deadlock.as_ref().map(|d| d.hold),
+            self.smallest(HangKind::LockWait),
+            self.smallest(HangKind::Deadlock),
         ]
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// The smallest threshold of the kinds that watch only selected processes off-CPU.
+    fn selected_threshold(&self) -> Option<Duration> {
+        HangKind::ALL
+            .into_iter()
+            .filter(|k| k.default_rule().scope == Scope::Selected && *k != HangKind::OnCpu)
+            .filter_map(|k| self.smallest(k))
+            .min()
     }
 
     /// The kernel-side filter of a full walk: threads off-CPU for at least half of a
-    /// threshold, the candidates that may cross it before the next walk.
+    /// threshold, the candidates that may cross it before the next walk. With rules, half
+    /// the smallest threshold any rule gives for the kind.
     pub fn scan_config(&self) -> hangwatch_ebpf::ScanConfig {
         let ns = |d: Duration| u64::try_from(d.as_nanos() / 2).unwrap_or(u64::MAX);
         hangwatch_ebpf::ScanConfig {
-            d_state_min_ns: self.d_state.as_ref().map_or(u64::MAX, |d| ns(d.threshold)),
-            watched_min_ns: self.off_cpu.as_ref().map_or(u64::MAX, |o| ns(o.threshold)),
+            d_state_min_ns: self.smallest(HangKind::DState).map_or(u64::MAX, ns),
+            watched_min_ns: self.selected_threshold().map_or(u64::MAX, ns),
             any_min_ns: u64::MAX,
             futex_min_ns: self.futex_threshold().map_or(u64::MAX, ns),
-            // A loop thread is watched from a quarter of its threshold on (the probe must
-            // prove that much before a stall is reported).
-            loop_min_ns: self
-                .loop_stall
-                .as_ref()
-                .map_or(u64::MAX, |l| ns(l.proven() * 2)),
-            on_cpu_min_ns: self.on_cpu.as_ref().map_or(u64::MAX, |o| ns(o.threshold)),
+            // A loop thread is watched from a quarter of its threshold on (see
+            // `LoopStall::proven`).
+            loop_min_ns: self.smallest(HangKind::LoopStall).map_or(u64::MAX, |t| {
+                u64::try_from(LoopStall { threshold: t }.proven().as_nanos()).unwrap_or(u64::MAX)
+            }),
+            on_cpu_min_ns: self.smallest(HangKind::OnCpu).map_or(u64::MAX, ns),
         }
     }
-}
 
-impl Detectors {
     /// How often the full walk must run so that no thread crosses a threshold unseen: half
     /// the smallest threshold, between one tick and `MAX_WALK_INTERVAL`.
     pub fn walk_interval(&self, tick: Duration) -> Duration {
-        let smallest = [
-            self.d_state.as_ref().map(|d| d.threshold),
-            self.off_cpu.as_ref().map(|o| o.threshold),
-            self.futex_threshold(),
-            self.loop_stall.as_ref().map(|l| l.threshold),
-            self.on_cpu.as_ref().map(|o| o.threshold),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(MAX_WALK_INTERVAL * 2);
+        // stuck_exit follows the exit signals, drained every tick, not the walks.
+        let smallest = HangKind::ALL
+            .into_iter()
+            .filter(|k| *k != HangKind::StuckExit)
+            .filter_map(|k| self.smallest(k))
+            .min()
+            .unwrap_or(MAX_WALK_INTERVAL * 2);
         (smallest / 2).clamp(tick, MAX_WALK_INTERVAL.max(tick))
     }
 }
@@ -255,62 +429,164 @@ fn candidate(sample: &ThreadSample, kind: HangKind, threshold: Duration) -> Cand
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        config::{Pattern, Rule, Selector, Setting},
+        detect::testing::{RulesWith, blocked, blocked_in_futex},
+    };
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn base(set: &[(HangKind, Option<Duration>)]) -> Rules {
+        let mut rules = Rules {
+            base: PerKind::default(),
+            rules: Vec::new(),
+        };
+        for (kind, t) in set {
+            rules.base[*kind] = *t;
+        }
+        rules
+    }
+
+    fn rule(comm: &str, set: &[(HangKind, Setting)]) -> Rule {
+        let mut per = PerKind::default();
+        for (kind, s) in set {
+            per[*kind] = Some(*s);
+        }
+        Rule {
+            selector: Selector {
+                comm: Some(Pattern::exact(comm)),
+                ..Selector::default()
+            },
+            set: per,
+            origin: "test".into(),
+        }
+    }
+
+    #[test]
+    fn every_kind_is_in_all_in_declaration_order() {
+        for (i, kind) in HangKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, i, "{kind}");
+            assert_eq!(HangKind::from_name(kind.as_str()), Some(kind));
+        }
+        assert_eq!(HangKind::from_name("loop"), None);
+    }
 
     #[test]
     fn walks_often_enough_for_the_smallest_threshold() {
         let tick = Duration::from_millis(250);
-        let d = Detectors {
-            d_state: Some(DState {
-                threshold: Duration::from_secs(10),
-            }),
-            ..Detectors::default()
-        };
+        let d = Detectors::new(base(&[(HangKind::DState, Some(Duration::from_secs(10)))]));
         assert_eq!(d.walk_interval(tick), Duration::from_secs(5));
-        let locks = Detectors {
-            deadlock: Some(Deadlock {
-                hold: Duration::from_secs(1),
-            }),
-            ..d.clone()
-        };
+        let mut locks = d.rules().clone();
+        locks.base[HangKind::Deadlock] = Some(Duration::from_secs(1));
+        let locks = Detectors::new(locks);
         assert_eq!(locks.walk_interval(tick), Duration::from_millis(500));
         assert_eq!(locks.scan_config().futex_min_ns, 500_000_000);
         assert_eq!(d.scan_config().futex_min_ns, u64::MAX);
-        let o = Detectors {
-            off_cpu: Some(OffCpu {
-                threshold: Duration::from_secs(1),
-            }),
-            ..d.clone()
-        };
+        let mut o = d.rules().clone();
+        o.rules.push(rule(
+            "x",
+            &[(HangKind::OffCpu, Setting::After(Duration::from_secs(1)))],
+        ));
+        let o = Detectors::new(o);
         assert_eq!(o.walk_interval(tick), Duration::from_millis(500));
-        let tiny = Detectors {
-            off_cpu: Some(OffCpu {
-                threshold: Duration::from_millis(100),
-            }),
-            ..d
-        };
-        assert_eq!(tiny.walk_interval(tick), tick);
         assert_eq!(o.scan_config().watched_min_ns, 500_000_000);
+        assert_eq!(d.scan_config().watched_min_ns, u64::MAX);
+        let mut tiny = d.rules().clone();
+        tiny.rules.push(rule(
+            "x",
+            &[(HangKind::OffCpu, Setting::After(Duration::from_millis(100)))],
+        ));
+        assert_eq!(Detectors::new(tiny).walk_interval(tick), tick);
     }
-}
 
-#[cfg(test)]
-mod lock_tests {
-    use super::*;
-    use crate::detect::testing::blocked_in_futex;
+    #[test]
+    fn the_scan_filter_serves_the_smallest_threshold_any_rule_gives() {
+        let mut rules = Rules::default();
+        rules.rules.push(rule(
+            "slow",
+            &[(HangKind::DState, Setting::After(Duration::from_secs(60)))],
+        ));
+        rules.rules.push(rule(
+            "fast",
+            &[
+                (HangKind::DState, Setting::After(Duration::from_secs(2))),
+                (HangKind::LockWait, Setting::Off),
+            ],
+        ));
+        let d = Detectors::new(rules);
+        let config = d.scan_config();
+        assert_eq!(config.d_state_min_ns, SEC, "half of fast's 2 s");
+        assert_eq!(
+            config.futex_min_ns,
+            SEC / 2,
+            "half of the 1 s deadlock hold"
+        );
+    }
 
-    const SEC: u64 = 1_000_000_000;
+    #[test]
+    fn thresholds_are_per_process() {
+        let mut rules = Rules::default();
+        rules.rules.push(rule(
+            "watched",
+            &[(HangKind::OffCpu, Setting::After(Duration::from_secs(1)))],
+        ));
+        rules.rules.push(rule(
+            "quiet",
+            &[
+                (HangKind::LockWait, Setting::Off),
+                (HangKind::DState, Setting::After(Duration::from_secs(60))),
+            ],
+        ));
+        let d = Detectors::new(rules.clone());
+        let mut facts = RulesWith::new(&rules, &[(100, "watched"), (200, "quiet"), (300, "other")]);
+        let watched = blocked(101, 100, hangwatch_ebpf::task_state::INTERRUPTIBLE, 0);
+        let quiet_waiter = blocked_in_futex(201, 200, 0, 2, false);
+        let quiet_d = blocked(202, 200, hangwatch_ebpf::task_state::UNINTERRUPTIBLE, 0);
+        let loud_waiter = blocked_in_futex(301, 300, 0, 2, false);
+        let loud_d = blocked(302, 300, hangwatch_ebpf::task_state::UNINTERRUPTIBLE, 0);
+        let samples = [watched, quiet_waiter, quiet_d, loud_waiter, loud_d];
+        let mut locks = LockFacts::default();
+        locks.owners.insert(samples[1].key, 203); // running owners, no cycle
+        locks.owners.insert(samples[3].key, 303);
+        let selected: Selected = [100].into_iter().collect();
+        let mut no = |_: &[&ThreadSample], _| false;
+        let loops = LoopFacts::default();
+        let f = Facts {
+            selected: &selected,
+            locks: &locks,
+            loops: &loops,
+            exits: &[],
+        };
+        let found = d
+            .detect(&samples, &f, &mut facts, &mut no, 20 * SEC)
+            .candidates;
+        let mut got: Vec<(u32, HangKind, u64)> = found
+            .iter()
+            .map(|c| (c.thread.tid, c.kind, c.threshold.as_secs()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (101, HangKind::OffCpu, 1),
+                (301, HangKind::LockWait, 5),
+                (302, HangKind::DState, 10),
+            ]
+        );
+        // Below every threshold nobody's facts are looked up.
+        facts.asked = 0;
+        d.detect(&samples, &f, &mut facts, &mut no, SEC / 2);
+        assert_eq!(facts.asked, 0);
+    }
 
     #[test]
     fn a_forming_cycle_gets_no_lock_wait_and_then_one_deadlock() {
-        let d = Detectors {
-            lock_wait: Some(LockWait {
-                threshold: Duration::from_secs(1),
-            }),
-            deadlock: Some(Deadlock {
-                hold: Duration::from_secs(1),
-            }),
-            ..Detectors::default()
-        };
+        let rules = base(&[
+            (HangKind::LockWait, Some(Duration::from_secs(1))),
+            (HangKind::Deadlock, Some(Duration::from_secs(1))),
+        ]);
+        let d = Detectors::new(rules.clone());
+        let mut facts = RulesWith::new(&rules, &[]);
         // b blocked first, a a little later: at 1 s b has waited 1 s, the cycle 0.99 s.
         let a = blocked_in_futex(101, 100, SEC / 100, 2, false);
         let b = blocked_in_futex(102, 100, 0, 2, false);
@@ -321,18 +597,20 @@ mod lock_tests {
         let mut yes = |_: &[&ThreadSample], _| true;
         let none = Selected::default();
         let loops = LoopFacts::default();
-        let facts = Facts {
+        let f = Facts {
             selected: &none,
             locks: &locks,
             loops: &loops,
             exits: &[],
         };
         assert!(
-            d.detect(&samples, &facts, &mut yes, SEC)
+            d.detect(&samples, &f, &mut facts, &mut yes, SEC)
                 .candidates
                 .is_empty()
         );
-        let later = d.detect(&samples, &facts, &mut yes, 2 * SEC).candidates;
+        let later = d
+            .detect(&samples, &f, &mut facts, &mut yes, 2 * SEC)
+            .candidates;
         assert_eq!(
             later.iter().map(|c| c.kind).collect::<Vec<_>>(),
             vec![HangKind::Deadlock]
@@ -342,7 +620,44 @@ mod lock_tests {
 
 #[cfg(test)]
 pub(crate) mod testing {
-    use crate::state::{ThreadKey, ThreadSample};
+    use std::{collections::HashMap, time::Duration};
+
+    use super::{HangKind, Thresholds};
+    use crate::{
+        config::{Process, Rules},
+        state::{ThreadKey, ThreadSample},
+    };
+
+    /// [`Thresholds`] from real rules over given process names (pid -> comm), counting
+    /// the look-ups.
+    pub struct RulesWith<'a> {
+        rules: &'a Rules,
+        comms: HashMap<u32, &'static str>,
+        pub asked: usize,
+    }
+
+    impl<'a> RulesWith<'a> {
+        pub fn new(rules: &'a Rules, comms: &[(u32, &'static str)]) -> Self {
+            Self {
+                rules,
+                comms: comms.iter().copied().collect(),
+                asked: 0,
+            }
+        }
+    }
+
+    impl Thresholds for RulesWith<'_> {
+        fn of(&mut self, kind: HangKind, tgid: u32) -> Option<Duration> {
+            self.asked += 1;
+            let comm = self.comms.get(&tgid).copied().unwrap_or("unknown");
+            self.rules.thresholds_for(&Process {
+                pid: tgid,
+                comm,
+                exe: None,
+                cgroup: None,
+            })[kind]
+        }
+    }
 
     /// A blocked thread as a scan would report it.
     pub fn blocked(tid: u32, tgid: u32, task_state: u32, off_cpu_at_ns: u64) -> ThreadSample {

@@ -1,74 +1,203 @@
-//! Which processes `off_cpu` watches: the `--pid`s given, and the processes whose name is
-//! one of the `--comm`s, looked up in /proc at most once a second so new ones are found.
+//! Each process's thresholds, from the rules and the process's facts (name, executable,
+//! cgroup, from the process cache), resolved once per process and kept until its facts
+//! change; and the processes selected for the kinds that watch only selected processes
+//! (`off_cpu`), which the kernel-side filter needs as a set of tgids.
+//!
+//! Finding the selected processes looks at every process of the machine (one read of
+//! `/proc/PID/stat` each, at most once a second) only when a rule selects by something else
+//! than a pid; rules that only name pids are resolved from those pids.
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs,
     time::{Duration, Instant},
 };
 
-use super::Selected;
+use super::{HangKind, PerKind, Selected, Thresholds};
+use crate::{
+    config::{Process, Rules},
+    meta::ProcessCache,
+};
 
-const COMM_REFRESH: Duration = Duration::from_secs(1);
+const SELECTION_REFRESH: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Targets {
-    pids: Vec<u32>,
-    comms: Vec<String>,
-    by_comm: HashSet<u32>,
+    rules: Rules,
+    /// Per tgid: the version of the process facts they came from, and the thresholds.
+    resolved: HashMap<u32, (u64, PerKind<Option<Duration>>)>,
+    selected: Selected,
+    /// The processes seen by the last look at every process (kept in the process cache).
+    listed: HashSet<u32>,
     refreshed: Option<Instant>,
 }
 
 impl Targets {
-    pub fn new(pids: Vec<u32>, comms: Vec<String>) -> Self {
+    pub fn new(rules: Rules) -> Self {
         Self {
-            pids,
-            comms,
-            ..Self::default()
+            rules,
+            resolved: HashMap::new(),
+            selected: Selected::new(),
+            listed: HashSet::new(),
+            refreshed: None,
         }
     }
 
-    /// The selected tgids now.
-    pub fn resolve(&mut self, now: Instant) -> Selected {
-        if !self.comms.is_empty()
-            && self
-                .refreshed
-                .is_none_or(|at| now.duration_since(at) >= COMM_REFRESH)
+    /// The tgids selected for a selected-only kind now, refreshed at most once a second.
+    pub fn resolve(&mut self, processes: &mut ProcessCache, now: Instant) -> Selected {
+        if self
+            .refreshed
+            .is_some_and(|at| now.duration_since(at) < SELECTION_REFRESH)
         {
-            self.by_comm = processes_named(&self.comms);
-            self.refreshed = Some(now);
+            return self.selected.clone();
         }
-        self.pids
-            .iter()
-            .copied()
-            .chain(self.by_comm.iter().copied())
-            .collect()
+        self.refreshed = Some(now);
+        let candidates: Vec<u32> = if self.rules.selects_by_facts() {
+            self.listed = all_processes();
+            self.listed.iter().copied().collect()
+        } else {
+            self.rules.selected_pids().collect()
+        };
+        self.selected = candidates
+            .into_iter()
+            .filter(|&tgid| {
+                self.thresholds(processes, tgid, now)
+                    .is_some_and(|t| Rules::is_selected(&t))
+            })
+            .collect();
+        self.selected.clone()
+    }
+
+    /// The selected tgids of the last [`Targets::resolve`].
+    pub fn selected(&self) -> &Selected {
+        &self.selected
+    }
+
+    /// Whether the entry of `tgid` in the process cache is still of use here.
+    pub fn keeps(&self, tgid: u32) -> bool {
+        self.listed.contains(&tgid) || self.selected.contains(&tgid)
+    }
+
+    /// Drops the thresholds of processes neither `live` nor kept for the selection.
+    pub fn retain(&mut self, live: impl Fn(u32) -> bool) {
+        let (listed, selected) = (&self.listed, &self.selected);
+        self.resolved
+            .retain(|&tgid, _| live(tgid) || listed.contains(&tgid) || selected.contains(&tgid));
+    }
+
+    /// The thresholds of `tgid` for one scan's detectors.
+    pub fn lookup<'a>(&'a mut self, processes: &'a mut ProcessCache, now: Instant) -> Lookup<'a> {
+        Lookup {
+            targets: self,
+            processes,
+            now,
+        }
+    }
+
+    /// Every kind's threshold for `tgid`; `None` when the process is gone.
+    fn thresholds(
+        &mut self,
+        processes: &mut ProcessCache,
+        tgid: u32,
+        now: Instant,
+    ) -> Option<PerKind<Option<Duration>>> {
+        let (info, version) = processes.facts(tgid, now)?;
+        if let Some((v, t)) = self.resolved.get(&tgid)
+            && *v == version
+        {
+            return Some(*t);
+        }
+        let t = self.rules.thresholds_for(&Process {
+            pid: tgid,
+            comm: &info.comm,
+            exe: info.exe.as_deref(),
+            cgroup: info.cgroup.as_deref(),
+        });
+        self.resolved.insert(tgid, (version, t));
+        Some(t)
     }
 }
 
-fn processes_named(comms: &[String]) -> HashSet<u32> {
+/// [`Thresholds`] from the rules, with the process cache at hand.
+pub struct Lookup<'a> {
+    targets: &'a mut Targets,
+    processes: &'a mut ProcessCache,
+    now: Instant,
+}
+
+impl Thresholds for Lookup<'_> {
+    fn of(&mut self, kind: HangKind, tgid: u32) -> Option<Duration> {
+        let rules = &self.targets.rules;
+        if rules.uniform(kind) {
+            return rules.base[kind];
+        }
+        // A process that is gone is reported by nobody; the base is as good as any.
+        match self.targets.thresholds(self.processes, tgid, self.now) {
+            Some(t) => t[kind],
+            None => self.targets.rules.base[kind],
+        }
+    }
+}
+
+/// The tgids in /proc now.
+fn all_processes() -> HashSet<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return HashSet::new();
     };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comms.iter().any(|c| c == comm.trim_end()))
-        })
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Pattern, Rule, Selector, Setting};
+
+    fn off_cpu_rule(selector: Selector) -> Rule {
+        let mut set = PerKind::default();
+        set[HangKind::OffCpu] = Some(Setting::After(Duration::from_secs(1)));
+        set[HangKind::LockWait] = Some(Setting::Off);
+        Rule {
+            selector,
+            set,
+            origin: "test".into(),
+        }
+    }
 
     #[test]
-    fn finds_this_process_by_name() {
+    fn finds_this_process_by_name_and_pid_1_by_pid() {
         let me = std::process::id();
         let comm = fs::read_to_string(format!("/proc/{me}/comm")).expect("own comm");
-        let mut targets = Targets::new(vec![1], vec![comm.trim_end().to_owned()]);
-        let selected = targets.resolve(Instant::now());
+        let rules = Rules {
+            rules: vec![
+                off_cpu_rule(Selector {
+                    comm: Some(Pattern::exact(comm.trim_end())),
+                    ..Selector::default()
+                }),
+                off_cpu_rule(Selector {
+                    pid: Some(1),
+                    ..Selector::default()
+                }),
+            ],
+            ..Rules::default()
+        };
+        let mut targets = Targets::new(rules);
+        let mut processes = ProcessCache::default();
+        let now = Instant::now();
+        let selected = targets.resolve(&mut processes, now);
         assert!(selected.contains(&me), "{selected:?}");
         assert!(selected.contains(&1));
+        assert!(targets.keeps(me));
+        let mut lookup = targets.lookup(&mut processes, now);
+        assert_eq!(
+            lookup.of(HangKind::OffCpu, me),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(lookup.of(HangKind::LockWait, me), None, "silenced");
+        assert_eq!(
+            lookup.of(HangKind::DState, me),
+            Some(Duration::from_secs(10)),
+            "no rule sets it: the base"
+        );
     }
 }

@@ -5,4 +5,4 @@ pub mod futex_owner;
 mod process;
 
 pub use futex_owner::OwnerCache;
-pub use process::{ProcSyscall, ProcessCache, ThreadProc, thread_proc};
+pub use process::{ProcSyscall, ProcessCache, ThreadProc, thread_proc, wchan};

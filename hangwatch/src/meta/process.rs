@@ -1,6 +1,12 @@
 //! `/proc/PID` readers: process name, executable, command line, cgroup; and for a thread,
 //! whether it still exists (same start time) and the syscall it sits in.
-use std::{collections::HashMap, fs, path::PathBuf, sync::OnceLock};
+use std::{
+    collections::HashMap,
+    fs,
+    path::PathBuf,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
@@ -18,36 +24,108 @@ pub struct ProcessInfo {
 /// Process facts by tgid, valid while the process lives; `retain` drops the dead.
 #[derive(Debug, Default)]
 pub struct ProcessCache {
-    by_tgid: HashMap<u32, (u64, ProcessInfo)>,
+    by_tgid: HashMap<u32, Entry>,
     /// Lookups that found the process gone.
     pub vanished: u64,
 }
 
+#[derive(Debug)]
+struct Entry {
+    /// Start time of the process, in clock ticks: a reused pid has another.
+    start: u64,
+    info: ProcessInfo,
+    /// Bumped at each re-read, so that what is derived from `info` (the thresholds the
+    /// rules give it) knows when to derive again.
+    version: u64,
+    /// When the entry was last checked against /proc, and last read in full.
+    checked: Instant,
+    read: Instant,
+}
+
+/// [`ProcessCache::facts`] checks an entry against /proc (one read of `stat`: start time
+/// and name, which show pid reuse and most execs) at most this often...
+const RECHECK: Duration = Duration::from_secs(1);
+/// ... and reads it again in full at most this often (an exec that keeps the name, a move
+/// to another cgroup).
+const REREAD: Duration = Duration::from_secs(30);
+
 impl ProcessCache {
-    /// Facts about process `tgid`, or `None` if it is gone (counted in `vanished`).
+    /// Facts about process `tgid`, checked against /proc now, or `None` if it is gone
+    /// (counted in `vanished`). For reports.
     pub fn get(&mut self, tgid: u32) -> Option<ProcessInfo> {
-        let start = match start_ticks_of(tgid, tgid, true) {
-            Some(start) => start,
-            None => {
+        self.lookup(tgid, Instant::now(), Duration::ZERO)
+            .map(|(info, _)| info.clone())
+    }
+
+    /// Facts about process `tgid` and their version, checked against /proc at most once
+    /// a [`RECHECK`]: cheap enough to ask per thread and tick.
+    pub fn facts(&mut self, tgid: u32, now: Instant) -> Option<(&ProcessInfo, u64)> {
+        self.lookup(tgid, now, RECHECK)
+    }
+
+    fn lookup(
+        &mut self,
+        tgid: u32,
+        now: Instant,
+        recheck: Duration,
+    ) -> Option<(&ProcessInfo, u64)> {
+        let fresh = self
+            .by_tgid
+            .get(&tgid)
+            .is_some_and(|e| now.saturating_duration_since(e.checked) < recheck);
+        if !fresh {
+            let Some((start, comm)) = stat_identity(tgid) else {
                 self.by_tgid.remove(&tgid);
                 self.vanished += 1;
                 return None;
+            };
+            let same = self.by_tgid.get_mut(&tgid).filter(|e| {
+                e.start == start
+                    && e.info.comm == comm
+                    && now.saturating_duration_since(e.read) < REREAD
+            });
+            match same {
+                Some(entry) => entry.checked = now,
+                None => {
+                    let info = read_process(tgid)?;
+                    let version = self.by_tgid.get(&tgid).map_or(0, |e| e.version + 1);
+                    self.by_tgid.insert(
+                        tgid,
+                        Entry {
+                            start,
+                            info,
+                            version,
+                            checked: now,
+                            read: now,
+                        },
+                    );
+                }
             }
-        };
-        if let Some((cached_start, info)) = self.by_tgid.get(&tgid)
-            && *cached_start == start
-        {
-            return Some(info.clone());
         }
-        let info = read_process(tgid)?;
-        self.by_tgid.insert(tgid, (start, info.clone()));
-        Some(info)
+        self.by_tgid.get(&tgid).map(|e| (&e.info, e.version))
     }
 
     /// Drops every entry whose tgid is not in `live`.
     pub fn retain(&mut self, live: impl Fn(u32) -> bool) {
         self.by_tgid.retain(|&tgid, _| live(tgid));
     }
+}
+
+/// The start time (clock ticks since boot) and name of process `tgid`, from one read of
+/// `/proc/TGID/stat`; `None` when it is gone (a zombie leader still counts: its process
+/// lives on in its other threads).
+fn stat_identity(tgid: u32) -> Option<(u64, String)> {
+    let stat = fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let start = stat
+        .get(close + 2..)?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    Some((start, comm))
 }
 
 fn read_process(tgid: u32) -> Option<ProcessInfo> {
@@ -118,6 +196,15 @@ pub fn thread_proc(tgid: u32, key: ThreadKey) -> ThreadProc {
         .ok()
         .and_then(|text| ProcSyscall::parse(&text));
     ThreadProc::Alive { syscall }
+}
+
+/// The wait channel of a thread (`/proc/TGID/task/TID/wchan`): the kernel function it
+/// sleeps in, e.g. `futex_do_wait`, `pipe_read`, `do_epoll_wait`. `None` when it runs, is
+/// gone, or the kernel does not say ("0").
+pub fn wchan(tgid: u32, tid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/wchan")).ok()?;
+    let name = text.trim();
+    (!name.is_empty() && name != "0").then(|| name.to_owned())
 }
 
 /// `/proc/PID/task/TID/syscall` of a blocked thread: the syscall number and its arguments.
@@ -195,6 +282,58 @@ mod tests {
         assert_eq!(s.args[..4], [0x5581, 0x80, 2, 0]);
         assert_eq!(ProcSyscall::parse("running\n"), None);
         assert_eq!(ProcSyscall::parse("-1 0x7ffc 0x7f12\n"), None);
+    }
+
+    #[test]
+    fn facts_are_checked_once_a_second_and_read_again_when_the_name_changed() {
+        let pid = std::process::id();
+        let mut cache = ProcessCache::default();
+        let now = Instant::now();
+        let (info, version) = cache.facts(pid, now).expect("our own process");
+        assert_eq!(version, 0);
+        let comm = info.comm.clone();
+        // As if the process had exec'd under another name since the entry was read.
+        cache.by_tgid.get_mut(&pid).expect("cached").info.comm = "before-exec".into();
+        let (info, version) = cache.facts(pid, now).expect("cached");
+        assert_eq!(
+            (info.comm.as_str(), version),
+            ("before-exec", 0),
+            "not due yet"
+        );
+        let later = now + RECHECK;
+        let (info, version) = cache.facts(pid, later).expect("checked");
+        assert_eq!(
+            (info.comm.as_str(), version),
+            (comm.as_str(), 1),
+            "read again"
+        );
+        let (_, version) = cache.facts(pid, later + RECHECK).expect("checked");
+        assert_eq!(version, 1, "unchanged: not read again");
+    }
+
+    #[test]
+    fn wchan_of_a_sleeping_thread() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        // Until it sleeps, it has no wait channel (or the exec's).
+        let mut seen = None;
+        for _ in 0..200 {
+            seen = wchan(pid, pid);
+            if seen.as_deref().is_some_and(|w| w.contains("nanosleep")) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            seen.as_deref().is_some_and(|w| w.contains("nanosleep")),
+            "{seen:?}"
+        );
+        assert_eq!(wchan(u32::MAX - 1, u32::MAX - 1), None);
     }
 
     #[test]

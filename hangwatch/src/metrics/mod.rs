@@ -25,27 +25,6 @@ const WORK_BUCKETS: &[f64] = &[
     1.0,
 ];
 
-/// Every hang kind, so that `hangwatch_hangs_total` has a 0 series for each from the start.
-const KINDS: &[HangKind] = &[
-    HangKind::DState,
-    HangKind::OffCpu,
-    HangKind::LockWait,
-    HangKind::Deadlock,
-    HangKind::LoopStall,
-    HangKind::OnCpu,
-    HangKind::StuckExit,
-];
-/// Fails to compile when a kind is added without adding it to `KINDS`.
-const _: fn(HangKind) = |kind| match kind {
-    HangKind::DState
-    | HangKind::OffCpu
-    | HangKind::LockWait
-    | HangKind::Deadlock
-    | HangKind::LoopStall
-    | HangKind::OnCpu
-    | HangKind::StuckExit => {}
-};
-
 /// Every way an event can fail to reach a sink: full queues (stdout, webhook, a `watch`
 /// client that fell behind) and webhook deliveries given up after their retries.
 const DROP_REASONS: [(&str, &str); 4] = [
@@ -316,7 +295,8 @@ impl Metrics {
         ));
         // Counters that exist before their first increment, so that rate() and alerts see
         // a 0 rather than no series.
-        for kind in KINDS {
+        // Every kind, so that `hangwatch_hangs_total` has a 0 series for each from the start.
+        for kind in HangKind::ALL {
             m.hangs.with_label_values(&[kind.as_str()]);
         }
         for (sink, reason) in DROP_REASONS {

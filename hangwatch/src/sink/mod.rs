@@ -24,7 +24,8 @@ pub use hub::Hub;
 pub use store::{HISTORY_CAPACITY, ProbeStatus, Store, ms, started_at};
 pub use webhook::{WebhookError, WebhookSink, WebhookUrl};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     /// One JSON object per line.
     Json,

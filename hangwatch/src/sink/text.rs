@@ -69,6 +69,9 @@ pub fn render(e: &HangEvent) -> String {
         };
         let _ = write!(wait, " {} on {} ({timeout})", f.op, f.address);
     }
+    if let Some(wchan) = &e.wait.wchan {
+        let _ = write!(wait, ", in the kernel at {wchan}");
+    }
     if e.wait.woken {
         wait.push_str(", woken, waiting for a CPU");
     }
@@ -145,7 +148,8 @@ mod tests {
         event.thread_name = "io".into();
         event.cmdline = vec!["writer".into(), "-v".into()];
         event.threshold_ms = 10_000;
-        event.wait = Wait::describe(&crate::detect::testing::blocked(11, 10, 2, 0));
+        event.wait = Wait::describe(&crate::detect::testing::blocked(11, 10, 2, 0))
+            .with_wchan(Some("percpu_rwsem_wait".into()));
         event.stacks = ThreadStacks {
             kernel_stack: vec![Frame {
                 address: "0xffffffff81000000".into(),
@@ -178,7 +182,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("wait     D (uninterruptible sleep)"),
+            text.contains(
+                "wait     D (uninterruptible sleep), in the kernel at percpu_rwsem_wait\n"
+            ),
             "{text}"
         );
         assert!(text.contains("#0  percpu_rwsem_wait+0x2a\n"), "{text}");

@@ -102,6 +102,10 @@ pub struct Wait {
     pub paused: bool,
     /// For a lock wait, the tid of the lock's owner (a live thread of the same process).
     pub owner_tid: Option<u32>,
+    /// The kernel function the thread sleeps in (`/proc/PID/task/TID/wchan`), where the
+    /// kernel tells: read for reported threads only, never per scan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wchan: Option<String>,
 }
 
 impl Wait {
@@ -116,6 +120,7 @@ impl Wait {
             woken: sample.woken,
             paused: matches!(state, TaskState::Stopped | TaskState::Traced),
             owner_tid: None,
+            wchan: None,
         };
         match sample.syscall {
             // The futex probes, when attached, saw the call itself.
@@ -155,8 +160,13 @@ impl Wait {
             woken: false,
             paused: matches!(state, TaskState::Stopped | TaskState::Traced),
             owner_tid: None,
+            wchan: None,
         }
         .with_proc_syscall(syscall.filter(|_| state != TaskState::Runnable))
+    }
+
+    pub fn with_wchan(self, wchan: Option<String>) -> Self {
+        Self { wchan, ..self }
     }
 
     /// Fills the syscall from the thread's saved registers (the scan's, or
