@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => daemon::run(args.into_config()),
         cli::Command::BenchFloor => cli::bench_floor::run(),
         cli::Command::BenchStack(args) => cli::bench_stack::run(args),
+        cli::Command::SampleStack(args) => cli::sample_stack::run(args),
         cli::Command::Client(command) => {
             return command.run().unwrap_or_else(|err| {
                 eprintln!("hangwatch: error: {}", one_line(&err));
