@@ -20,7 +20,8 @@ pub struct SampleStackArgs {
     /// How long to wait for the thread to run one sample period on a CPU [default: 50ms].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
-    /// Samples to take (the stacks printed are the first one's; `open_us` has them all).
+    /// Samples to take (the stacks printed are the first one's; `open_us`, perf_event_open
+    /// to close, and `enabled_us`, enable to close, have them all).
     #[arg(long, default_value_t = 1)]
     pub repeat: u32,
 }
@@ -31,6 +32,7 @@ pub fn run(args: SampleStackArgs) -> anyhow::Result<()> {
     let mut taker = StackTaker::default();
     let mut first = None;
     let mut open_us = Vec::new();
+    let mut enabled_us = Vec::new();
     for _ in 0..args.repeat.max(1) {
         let sample = match on_cpu::sample_running(tid, timeout) {
             Ok(sample) => sample,
@@ -47,6 +49,7 @@ pub fn run(args: SampleStackArgs) -> anyhow::Result<()> {
             }
         };
         open_us.push(sample.open_for.as_secs_f64() * 1e6);
+        enabled_us.push(sample.enabled_for.as_secs_f64() * 1e6);
         if first.is_none() {
             first = Some(sample);
         }
@@ -62,6 +65,7 @@ pub fn run(args: SampleStackArgs) -> anyhow::Result<()> {
         "tid": tid,
         "outcome": "sampled",
         "open_us": open_us,
+        "enabled_us": enabled_us,
         "sample_tid": sample_tid,
         "sample_time_ns": time_ns,
         "in_kernel": in_kernel,

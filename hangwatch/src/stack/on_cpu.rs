@@ -25,9 +25,11 @@
 //!
 //! Cost to the target: the program is never stopped. Each sample is one timer interrupt
 //! on the thread's CPU in which the kernel copies the registers and [`STACK_BYTES`] of stack
-//! (a few microseconds); the event lives from `perf_event_open` to `close`, about one
-//! sample period plus the wake-up (`RunningSample::open_for`), so the thread takes one or
-//! two samples. The caller pays one fd, a 68 KiB ring buffer (locked memory) and the wait.
+//! (a few microseconds); the event is enabled for about one sample period plus our
+//! wake-up (`RunningSample::enabled_for`, 1.1 to 1.5 ms measured), so the thread takes one
+//! or two samples. The caller pays one fd, a 68 KiB ring buffer (locked memory) and the
+//! wait; the first `perf_event_open` with a callchain on a machine also allocates the
+//! kernel's callchain buffers (about 10 ms, in our process, before the event is enabled).
 use std::{
     io,
     os::fd::AsRawFd,
@@ -95,8 +97,12 @@ pub struct RunningSample {
     pub in_kernel: bool,
     /// The sample's timestamp (`PERF_SAMPLE_TIME`, the perf clock, ns).
     pub time_ns: u64,
-    /// How long the event was attached to the thread: `perf_event_open` to `close`.
+    /// How long the event existed: `perf_event_open` to `close` (the first open on a
+    /// machine also allocates the kernel's callchain buffers: milliseconds, before the
+    /// event is enabled).
     pub open_for: Duration,
+    /// How long the event was enabled on the thread, sampling it: enable to `close`.
+    pub enabled_for: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,13 +192,18 @@ pub fn sample_running(tid: u32, timeout: Duration) -> Result<RunningSample, Samp
     let mut sampler = counter
         .sampled(RING_BYTES)
         .map_err(|source| SampleError::RingBuffer { tid, source })?;
+    let enabled = Instant::now();
     sampler
         .enable()
         .map_err(|source| SampleError::Open { tid, source })?;
     let sample = first_sample(&mut sampler, tid, timeout);
     drop(sampler);
-    let open_for = opened.elapsed();
-    sample.map(|sample| RunningSample { open_for, ..sample })
+    let (open_for, enabled_for) = (opened.elapsed(), enabled.elapsed());
+    sample.map(|sample| RunningSample {
+        open_for,
+        enabled_for,
+        ..sample
+    })
 }
 
 fn open_error(tid: u32, source: io::Error) -> SampleError {
@@ -341,6 +352,7 @@ fn parse_sample(tid: u32, misc: u16, body: &[u8]) -> Option<RunningSample> {
         in_kernel: misc & PERF_RECORD_MISC_CPUMODE_MASK == PERF_RECORD_MISC_KERNEL,
         time_ns,
         open_for: Duration::ZERO,
+        enabled_for: Duration::ZERO,
     })
 }
 
