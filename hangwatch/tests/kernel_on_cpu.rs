@@ -27,9 +27,8 @@ fn sample_stack(pid: u32, tid: u32, args: &[&str]) -> (Option<i32>, Value) {
     let mut full = vec!["sample-stack", "--pid", &pid, "--tid", &tid];
     full.extend_from_slice(args);
     let run = cli("", &full);
-    let report = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| {
-        panic!("sample-stack printed no JSON object ({e}):\n{run:?}")
-    });
+    let report = serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("sample-stack printed no JSON object ({e}):\n{run:?}"));
     (run.code, report)
 }
 
@@ -151,12 +150,17 @@ fn assert_spin_chain(report: &Value) -> usize {
         "no frame should come between the spin functions:\n{}",
         describe(report)
     );
-    for (index, marker) in [(inner, "@spin"), (middle, "@inner_call"), (outer, "@middle_call")] {
+    for (index, marker) in [
+        (inner, "@spin"),
+        (middle, "@inner_call"),
+        (outer, "@middle_call"),
+    ] {
         assert_at_marker(report, index, marker);
     }
     let here = report["stacks"]["blocked_here"].as_str().unwrap_or("");
     assert!(
-        here.starts_with("inner_spin at ") && here.ends_with(&format!(":{}", marker_line("spin.c", "@spin"))),
+        here.starts_with("inner_spin at ")
+            && here.ends_with(&format!(":{}", marker_line("spin.c", "@spin"))),
         "the first application frame should be inner_spin at its loop, is {here:?}:\n{}",
         describe(report)
     );
@@ -206,7 +210,12 @@ fn c_main_thread_spinning_unwinds_through_its_callers_to_start() {
     eprintln!("spin (main thread), sampled on CPU:\n{}", describe(&report));
     let outer = assert_spin_chain(&report);
     let main = find_frame(&report, outer + 1, "main");
-    assert_eq!(main, outer + 1, "main calls outer_spin:\n{}", describe(&report));
+    assert_eq!(
+        main,
+        outer + 1,
+        "main calls outer_spin:\n{}",
+        describe(&report)
+    );
     assert_at_marker(&report, main, "@outer_call");
     assert_complete(&report, "_start");
     assert_cfi_needed(&report);
@@ -232,7 +241,10 @@ fn c_worker_thread_is_sampled_by_tid_and_the_sleeping_main_thread_gives_no_sampl
     let (program, tid) = start_spin(&["thread"]);
     assert_ne!(tid, program.pid, "spin.c thread spins in a second thread");
     let report = sample_spinning(program.pid, tid, 1);
-    eprintln!("spin (worker thread), sampled on CPU:\n{}", describe(&report));
+    eprintln!(
+        "spin (worker thread), sampled on CPU:\n{}",
+        describe(&report)
+    );
     let outer = assert_spin_chain(&report);
     find_frame(&report, outer + 1, "spinner");
     // A thread's outermost frame is glibc's clone3 (clone on older glibc).

@@ -52,6 +52,7 @@ const PERIOD_NS: u64 = 1_000_000;
 /// 8 KiB by default. 32 KiB holds every frame of an interpreter's eval loop down to
 /// `_start` in the tests; a deeper stack unwinds as far as the copy goes and says so.
 pub const STACK_BYTES: u32 = 32 * 1024;
+const _: () = assert!(STACK_BYTES < u16::MAX as u32 && STACK_BYTES.is_multiple_of(8));
 
 /// Ring buffer data size (a power of two pages): the first record (header, IP, TID, TIME,
 /// up to 127 frames + markers of callchain, 4 words of registers, the stack and its two
@@ -188,7 +189,9 @@ fn builder(tid: u32) -> Builder<'static> {
 /// access to the thread (CAP_SYS_PTRACE), as the daemon has.
 pub fn sample_running(tid: u32, timeout: Duration) -> Result<RunningSample, SampleError> {
     let opened = Instant::now();
-    let counter = builder(tid).build().map_err(|source| open_error(tid, source))?;
+    let counter = builder(tid)
+        .build()
+        .map_err(|source| open_error(tid, source))?;
     let mut sampler = counter
         .sampled(RING_BYTES)
         .map_err(|source| SampleError::RingBuffer { tid, source })?;
@@ -445,7 +448,10 @@ mod tests {
             })
         );
         assert_eq!(sample.stack.base, SP);
-        assert_eq!(sample.stack.bytes, stack, "dyn_size bytes, not the reserved size");
+        assert_eq!(
+            sample.stack.bytes, stack,
+            "dyn_size bytes, not the reserved size"
+        );
         assert!(!sample.stack.truncated);
         assert!(sample.kernel_callchain.is_empty());
         assert!(!sample.in_kernel);
@@ -458,7 +464,11 @@ mod tests {
         let body = synthetic_body(
             ABI_64,
             &[0u8; STACK_BYTES as usize],
-            &[PERF_CONTEXT_KERNEL, 0xffff_ffff_8100_0010, 0xffff_ffff_8100_0020],
+            &[
+                PERF_CONTEXT_KERNEL,
+                0xffff_ffff_8100_0010,
+                0xffff_ffff_8100_0020,
+            ],
         );
         let sample = parse_sample(1, 1, &body).expect("parses");
         assert!(sample.in_kernel);
@@ -466,7 +476,10 @@ mod tests {
             sample.kernel_callchain,
             [0xffff_ffff_8100_0010, 0xffff_ffff_8100_0020]
         );
-        assert!(sample.stack.truncated, "the whole requested size was filled");
+        assert!(
+            sample.stack.truncated,
+            "the whole requested size was filled"
+        );
     }
 
     #[test]
@@ -503,7 +516,6 @@ mod tests {
         assert_eq!(attrs.sample_type, expected);
         assert_eq!(attrs.sample_regs_user, REGS_MASK);
         assert_eq!(attrs.sample_stack_user, STACK_BYTES);
-        assert!(STACK_BYTES < u32::from(u16::MAX) && STACK_BYTES % 8 == 0);
         assert_eq!(attrs.exclude_callchain_user(), 1);
         assert_eq!(attrs.exclude_kernel(), 0);
         let body = synthetic_body(ABI_64, &[], &[0; 130]);
