@@ -25,9 +25,10 @@
 //!
 //! Cost to the target: the program is never stopped. Each sample is one timer interrupt
 //! on the thread's CPU in which the kernel copies the registers and [`STACK_BYTES`] of stack
-//! (a few microseconds); the event is enabled for about one sample period plus our
-//! wake-up (`RunningSample::enabled_for`, 1.1 to 1.5 ms measured), so the thread takes one
-//! or two samples. The caller pays one fd, a 68 KiB ring buffer (locked memory) and the
+//! (a few microseconds); the event is enabled for one sample period of the thread's CPU
+//! time plus our wake-up (`RunningSample::enabled_for`: 1.05 to 1.2 ms measured for a
+//! thread that has a CPU to itself, longer when it waits for one), so the thread takes
+//! one sample, rarely two. The caller pays one fd, a 68 KiB ring buffer (locked memory) and the
 //! wait; the first `perf_event_open` with a callchain on a machine also allocates the
 //! kernel's callchain buffers (about 10 ms, in our process, before the event is enabled).
 use std::{
@@ -46,8 +47,9 @@ pub const SAMPLE_TIMEOUT: Duration = Duration::from_millis(50);
 /// The sampling period of the `cpu-clock` event, in nanoseconds of the thread's CPU time.
 const PERIOD_NS: u64 = 1_000_000;
 
-/// Bytes of user stack copied from SP up. The kernel refuses more than `u16::MAX` (the
-/// whole record must fit the 16-bit `perf_event_header.size`) and wants a multiple of 8
+/// Bytes of user stack copied from SP up. The kernel refuses `u16::MAX` or more (the
+/// whole record must fit the 16-bit `perf_event_header.size`, and it shrinks the copy to
+/// fit) and wants a multiple of 8
 /// (`perf_copy_attr` in kernel/events/core.c); `perf record --call-graph dwarf` copies
 /// 8 KiB by default. 32 KiB holds every frame of an interpreter's eval loop down to
 /// `_start` in the tests; a deeper stack unwinds as far as the copy goes and says so.
