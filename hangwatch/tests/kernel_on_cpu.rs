@@ -305,3 +305,57 @@ fn python_spinning_in_a_function_unwinds_into_the_interpreter() {
     assert_complete(&report, "_start");
     assert_cfi_needed(&report);
 }
+
+#[test]
+#[ignore = "needs root: opens perf events on other processes"]
+fn a_loop_running_in_the_kernel_gives_its_kernel_callchain_and_the_user_stack_below() {
+    require_root();
+    // Almost all of this loop's time is in the kernel, clearing 4 MiB per read.
+    let mut command = Command::new(PYTHON);
+    command.args([
+        "-c",
+        "f = open('/dev/zero', 'rb', buffering=0)\nprint('ready', flush=True)\nwhile True:\n    \
+         f.read(4 << 20)\n",
+    ]);
+    let mut program = Program::spawn(command);
+    program.expect_line("ready", LINE_TIMEOUT);
+    // A sample may still land in the interpreter between two reads: take another then.
+    let report = (0..10)
+        .map(|_| sample_spinning(program.pid, program.pid, 1))
+        .find(|r| r["in_kernel"] == true)
+        .expect("10 samples of a thread reading /dev/zero all landed in user code");
+    let kernel: Vec<&str> = report["stacks"]["kernel_stack"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .map(symbol)
+        .collect();
+    eprintln!(
+        "python3 reading /dev/zero, sampled in the kernel:\n  kernel: {kernel:?}\n{}",
+        describe(&report)
+    );
+    let read = kernel.iter().position(|s| s.contains("vfs_read"));
+    let entry = kernel.iter().position(|s| s.contains("do_syscall_64"));
+    assert!(
+        matches!((read, entry), (Some(r), Some(e)) if r < e),
+        "the kernel callchain should go from vfs_read out to do_syscall_64: {kernel:?}\n{report:#}"
+    );
+    assert!(
+        report["stacks"]
+            .get("kernel_stack_error")
+            .is_none_or(Value::is_null),
+        "{report:#}"
+    );
+    // The user stack starts at the registers saved at the system call: libc's read, under
+    // the interpreter.
+    let frames = user_frames(&report);
+    assert!(
+        frames
+            .first()
+            .is_some_and(|f| f["module"].as_str().is_some_and(|m| m.contains("libc.so"))),
+        "the innermost user frame should be libc's read:\n{}",
+        describe(&report)
+    );
+    find_frame(&report, 1, "_PyEval_EvalFrameDefault");
+    assert_complete(&report, "_start");
+}
