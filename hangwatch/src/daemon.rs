@@ -33,7 +33,7 @@ use crate::{
         BlockedOn, CycleMember, EventType, ExitInfo, HangEvent, LoopStallInfo, OutputFormat,
         Resolution, StdoutSink,
     },
-    stack::{StackTaker, ThreadStacks},
+    stack::{StackTaker, ThreadStacks, on_cpu::SampleError},
     state::{
         ExitTable, FutexCall, Refresh, ThreadKey, ThreadSample, ThreadTable, Wait, futex_op_name,
         syscall_name,
@@ -693,9 +693,27 @@ impl Scanner {
     /// runs, its saved registers are stale and its stack is sampled on CPU.
     fn stacks_of(&mut self, sample: &ThreadSample, record: Option<&StackRecord>) -> ThreadStacks {
         if sample.not_blocked() && !sample.kernel_thread {
-            return running_stacks();
+            return self.running_stacks(sample.tgid, sample.key.tid, record);
         }
         self.stacks.take(sample.tgid, record, sample.kernel_thread)
+    }
+
+    /// The stacks of a running thread, from one perf sample of it on CPU (`stack/on_cpu.rs`);
+    /// if it went off-CPU meanwhile, from its `dump_stacks` record like a blocked one.
+    fn running_stacks(&mut self, pid: u32, tid: u32, record: Option<&StackRecord>) -> ThreadStacks {
+        match self.stacks.take_running(pid, tid) {
+            Ok(stacks) => stacks,
+            Err(SampleError::NoSample { .. }) => self.stacks.take(pid, record, false),
+            Err(err) => {
+                tracing::debug!("no on-CPU sample of thread {tid}: {err}");
+                let why = format!("the thread runs and could not be sampled: {err}");
+                ThreadStacks {
+                    kernel_stack_error: Some(why.clone()),
+                    user_stack_error: Some(why),
+                    ..ThreadStacks::default()
+                }
+            }
+        }
     }
 
     /// A `stuck_exit` report: the process, the signal, and every thread with its stack.
@@ -719,7 +737,7 @@ impl Scanner {
             };
             let wait = Wait::from_proc(t.state, t.syscall);
             let thread_stacks = if t.state == 'R' {
-                running_stacks()
+                self.running_stacks(tgid, tid, by_tid.get(&tid).copied())
             } else {
                 self.stacks.take(tgid, by_tid.get(&tid).copied(), false)
             };
@@ -886,14 +904,4 @@ fn confirm_deadlock(members: &[&ThreadSample], whole_process: bool) -> bool {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The stacks of a thread running on CPU, until on-CPU sampling lands: its saved registers
-/// are those of its last kernel entry, so none are shown rather than wrong ones.
-fn running_stacks() -> ThreadStacks {
-    ThreadStacks {
-        kernel_stack_error: Some("the thread is running on CPU".into()),
-        user_stack_error: Some("the thread is running on CPU: its stack is not sampled yet".into()),
-        ..ThreadStacks::default()
-    }
 }

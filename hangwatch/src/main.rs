@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         cli::Command::CheckConfig(args) => return cli::check_config::run(&args),
         cli::Command::BenchFloor => cli::bench_floor::run(),
         cli::Command::BenchStack(args) => cli::bench_stack::run(args),
+        cli::Command::SampleStack(args) => cli::sample_stack::run(args),
         cli::Command::Client(command) => {
             return command.run().unwrap_or_else(|err| {
                 eprintln!("hangwatch: error: {}", one_line(&err));

@@ -149,6 +149,13 @@ fn asyncio_loop_blocked_or_spinning_in_a_handler_is_a_loop_stall_idle_is_not() {
     );
     let v = assert_loop_stall(&daemon, spinning.pid(), spinning.tid, "running on CPU");
     assert_eq!(v["stall"]["on_cpu"], true, "{v}");
+    // Its stack, sampled while it runs: the interpreter evaluating spin_forever.
+    assert_eq!(str_of(&v, "/source"), "on_cpu_sample", "{v}");
+    let frames = symbols(&v, "/user_stack");
+    assert!(
+        frames.iter().any(|f| f == "_PyEval_EvalFrameDefault"),
+        "the interpreter in the sampled stack: {frames:?}"
+    );
 
     // The idle server saw the same warm-up and has sat in epoll_wait since.
     thread::sleep(Duration::from_millis(500));

@@ -30,24 +30,7 @@ fn chain_source() -> PathBuf {
 
 /// The 1-based line of `tests/programs/user_stack.c` carrying the comment `/* <marker> */`.
 fn marker_line(marker: &str) -> u32 {
-    let comment = format!("/* {marker} */");
-    let source = chain_source();
-    let text = std::fs::read_to_string(&source)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", source.display()));
-    let mut found = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(&comment))
-        .map(|(i, _)| u32::try_from(i + 1).expect("line fits u32"));
-    let line = found
-        .next()
-        .unwrap_or_else(|| panic!("{} has no line marked {marker}", source.display()));
-    assert!(
-        found.next().is_none(),
-        "{} marks more than one line {marker}",
-        source.display()
-    );
-    line
+    common::marker_line(&format!("{CHAIN}.c"), marker)
 }
 
 // ---------------------------------------------------------------------------------------

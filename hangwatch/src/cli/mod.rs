@@ -7,6 +7,7 @@ mod client;
 mod history;
 mod list;
 pub mod run;
+pub mod sample_stack;
 mod show;
 mod status;
 mod table;
@@ -44,6 +45,9 @@ pub enum Command {
     /// Measure the cost of one user stack, cold and warm, on a blocked thread of PID.
     #[command(hide = true)]
     BenchStack(bench_stack::BenchStackArgs),
+    /// Print the stacks of a thread running on a CPU, from one perf sample (needs root).
+    #[command(hide = true)]
+    SampleStack(sample_stack::SampleStackArgs),
 }
 
 /// The subcommands that ask a running daemon, through its HTTP API.

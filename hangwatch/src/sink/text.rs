@@ -2,7 +2,7 @@
 use std::fmt::Write;
 
 use super::{EventType, HangEvent};
-use crate::stack::{Frame, FrameTag};
+use crate::stack::{Frame, FrameTag, StackSource};
 
 fn write_frames(out: &mut String, frames: &[Frame]) {
     let first_app = frames.iter().position(|f| f.tag == FrameTag::Application);
@@ -112,12 +112,15 @@ pub fn render(e: &HangEvent) -> String {
             );
         }
     }
+    let sampled = e.stacks.source == StackSource::OnCpuSample;
     if let Some(here) = &e.stacks.blocked_here {
-        let _ = writeln!(out, "  blocked here: {here}");
+        let doing = if sampled { "running" } else { "blocked" };
+        let _ = writeln!(out, "  {doing} here: {here}");
     }
     if e.event != EventType::Resolved {
         if !e.stacks.user_stack.is_empty() {
-            let _ = writeln!(out, "  user stack:");
+            let how = if sampled { " (sampled on CPU)" } else { "" };
+            let _ = writeln!(out, "  user stack{how}:");
             write_frames(&mut out, &e.stacks.user_stack);
         }
         if let Some(err) = &e.stacks.user_stack_error {
@@ -197,6 +200,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cmdline  writer -v"), "{text}");
+        assert!(text.contains("  user stack:\n"), "{text}");
+
+        event.stacks.source = StackSource::OnCpuSample;
+        event.stacks.blocked_here = Some("spin at src/io.rs:7".into());
+        let text = render(&event);
+        assert!(text.contains("running here: spin at src/io.rs:7"), "{text}");
+        assert!(text.contains("user stack (sampled on CPU):\n"), "{text}");
     }
 
     #[test]

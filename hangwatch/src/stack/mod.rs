@@ -1,8 +1,11 @@
 //! Stacks of hung threads: the kernel stack the `dump_stacks` iterator captured
 //! (`kernel.rs`), and the user stack unwound with DWARF CFI from the registers saved at
 //! kernel entry (`user/`), both symbolized with blazesym and tagged (`tag.rs`) so a
-//! report can point at the first frame of the program's own code.
+//! report can point at the first frame of the program's own code. A thread running on
+//! CPU has no saved registers worth reading: it is sampled by a perf event instead
+//! (`on_cpu.rs`), and the sample goes through the same unwinding and symbolization.
 mod kernel;
+pub mod on_cpu;
 mod tag;
 mod taker;
 pub mod user;
@@ -11,7 +14,7 @@ use serde::Serialize;
 
 pub use kernel::KernelSymbolizer;
 pub use tag::FrameTag;
-pub use taker::{StackTaker, ThreadStacks};
+pub use taker::{StackSource, StackTaker, ThreadStacks};
 pub use user::UserStacks;
 
 /// One frame of a symbolized stack.
@@ -49,7 +52,8 @@ impl Frame {
     }
 }
 
-/// The user registers saved when the thread entered the kernel: where its user stack is.
+/// The user registers saved when the thread entered the kernel, or sampled while it ran:
+/// where its user stack is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct UserRegisters {
     #[serde(serialize_with = "hex")]

@@ -101,6 +101,31 @@ pub fn compile(name: &str) -> PathBuf {
     out
 }
 
+/// The 1-based line of `tests/programs/<file>` carrying the comment `/* <marker> */`
+/// (exactly one line must): where a test expects a frame's file:line to point.
+pub fn marker_line(file: &str, marker: &str) -> u32 {
+    let comment = format!("/* {marker} */");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/programs")
+        .join(file);
+    let text = std::fs::read_to_string(&source)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", source.display()));
+    let mut found = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(&comment))
+        .map(|(i, _)| u32::try_from(i + 1).expect("line fits u32"));
+    let line = found
+        .next()
+        .unwrap_or_else(|| panic!("{} has no line marked {marker}", source.display()));
+    assert!(
+        found.next().is_none(),
+        "{} marks more than one line {marker}",
+        source.display()
+    );
+    line
+}
+
 // ---------------------------------------------------------------------------------------
 // Processes under test
 // ---------------------------------------------------------------------------------------

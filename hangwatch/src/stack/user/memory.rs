@@ -1,5 +1,6 @@
 //! Reading a blocked thread's stack out of its process, with `process_vm_readv`: one copy
-//! of the bytes between the stack pointer and the top of the stack mapping (bounded).
+//! of the bytes between the stack pointer and the top of the stack mapping (bounded). A
+//! running thread's copy comes from a perf sample instead (`super::super::on_cpu`).
 use std::io;
 
 /// At most this much of a stack is copied: deeper frames are cut (and said so).
@@ -14,6 +15,16 @@ pub struct StackCopy {
 }
 
 impl StackCopy {
+    /// The copy cut at `top`, the end of the stack mapping: a perf sample copies a fixed
+    /// size and may run past it into the next mapping. `truncated` then says whether the
+    /// copy stops before the top.
+    pub fn within(mut self, top: u64) -> Self {
+        let room = usize::try_from(top.saturating_sub(self.base)).unwrap_or(usize::MAX);
+        self.bytes.truncate(room);
+        self.truncated = self.base.saturating_add(self.bytes.len() as u64) < top;
+        self
+    }
+
     /// The 8-byte word at `address`, if it lies in the copy.
     pub fn word(&self, address: u64) -> Option<u64> {
         let offset = usize::try_from(address.checked_sub(self.base)?).ok()?;
@@ -60,5 +71,20 @@ mod tests {
         assert_eq!(copy.word(address), Some(marker));
         assert_eq!(copy.word(address + 64), None, "outside the copy");
         assert!(!copy.truncated);
+    }
+
+    #[test]
+    fn a_copy_is_cut_at_the_top_of_its_mapping() {
+        let copy = || StackCopy {
+            base: 0x1000,
+            bytes: vec![0; 0x100],
+            truncated: true,
+        };
+        let cut = copy().within(0x1080);
+        assert_eq!((cut.bytes.len(), cut.truncated), (0x80, false));
+        let whole = copy().within(0x1100);
+        assert_eq!((whole.bytes.len(), whole.truncated), (0x100, false));
+        let short = copy().within(0x2000);
+        assert_eq!((short.bytes.len(), short.truncated), (0x100, true));
     }
 }

@@ -1,9 +1,11 @@
-//! User stacks of blocked threads, taken lazily: only for a thread being reported, while it
-//! is still blocked, from the registers the `dump_stacks` iterator read.
+//! User stacks, taken lazily: only for a thread being reported, while it is still blocked
+//! (from the registers the `dump_stacks` iterator read), or from a sample of a thread
+//! running on CPU (`super::on_cpu`, which brings its own copy of the stack).
 //!
-//! maps (`maps.rs`) -> stack copy (`memory.rs`) -> unwind tables per module (`modules.rs`,
-//! cached) -> DWARF unwinding (`unwind.rs`) -> blazesym symbolization (cached by blazesym)
-//! -> frames tagged kernel / runtime / application (`super::tag`).
+//! maps (`maps.rs`) -> stack copy (`memory.rs`, or the sample's) -> unwind tables per
+//! module (`modules.rs`, cached) -> DWARF unwinding (`unwind.rs`) -> blazesym
+//! symbolization (cached by blazesym) -> frames tagged kernel / runtime / application
+//! (`super::tag`).
 mod maps;
 mod memory;
 mod modules;
@@ -25,6 +27,8 @@ use blazesym::{
 use serde::Serialize;
 
 use super::{Frame, FrameTag, UserRegisters, tag};
+
+pub(crate) use memory::StackCopy;
 
 /// How a user stack was obtained, to judge it by.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -99,20 +103,46 @@ impl UserStacks {
 
     /// Unwinds and symbolizes the user stack of a blocked thread of `pid`.
     pub fn capture(&mut self, pid: u32, regs: UserRegisters) -> UserStack {
+        self.timed(|this| this.capture_inner(pid, regs, None))
+    }
+
+    /// Unwinds and symbolizes a user stack already copied (by a perf sample of a running
+    /// thread of `pid`): `copy` starts at `regs.sp`.
+    pub fn capture_from_copy(
+        &mut self,
+        pid: u32,
+        regs: UserRegisters,
+        copy: StackCopy,
+    ) -> UserStack {
+        self.timed(|this| this.capture_inner(pid, regs, Some(copy)))
+    }
+
+    fn timed(&mut self, capture: impl FnOnce(&mut Self) -> UserStack) -> UserStack {
         let started = Instant::now();
-        let stack = self.capture_inner(pid, regs);
+        let stack = capture(self);
         self.spent += started.elapsed();
         self.captured += 1;
         stack
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    fn capture_inner(&mut self, _pid: u32, _regs: UserRegisters) -> UserStack {
+    fn capture_inner(
+        &mut self,
+        _pid: u32,
+        _regs: UserRegisters,
+        _copy: Option<StackCopy>,
+    ) -> UserStack {
         UserStack::failed("user stacks are unwound on x86_64 only so far".into())
     }
 
+    /// The stack is copied here from the thread's memory unless `copy` brings it.
     #[cfg(target_arch = "x86_64")]
-    fn capture_inner(&mut self, pid: u32, regs: UserRegisters) -> UserStack {
+    fn capture_inner(
+        &mut self,
+        pid: u32,
+        regs: UserRegisters,
+        copy: Option<StackCopy>,
+    ) -> UserStack {
         let maps = match maps::read(pid) {
             Ok(maps) => maps,
             Err(err) => return UserStack::failed(format!("process gone ({err})")),
@@ -120,9 +150,12 @@ impl UserStacks {
         let Some(stack_mapping) = maps.iter().find(|m| m.contains(regs.sp)) else {
             return UserStack::failed(format!("stack pointer {:#x} is in no mapping", regs.sp));
         };
-        let stack = match memory::copy_stack(pid, regs.sp, stack_mapping.end) {
-            Ok(stack) => stack,
-            Err(err) => return UserStack::failed(format!("stack memory unreadable ({err})")),
+        let stack = match copy {
+            Some(copy) => copy.within(stack_mapping.end),
+            None => match memory::copy_stack(pid, regs.sp, stack_mapping.end) {
+                Ok(stack) => stack,
+                Err(err) => return UserStack::failed(format!("stack memory unreadable ({err})")),
+            },
         };
         let mut modules = Vec::new();
         let mut unreadable_modules = Vec::new();
