@@ -156,6 +156,9 @@ struct Scanner {
     loop_probe_attaches: u64,
     /// Processes sent an exit signal, until they are gone.
     exits: ExitTable,
+    /// The last walk's candidates that involve walk-only threads, carried to the ticks
+    /// until the next walk.
+    carried: Vec<crate::detect::Candidate>,
     sink: StdoutSink,
     /// The other outputs: the API store, the metrics, the webhook.
     surfaces: api::Surfaces,
@@ -214,6 +217,7 @@ impl Scanner {
             loop_probe_wanted_at: None,
             loop_probe_attaches: 0,
             exits: ExitTable::default(),
+            carried: Vec::new(),
             sink,
             surfaces,
             reports: HashMap::new(),
@@ -248,7 +252,8 @@ impl Scanner {
 
     /// Brings the thread table up to date: a full walk when one is due, else a re-read of
     /// each candidate.
-    fn update_table(&mut self, started: Instant, selected: &HashSet<u32>) -> anyhow::Result<()> {
+    /// Returns whether it walked.
+    fn update_table(&mut self, started: Instant, selected: &HashSet<u32>) -> anyhow::Result<bool> {
         let walk_due = !self.per_thread_reads || self.next_walk.is_none_or(|at| started >= at);
         if !walk_due {
             let probes = &self.probes;
@@ -263,7 +268,7 @@ impl Scanner {
                     }
                 }
             });
-            return Ok(());
+            return Ok(false);
         }
         let full = self.probes.set_watched(selected)?;
         if full > 0 {
@@ -296,9 +301,10 @@ impl Scanner {
         self.table.replace(&records, |record| {
             // Only candidates a detector may report before the next walk are re-read each
             // tick: a futex wait that cannot be a lock with an owner (a condvar, a
-            // semaphore...) matters only to the whole-process deadlock rule, which the walks
+            // semaphore...) matters only to the whole-process deadlock rule (and to off_cpu
+            // in a selected process, whose threads are all followed), which the walks
             // serve. Idle machines have thousands of those.
-            if !crate::state::needs_ticks(record) {
+            if !crate::state::needs_ticks(record) && !selected.contains(&record.tgid) {
                 return None;
             }
             match probes.open_thread(record.tid) {
@@ -315,7 +321,7 @@ impl Scanner {
             Err(_) => None,
             }
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Folds in the exit signals the probe recorded, and forgets processes that are gone.
@@ -389,12 +395,18 @@ impl Scanner {
 
     fn scan_once(&mut self, started: Instant) -> anyhow::Result<()> {
         let selected = self.targets.resolve(&mut self.processes, started);
-        self.update_table(started, &selected)?;
+        let walked = self.update_table(started, &selected)?;
         self.update_exits()?;
         let now_ns = clock::monotonic_ns();
-        let sample_list = self.table.samples();
-        let samples: HashMap<ThreadKey, &ThreadSample> =
-            sample_list.iter().map(|s| (s.key, s)).collect();
+        // Between walks only the candidates re-read each tick are looked at again; what the
+        // walk-only ones (idle condvar waiters, thousands on a big machine) gave at the last
+        // walk is carried, since nothing about them changes until the next walk. This keeps
+        // a tick's work proportional to the threads that can change.
+        let sample_list = if walked {
+            self.table.samples()
+        } else {
+            self.table.ticked_samples()
+        };
         self.read_lock_owners(&sample_list, now_ns);
         let exits = self.exits.requests();
         let detection = self.config.detectors.detect(
@@ -410,9 +422,34 @@ impl Scanner {
             now_ns,
         );
         self.follow_loops(&detection.watch, &sample_list);
-        let transitions = self.tracker.step(&detection.candidates, now_ns);
+        let mut candidates = detection.candidates;
+        if walked {
+            let table = &self.table;
+            self.carried = candidates
+                .iter()
+                .filter(|c| {
+                    std::iter::once(&c.thread)
+                        .chain(&c.members)
+                        .any(|k| table.walk_only(k))
+                })
+                .cloned()
+                .collect();
+        } else {
+            let fresh: HashSet<(ThreadKey, HangKind)> =
+                candidates.iter().map(|c| (c.thread, c.kind)).collect();
+            candidates.extend(
+                self.carried
+                    .iter()
+                    .filter(|c| !fresh.contains(&(c.thread, c.kind)))
+                    .cloned(),
+            );
+        }
+        let transitions = self.tracker.step(&candidates, now_ns);
         // Process facts and thresholds are kept while their process has a thread in the
         // scan, an episode, an exit request, or is selected.
+        if !walked {
+            return self.emit(transitions, now_ns);
+        }
         let sampled: HashSet<u32> = sample_list.iter().map(|s| s.tgid).collect();
         let episodes: HashSet<u32> = self.tracker.open_episodes().map(|e| e.tgid).collect();
         let asked_to_exit: HashSet<u32> = exits.iter().map(|e| e.tgid).collect();
@@ -423,10 +460,17 @@ impl Scanner {
         self.processes
             .retain(|tgid| live(tgid) || targets.keeps(tgid));
         self.targets.retain(live);
+        self.emit(transitions, now_ns)
+    }
+
+    /// Reports the episodes that opened, grew or ended at this tick.
+    fn emit(&mut self, transitions: Vec<Transition>, now_ns: u64) -> anyhow::Result<()> {
         if transitions.is_empty() {
             return Ok(());
         }
-
+        // Every candidate, walk-only ones too (an episode may be one of theirs).
+        let all = self.table.samples();
+        let samples: HashMap<ThreadKey, &ThreadSample> = all.iter().map(|s| (s.key, s)).collect();
         let wanted: Vec<u32> = transitions
             .iter()
             .flat_map(|t| match t {

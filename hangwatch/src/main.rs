@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             .and_then(daemon::run),
         cli::Command::CheckConfig(args) => return cli::check_config::run(&args),
         cli::Command::BenchFloor => cli::bench_floor::run(),
+        cli::Command::BenchLoopProbe => cli::bench_loop_probe::run(),
         cli::Command::BenchStack(args) => cli::bench_stack::run(args),
         cli::Command::SampleStack(args) => cli::sample_stack::run(args),
         cli::Command::Client(command) => {

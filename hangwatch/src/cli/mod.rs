@@ -1,6 +1,7 @@
 //! The command line: one binary, one subcommand per file. `run` is the daemon; the others
 //! are clients of its HTTP API (`client.rs`), printing tables (`table.rs`) or `--json`.
 pub mod bench_floor;
+pub mod bench_loop_probe;
 pub mod bench_stack;
 pub mod check_config;
 mod client;
@@ -42,6 +43,9 @@ pub enum Command {
     /// Attach only an empty sched_switch program (the benchmark's floor) until SIGTERM.
     #[command(hide = true)]
     BenchFloor,
+    /// Attach the default probes and keep sys_enter_loop attached until SIGTERM (benchmark).
+    #[command(hide = true)]
+    BenchLoopProbe,
     /// Measure the cost of one user stack, cold and warm, on a blocked thread of PID.
     #[command(hide = true)]
     BenchStack(bench_stack::BenchStackArgs),

@@ -111,6 +111,21 @@ impl<H> ThreadTable<H> {
     pub fn samples(&self) -> Vec<ThreadSample> {
         self.rows.values().map(|row| row.sample.clone()).collect()
     }
+
+    /// The candidates re-read at every tick (those with a handle). The others are the
+    /// walk's alone: nothing about them changes between walks.
+    pub fn ticked_samples(&self) -> Vec<ThreadSample> {
+        self.rows
+            .values()
+            .filter(|row| row.handle.is_some())
+            .map(|row| row.sample.clone())
+            .collect()
+    }
+
+    /// Whether `key` is a candidate followed by the walks only.
+    pub fn walk_only(&self, key: &ThreadKey) -> bool {
+        self.rows.get(key).is_some_and(|row| row.handle.is_none())
+    }
 }
 
 /// Folds a fresh read of a candidate's task storage into its last full record.

@@ -1,6 +1,7 @@
-//! Detection latency: threads of a test program hang at random moments (a mutex that is
-//! never released); the time from each crossing its threshold to its `hang` event on
-//! hangwatch's stdout, both read on CLOCK_MONOTONIC.
+//! Detection latency: threads of a test program hang at random moments, on a mutex that is
+//! never released (`off_cpu` for the selected program) or writing to a frozen filesystem
+//! (`d_state`, for every process, no selection); the time from each crossing its threshold
+//! to its `hang` event on hangwatch's stdout, both read on CLOCK_MONOTONIC.
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Write},
@@ -66,15 +67,141 @@ fn stamped_lines(child: &mut Child) -> mpsc::Receiver<(u64, String)> {
     rx
 }
 
-pub fn measure(daemon: &Path, daemon_args: &[String], hang_program: &Path) -> Result<Latency> {
+/// What kind of hang the threads make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HangKind {
+    /// A futex wait on a mutex: `off_cpu` of the selected program.
+    Futex,
+    /// Uninterruptible sleep on a frozen filesystem: `d_state`, machine-wide.
+    DState,
+}
+
+impl HangKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Futex => "off_cpu (futex)",
+            Self::DState => "d_state (frozen fs)",
+        }
+    }
+}
+
+/// A loop-mounted ext4 image, frozen; thawed, unmounted and detached on drop.
+struct FrozenFs {
+    dir: std::path::PathBuf,
+    mountpoint: std::path::PathBuf,
+    image: std::path::PathBuf,
+    mounted: bool,
+    frozen: bool,
+}
+
+impl FrozenFs {
+    fn new(parent: &Path) -> Result<Self> {
+        let dir = parent.join(format!("frozen-fs-{}", std::process::id()));
+        let mountpoint = dir.join("mnt");
+        let image = dir.join("fs.img");
+        std::fs::create_dir_all(&mountpoint)?;
+        std::fs::File::create(&image)?.set_len(64 << 20)?;
+        let mut fs = Self {
+            dir,
+            mountpoint,
+            image,
+            mounted: false,
+            frozen: false,
+        };
+        run(Command::new("mkfs.ext4").arg("-q").arg(&fs.image))?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&fs.image)
+            .arg(&fs.mountpoint))?;
+        fs.mounted = true;
+        run(Command::new("fsfreeze").arg("-f").arg(&fs.mountpoint))?;
+        fs.frozen = true;
+        Ok(fs)
+    }
+}
+
+impl Drop for FrozenFs {
+    fn drop(&mut self) {
+        if self.frozen {
+            let _ = Command::new("fsfreeze")
+                .arg("-u")
+                .arg(&self.mountpoint)
+                .status();
+        }
+        if self.mounted {
+            // The writers finish once thawed; retry until they have let go.
+            let unmounted = (0..30).any(|_| {
+                let ok = Command::new("umount")
+                    .arg(&self.mountpoint)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !ok {
+                    thread::sleep(Duration::from_millis(100));
+                }
+                ok
+            });
+            if !unmounted {
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.mountpoint)
+                    .status();
+            }
+        }
+        if let Ok(out) = Command::new("losetup").arg("-j").arg(&self.image).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some((device, _)) = line.split_once(':') {
+                    let _ = Command::new("losetup").arg("-d").arg(device).status();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}
+
+pub fn measure(
+    daemon: &Path,
+    daemon_args: &[String],
+    hang_program: &Path,
+    kind: HangKind,
+    scratch: &Path,
+) -> Result<Latency> {
+    let frozen = match kind {
+        HangKind::DState => Some(FrozenFs::new(scratch)?),
+        HangKind::Futex => None,
+    };
+    let mut command = Command::new(hang_program);
+    command.arg(HANGS.to_string());
+    if let Some(fs) = &frozen {
+        command.arg(&fs.mountpoint);
+    }
+    measure_with(daemon, daemon_args, command, kind, frozen)
+}
+
+fn measure_with(
+    daemon: &Path,
+    daemon_args: &[String],
+    mut command: Command,
+    kind: HangKind,
+    frozen: Option<FrozenFs>,
+) -> Result<Latency> {
     let mut program = Killed(
-        Command::new(hang_program)
-            .arg(HANGS.to_string())
+        command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .with_context(|| format!("cannot start {}", hang_program.display()))?,
+            .with_context(|| format!("cannot start {command:?}"))?,
     );
+    // Declared after the program, so dropped before it: the filesystem is thawed before the
+    // program is killed (a thread in D state cannot die while it is frozen).
+    let _frozen = frozen;
     let program_lines = stamped_lines(&mut program.0);
     let (_, ready) = program_lines
         .recv_timeout(Duration::from_secs(10))
@@ -82,15 +209,16 @@ pub fn measure(daemon: &Path, daemon_args: &[String], hang_program: &Path) -> Re
     if ready != "ready" {
         bail!("the hang program said {ready:?}");
     }
+    let threshold = format!("{}ms", THRESHOLD.as_millis());
+    let pid = program.0.id().to_string();
+    let selection: Vec<&str> = match kind {
+        HangKind::Futex => vec!["--pid", &pid, "--threshold", &threshold],
+        HangKind::DState => vec!["--d-state-threshold", &threshold],
+    };
     let mut hangwatch = Killed(
         Command::new(daemon)
             .args(daemon_args)
-            .args([
-                "--pid",
-                &program.0.id().to_string(),
-                "--threshold",
-                &format!("{}ms", THRESHOLD.as_millis()),
-            ])
+            .args(&selection)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -133,9 +261,14 @@ pub fn measure(daemon: &Path, daemon_args: &[String], hang_program: &Path) -> Re
                     .with_context(|| format!("hangwatch printed {line:?}"))?;
                 // The threads' random sleeps before they block are off-CPU too, and may be
                 // reported first: only the mutex wait counts.
+                let ours = match kind {
+                    HangKind::Futex => {
+                        event["kind"] == "off_cpu" && event["wait"]["syscall"] == "futex"
+                    }
+                    HangKind::DState => event["kind"] == "d_state",
+                };
                 if event["event"] == "hang"
-                    && event["kind"] == "off_cpu"
-                    && event["wait"]["syscall"] == "futex"
+                    && ours
                     && let Some(tid) = event["tid"].as_u64()
                 {
                     reported.entry(tid as u32).or_insert(at);

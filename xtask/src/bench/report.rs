@@ -98,7 +98,7 @@ pub struct Report {
     pub programs: Vec<(Variant, ProgramCost)>,
     pub daemon: Vec<DaemonCost>,
     pub stacks: Vec<StackCost>,
-    pub latency: Option<super::latency::Latency>,
+    pub latency: Vec<(super::latency::HangKind, super::latency::Latency)>,
     pub targets: Vec<Target>,
     pub notes: Vec<String>,
 }
@@ -286,14 +286,23 @@ impl Report {
     }
 
     fn latency_table(&self) -> Table {
-        let mut t = Table::new(&["hangs", "reported", "threshold", "p50", "p99", "max"]);
-        if let Some(l) = &self.latency {
+        let mut t = Table::new(&[
+            "hang",
+            "hangs",
+            "reported",
+            "threshold",
+            "p50",
+            "p99",
+            "max",
+        ]);
+        for (kind, l) in &self.latency {
             let q = |q: f64| {
                 l.quantile(q).map_or("-".to_owned(), |d| {
                     format!("{:.0} ms", d.as_secs_f64() * 1e3)
                 })
             };
             t.row(vec![
+                kind.name().to_owned(),
                 l.hangs.to_string(),
                 l.reported.to_string(),
                 format!("{:?}", l.threshold),
@@ -428,9 +437,10 @@ impl Report {
         out.push_str(&self.stacks_table().markdown());
         let _ = writeln!(
             out,
-            "\n## Detection latency\n\nThreads of a test program hang at random moments (a mutex \
-             never released); the time from each crossing its threshold to its `hang` event on \
-             hangwatch's stdout, both on CLOCK_MONOTONIC.\n"
+            "\n## Detection latency\n\nThreads of a test program hang at random moments, on a mutex \
+             never released (`off_cpu` of the selected program) or writing to a frozen ext4 \
+             filesystem (`d_state`, machine-wide); the time from each crossing its threshold to \
+             its `hang` event on hangwatch's stdout, both on CLOCK_MONOTONIC.\n"
         );
         out.push_str(&self.latency_table().markdown());
         let _ = writeln!(out, "\n## Targets\n");
@@ -478,14 +488,15 @@ impl Report {
                 "runs": c.runs,
                 "ns_per_run": c.ns_per_run,
             })).collect::<Vec<_>>(),
-            "latency": self.latency.as_ref().map(|l| json!({
+            "latency": self.latency.iter().map(|(kind, l)| json!({
+                "hang": kind.name(),
                 "hangs": l.hangs,
                 "reported": l.reported,
                 "threshold_seconds": l.threshold.as_secs_f64(),
                 "p50_seconds": l.quantile(0.5).map(|d| d.as_secs_f64()),
                 "p99_seconds": l.quantile(0.99).map(|d| d.as_secs_f64()),
                 "max_seconds": l.quantile(1.0).map(|d| d.as_secs_f64()),
-            })),
+            })).collect::<Vec<_>>(),
             "stacks": self.stacks.iter().map(|c| json!({
                 "target": c.target,
                 "frames": c.frames,

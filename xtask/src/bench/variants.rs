@@ -23,6 +23,9 @@ pub enum Variant {
     Hangwatch,
     /// The same with the optional probes too (`--wakeup-probe --futex-probes`).
     HangwatchAll,
+    /// `hangwatch bench-loop-probe`: the default probes with `sys_enter_loop` attached, as
+    /// while the daemon watches a loop thread that may be stalled.
+    LoopProbe,
     /// The off-CPU histogram script a user would write with bpftrace.
     Bpftrace,
 }
@@ -34,6 +37,7 @@ impl Variant {
             Self::Floor => "floor",
             Self::Hangwatch => "hangwatch",
             Self::HangwatchAll => "hangwatch+opt",
+            Self::LoopProbe => "hangwatch+sys_enter",
             Self::Bpftrace => "bpftrace",
         }
     }
@@ -42,6 +46,7 @@ impl Variant {
         match self {
             Self::Bare => "(nothing attached)".to_owned(),
             Self::Floor => format!("{} bench-floor", tools.daemon.display()),
+            Self::LoopProbe => format!("{} bench-loop-probe", tools.daemon.display()),
             Self::Hangwatch => format!(
                 "{} {}",
                 tools.daemon.display(),
@@ -166,11 +171,14 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 pub fn start(variant: Variant, tools: &Tools) -> Result<Running> {
     let proc = match variant {
         Variant::Bare => None,
-        Variant::Floor | Variant::Hangwatch | Variant::HangwatchAll => {
+        Variant::Floor | Variant::Hangwatch | Variant::HangwatchAll | Variant::LoopProbe => {
             let mut cmd = Command::new(&tools.daemon);
             let ready = if variant == Variant::Floor {
                 cmd.arg("bench-floor");
                 "floor program attached"
+            } else if variant == Variant::LoopProbe {
+                cmd.arg("bench-loop-probe");
+                "loop probe attached"
             } else {
                 cmd.args(&tools.daemon_run_args);
                 if variant == Variant::HangwatchAll {
