@@ -67,52 +67,53 @@ pub const FLAG_FUTEX_TIMEOUT: u32 = 1 << 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadState {
+    // The fields the scheduler probe touches come first, to share as few cache lines as
+    // possible.
     /// CLOCK_MONOTONIC ns of the last switch-out; the thread is off-CPU iff this is greater
     /// than `on_cpu_at_ns`.
     pub off_cpu_at_ns: u64,
     /// CLOCK_MONOTONIC ns of the last switch-in.
     pub on_cpu_at_ns: u64,
+    /// The last switch-out inside an event-loop wait; the thread is in its loop wait iff
+    /// this equals `off_cpu_at_ns` (and it is off-CPU).
+    pub loop_blocked_at_ns: u64,
+    /// The last switch-out inside a futex wait.
+    pub futex_blocked_at_ns: u64,
+    /// The switch-in after the last blocking switch-out: the thread has been running (or
+    /// runnable, when preempted) without blocking since then.
+    pub runnable_since_ns: u64,
+    /// `prev_state` at the last switch-out (TASK_* bits; 0 = preempted while runnable).
+    pub state_at_switch: u32,
+    /// Blocking switch-outs inside an event-loop wait (the epoll family, io_uring_enter):
+    /// a thread with a few of these is an event-loop thread.
+    pub loop_waits: u32,
+    /// The switch-in that ended the last blocking loop wait: the loop came back from it.
+    pub loop_left_at_ns: u64,
+    /// The switch-in that ended the last blocking futex wait.
+    pub futex_left_at_ns: u64,
     /// Set by `sched_wakeup` to the `off_cpu_at_ns` of the wait it ended: the thread has
     /// been woken from its current wait iff the two are equal (and it is still off-CPU).
     pub woken_wait_ns: u64,
-    /// When the current tracked syscall was entered.
-    pub syscall_entered_at_ns: u64,
-    /// For futex: the futex word's user address (the first one for `futex_waitv`).
-    pub futex_uaddr: u64,
+    /// Set by `sys_enter_loop` (attached on demand): the thread entered a loop wait,
+    /// blocking in it or not. A busy loop returns to its wait without ever blocking in it.
+    pub loop_entered_at_ns: u64,
     /// Set by the scan for a thread it finds blocked with no state (it has not switched since
     /// the probes were attached): the `off_cpu_at_ns` it gave it, the time it first saw it.
     /// While the two are equal the wait began before hangwatch started and its length is a
     /// lower bound; the next switch-out overwrites `off_cpu_at_ns`, so the hot path never
     /// has to clear anything.
     pub first_seen_blocked_ns: u64,
-    /// `prev_state` at the last switch-out (TASK_* bits; 0 = preempted while runnable).
-    pub state_at_switch: u32,
+    /// When the current tracked syscall was entered (the optional futex probes).
+    pub syscall_entered_at_ns: u64,
+    /// For futex: the futex word's user address (the first one for `futex_waitv`).
+    pub futex_uaddr: u64,
     /// Syscall number while `FLAG_IN_SYSCALL` is set.
     pub syscall_nr: u32,
     /// For futex: the op word (command and flags), as passed by the caller.
     pub futex_op: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
-    /// Blocking switch-outs inside an event-loop wait (the epoll family, io_uring_enter):
-    /// a thread with a few of these is an event-loop thread.
-    pub loop_waits: u32,
-    /// Blocking switch-outs inside a futex wait (park or lock: userspace tells which).
-    pub futex_waits: u32,
-    /// The last switch-out inside an event-loop wait; the thread is in its loop wait iff
-    /// this equals `off_cpu_at_ns` (and it is off-CPU).
-    pub loop_blocked_at_ns: u64,
-    /// The switch-in that ended the last blocking loop wait: the loop came back from it.
-    pub loop_left_at_ns: u64,
-    /// Set by `sys_enter_loop` (attached on demand): the thread entered a loop wait,
-    /// blocking in it or not. A busy loop returns to its wait without ever blocking in it.
-    pub loop_entered_at_ns: u64,
-    /// The last switch-out inside a futex wait.
-    pub futex_blocked_at_ns: u64,
-    /// The switch-in that ended the last blocking futex wait.
-    pub futex_left_at_ns: u64,
-    /// The switch-in after the last blocking switch-out: the thread has been running (or
-    /// runnable, when preempted) without blocking since then.
-    pub runnable_since_ns: u64,
+    pub _pad: u32,
 }
 
 /// What userspace asks of the `scan_threads` iterator: which off-CPU threads to emit.

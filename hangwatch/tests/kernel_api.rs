@@ -116,7 +116,17 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
 #[ignore = "needs root: loads BPF programs"]
 fn metrics_while_a_hang_is_live() {
     let mut live = live_hang(&[]);
-    let s = scrape(&live.endpoint);
+    // The metrics follow each scan, the events on stdout come during it: wait for the scan
+    // that reported the hang to have published its figures.
+    let hung_labels = [("kind", "off_cpu"), ("comm", "abba")];
+    let mut s = scrape(&live.endpoint);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sample(&s, "hangwatch_hung_threads", &hung_labels).is_none_or(|n| n < 2.0)
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(50));
+        s = scrape(&live.endpoint);
+    }
 
     // Conventions: our prefix (or the standard process_*), counters end in _total.
     for family in &s.docs {

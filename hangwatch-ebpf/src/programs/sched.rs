@@ -39,10 +39,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
                         state.loop_blocked_at_ns = now;
                         state.loop_waits = state.loop_waits.wrapping_add(1);
                     }
-                    WaitKind::Futex => {
-                        state.futex_blocked_at_ns = now;
-                        state.futex_waits = state.futex_waits.wrapping_add(1);
-                    }
+                    WaitKind::Futex => state.futex_blocked_at_ns = now,
                     WaitKind::Other => {}
                 }
             }
@@ -52,15 +49,19 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     match Task::new(next).and_then(|t| THREAD_STATE.get_or_create(t)) {
         Some(state) => {
             state.on_cpu_at_ns = now;
-            let switched_out_at = state.off_cpu_at_ns;
-            // Back from a blocking wait (or first seen): a new stretch of running begins.
-            if state.state_at_switch != 0 || state.runnable_since_ns == 0 {
+            // Back from a blocking wait: a new stretch of running begins, and if the wait
+            // was a loop's or a futex's, this is when it ended. (A thread's first switch-in
+            // starts its first stretch.)
+            if state.state_at_switch != 0 {
                 state.runnable_since_ns = now;
-            }
-            if state.loop_blocked_at_ns == switched_out_at && switched_out_at != 0 {
-                state.loop_left_at_ns = now;
-            } else if state.futex_blocked_at_ns == switched_out_at && switched_out_at != 0 {
-                state.futex_left_at_ns = now;
+                let switched_out_at = state.off_cpu_at_ns;
+                if state.loop_blocked_at_ns == switched_out_at {
+                    state.loop_left_at_ns = now;
+                } else if state.futex_blocked_at_ns == switched_out_at {
+                    state.futex_left_at_ns = now;
+                }
+            } else if state.runnable_since_ns == 0 {
+                state.runnable_since_ns = now;
             }
         }
         None => count(Counter::StateUnavailable),

@@ -26,18 +26,33 @@ struct Row<H> {
     /// `record` decoded, rebuilt only when the record changes.
     sample: ThreadSample,
     handle: Option<H>,
+    /// The walk that last returned it.
+    generation: u64,
 }
 
 /// Candidates by thread; `H` is the handle used to re-read one thread (a pidfd).
 pub struct ThreadTable<H> {
     rows: HashMap<ThreadKey, Row<H>>,
+    generation: u64,
 }
 
 impl<H> Default for ThreadTable<H> {
     fn default() -> Self {
         Self {
             rows: HashMap::new(),
+            generation: 0,
         }
+    }
+}
+
+/// The same record but for the time the walk looked (what a sample is built from).
+fn same_but_time(a: &ThreadRecord, b: &ThreadRecord) -> bool {
+    ThreadRecord {
+        seen_at_ns: 0,
+        ..*a
+    } == ThreadRecord {
+        seen_at_ns: 0,
+        ..*b
     }
 }
 
@@ -60,22 +75,37 @@ impl<H> ThreadTable<H> {
         records: &[ThreadRecord],
         mut open: impl FnMut(&ThreadRecord) -> Option<H>,
     ) {
-        let mut old = std::mem::take(&mut self.rows);
+        // In place: on a machine with thousands of idle waiters most rows are the same at
+        // every walk, and rebuilding their samples (a name allocation each) or the map was
+        // most of a walk's cost.
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
         for record in records {
             let key = key_of(record);
-            let handle = match old.remove(&key) {
-                Some(row) => row.handle,
-                None => open(record),
-            };
-            self.rows.insert(
-                key,
-                Row {
-                    record: *record,
-                    sample: ThreadSample::from(record),
-                    handle,
-                },
-            );
+            match self.rows.get_mut(&key) {
+                Some(row) => {
+                    if !same_but_time(&row.record, record) {
+                        row.sample = ThreadSample::from(record);
+                    }
+                    row.sample.seen_at_ns = record.seen_at_ns;
+                    row.record = *record;
+                    row.generation = generation;
+                }
+                None => {
+                    let handle = open(record);
+                    self.rows.insert(
+                        key,
+                        Row {
+                            record: *record,
+                            sample: ThreadSample::from(record),
+                            handle,
+                            generation,
+                        },
+                    );
+                }
+            }
         }
+        self.rows.retain(|_, row| row.generation == generation);
     }
 
     /// Re-reads every candidate that has a handle; drops the ones that are gone.

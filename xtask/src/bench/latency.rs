@@ -133,6 +133,7 @@ impl Drop for FrozenFs {
             let unmounted = (0..30).any(|_| {
                 let ok = Command::new("umount")
                     .arg(&self.mountpoint)
+                    .stderr(Stdio::null())
                     .status()
                     .is_ok_and(|s| s.success());
                 if !ok {
