@@ -152,6 +152,11 @@ impl<H> ThreadTable<H> {
             .collect()
     }
 
+    /// How many candidates are re-read at every tick.
+    pub fn ticked_len(&self) -> usize {
+        self.rows.values().filter(|row| row.handle.is_some()).count()
+    }
+
     /// Whether `key` is a candidate followed by the walks only.
     pub fn walk_only(&self, key: &ThreadKey) -> bool {
         self.rows.get(key).is_some_and(|row| row.handle.is_none())
