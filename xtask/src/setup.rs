@@ -5,6 +5,8 @@
 //!   see README.md "Building"), the tools the tests and the benchmark use, and, when the
 //!   distribution has them, the benchmark's optional bpftrace and bpftool.
 //! - bpf-linker 0.13, built against Debian's LLVM 22.
+//! - A Python venv under target/ with the deploy/ validators from PyPI (kubernetes-validate,
+//!   the Prometheus Operator's CRD models), for hangwatch/tests/deploy.rs.
 //! - tracefs on /sys/kernel/tracing (when root).
 //!
 //! Without apt-get it only checks and prints what to install.
@@ -25,15 +27,19 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 ];
 /// What the tests run: a C compiler for the test programs (and libc.a for a -static one),
 /// binutils (objcopy, strip, readelf: a stripped binary with a separate debug file),
-/// python3, mkfs.ext4, fsfreeze, losetup, setpriv, unshare, mount.
+/// python3, mkfs.ext4, fsfreeze, losetup, setpriv, unshare, mount; for deploy/: prometheus
+/// and promtool (alert rules checked, unit-tested, and evaluated end to end), python3-venv
+/// (the validators' venv).
 const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
     "binutils",
     "python3",
+    "python3-venv",
     "e2fsprogs",
     "util-linux",
     "mount",
+    "prometheus",
 ];
 /// What `cargo xtask bench` runs: perf (`perf bench sched pipe|messaging`).
 const BENCH_PACKAGES: &[&str] = &["linux-perf"];
@@ -58,6 +64,13 @@ const TEST_TOOLS: &[&str] = &[
     "mount",
 ];
 
+/// What deploy/tests/validate.py imports, pinned: the bundled Kubernetes schemas (1.25 to
+/// 1.37) and the models generated from the Prometheus Operator's CRDs.
+const DEPLOY_VALIDATORS: &[&str] = &[
+    "kubernetes-validate==1.37.0",
+    "cloudcoil-models-prometheus-operator==0.80.1.0",
+];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
@@ -70,7 +83,47 @@ pub fn setup() -> Result<()> {
         check_non_debian()?;
     }
     bpf_linker()?;
+    deploy_validators()?;
     tracefs();
+    Ok(())
+}
+
+/// The venv with the deploy/ validators (its interpreter is what the tests run).
+pub fn deploy_venv() -> PathBuf {
+    crate::target_dir().join("deploy-tools/venv")
+}
+
+/// Creates the venv and installs [`DEPLOY_VALIDATORS`] unless the venv already has exactly
+/// these (remembered in a file beside it).
+fn deploy_validators() -> Result<()> {
+    let venv = deploy_venv();
+    let marker = venv.join("hangwatch-requirements.txt");
+    let wanted = DEPLOY_VALIDATORS.join("\n") + "\n";
+    if std::fs::read_to_string(&marker).is_ok_and(|have| have == wanted)
+        && venv.join("bin/python").is_file()
+    {
+        return Ok(());
+    }
+    // Debian's interpreter (python3 and python3-venv are installed above), not whichever
+    // python3 comes first on PATH.
+    let python = if Path::new("/usr/bin/python3").is_file() {
+        PathBuf::from("/usr/bin/python3")
+    } else {
+        crate::find_program("python3").context("python3 is missing (needed for deploy/ checks)")?
+    };
+    eprintln!(
+        "xtask setup: installing the deploy/ validators into {}",
+        venv.display()
+    );
+    crate::status(Command::new(&python).args(["-m", "venv", "--clear"]).arg(&venv))
+        .context("creating the venv failed (is python3-venv installed?)")?;
+    crate::status(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(DEPLOY_VALIDATORS),
+    )
+    .context("pip install of the deploy/ validators failed")?;
+    std::fs::write(&marker, wanted).context("writing the venv's requirements marker")?;
     Ok(())
 }
 

@@ -19,6 +19,9 @@ pub fn test(args: &Args) -> Result<()> {
 
     let mut cmd = crate::cargo();
     cmd.args(["test", "--workspace", "--release"]);
+    // hangwatch/tests/deploy.rs validates deploy/ with this venv's tools; set, it makes their
+    // absence a failure instead of a skip.
+    cmd.env("HANGWATCH_DEPLOY_VENV", crate::setup::deploy_venv());
     let (cargo_args, harness_args) = match args.args.iter().position(|a| a == "--") {
         Some(i) => (&args.args[..i], &args.args[i + 1..]),
         None => (&args.args[..], &[][..]),
