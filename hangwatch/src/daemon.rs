@@ -25,9 +25,12 @@ use crate::{
     api, clock,
     detect::{Detectors, HangKind, LockFacts, Targets},
     episode::{Episode, EpisodeKey, Tracker, Transition},
-    meta::{OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc},
+    meta::{self, OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc},
     probe::{Lookup, PROBES, ProbeSelection, Probes, ThreadHandle, preflight},
-    sink::{BlockedOn, CycleMember, EventType, HangEvent, OutputFormat, Resolution, StdoutSink},
+    sink::{
+        BlockedOn, CycleMember, EventType, HangEvent, OutputFormat, Resolution, StdoutSink,
+        Workload,
+    },
     stack::StackTaker,
     state::{
         FutexCall, Refresh, ThreadKey, ThreadSample, ThreadTable, Wait, futex_op_name, syscall_name,
@@ -56,6 +59,9 @@ pub struct Config {
     pub webhook: Option<crate::sink::WebhookUrl>,
     /// The optional probe groups to attach besides `sched_switch`.
     pub probes: ProbeSelection,
+    /// The Kubernetes node this daemon runs on: when set, its pods are watched to name the
+    /// namespace, pod and container of hung processes.
+    pub node_name: Option<String>,
 }
 
 fn enabled_probes(selection: ProbeSelection) -> usize {
@@ -80,12 +86,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // The HTTP server first: a taken port fails the start before the probes load, and
     // /healthz answers 503 until they are attached.
     let surfaces = api::Surfaces::start(&config)?;
+    let pods = match &config.node_name {
+        Some(node) => Some(meta::pods::watch_node(node.clone())?),
+        None => None,
+    };
 
     let scan_stop = stop.clone();
     thread::Builder::new()
         .name("hangwatch-scan".into())
         .spawn(move || {
-            let result = Scanner::start(config, surfaces);
+            let result = Scanner::start(config, surfaces, pods);
             match result {
                 Ok(mut scanner) => {
                     let _ = ready_tx.send(Ok(()));
@@ -158,7 +168,11 @@ struct Scanner {
 }
 
 impl Scanner {
-    fn start(config: Config, mut surfaces: api::Surfaces) -> anyhow::Result<Self> {
+    fn start(
+        config: Config,
+        mut surfaces: api::Surfaces,
+        pods: Option<Arc<meta::pods::PodIndex>>,
+    ) -> anyhow::Result<Self> {
         let mut probes = Probes::load(config.probes)?;
         for d in &probes.degraded {
             tracing::warn!(
@@ -205,7 +219,7 @@ impl Scanner {
             walk_interval: config.detectors.walk_interval(config.scan_interval),
             config,
             tracker: Tracker::default(),
-            processes: ProcessCache::default(),
+            processes: ProcessCache::with_pods(pods),
             stacks: StackTaker::default(),
             owners: OwnerCache::default(),
             locks: LockFacts::default(),
@@ -549,6 +563,7 @@ impl Scanner {
                 .map(|p| p.cmdline.clone())
                 .unwrap_or_default(),
             cgroup: process.as_ref().and_then(|p| p.cgroup.clone()),
+            workload: Workload::of(process.as_ref()),
             started_at: clock::rfc3339(clock::wall_time_of(episode.key.since_ns, now_ns, now_wall)),
             duration_ms: millis(episode.duration(now_ns)),
             threshold_ms: millis(episode.threshold),

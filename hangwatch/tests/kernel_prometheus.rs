@@ -177,10 +177,9 @@ fn deadlock_alert_fires_in_prometheus() {
     let prometheus = Prometheus::start(target, &prometheus_rules_file(Some("1s")));
 
     let scraped = wait_until(Duration::from_secs(20), || {
-        prometheus
+        !prometheus
             .query("up{job=\"hangwatch\"} == 1")
-            .first()
-            .is_some()
+            .is_empty()
     });
     assert!(scraped, "prometheus never scraped hangwatch at {target}");
     assert!(

@@ -69,6 +69,13 @@ pub struct RunArgs {
     /// registers at scan time)
     #[arg(long)]
     pub futex_probes: bool,
+
+    /// In Kubernetes: the node this daemon runs on (the DaemonSet sets NODE_NAME from the
+    /// downward API). Its pods are watched (credentials from KUBECONFIG or ~/.kube/config,
+    /// else the pod's service account) to name the namespace, pod and container of hung
+    /// processes; without it, events carry only the container id and pod UID of the cgroup
+    #[arg(long, env = "NODE_NAME", value_name = "NODE")]
+    pub node_name: Option<String>,
 }
 
 /// Where the HTTP API listens unless told otherwise: loopback only.
@@ -108,6 +115,7 @@ impl RunArgs {
             webhook,
             wakeup_probe,
             futex_probes,
+            node_name,
         } = self;
         let output = output.unwrap_or(if std::io::stdout().is_terminal() {
             OutputFormat::Text
@@ -136,6 +144,7 @@ impl RunArgs {
                 wakeup: wakeup_probe,
                 futex: futex_probes,
             },
+            node_name: node_name.filter(|n| !n.is_empty()),
         }
     }
 }

@@ -17,7 +17,7 @@ use std::{
     thread,
 };
 
-pub use event::{BlockedOn, CycleMember, EventType, HangEvent, Resolution};
+pub use event::{BlockedOn, CycleMember, EventType, HangEvent, Resolution, Workload};
 pub use hub::Hub;
 pub use store::{HISTORY_CAPACITY, ProbeStatus, Store, ms, started_at};
 pub use webhook::{WebhookError, WebhookSink, WebhookUrl};

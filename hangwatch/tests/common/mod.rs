@@ -357,7 +357,14 @@ impl Daemon {
 
     /// Starts `hangwatch run --output json <args>` without waiting for anything.
     pub fn start_unattached(args: &[&str]) -> Self {
-        Self::spawn(&[], args)
+        Self::spawn(&[], &[], args)
+    }
+
+    /// As [`Daemon::start`], with these environment variables set for the daemon.
+    pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> Self {
+        let daemon = Self::spawn(&[], env, args);
+        daemon.wait_attached();
+        daemon
     }
 
     /// As [`Daemon::start`], as root but with only `capabilities` (e.g. "BPF", "SYS_PTRACE"),
@@ -374,14 +381,14 @@ impl Daemon {
             "--inh-caps=-all".to_owned(),
             "--".to_owned(),
         ];
-        let daemon = Self::spawn(&wrapper, args);
+        let daemon = Self::spawn(&wrapper, &[], args);
         daemon.wait_attached();
         daemon
     }
 
     /// Starts `<wrapper...> hangwatch run --output json <args>` (the wrapper execs it, so
     /// the pid is the daemon's).
-    fn spawn(wrapper: &[String], args: &[&str]) -> Self {
+    fn spawn(wrapper: &[String], env: &[(&str, &str)], args: &[&str]) -> Self {
         require_root();
         let mut full = vec!["run".to_owned(), "--output".to_owned(), "json".to_owned()];
         // A free port each, so that daemons of tests running in parallel never collide
@@ -399,6 +406,9 @@ impl Daemon {
             None => Command::new(HANGWATCH),
         };
         let mut child = command
+            // Pod attribution only where a test asks for it.
+            .env_remove("NODE_NAME")
+            .envs(env.iter().copied())
             .args(&full)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
