@@ -16,6 +16,7 @@ use std::{
     io::{BufRead, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
+    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -26,10 +27,24 @@ use std::{
 
 use common::*;
 
-const FIXTURE: &str = include_str!("fixtures/pods-node-1.json");
+/// The pods of node-1, as `GET /api/v1/pods?fieldSelector=spec.nodeName=node-1` answers.
+const NODE_PODS: &str = include_str!("fixtures/pods-node-1.json");
+/// The DaemonSet's pods, as `GET /api/v1/namespaces/hangwatch/pods?labelSelector=...` answers.
+const HANGWATCH_PODS: &str = include_str!("fixtures/hangwatch-pods.json");
 
-/// A minimal API server: `GET /api/v1/pods` lists the fixture, `...&watch=true` holds the
-/// stream open without events until the server stops. Records each request line and its
+/// What the test API server answers.
+#[derive(Clone, Default)]
+struct Routes {
+    /// `/api/v1/pods`: the node watch (list, then a watch held open).
+    node_pods: Option<&'static str>,
+    /// `/api/v1/namespaces/hangwatch/pods`: the DaemonSet's pods.
+    hangwatch_pods: Option<&'static str>,
+    /// Pod proxy: pod name -> the daemon its `NAME:9924/proxy/...` reaches (`None`: the
+    /// API server cannot reach the pod and answers 503, as it does when the dial fails).
+    proxies: Vec<(&'static str, Option<String>)>,
+}
+
+/// A minimal API server for the routes above. Records each request line and its
 /// Authorization header.
 struct ApiServer {
     url: String,
@@ -38,7 +53,7 @@ struct ApiServer {
 }
 
 impl ApiServer {
-    fn start() -> Self {
+    fn start(routes: Routes) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -53,7 +68,8 @@ impl ApiServer {
                         Ok((stream, _)) => {
                             let requests = Arc::clone(&requests);
                             let stop = Arc::clone(&stop);
-                            thread::spawn(move || serve(stream, &requests, &stop));
+                            let routes = routes.clone();
+                            thread::spawn(move || serve(stream, &routes, &requests, &stop));
                         }
                         Err(_) => thread::sleep(Duration::from_millis(20)),
                     }
@@ -73,6 +89,23 @@ impl ApiServer {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    /// A kubeconfig for this server, with a bearer token, written into `dir`.
+    fn kubeconfig(&self, dir: &Path) -> String {
+        let path = dir.join("kubeconfig");
+        fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n\
+                 users:\n- name: test\n  user:\n    token: test-token\n\
+                 contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
+                 current-context: test\n",
+                self.url
+            ),
+        )
+        .expect("write kubeconfig");
+        path.to_string_lossy().into_owned()
+    }
 }
 
 impl Drop for ApiServer {
@@ -81,8 +114,25 @@ impl Drop for ApiServer {
     }
 }
 
+fn respond(out: &mut TcpStream, status: &str, body: &str) {
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = out.flush();
+}
+
+fn status_json(code: u16, reason: &str, message: &str) -> String {
+    serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code,
+    })
+    .to_string()
+}
+
 /// One connection: HTTP/1.1 keep-alive, GETs only.
-fn serve(stream: TcpStream, requests: &Mutex<Vec<String>>, stop: &AtomicBool) {
+fn serve(stream: TcpStream, routes: &Routes, requests: &Mutex<Vec<String>>, stop: &AtomicBool) {
     stream.set_nonblocking(false).ok();
     let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
     let mut out = stream;
@@ -118,18 +168,15 @@ fn serve(stream: TcpStream, requests: &Mutex<Vec<String>>, stop: &AtomicBool) {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(format!("{request_line} [{authorization}]"));
-        let target = request_line.split(' ').nth(1).unwrap_or("");
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        if path != "/api/v1/pods" {
-            let status = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
-            let _ = write!(
-                out,
-                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{status}",
-                status.len()
-            );
-            continue;
-        }
-        if query.split('&').any(|p| p == "watch=true" || p == "watch=1") {
+        let target = request_line.split(' ').nth(1).unwrap_or("").to_owned();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let watch = query.split('&').any(|p| p == "watch=true" || p == "watch=1");
+        let proxied = path
+            .strip_prefix("/api/v1/namespaces/hangwatch/pods/")
+            .and_then(|rest| rest.split_once(":9924/proxy"));
+        if let (Some(pods), "/api/v1/pods", false) = (routes.node_pods, path, watch) {
+            respond(&mut out, "200 OK", pods);
+        } else if let (Some(_), "/api/v1/pods", true) = (routes.node_pods, path, watch) {
             // No change to report: hold the stream open (as the API server does until its
             // timeout) and end it when the test is done.
             let _ = write!(
@@ -142,13 +189,43 @@ fn serve(stream: TcpStream, requests: &Mutex<Vec<String>>, stop: &AtomicBool) {
             }
             let _ = write!(out, "0\r\n\r\n");
             return;
+        } else if let (Some(pods), "/api/v1/namespaces/hangwatch/pods") =
+            (routes.hangwatch_pods, path)
+        {
+            respond(&mut out, "200 OK", pods);
+        } else if let Some((pod, rest)) = proxied {
+            match routes.proxies.iter().find(|(name, _)| *name == pod) {
+                Some((_, Some(daemon))) => {
+                    let url = if query.is_empty() {
+                        format!("{daemon}{rest}")
+                    } else {
+                        format!("{daemon}{rest}?{query}")
+                    };
+                    let answer = http("GET", &url);
+                    respond(&mut out, &format!("{} OK", answer.status), &answer.text);
+                }
+                Some((_, None)) => respond(
+                    &mut out,
+                    "503 Service Unavailable",
+                    &status_json(
+                        503,
+                        "ServiceUnavailable",
+                        "error trying to reach service: dial tcp 10.244.2.7:9924: connect: connection refused",
+                    ),
+                ),
+                None => respond(
+                    &mut out,
+                    "404 Not Found",
+                    &status_json(404, "NotFound", &format!("pods \"{pod}\" not found")),
+                ),
+            }
+        } else {
+            respond(
+                &mut out,
+                "404 Not Found",
+                &status_json(404, "NotFound", "the server could not find the requested resource"),
+            );
         }
-        let _ = write!(
-            out,
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{FIXTURE}",
-            FIXTURE.len()
-        );
-        let _ = out.flush();
     }
 }
 
@@ -285,20 +362,12 @@ fn events_name_the_container_and_pod_of_real_cgroups() {
         None => eprintln!("no v1 name=systemd hierarchy here: the cgroup v1 case is skipped"),
     }
 
-    let api = ApiServer::start();
+    let api = ApiServer::start(Routes {
+        node_pods: Some(NODE_PODS),
+        ..Routes::default()
+    });
     let dir = tempfile::tempdir().expect("temp dir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n\
-             users:\n- name: test\n  user:\n    token: test-token\n\
-             contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
-             current-context: test\n",
-            api.url
-        ),
-    )
-    .expect("write kubeconfig");
+    let kubeconfig = api.kubeconfig(dir.path());
 
     // Declared before the programs, so dropped after them: the processes are dead when the
     // cgroups are removed.
@@ -319,7 +388,6 @@ fn events_name_the_container_and_pod_of_real_cgroups() {
         running.push(abba);
     }
 
-    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
     let daemon = Daemon::start_with_env(
         &[("KUBECONFIG", &kubeconfig)],
         &["--node-name", "node-1"],
@@ -394,4 +462,99 @@ fn events_name_the_container_and_pod_of_real_cgroups() {
             mount.display()
         );
     }
+}
+
+/// `hangwatch list --all-nodes` from a "laptop": the kubeconfig points at the API server,
+/// which lists the DaemonSet's pods and proxies each pod's API; node-1's pod reaches a real
+/// daemon watching a real deadlock, node-2's cannot be reached, node-3's is Pending.
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn list_all_nodes_merges_the_daemonset_pods_through_the_pod_proxy() {
+    require_root();
+    let mut abba = Abba::start();
+    let daemon = Daemon::start(&[]);
+    abba.deadlock();
+    let pid = abba.pid();
+    let hang = daemon.wait_for_event("deadlock for abba", Duration::from_secs(5), |v| {
+        str_of(v, "/event") == "hang"
+            && str_of(v, "/kind") == "deadlock"
+            && u64_of(v, "/pid") == u64::from(pid)
+    });
+    let id = str_of(&hang.value, "/id").to_owned();
+    let api = ApiServer::start(Routes {
+        hangwatch_pods: Some(HANGWATCH_PODS),
+        proxies: vec![
+            ("hangwatch-7xk2p", Some(daemon.endpoint())),
+            ("hangwatch-m9q4d", None),
+        ],
+        ..Routes::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = api.kubeconfig(dir.path());
+    let list = |extra: &[&str]| {
+        let mut command = Command::new(HANGWATCH);
+        command
+            .args(["list", "--all-nodes", "--kind", "deadlock"])
+            .args(extra)
+            .env("KUBECONFIG", &kubeconfig)
+            // Nothing listens there: every answer must come through the API server.
+            .env("HANGWATCH_ENDPOINT", "http://127.0.0.1:9");
+        let out = command.output().expect("run hangwatch list");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("$ hangwatch list --all-nodes {extra:?} -> {:?}\n{stdout}{stderr}", out.status);
+        (out.status.code(), stdout, stderr)
+    };
+
+    let (code, stdout, _) = list(&["--json"]);
+    assert_eq!(code, Some(0));
+    let answer: Value = serde_json::from_str(&stdout).expect("JSON");
+    let mine: Vec<&Value> = answer["hangs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| str_of(h, "/id") == id)
+        .collect();
+    assert_eq!(mine.len(), 1, "{answer}");
+    assert_eq!(str_of(mine[0], "/node"), "node-1", "{answer}");
+    assert_eq!(str_of(mine[0], "/hangwatch_pod"), "hangwatch-7xk2p", "{answer}");
+    assert_eq!(answer["nodes"], 3, "{answer}");
+    let errors = answer["errors"].as_array().cloned().unwrap_or_default();
+    let error_of = |node: &str| {
+        errors
+            .iter()
+            .find(|e| str_of(e, "/node") == node)
+            .map(|e| str_of(e, "/error").to_owned())
+            .unwrap_or_else(|| panic!("no error for {node}: {answer}"))
+    };
+    assert!(error_of("node-2").contains("connection refused"), "{answer}");
+    assert!(error_of("node-3").contains("Pending"), "{answer}");
+
+    let (code, table, stderr) = list(&["--exit-code"]);
+    assert_eq!(code, Some(3), "--exit-code with a hang");
+    let row = table
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("{id} not in the table:\n{table}"));
+    assert!(
+        row.trim_start().starts_with("node-1"),
+        "NODE column first: {row}"
+    );
+    assert!(table.lines().next().is_some_and(|h| h.contains("NODE")), "{table}");
+    assert!(
+        stderr.contains("node node-2 (pod hangwatch-m9q4d) did not answer"),
+        "{stderr}"
+    );
+    let requests = api.requests();
+    assert!(
+        requests.iter().any(|r| r.starts_with("GET /api/v1/namespaces/hangwatch/pods?")
+            && r.contains("labelSelector=app.kubernetes.io%2Fname%3Dhangwatch")),
+        "{requests:?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.contains(
+            "/api/v1/namespaces/hangwatch/pods/hangwatch-7xk2p:9924/proxy/api/v1/hangs?kind=deadlock"
+        ) && r.contains("[Bearer test-token]")),
+        "{requests:?}"
+    );
 }

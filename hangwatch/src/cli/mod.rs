@@ -3,6 +3,7 @@
 pub mod bench_floor;
 pub mod bench_stack;
 mod client;
+mod cluster;
 mod history;
 mod list;
 pub mod run;
