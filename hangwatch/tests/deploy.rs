@@ -122,12 +122,12 @@ fn alert_rules_check_and_pass_their_unit_tests() {
         dir.path().join("rules-test.yaml"),
     )
     .expect("copy rules-test.yaml");
-    let checked = run(Command::new(&promtool)
-        .args(["check", "rules"])
-        .arg(&rules));
+    let checked = run(Command::new(&promtool).args(["check", "rules"]).arg(&rules));
     assert!(checked.contains("SUCCESS"), "{checked}");
-    let tested = run(Command::new(&promtool)
-        .current_dir(dir.path())
-        .args(["test", "rules", "rules-test.yaml"]));
+    let tested = run(Command::new(&promtool).current_dir(dir.path()).args([
+        "test",
+        "rules",
+        "rules-test.yaml",
+    ]));
     assert!(tested.contains("SUCCESS"), "{tested}");
 }

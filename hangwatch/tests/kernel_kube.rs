@@ -170,7 +170,9 @@ fn serve(stream: TcpStream, routes: &Routes, requests: &Mutex<Vec<String>>, stop
             .push(format!("{request_line} [{authorization}]"));
         let target = request_line.split(' ').nth(1).unwrap_or("").to_owned();
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        let watch = query.split('&').any(|p| p == "watch=true" || p == "watch=1");
+        let watch = query
+            .split('&')
+            .any(|p| p == "watch=true" || p == "watch=1");
         let proxied = path
             .strip_prefix("/api/v1/namespaces/hangwatch/pods/")
             .and_then(|rest| rest.split_once(":9924/proxy"));
@@ -223,7 +225,11 @@ fn serve(stream: TcpStream, routes: &Routes, requests: &Mutex<Vec<String>>, stop
             respond(
                 &mut out,
                 "404 Not Found",
-                &status_json(404, "NotFound", "the server could not find the requested resource"),
+                &status_json(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
             );
         }
     }
@@ -236,8 +242,7 @@ fn cgroup_mount(fstype: &str, option: Option<&str>) -> Option<PathBuf> {
     mounts.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(' ').collect();
         let (point, kind, options) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
-        let matches = *kind == fstype
-            && option.is_none_or(|o| options.split(',').any(|x| x == o));
+        let matches = *kind == fstype && option.is_none_or(|o| options.split(',').any(|x| x == o));
         matches.then(|| PathBuf::from(point))
     })
 }
@@ -289,7 +294,10 @@ impl Drop for TestCgroups {
                     thread::sleep(Duration::from_millis(20));
                 }
                 if !removed {
-                    eprintln!("warning: could not remove the test cgroup {}", dir.display());
+                    eprintln!(
+                        "warning: could not remove the test cgroup {}",
+                        dir.display()
+                    );
                 }
             }
         }
@@ -388,10 +396,7 @@ fn events_name_the_container_and_pod_of_real_cgroups() {
         running.push(abba);
     }
 
-    let daemon = Daemon::start_with_env(
-        &[("KUBECONFIG", &kubeconfig)],
-        &["--node-name", "node-1"],
-    );
+    let daemon = Daemon::start_with_env(&[("KUBECONFIG", &kubeconfig)], &["--node-name", "node-1"]);
     let synced = wait_until(Duration::from_secs(10), || {
         daemon.stderr().contains("3 pods on node node-1 (synced)")
     });
@@ -451,7 +456,10 @@ fn events_name_the_container_and_pod_of_real_cgroups() {
             "hangwatch_hung_threads{{comm=\"abba\",container=\"{}\",kind=\"deadlock\",namespace=\"{}\",pod=\"{}\"}} 1",
             case.container, case.namespace, case.pod
         );
-        assert!(metrics.contains(&series), "{series} not in /metrics:\n{metrics}");
+        assert!(
+            metrics.contains(&series),
+            "{series} not in /metrics:\n{metrics}"
+        );
     }
     drop(running);
     drop(cgroups);
@@ -502,7 +510,10 @@ fn list_all_nodes_merges_the_daemonset_pods_through_the_pod_proxy() {
         let out = command.output().expect("run hangwatch list");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        eprintln!("$ hangwatch list --all-nodes {extra:?} -> {:?}\n{stdout}{stderr}", out.status);
+        eprintln!(
+            "$ hangwatch list --all-nodes {extra:?} -> {:?}\n{stdout}{stderr}",
+            out.status
+        );
         (out.status.code(), stdout, stderr)
     };
 
@@ -517,7 +528,11 @@ fn list_all_nodes_merges_the_daemonset_pods_through_the_pod_proxy() {
         .collect();
     assert_eq!(mine.len(), 1, "{answer}");
     assert_eq!(str_of(mine[0], "/node"), "node-1", "{answer}");
-    assert_eq!(str_of(mine[0], "/hangwatch_pod"), "hangwatch-7xk2p", "{answer}");
+    assert_eq!(
+        str_of(mine[0], "/hangwatch_pod"),
+        "hangwatch-7xk2p",
+        "{answer}"
+    );
     assert_eq!(answer["nodes"], 3, "{answer}");
     let errors = answer["errors"].as_array().cloned().unwrap_or_default();
     let error_of = |node: &str| {
@@ -527,7 +542,10 @@ fn list_all_nodes_merges_the_daemonset_pods_through_the_pod_proxy() {
             .map(|e| str_of(e, "/error").to_owned())
             .unwrap_or_else(|| panic!("no error for {node}: {answer}"))
     };
-    assert!(error_of("node-2").contains("connection refused"), "{answer}");
+    assert!(
+        error_of("node-2").contains("connection refused"),
+        "{answer}"
+    );
     assert!(error_of("node-3").contains("Pending"), "{answer}");
 
     let (code, table, stderr) = list(&["--exit-code"]);
@@ -540,15 +558,20 @@ fn list_all_nodes_merges_the_daemonset_pods_through_the_pod_proxy() {
         row.trim_start().starts_with("node-1"),
         "NODE column first: {row}"
     );
-    assert!(table.lines().next().is_some_and(|h| h.contains("NODE")), "{table}");
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("NODE")),
+        "{table}"
+    );
     assert!(
         stderr.contains("node node-2 (pod hangwatch-m9q4d) did not answer"),
         "{stderr}"
     );
     let requests = api.requests();
     assert!(
-        requests.iter().any(|r| r.starts_with("GET /api/v1/namespaces/hangwatch/pods?")
-            && r.contains("labelSelector=app.kubernetes.io%2Fname%3Dhangwatch")),
+        requests
+            .iter()
+            .any(|r| r.starts_with("GET /api/v1/namespaces/hangwatch/pods?")
+                && r.contains("labelSelector=app.kubernetes.io%2Fname%3Dhangwatch")),
         "{requests:?}"
     );
     assert!(

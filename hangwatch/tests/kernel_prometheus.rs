@@ -126,11 +126,11 @@ fn free_port() -> u16 {
 
 /// `capabilities.add` of the DaemonSet's container, as written in deploy/.
 fn daemonset_capabilities() -> Vec<String> {
-    let text = fs::read_to_string(deploy_dir().join("core/daemonset.yaml"))
-        .expect("read daemonset.yaml");
+    let text =
+        fs::read_to_string(deploy_dir().join("core/daemonset.yaml")).expect("read daemonset.yaml");
     let ds: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("valid YAML");
-    let add = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
-        ["add"];
+    let add =
+        &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"];
     let caps: Vec<String> = add
         .as_sequence()
         .unwrap_or_else(|| panic!("no capabilities.add in daemonset.yaml"))
@@ -177,9 +177,7 @@ fn deadlock_alert_fires_in_prometheus() {
     let prometheus = Prometheus::start(target, &prometheus_rules_file(Some("1s")));
 
     let scraped = wait_until(Duration::from_secs(20), || {
-        !prometheus
-            .query("up{job=\"hangwatch\"} == 1")
-            .is_empty()
+        !prometheus.query("up{job=\"hangwatch\"} == 1").is_empty()
     });
     assert!(scraped, "prometheus never scraped hangwatch at {target}");
     assert!(
@@ -234,7 +232,11 @@ fn deadlock_alert_fires_in_prometheus() {
         format!("Deadlock in {comm}"),
         "{alert}"
     );
-    assert_eq!(str_of(alert, "/value"), "1e+00", "one deadlock episode: {alert}");
+    assert_eq!(
+        str_of(alert, "/value"),
+        "1e+00",
+        "one deadlock episode: {alert}"
+    );
     // The daemon itself is healthy: none of its own alerts fire.
     for name in [
         "HangwatchDown",
@@ -246,8 +248,7 @@ fn deadlock_alert_fires_in_prometheus() {
         assert!(
             !alerts
                 .iter()
-                .any(|a| str_of(a, "/labels/alertname") == name
-                    && str_of(a, "/state") == "firing"),
+                .any(|a| str_of(a, "/labels/alertname") == name && str_of(a, "/state") == "firing"),
             "{name} fires: {alerts:#?}"
         );
     }

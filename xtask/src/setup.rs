@@ -115,8 +115,12 @@ fn deploy_validators() -> Result<()> {
         "xtask setup: installing the deploy/ validators into {}",
         venv.display()
     );
-    crate::status(Command::new(&python).args(["-m", "venv", "--clear"]).arg(&venv))
-        .context("creating the venv failed (is python3-venv installed?)")?;
+    crate::status(
+        Command::new(&python)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )
+    .context("creating the venv failed (is python3-venv installed?)")?;
     crate::status(
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])

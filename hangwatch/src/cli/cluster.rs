@@ -167,7 +167,11 @@ async fn ask_every_pod(args: &ClusterArgs, path: &str) -> Result<Vec<NodeAnswer>
 }
 
 fn phase_or_unknown(phase: &str) -> &str {
-    if phase.is_empty() { "not running" } else { phase }
+    if phase.is_empty() {
+        "not running"
+    } else {
+        phase
+    }
 }
 
 async fn get_json(client: &Client, url: &str) -> Result<Value, String> {

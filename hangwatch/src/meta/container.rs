@@ -107,9 +107,15 @@ fn container_id(component: &str) -> Option<String> {
         if scope.starts_with("crio-conmon-") {
             return None;
         }
-        ["cri-containerd-", "crio-", "docker-", "containerd-", "libpod-"]
-            .iter()
-            .find_map(|prefix| scope.strip_prefix(prefix))?
+        [
+            "cri-containerd-",
+            "crio-",
+            "docker-",
+            "containerd-",
+            "libpod-",
+        ]
+        .iter()
+        .find_map(|prefix| scope.strip_prefix(prefix))?
     } else if let Some((_, id)) = component.rsplit_once(':') {
         id
     } else {
@@ -164,7 +170,9 @@ mod tests {
 
     #[test]
     fn systemd_driver_crio_and_its_conmon() {
-        let pod = format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice");
+        let pod = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice"
+        );
         expect(&format!("{pod}/crio-{ID}.scope"), Some(ID), Some(UID));
         // conmon runs in the pod's slice but is not the container.
         expect(&format!("{pod}/crio-conmon-{ID}.scope"), None, Some(UID));
@@ -213,9 +221,7 @@ mod tests {
         );
         // A node container whose id comes first, then the pod and its container.
         expect(
-            &format!(
-                "/system.slice/docker-{ID2}.scope/kubepods/burstable/pod{UID}/{ID}"
-            ),
+            &format!("/system.slice/docker-{ID2}.scope/kubepods/burstable/pod{UID}/{ID}"),
             Some(ID),
             Some(UID),
         );
@@ -279,9 +285,7 @@ mod tests {
         );
         assert_eq!(from_proc_cgroup(&v1), Some(r.clone()));
         // Hybrid: v2 at the root, the container only in the v1 hierarchies.
-        let hybrid = format!(
-            "9:name=systemd:/kubepods/burstable/pod{UID}/{ID}\n8:pids:/\n0::/\n"
-        );
+        let hybrid = format!("9:name=systemd:/kubepods/burstable/pod{UID}/{ID}\n8:pids:/\n0::/\n");
         assert_eq!(from_proc_cgroup(&hybrid), Some(r));
         // A host process.
         assert_eq!(

@@ -300,7 +300,10 @@ mod tests {
             ),
             ("payments", "api-7f9c", Some("web"))
         );
-        assert_eq!(found.labels.get("app").map(String::as_str), Some("api-7f9c"));
+        assert_eq!(
+            found.labels.get("app").map(String::as_str),
+            Some("api-7f9c")
+        );
         // A container id alone (a cgroup without the pod's slice).
         assert_eq!(
             index

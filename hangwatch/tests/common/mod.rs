@@ -372,7 +372,11 @@ impl Daemon {
     /// limits the bounding set, so the exec'd daemon holds exactly these.
     pub fn start_with_capabilities(capabilities: &[String], args: &[&str]) -> Self {
         let bounding = std::iter::once("-all".to_owned())
-            .chain(capabilities.iter().map(|c| format!("+{}", c.to_lowercase())))
+            .chain(
+                capabilities
+                    .iter()
+                    .map(|c| format!("+{}", c.to_lowercase())),
+            )
             .collect::<Vec<_>>()
             .join(",");
         let wrapper = [
