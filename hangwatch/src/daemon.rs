@@ -27,11 +27,11 @@ use crate::{
         Detectors, Facts, HangKind, LockFacts, LoopFacts, Targets, Watch, loop_stall::is_parked,
     },
     episode::{Episode, EpisodeKey, Tracker, Transition},
-    meta::{OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc, wchan},
+    meta::{self, OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc, wchan},
     probe::{Lookup, PROBES, ProbeSelection, Probes, ThreadHandle, preflight},
     sink::{
         BlockedOn, CycleMember, EventType, ExitInfo, HangEvent, LoopStallInfo, OutputFormat,
-        Resolution, StdoutSink,
+        Resolution, StdoutSink, Workload,
     },
     stack::{StackTaker, ThreadStacks, on_cpu::SampleError},
     state::{
@@ -69,6 +69,9 @@ pub struct Config {
     pub webhook: Option<crate::sink::WebhookUrl>,
     /// The optional probe groups to attach besides `sched_switch`.
     pub probes: ProbeSelection,
+    /// The Kubernetes node this daemon runs on: when set, its pods are watched to name the
+    /// namespace, pod and container of hung processes.
+    pub node_name: Option<String>,
 }
 
 fn enabled_probes(selection: ProbeSelection) -> usize {
@@ -93,12 +96,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // The HTTP server first: a taken port fails the start before the probes load, and
     // /healthz answers 503 until they are attached.
     let surfaces = api::Surfaces::start(&config)?;
+    let pods = match &config.node_name {
+        Some(node) => Some(meta::pods::watch_node(node.clone())?),
+        None => None,
+    };
 
     let scan_stop = stop.clone();
     thread::Builder::new()
         .name("hangwatch-scan".into())
         .spawn(move || {
-            let result = Scanner::start(config, surfaces);
+            let result = Scanner::start(config, surfaces, pods);
             match result {
                 Ok(mut scanner) => {
                     let _ = ready_tx.send(Ok(()));
@@ -181,7 +188,11 @@ struct Scanner {
 }
 
 impl Scanner {
-    fn start(config: Config, mut surfaces: api::Surfaces) -> anyhow::Result<Self> {
+    fn start(
+        config: Config,
+        mut surfaces: api::Surfaces,
+        pods: Option<Arc<meta::pods::PodIndex>>,
+    ) -> anyhow::Result<Self> {
         let mut probes = Probes::load(config.probes)?;
         for d in &probes.degraded {
             tracing::warn!(
@@ -211,7 +222,7 @@ impl Scanner {
             walk_interval: config.detectors.walk_interval(config.scan_interval),
             config,
             tracker: Tracker::default(),
-            processes: ProcessCache::default(),
+            processes: ProcessCache::with_pods(pods),
             stacks: StackTaker::default(),
             owners: OwnerCache::default(),
             locks: LockFacts::default(),
@@ -723,6 +734,7 @@ impl Scanner {
                 .map(|p| p.cmdline.clone())
                 .unwrap_or_default(),
             cgroup: process.as_ref().and_then(|p| p.cgroup.clone()),
+            workload: Workload::of(process.as_ref()),
             started_at: clock::rfc3339(clock::wall_time_of(episode.key.since_ns, now_ns, now_wall)),
             duration_ms: millis(episode.duration(now_ns)),
             threshold_ms: millis(episode.threshold),
@@ -821,6 +833,7 @@ impl Scanner {
                 .map(|p| p.cmdline.clone())
                 .unwrap_or_default(),
             cgroup: process.as_ref().and_then(|p| p.cgroup.clone()),
+            workload: Workload::of(process.as_ref()),
             started_at: clock::rfc3339(clock::wall_time_of(episode.key.since_ns, now_ns, now_wall)),
             duration_ms: millis(episode.duration(now_ns)),
             threshold_ms: millis(episode.threshold),

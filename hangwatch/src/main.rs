@@ -23,7 +23,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            EnvFilter::try_from_env("HANGWATCH_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            // kube's client logs every non-2xx answer at ERROR (a pod proxy's 503, a watch's
+            // expiry), which hangwatch reports itself in context.
+            EnvFilter::try_from_env("HANGWATCH_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,kube_client=off")),
         )
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())

@@ -116,14 +116,15 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
 #[ignore = "needs root: loads BPF programs"]
 fn metrics_while_a_hang_is_live() {
     let mut live = live_hang(&[]);
-    // The metrics follow each scan, the events on stdout come during it: wait for the scan
-    // that reported the hang to have published its figures.
-    let hung_labels = [("kind", "off_cpu"), ("comm", "abba")];
+    // The metrics follow each scan, the events on stdout come during it: wait for a scan
+    // that ended after the events were seen, so its figures include them.
+    let scans = |s: &prometheus_parse::Scrape| {
+        sample(s, "hangwatch_scan_duration_seconds_count", &[]).unwrap_or(0.0)
+    };
+    let seen = scans(&scrape(&live.endpoint));
     let mut s = scrape(&live.endpoint);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while sample(&s, "hangwatch_hung_threads", &hung_labels).is_none_or(|n| n < 2.0)
-        && Instant::now() < deadline
-    {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while scans(&s) < seen + 2.0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
         s = scrape(&live.endpoint);
     }

@@ -5,6 +5,8 @@
 //!   see README.md "Building"), the tools the tests and the benchmark use, and, when the
 //!   distribution has them, the benchmark's optional bpftrace and bpftool.
 //! - bpf-linker 0.13, built against Debian's LLVM 22.
+//! - A Python venv under target/ with the deploy/ validators from PyPI (kubernetes-validate,
+//!   the Prometheus Operator's CRD models), for hangwatch/tests/deploy.rs.
 //! - tracefs on /sys/kernel/tracing (when root).
 //!
 //! Without apt-get it only checks and prints what to install.
@@ -25,7 +27,9 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 ];
 /// What the tests run: a C compiler for the test programs (and libc.a for a -static one),
 /// binutils (objcopy, strip, readelf: a stripped binary with a separate debug file),
-/// python3, mkfs.ext4, fsfreeze, losetup, setpriv, unshare, mount.
+/// python3, mkfs.ext4, fsfreeze, losetup, setpriv, unshare, mount; for deploy/: prometheus
+/// and promtool (alert rules checked, unit-tested, and evaluated end to end), python3-venv
+/// (the validators' venv).
 const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
@@ -35,6 +39,7 @@ const TEST_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "util-linux",
     "mount",
+    "prometheus",
 ];
 /// What `cargo xtask bench` runs: perf (`perf bench sched pipe|messaging`).
 const BENCH_PACKAGES: &[&str] = &["linux-perf"];
@@ -76,25 +81,33 @@ pub fn setup() -> Result<()> {
     Ok(())
 }
 
-/// The Python packages the tests use beyond the standard library (gevent, for its event
-/// loop), pinned, from PyPI.
-const TEST_PYTHON_PACKAGES: &[&str] = &["gevent==26.9.0"];
+/// The Python packages the tests use beyond the standard library, pinned, from PyPI:
+/// gevent (for its event loop), and what deploy/tests/validate.py imports (the bundled
+/// Kubernetes schemas, 1.25 to 1.37, and the models generated from the Prometheus
+/// Operator's CRDs).
+const TEST_PYTHON_PACKAGES: &[&str] = &[
+    "gevent==26.9.0",
+    "kubernetes-validate==1.37.0",
+    "cloudcoil-models-prometheus-operator==0.80.1.0",
+];
 
-/// A virtualenv of Debian's python3 with [`TEST_PYTHON_PACKAGES`], under target/, made
-/// once (a marker file names what it holds). The tests find its interpreter in
-/// `HANGWATCH_TEST_VENV_PYTHON` (set by `cargo xtask test`).
-pub fn test_venv() -> Result<()> {
+/// A virtualenv of Debian's python3 (not whichever python3 comes first on PATH) with
+/// [`TEST_PYTHON_PACKAGES`], under target/, made once: a marker file names what it holds.
+/// `cargo xtask test` hands it to the tests (`HANGWATCH_TEST_VENV_PYTHON`,
+/// `HANGWATCH_DEPLOY_VENV`).
+fn test_venv() -> Result<()> {
     let venv = test_venv_dir();
     let marker = venv.join(".hangwatch-packages");
     let wanted = TEST_PYTHON_PACKAGES.join(" ");
-    if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == wanted) {
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == wanted)
+        && venv.join("bin/python").is_file()
+    {
         return Ok(());
     }
     eprintln!("xtask setup: making {} with {wanted}", venv.display());
-    let _ = std::fs::remove_dir_all(&venv);
     crate::status(
         Command::new("/usr/bin/python3")
-            .args(["-m", "venv"])
+            .args(["-m", "venv", "--clear"])
             .arg(&venv),
     )
     .context("cannot make the tests' Python virtualenv (Debian package python3-venv)")?;
@@ -104,14 +117,20 @@ pub fn test_venv() -> Result<()> {
             .args(TEST_PYTHON_PACKAGES),
     )
     .with_context(|| format!("cannot install {wanted} from PyPI into {}", venv.display()))?;
-    std::fs::write(&marker, wanted + "\n")?;
+    std::fs::write(
+        &marker,
+        wanted
+            + "
+",
+    )
+    .context("writing the venv's marker")?;
     Ok(())
 }
 
-pub fn test_venv_dir() -> std::path::PathBuf {
+/// The tests' virtualenv.
+pub fn test_venv_dir() -> PathBuf {
     crate::target_dir().join("test-venv")
 }
-
 /// Installs the missing Debian packages (one `apt-get update`, then one `apt-get install`).
 fn apt_install() -> Result<()> {
     let wanted: Vec<&str> = TOOLCHAIN_PACKAGES

@@ -19,10 +19,12 @@ pub fn test(args: &Args) -> Result<()> {
 
     let mut cmd = crate::cargo();
     cmd.args(["test", "--workspace", "--release"]);
-    cmd.env(
-        "HANGWATCH_TEST_VENV_PYTHON",
-        crate::setup::test_venv_dir().join("bin/python"),
-    );
+    // The tests' virtualenv: gevent's python for the event-loop tests, and the deploy/
+    // validators for hangwatch/tests/deploy.rs (set, it makes their absence a failure
+    // instead of a skip).
+    let venv = crate::setup::test_venv_dir();
+    cmd.env("HANGWATCH_TEST_VENV_PYTHON", venv.join("bin/python"));
+    cmd.env("HANGWATCH_DEPLOY_VENV", &venv);
     let (cargo_args, harness_args) = match args.args.iter().position(|a| a == "--") {
         Some(i) => (&args.args[..i], &args.args[i + 1..]),
         None => (&args.args[..], &[][..]),

@@ -1,11 +1,14 @@
-//! `hangwatch list`: the threads hung right now, longest first.
+//! `hangwatch list`: the threads hung right now, longest first; of one daemon, or of every
+//! node of a cluster (`--all-nodes`).
 use std::process::ExitCode;
 
 use clap::Args;
+use serde_json::{Value, json};
 
 use super::{
     EXIT_HUNG,
     client::{Client, ClientArgs, encode, print_json},
+    cluster::{self, ClusterArgs},
     table,
 };
 
@@ -13,6 +16,9 @@ use super::{
 pub struct ListArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 
     /// Only hangs of this kind (d_state, off_cpu, ...)
     #[arg(long, value_name = "KIND")]
@@ -28,7 +34,6 @@ pub struct ListArgs {
 }
 
 pub fn run(args: &ListArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
     let mut query = Vec::new();
     if let Some(kind) = &args.kind {
         query.push(format!("kind={}", encode(kind)));
@@ -41,30 +46,89 @@ pub fn run(args: &ListArgs) -> anyhow::Result<ExitCode> {
     } else {
         format!("/api/v1/hangs?{}", query.join("&"))
     };
-    let answer = client.get(&path)?;
+    if args.cluster.all_nodes {
+        return all_nodes(args, &path);
+    }
+    let answer = Client::new(&args.client)?.get(&path)?;
     let hangs = answer["hangs"].as_array().cloned().unwrap_or_default();
     if args.client.json {
         print_json(&answer);
-    } else if hangs.is_empty() {
-        println!("no hung threads");
     } else {
-        let mut t = table::new(&["ID", "KIND", "PROCESS", "TID", "THREAD", "FOR", "WHERE"]);
-        for e in &hangs {
-            t.add_row([
-                table::text(e, "id"),
-                table::text(e, "kind"),
-                table::process(e),
-                table::text(e, "tid"),
-                table::text(e, "thread_name"),
-                table::lasted(e),
-                table::blocked_where(e),
-            ]);
-        }
-        table::print(&t);
+        print_table(&hangs, false);
     }
-    Ok(if args.exit_code && !hangs.is_empty() {
+    Ok(exit_code(args, &hangs))
+}
+
+/// Every node's hangs, each with its `node`, longest first; the nodes that did not answer
+/// are listed under `errors` (JSON) or on stderr (table).
+fn all_nodes(args: &ListArgs, path: &str) -> anyhow::Result<ExitCode> {
+    let answers = cluster::get_all(&args.cluster, path)?;
+    let mut hangs = Vec::new();
+    let mut errors = Vec::new();
+    for a in &answers {
+        match &a.answer {
+            Ok(answer) => {
+                for hang in answer["hangs"].as_array().into_iter().flatten() {
+                    let mut hang = hang.clone();
+                    if let Some(fields) = hang.as_object_mut() {
+                        fields.insert("node".into(), json!(a.node));
+                        fields.insert("hangwatch_pod".into(), json!(a.pod));
+                    }
+                    hangs.push(hang);
+                }
+            }
+            Err(error) => errors.push(json!({"node": a.node, "pod": a.pod, "error": error})),
+        }
+    }
+    hangs.sort_by_key(|h| std::cmp::Reverse(h["duration_ms"].as_u64().unwrap_or(0)));
+    if args.client.json {
+        print_json(&json!({"hangs": hangs, "nodes": answers.len(), "errors": errors}));
+    } else {
+        print_table(&hangs, true);
+        for e in &errors {
+            eprintln!(
+                "hangwatch: warning: node {} (pod {}) did not answer: {}",
+                table::text(e, "node"),
+                table::text(e, "pod"),
+                table::text(e, "error")
+            );
+        }
+    }
+    Ok(exit_code(args, &hangs))
+}
+
+fn print_table(hangs: &[Value], with_node: bool) {
+    if hangs.is_empty() {
+        println!("no hung threads");
+        return;
+    }
+    let mut header = vec!["ID", "KIND", "PROCESS", "TID", "THREAD", "FOR", "WHERE"];
+    if with_node {
+        header.insert(0, "NODE");
+    }
+    let mut t = table::new(&header);
+    for e in hangs {
+        let mut row = vec![
+            table::text(e, "id"),
+            table::text(e, "kind"),
+            table::process(e),
+            table::text(e, "tid"),
+            table::text(e, "thread_name"),
+            table::lasted(e),
+            table::blocked_where(e),
+        ];
+        if with_node {
+            row.insert(0, table::text(e, "node"));
+        }
+        t.add_row(row);
+    }
+    table::print(&t);
+}
+
+fn exit_code(args: &ListArgs, hangs: &[Value]) -> ExitCode {
+    if args.exit_code && !hangs.is_empty() {
         ExitCode::from(EXIT_HUNG)
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }

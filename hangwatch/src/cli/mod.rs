@@ -5,6 +5,7 @@ pub mod bench_loop_probe;
 pub mod bench_stack;
 pub mod check_config;
 mod client;
+mod cluster;
 mod history;
 mod list;
 pub mod run;

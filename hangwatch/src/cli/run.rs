@@ -99,6 +99,13 @@ pub struct RunArgs {
     /// registers at scan time)
     #[arg(long)]
     pub futex_probes: bool,
+
+    /// In Kubernetes: the node this daemon runs on (the DaemonSet sets NODE_NAME from the
+    /// downward API). Its pods are watched (credentials from KUBECONFIG or ~/.kube/config,
+    /// else the pod's service account) to name the namespace, pod and container of hung
+    /// processes; without it, events carry only the container id and pod UID of the cgroup
+    #[arg(long, env = "NODE_NAME", value_name = "NODE")]
+    pub node_name: Option<String>,
 }
 
 /// Where the HTTP API listens unless told otherwise: loopback only.
@@ -134,6 +141,7 @@ impl RunArgs {
             webhook,
             wakeup_probe,
             futex_probes,
+            node_name,
         } = self;
         let mut rules = Rules::default();
         // The kinds on everywhere: their flag, else their key, else the default.
@@ -225,6 +233,7 @@ impl RunArgs {
                 wakeup: wakeup_probe || file.wakeup_probe.unwrap_or(false),
                 futex: futex_probes || file.futex_probes.unwrap_or(false),
             },
+            node_name: node_name.filter(|n| !n.is_empty()),
         }
     }
 }

@@ -60,7 +60,7 @@ pub fn render(e: &Value) -> String {
         .unwrap_or_default();
     field(&mut out, "cmdline", cmdline.join(" "));
     field(&mut out, "cgroup", table::text(e, "cgroup"));
-    for key in ["namespace", "pod", "container", "container_id"] {
+    for key in ["namespace", "pod", "container", "container_id", "pod_uid"] {
         field(&mut out, key, table::text(e, key));
     }
     let w = &e["wait"];

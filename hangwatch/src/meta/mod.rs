@@ -1,8 +1,10 @@
 //! What a report says about the process around a thread: read from /proc once per process
 //! and cached, checked against the thread's start time so a reused pid is never confused
 //! with the process that had it before.
+pub mod container;
 pub mod futex_owner;
+pub mod pods;
 mod process;
 
 pub use futex_owner::OwnerCache;
-pub use process::{ProcSyscall, ProcessCache, ThreadProc, thread_proc, wchan};
+pub use process::{ProcSyscall, ProcessCache, ProcessInfo, ThreadProc, thread_proc, wchan};

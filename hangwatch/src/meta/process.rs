@@ -1,15 +1,20 @@
-//! `/proc/PID` readers: process name, executable, command line, cgroup; and for a thread,
-//! whether it still exists (same start time) and the syscall it sits in.
+//! `/proc/PID` readers: process name, executable, command line, cgroup (and the container
+//! and pod it names); and for a thread, whether it still exists (same start time) and the
+//! syscall it sits in.
 use std::{
     collections::HashMap,
     fs,
     path::PathBuf,
-    sync::OnceLock,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
 use serde::Serialize;
 
+use super::{
+    container::{self, ContainerRef},
+    pods::{PodIndex, PodRef},
+};
 use crate::state::ThreadKey;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -19,12 +24,20 @@ pub struct ProcessInfo {
     pub exe: Option<String>,
     pub cmdline: Vec<String>,
     pub cgroup: Option<String>,
+    /// The container id and pod UID its cgroup names (any of the cgroup lines).
+    pub container: Option<ContainerRef>,
+    /// Namespace, pod and container names (and the pod's labels) when hangwatch watches the
+    /// node's pods and knows this one; looked up at every `get`, since a pod may be listed
+    /// after its process was first seen.
+    pub pod: Option<PodRef>,
 }
 
 /// Process facts by tgid, valid while the process lives; `retain` drops the dead.
 #[derive(Debug, Default)]
 pub struct ProcessCache {
     by_tgid: HashMap<u32, Entry>,
+    /// This node's pods, when attribution through the Kubernetes API is on.
+    pods: Option<Arc<PodIndex>>,
     /// Lookups that found the process gone.
     pub vanished: u64,
 }
@@ -53,8 +66,21 @@ impl ProcessCache {
     /// Facts about process `tgid`, checked against /proc now, or `None` if it is gone
     /// (counted in `vanished`). For reports.
     pub fn get(&mut self, tgid: u32) -> Option<ProcessInfo> {
-        self.lookup(tgid, Instant::now(), Duration::ZERO)
-            .map(|(info, _)| info.clone())
+        let mut info = self
+            .lookup(tgid, Instant::now(), Duration::ZERO)
+            .map(|(info, _)| info.clone())?;
+        if let (Some(pods), Some(container)) = (&self.pods, &info.container) {
+            info.pod = pods.lookup(container);
+        }
+        Some(info)
+    }
+
+    /// A cache that also names the pods of containerized processes from `pods`.
+    pub fn with_pods(pods: Option<Arc<PodIndex>>) -> Self {
+        Self {
+            pods,
+            ..Self::default()
+        }
     }
 
     /// Facts about process `tgid` and their version, checked against /proc at most once
@@ -145,14 +171,16 @@ fn read_process(tgid: u32) -> Option<ProcessInfo> {
                 .collect()
         })
         .unwrap_or_default();
-    let cgroup = fs::read_to_string(dir.join("cgroup"))
-        .ok()
-        .and_then(|text| unified_cgroup(&text));
+    let cgroup_text = fs::read_to_string(dir.join("cgroup")).ok();
+    let cgroup = cgroup_text.as_deref().and_then(unified_cgroup);
+    let container = cgroup_text.as_deref().and_then(container::from_proc_cgroup);
     Some(ProcessInfo {
         comm,
         exe,
         cmdline,
         cgroup,
+        container,
+        pod: None,
     })
 }
 

@@ -2,7 +2,7 @@
 //! carries"). This is the JSON line schema of `--output json`.
 use serde::Serialize;
 
-use crate::{detect::HangKind, stack::ThreadStacks, state::Wait};
+use crate::{detect::HangKind, meta::ProcessInfo, stack::ThreadStacks, state::Wait};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -35,6 +35,9 @@ pub struct HangEvent {
     pub exe: Option<String>,
     pub cmdline: Vec<String>,
     pub cgroup: Option<String>,
+    /// `container_id`, `pod_uid`, `namespace`, `pod`, `container`, at the top level.
+    #[serde(flatten)]
+    pub workload: Workload,
     /// When the wait began (RFC 3339).
     pub started_at: String,
     pub duration_ms: u64,
@@ -65,6 +68,42 @@ pub struct HangEvent {
     pub stacks: ThreadStacks,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution: Option<Resolution>,
+}
+
+/// The container and pod of the process; every field is absent outside containers, and the
+/// names are absent unless the daemon watches the node's pods (`--node-name`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    /// The runtime's container id (64 hex digits), from the process's cgroup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The pod's UID, from the process's cgroup (kubelet names the pod's cgroup after it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The container's name in the pod spec.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+impl Workload {
+    pub fn of(process: Option<&ProcessInfo>) -> Self {
+        let Some(process) = process else {
+            return Self::default();
+        };
+        let ids = process.container.clone().unwrap_or_default();
+        let pod = process.pod.as_ref();
+        Self {
+            container_id: ids.container_id,
+            pod_uid: ids.pod_uid,
+            namespace: pod.map(|p| p.namespace.clone()),
+            pod: pod.map(|p| p.pod.clone()),
+            container: pod.and_then(|p| p.container.clone()),
+        }
+    }
 }
 
 /// One owner in a `blocked_on` chain.
@@ -143,6 +182,7 @@ pub(crate) fn example(event: EventType, id: &str, tid: u32, duration_ms: u64) ->
         exe: Some("/tmp/abba".into()),
         cmdline: vec!["/tmp/abba".into()],
         cgroup: Some("/".into()),
+        workload: Workload::default(),
         started_at: "2026-01-01T00:00:00.000Z".into(),
         duration_ms,
         threshold_ms: 1000,

@@ -27,14 +27,17 @@ impl Hub {
     }
 }
 
-/// The labels of a hung thread in `hangwatch_hung_threads`. Pod, namespace and container
-/// stay empty until reports carry them (Kubernetes attribution).
+/// The labels of a hung thread in `hangwatch_hung_threads`: names only, never ids (a
+/// container id or pod UID changes at every restart and would make a new series each time).
+/// Pod, namespace and container are empty outside Kubernetes or before the pod is known.
+/// The series are bounded by the live episodes, so the names cost nothing once they end.
 fn hung_labels(event: &HangEvent) -> HungLabels {
+    let name = |v: &Option<String>| v.clone().unwrap_or_default();
     HungLabels {
         kind: event.kind.as_str(),
-        namespace: String::new(),
-        pod: String::new(),
-        container: String::new(),
+        namespace: name(&event.workload.namespace),
+        pod: name(&event.workload.pod),
+        container: name(&event.workload.container),
         comm: event.comm.clone(),
     }
 }

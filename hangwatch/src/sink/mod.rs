@@ -18,7 +18,7 @@ use std::{
 };
 
 pub use event::{
-    BlockedOn, CycleMember, EventType, ExitInfo, HangEvent, LoopStallInfo, Resolution,
+    BlockedOn, CycleMember, EventType, ExitInfo, HangEvent, LoopStallInfo, Resolution, Workload,
 };
 pub use hub::Hub;
 pub use store::{HISTORY_CAPACITY, ProbeStatus, Store, ms, started_at};

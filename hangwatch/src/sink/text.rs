@@ -57,6 +57,25 @@ pub fn render(e: &HangEvent) -> String {
     if let Some(cgroup) = &e.cgroup {
         let _ = writeln!(out, "  cgroup   {cgroup}");
     }
+    let w = &e.workload;
+    match (&w.namespace, &w.pod, &w.pod_uid) {
+        (Some(ns), Some(pod), _) => {
+            let _ = writeln!(out, "  pod      {ns}/{pod}");
+        }
+        (_, _, Some(uid)) => {
+            let _ = writeln!(out, "  pod      uid {uid}");
+        }
+        _ => {}
+    }
+    match (&w.container, &w.container_id) {
+        (Some(name), Some(id)) => {
+            let _ = writeln!(out, "  container {name} (id {id})");
+        }
+        (None, Some(id)) => {
+            let _ = writeln!(out, "  container id {id}");
+        }
+        _ => {}
+    }
     let mut wait = format!("{} ({})", e.wait.state.letter(), e.wait.state_description);
     if let Some(syscall) = &e.wait.syscall {
         let _ = write!(wait, " in {syscall}");

@@ -154,7 +154,10 @@ impl<H> ThreadTable<H> {
 
     /// How many candidates are re-read at every tick.
     pub fn ticked_len(&self) -> usize {
-        self.rows.values().filter(|row| row.handle.is_some()).count()
+        self.rows
+            .values()
+            .filter(|row| row.handle.is_some())
+            .count()
     }
 
     /// Whether `key` is a candidate followed by the walks only.

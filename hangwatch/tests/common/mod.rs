@@ -382,6 +382,42 @@ impl Daemon {
 
     /// Starts `hangwatch run --output json <args>` without waiting for anything.
     pub fn start_unattached(args: &[&str]) -> Self {
+        Self::spawn(&[], &[], args)
+    }
+
+    /// As [`Daemon::start`], with these environment variables set for the daemon.
+    pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> Self {
+        let daemon = Self::spawn(&[], env, args);
+        daemon.wait_attached();
+        daemon
+    }
+
+    /// As [`Daemon::start`], as root but with only `capabilities` (e.g. "BPF", "SYS_PTRACE"),
+    /// as a container whose securityContext drops ALL and adds these runs it: `setpriv`
+    /// limits the bounding set, so the exec'd daemon holds exactly these.
+    pub fn start_with_capabilities(capabilities: &[String], args: &[&str]) -> Self {
+        let bounding = std::iter::once("-all".to_owned())
+            .chain(
+                capabilities
+                    .iter()
+                    .map(|c| format!("+{}", c.to_lowercase())),
+            )
+            .collect::<Vec<_>>()
+            .join(",");
+        let wrapper = [
+            "setpriv".to_owned(),
+            format!("--bounding-set={bounding}"),
+            "--inh-caps=-all".to_owned(),
+            "--".to_owned(),
+        ];
+        let daemon = Self::spawn(&wrapper, &[], args);
+        daemon.wait_attached();
+        daemon
+    }
+
+    /// Starts `<wrapper...> hangwatch run --output json <args>` (the wrapper execs it, so
+    /// the pid is the daemon's).
+    fn spawn(wrapper: &[String], env: &[(&str, &str)], args: &[&str]) -> Self {
         require_root();
         let mut full = vec!["run".to_owned(), "--output".to_owned(), "json".to_owned()];
         // A free port each, so that daemons of tests running in parallel never collide
@@ -390,7 +426,18 @@ impl Daemon {
             full.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
         }
         full.extend(args.iter().map(|a| (*a).to_owned()));
-        let mut child = Command::new(HANGWATCH)
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(HANGWATCH);
+                command
+            }
+            None => Command::new(HANGWATCH),
+        };
+        let mut child = command
+            // Pod attribution only where a test asks for it.
+            .env_remove("NODE_NAME")
+            .envs(env.iter().copied())
             .args(&full)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
@@ -1164,4 +1211,35 @@ pub fn example(name: &str) -> PathBuf {
         example.display()
     );
     example
+}
+
+// ---------------------------------------------------------------------------------------
+// deploy/
+// ---------------------------------------------------------------------------------------
+
+/// The repository's deploy/ directory.
+pub fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// The PrometheusRule's `spec` as a Prometheus rules file; with `for_override`, every
+/// alert's `for:` replaced (the end-to-end test cannot wait minutes).
+pub fn prometheus_rules_file(for_override: Option<&str>) -> String {
+    let text = std::fs::read_to_string(deploy_dir().join("monitoring/prometheusrule.yaml"))
+        .expect("read prometheusrule.yaml");
+    let rule: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("valid YAML");
+    let mut spec = rule["spec"].clone();
+    if let Some(duration) = for_override {
+        let groups = spec["groups"].as_sequence_mut().expect("groups");
+        for group in groups {
+            for r in group["rules"].as_sequence_mut().expect("rules") {
+                if let Some(map) = r.as_mapping_mut()
+                    && map.contains_key("for")
+                {
+                    map.insert("for".into(), duration.into());
+                }
+            }
+        }
+    }
+    serde_yaml_ng::to_string(&spec).expect("serializes")
 }
