@@ -271,6 +271,7 @@ mod tests {
             comm,
             exe: None,
             cgroup: None,
+            pod: None,
         }
     }
 

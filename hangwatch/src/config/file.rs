@@ -129,13 +129,26 @@ pub struct RuleTable {
 }
 
 /// The keys a rule may have besides the hang kinds.
-const SELECTOR_KEYS: [&str; 4] = ["pid", "comm", "exe", "cgroup"];
+const SELECTOR_KEYS: [&str; 8] = [
+    "pid",
+    "comm",
+    "exe",
+    "cgroup",
+    "namespace",
+    "pod",
+    "container",
+    "labels",
+];
 
 enum RuleKey {
     Pid,
     Comm,
     Exe,
     Cgroup,
+    Namespace,
+    Pod,
+    Container,
+    Labels,
     Kind(HangKind),
 }
 
@@ -153,6 +166,10 @@ impl<'de> Deserialize<'de> for RuleKey {
                     "comm" => RuleKey::Comm,
                     "exe" => RuleKey::Exe,
                     "cgroup" => RuleKey::Cgroup,
+                    "namespace" => RuleKey::Namespace,
+                    "pod" => RuleKey::Pod,
+                    "container" => RuleKey::Container,
+                    "labels" => RuleKey::Labels,
                     other => RuleKey::Kind(HangKind::from_name(other).ok_or_else(|| {
                         E::custom(format!(
                             "unknown key `{other}` in a rule: expected a selector ({}) or a hang kind ({})",
@@ -184,6 +201,12 @@ macro_rules! parsed {
 }
 
 parsed!(CommValue, Pattern, "a process name or glob", |t| {
+    if t.is_empty() {
+        return Err("empty".into());
+    }
+    Pattern::glob(t, false)
+});
+parsed!(NameValue, Pattern, "a Kubernetes name or glob", |t| {
     if t.is_empty() {
         return Err("empty".into());
     }
@@ -228,6 +251,20 @@ impl<'de> Deserialize<'de> for RuleTable {
                         RuleKey::Exe => rule.selector.exe = Some(map.next_value::<ExeValue>()?.0),
                         RuleKey::Cgroup => {
                             rule.selector.cgroup = Some(map.next_value::<CgroupValue>()?.0);
+                        }
+                        RuleKey::Namespace => {
+                            rule.selector.namespace = Some(map.next_value::<NameValue>()?.0);
+                        }
+                        RuleKey::Pod => rule.selector.pod = Some(map.next_value::<NameValue>()?.0),
+                        RuleKey::Container => {
+                            rule.selector.container = Some(map.next_value::<NameValue>()?.0);
+                        }
+                        RuleKey::Labels => {
+                            rule.selector.labels = map
+                                .next_value::<std::collections::BTreeMap<String, NameValue>>()?
+                                .into_iter()
+                                .map(|(k, v)| (k, v.0))
+                                .collect();
                         }
                         RuleKey::Kind(kind) => {
                             rule.set[kind] = Some(map.next_value::<SettingValue>()?.0);
@@ -539,5 +576,77 @@ deadlock = "2s"
     fn columns_count_characters() {
         assert_eq!(line_column("ab\ncdé f", 8), (2, 5));
         assert_eq!(line_column("", 0), (1, 1));
+    }
+}
+
+#[cfg(test)]
+mod kubernetes_selector_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        config::{Process, Rules},
+        meta::pods::PodRef,
+    };
+
+    #[test]
+    fn rules_select_by_namespace_pod_container_and_labels() {
+        let file = ConfigFile::parse(
+            r#"
+[[rule]]
+namespace = "payments"
+pod = "api-*"
+labels = { tier = "front*" }
+loop_stall = "10s"
+
+[[rule]]
+namespace = "payments"
+container = "sidecar"
+stuck_exit = "off"
+"#,
+            "k8s.toml",
+        )
+        .expect("valid");
+        let rules = Rules {
+            rules: file.rules(),
+            ..Rules::default()
+        };
+        let pod = |name: &str, container: &str, tier: &str| PodRef {
+            namespace: "payments".into(),
+            pod: name.into(),
+            container: Some(container.into()),
+            labels: BTreeMap::from([("tier".to_owned(), tier.to_owned())]),
+        };
+        let of = |pod: Option<&PodRef>| {
+            rules.thresholds_for(&Process {
+                pid: 7,
+                comm: "api",
+                exe: None,
+                cgroup: None,
+                pod,
+            })
+        };
+        let api = pod("api-7f9c", "web", "frontend");
+        assert_eq!(
+            of(Some(&api))[HangKind::LoopStall],
+            Some(Duration::from_secs(10))
+        );
+        assert!(of(Some(&api))[HangKind::StuckExit].is_some());
+        let sidecar = pod("api-7f9c", "sidecar", "frontend");
+        assert_eq!(of(Some(&sidecar))[HangKind::StuckExit], None, "silenced");
+        let backend = pod("api-1", "web", "backend");
+        assert_eq!(
+            of(Some(&backend))[HangKind::LoopStall],
+            Some(Duration::from_secs(2)),
+            "a label that does not match"
+        );
+        assert_eq!(
+            of(None)[HangKind::LoopStall],
+            Some(Duration::from_secs(2)),
+            "outside Kubernetes nothing matches a pod selector"
+        );
+        let err = ConfigFile::parse("[[rule]]\nnamespace = \"\"\nd_state = \"1s\"\n", "k.toml")
+            .expect_err("empty namespace");
+        assert!(err.to_string().starts_with("k.toml:2:"), "{err}");
     }
 }

@@ -4,11 +4,14 @@
 //! top-level key that sets it) and every rule that matches the process, in order, sets the
 //! kinds it names: the last matching rule wins, kind by kind. So a broad rule first and
 //! narrower exceptions after it read the way they apply.
-use std::{fmt, time::Duration};
+use std::{collections::BTreeMap, fmt, time::Duration};
 
 use globset::{GlobBuilder, GlobMatcher};
 
-use crate::detect::{HangKind, PerKind, Scope};
+use crate::{
+    detect::{HangKind, PerKind, Scope},
+    meta::pods::PodRef,
+};
 
 /// What a rule does to one kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +48,8 @@ pub struct Process<'a> {
     pub comm: &'a str,
     pub exe: Option<&'a str>,
     pub cgroup: Option<&'a str>,
+    /// Its pod, when hangwatch watches this node's pods and knows it.
+    pub pod: Option<&'a PodRef>,
 }
 
 /// The processes a rule applies to: every field given must match (an empty selector is
@@ -59,6 +64,13 @@ pub struct Selector {
     pub exe: Option<Pattern>,
     /// The cgroup v2 path (`/proc/PID/cgroup`): this cgroup or any below it.
     pub cgroup: Option<CgroupPattern>,
+    /// The Kubernetes namespace, pod name and container name of its pod (known when
+    /// hangwatch watches the node's pods: `--node-name`).
+    pub namespace: Option<Pattern>,
+    pub pod: Option<Pattern>,
+    pub container: Option<Pattern>,
+    /// Pod labels that must all be there, each value matching.
+    pub labels: BTreeMap<String, Pattern>,
 }
 
 impl Selector {
@@ -68,7 +80,16 @@ impl Selector {
             comm,
             exe,
             cgroup,
+            namespace,
+            pod,
+            container,
+            labels,
         } = self;
+        let of_pod = |pattern: &Option<Pattern>, field: fn(&PodRef) -> Option<&str>| {
+            pattern
+                .as_ref()
+                .is_none_or(|want| p.pod.and_then(field).is_some_and(|v| want.matches(v)))
+        };
         pid.is_none_or(|pid| pid == p.pid)
             && comm.as_ref().is_none_or(|c| c.matches(p.comm))
             && exe
@@ -77,6 +98,14 @@ impl Selector {
             && cgroup
                 .as_ref()
                 .is_none_or(|c| p.cgroup.is_some_and(|cg| c.matches(cg)))
+            && of_pod(namespace, |r| Some(&r.namespace))
+            && of_pod(pod, |r| Some(&r.pod))
+            && of_pod(container, |r| r.container.as_deref())
+            && labels.iter().all(|(key, want)| {
+                p.pod
+                    .and_then(|r| r.labels.get(key))
+                    .is_some_and(|v| want.matches(v))
+            })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -85,8 +114,19 @@ impl Selector {
             comm,
             exe,
             cgroup,
+            namespace,
+            pod,
+            container,
+            labels,
         } = self;
-        pid.is_none() && comm.is_none() && exe.is_none() && cgroup.is_none()
+        pid.is_none()
+            && comm.is_none()
+            && exe.is_none()
+            && cgroup.is_none()
+            && namespace.is_none()
+            && pod.is_none()
+            && container.is_none()
+            && labels.is_empty()
     }
 
     /// Whether the selector names nothing but a pid (then the process needs no look-up
@@ -97,8 +137,20 @@ impl Selector {
             comm,
             exe,
             cgroup,
+            namespace,
+            pod,
+            container,
+            labels,
         } = self;
-        pid.filter(|_| comm.is_none() && exe.is_none() && cgroup.is_none())
+        pid.filter(|_| {
+            comm.is_none()
+                && exe.is_none()
+                && cgroup.is_none()
+                && namespace.is_none()
+                && pod.is_none()
+                && container.is_none()
+                && labels.is_empty()
+        })
     }
 }
 
@@ -109,6 +161,10 @@ impl fmt::Display for Selector {
             comm,
             exe,
             cgroup,
+            namespace,
+            pod,
+            container,
+            labels,
         } = self;
         let mut parts = Vec::new();
         if let Some(pid) = pid {
@@ -122,6 +178,22 @@ impl fmt::Display for Selector {
         }
         if let Some(cgroup) = cgroup {
             parts.push(format!("cgroup = {:?}", cgroup.0.text()));
+        }
+        for (key, value) in [
+            ("namespace", namespace),
+            ("pod", pod),
+            ("container", container),
+        ] {
+            if let Some(v) = value {
+                parts.push(format!("{key} = {:?}", v.text()));
+            }
+        }
+        if !labels.is_empty() {
+            let pairs: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k:?} = {:?}", v.text()))
+                .collect();
+            parts.push(format!("labels = {{ {} }}", pairs.join(", ")));
         }
         f.write_str(&parts.join(", "))
     }
@@ -344,6 +416,7 @@ mod tests {
             comm,
             exe: Some(exe),
             cgroup: Some(cgroup),
+            pod: None,
         }
     }
 

@@ -655,6 +655,7 @@ pub(crate) mod testing {
                 comm,
                 exe: None,
                 cgroup: None,
+                pod: None,
             })[kind]
         }
     }

@@ -111,6 +111,7 @@ impl Targets {
             comm: &info.comm,
             exe: info.exe.as_deref(),
             cgroup: info.cgroup.as_deref(),
+            pod: info.pod.as_ref(),
         });
         self.resolved.insert(tgid, (version, t));
         Some(t)

@@ -66,13 +66,8 @@ impl ProcessCache {
     /// Facts about process `tgid`, checked against /proc now, or `None` if it is gone
     /// (counted in `vanished`). For reports.
     pub fn get(&mut self, tgid: u32) -> Option<ProcessInfo> {
-        let mut info = self
-            .lookup(tgid, Instant::now(), Duration::ZERO)
-            .map(|(info, _)| info.clone())?;
-        if let (Some(pods), Some(container)) = (&self.pods, &info.container) {
-            info.pod = pods.lookup(container);
-        }
-        Some(info)
+        self.lookup(tgid, Instant::now(), Duration::ZERO)
+            .map(|(info, _)| info.clone())
     }
 
     /// A cache that also names the pods of containerized processes from `pods`.
@@ -111,9 +106,24 @@ impl ProcessCache {
                     && now.saturating_duration_since(e.read) < REREAD
             });
             match same {
-                Some(entry) => entry.checked = now,
+                Some(entry) => {
+                    entry.checked = now;
+                    // The pod may have been listed since: what the rules see must follow.
+                    if let Some(pods) = &self.pods
+                        && let Some(container) = &entry.info.container
+                    {
+                        let pod = pods.lookup(container);
+                        if pod != entry.info.pod {
+                            entry.info.pod = pod;
+                            entry.version += 1;
+                        }
+                    }
+                }
                 None => {
-                    let info = read_process(tgid)?;
+                    let mut info = read_process(tgid)?;
+                    if let (Some(pods), Some(container)) = (&self.pods, &info.container) {
+                        info.pod = pods.lookup(container);
+                    }
                     let version = self.by_tgid.get(&tgid).map_or(0, |e| e.version + 1);
                     self.by_tgid.insert(
                         tgid,
