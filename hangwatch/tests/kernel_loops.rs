@@ -17,6 +17,9 @@ use common::*;
 use serde_json::Value;
 
 const LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longer than the daemon's walk interval with the default thresholds (half of the 1 s
+/// deadlock hold), so that a walk has seen a new server idle in its wait.
+const WALK_PAUSE: Duration = Duration::from_millis(1200);
 /// The default loop_stall threshold.
 const THRESHOLD_MS: u64 = 2000;
 
@@ -45,8 +48,11 @@ impl Server {
     }
 
     /// Some requests, each answered, so that the loop has come back to its wait a few
-    /// times (that is how it is recognized as a loop).
+    /// times (that is how it is recognized as a loop: a walk sees it idle in its wait, then
+    /// the scheduler probe counts its waits; hence the pause before, longer than a walk
+    /// interval).
     fn warm_up(&self, requests: usize) {
+        thread::sleep(WALK_PAUSE);
         for _ in 0..requests {
             let mut conn = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
             conn.write_all(b"ping\n").expect("write");
@@ -175,7 +181,9 @@ fn tokio_worker_blocked_by_its_handler_is_a_loop_stall_idle_runtime_is_not() {
     let mut daemon = Daemon::start(&[]);
     let stalling = Server::start(Program::start(&binary, &["stall"]));
     let idle = Server::start(Program::start(&binary, &["idle"]));
-    // Enough requests, some at once, that both workers have taken turns at the I/O driver.
+    // Enough requests, some at once, that both workers have taken turns at the I/O driver
+    // (after a walk saw the runtimes idle).
+    thread::sleep(WALK_PAUSE);
     for s in [&stalling, &idle] {
         let port = s.port;
         let clients: Vec<_> = (0..4)

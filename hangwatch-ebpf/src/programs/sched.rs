@@ -30,10 +30,10 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         Some((task, state)) => {
             state.off_cpu_at_ns = now;
             state.state_at_switch = prev_state;
-            // Blocking (not preempted): in which kind of wait? Kernel threads have no saved
-            // user registers worth reading; their syscall number reads as -1 or garbage
-            // that matches no wait.
-            if prev_state != 0 {
+            // Blocking (not preempted), and a thread a walk saw waiting in a loop wait: in
+            // which kind of wait does it block now? Only loop candidates pay the register
+            // read; for the rest of the machine this is one test of a loaded word.
+            if prev_state != 0 && state.loop_candidate != 0 {
                 match wait_kind(saved_syscall_nr(task)) {
                     WaitKind::Loop => {
                         state.loop_blocked_at_ns = now;
