@@ -84,7 +84,9 @@ pub fn bench(args: &Args) -> Result<()> {
         rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 7 }).max(1),
         run_length: Duration::from_millis(if args.quick { 500 } else { 1000 }),
         // Whole multiples of the daemon's 5 s full walks.
-        daemon_window: Duration::from_secs(if args.quick { 5 } else { 10 }),
+        // Long enough for several full walks even where they are spaced out (10,000
+        // threads: one every ~5 s), so that their cost is in the figure.
+        daemon_window: Duration::from_secs(if args.quick { 5 } else { 20 }),
         idle_threads: &[0, 1_000, DAEMON_THREADS],
         messaging_repeats: if args.quick { 1 } else { 2 },
     };
