@@ -4,6 +4,7 @@
 
 mod bench;
 mod build;
+mod image;
 mod run;
 mod setup;
 mod test;
@@ -41,6 +42,9 @@ enum Task {
     /// floor program and bpftrace; ns/run per program; the daemon's CPU and RSS (as root).
     /// Writes target/bench/report.{json,md}.
     Bench(bench::Args),
+    /// Set up, build (release), then build the container image of deploy/Containerfile with
+    /// Podman on a base made by debootstrap, and check that it runs (as root).
+    Image,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Task::Run(args) => run::run(&args),
         Task::Test(args) => test::test(&args),
         Task::Bench(args) => bench::bench(&args),
+        Task::Image => image::image(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -154,24 +154,6 @@ fn apt_install() -> Result<()> {
     }
     let all: Vec<&str> = missing.iter().chain(&optional).copied().collect();
     eprintln!("xtask setup: installing {}", all.join(" "));
-    let apt = |args: &[&str]| -> Result<()> {
-        let mut cmd = if crate::is_root() {
-            Command::new("env")
-        } else {
-            if crate::find_program("sudo").is_none() {
-                bail!(
-                    "these packages are missing and we are neither root nor have sudo: {}",
-                    missing.join(" ")
-                );
-            }
-            let mut cmd = Command::new("sudo");
-            cmd.arg("env");
-            cmd
-        };
-        cmd.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"])
-            .args(args);
-        crate::status(&mut cmd).with_context(|| format!("`apt-get {}` failed", args.join(" ")))
-    };
     apt(&["update"])?;
     if !missing.is_empty() {
         let mut install = vec!["install", "-y", "--no-install-recommends"];
@@ -210,6 +192,39 @@ fn has_candidate(package: &str) -> bool {
                     .is_some_and(|c| c.trim() != "(none)")
             })
         })
+}
+
+/// `apt-get ARGS`, non-interactive, as root (through sudo when we are not).
+fn apt(args: &[&str]) -> Result<()> {
+    let mut cmd = if crate::is_root() {
+        Command::new("env")
+    } else {
+        if crate::find_program("sudo").is_none() {
+            bail!(
+                "`apt-get {}` needs root, and there is no sudo",
+                args.join(" ")
+            );
+        }
+        let mut cmd = Command::new("sudo");
+        cmd.arg("env");
+        cmd
+    };
+    cmd.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"])
+        .args(args);
+    crate::status(&mut cmd).with_context(|| format!("`apt-get {}` failed", args.join(" ")))
+}
+
+/// Installs those of `packages` that are missing (for a task's own needs, such as `image`).
+pub fn install_missing(packages: &[&str]) -> Result<()> {
+    let missing = missing_packages(packages)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing {}", missing.join(" "));
+    apt(&["update"])?;
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend(&missing);
+    apt(&install)
 }
 
 /// The packages of `wanted` that dpkg does not list as installed.
