@@ -132,25 +132,11 @@ impl Selector {
     /// Whether the selector names nothing but a pid (then the process needs no look-up
     /// to be found, only to be checked).
     fn pid_only(&self) -> Option<u32> {
-        let Self {
-            pid,
-            comm,
-            exe,
-            cgroup,
-            namespace,
-            pod,
-            container,
-            labels,
-        } = self;
-        pid.filter(|_| {
-            comm.is_none()
-                && exe.is_none()
-                && cgroup.is_none()
-                && namespace.is_none()
-                && pod.is_none()
-                && container.is_none()
-                && labels.is_empty()
-        })
+        let others = Self {
+            pid: None,
+            ..self.clone()
+        };
+        self.pid.filter(|_| others.is_empty())
     }
 }
 
