@@ -131,6 +131,36 @@ pub fn render(e: &HangEvent) -> String {
             );
         }
     }
+    if let Some(stall) = &e.stall {
+        let parks = if stall.parking_worker {
+            " (a worker that parks when idle)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  loop     {} since its last return to its wait at {}{parks}",
+            stall.doing, stall.last_return_at
+        );
+    }
+    if let Some(exit) = &e.exit {
+        let _ = writeln!(
+            out,
+            "  exit     asked by {} from {}[{}] ({} signal(s)), still running",
+            exit.signal, exit.sender_comm, exit.sender_pid, exit.signals
+        );
+        for t in &e.threads {
+            let syscall = t.wait.syscall.as_deref().unwrap_or("running");
+            let _ = writeln!(
+                out,
+                "    tid {} '{}' {} in {syscall}, here: {}",
+                t.tid,
+                t.thread_name,
+                t.wait.state.letter(),
+                t.blocked_here.as_deref().unwrap_or("?")
+            );
+        }
+    }
     let sampled = e.stacks.source == StackSource::OnCpuSample;
     if let Some(here) = &e.stacks.blocked_here {
         let doing = if sampled { "running" } else { "blocked" };
@@ -268,6 +298,58 @@ mod tests {
         assert!(text.contains("cycle    11 -> 12 -> 11"), "{text}");
         assert!(
             text.contains("tid 12 'w12' waits for tid 11, blocked here: w12 at abba.c:12"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_stall_says_what_the_loop_does_and_a_stuck_exit_lists_its_threads() {
+        use crate::sink::{CycleMember, event::example};
+        let mut event = example(EventType::Hang, "loop_stall-1-2", 7, 2100);
+        event.kind = HangKind::LoopStall;
+        event.stall = Some(crate::sink::LoopStallInfo {
+            doing: "blocked in clock_nanosleep".into(),
+            on_cpu: false,
+            syscall: Some("clock_nanosleep".into()),
+            last_return_at: "2026-11-25T14:00:00.000Z".into(),
+            loop_waits: 9,
+            parking_worker: false,
+        });
+        let text = render(&event);
+        assert!(
+            text.contains("loop     blocked in clock_nanosleep since its last return"),
+            "{text}"
+        );
+        let mut exit = example(EventType::Hang, "stuck_exit-1-2", 7, 10_000);
+        exit.kind = HangKind::StuckExit;
+        exit.exit = Some(crate::sink::ExitInfo {
+            signal: "SIGTERM",
+            sender_pid: 1,
+            sender_comm: "systemd".into(),
+            signals: 2,
+        });
+        let thread = |tid, syscall: Option<&str>, here: &str| CycleMember {
+            tid,
+            thread_name: "w".into(),
+            wait: Wait {
+                syscall: syscall.map(str::to_owned),
+                ..exit.wait.clone()
+            },
+            blocked_here: Some(here.into()),
+            user_stack: Vec::new(),
+            kernel_stack: Vec::new(),
+        };
+        exit.threads = vec![
+            thread(7, Some("futex"), "save_state at stuck.c:30"),
+            thread(8, Some("read"), "wait_for_input at stuck.c:20"),
+        ];
+        let text = render(&exit);
+        assert!(
+            text.contains("asked by SIGTERM from systemd[1] (2 signal(s))"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tid 8 'w' S in read, here: wait_for_input at stuck.c:20"),
             "{text}"
         );
     }
