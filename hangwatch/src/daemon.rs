@@ -719,34 +719,19 @@ impl Scanner {
                 }
             });
         let report = HangEvent {
-            event,
-            id: episode.id.clone(),
-            kind: episode.key.kind,
-            pid: sample.tgid,
-            tid: sample.key.tid,
-            comm: process
-                .as_ref()
-                .map_or_else(|| sample.thread_name.to_string(), |p| p.comm.clone()),
-            thread_name: sample.thread_name.to_string(),
-            exe: process.as_ref().and_then(|p| p.exe.clone()),
-            cmdline: process
-                .as_ref()
-                .map(|p| p.cmdline.clone())
-                .unwrap_or_default(),
-            cgroup: process.as_ref().and_then(|p| p.cgroup.clone()),
-            workload: Workload::of(process.as_ref()),
-            started_at: clock::rfc3339(clock::wall_time_of(episode.key.since_ns, now_ns, now_wall)),
-            duration_ms: millis(episode.duration(now_ns)),
-            threshold_ms: millis(episode.threshold),
             blocked_since_before_start: sample.blocked_before_attach,
-            wait: with_owner(sample, &self.locks).with_proc_syscall(syscall),
             blocked_on,
             cycle,
             stall,
-            exit: None,
-            threads: Vec::new(),
-            stacks: thread_stacks,
-            resolution: None,
+            ..event_of(
+                event,
+                episode,
+                (sample.key.tid, sample.thread_name.to_string()),
+                process.as_ref(),
+                with_owner(sample, &self.locks).with_proc_syscall(syscall),
+                thread_stacks,
+                (now_ns, now_wall),
+            )
         };
         self.reports.insert(episode.key, report.clone());
         Some(report)
@@ -818,30 +803,6 @@ impl Scanner {
         }
         let (thread_name, wait, thread_stacks) = main?;
         let report = HangEvent {
-            event,
-            id: episode.id.clone(),
-            kind: HangKind::StuckExit,
-            pid: tgid,
-            tid: request.target.tid,
-            comm: process
-                .as_ref()
-                .map_or_else(|| thread_name.clone(), |p| p.comm.clone()),
-            thread_name,
-            exe: process.as_ref().and_then(|p| p.exe.clone()),
-            cmdline: process
-                .as_ref()
-                .map(|p| p.cmdline.clone())
-                .unwrap_or_default(),
-            cgroup: process.as_ref().and_then(|p| p.cgroup.clone()),
-            workload: Workload::of(process.as_ref()),
-            started_at: clock::rfc3339(clock::wall_time_of(episode.key.since_ns, now_ns, now_wall)),
-            duration_ms: millis(episode.duration(now_ns)),
-            threshold_ms: millis(episode.threshold),
-            blocked_since_before_start: false,
-            wait,
-            blocked_on: Vec::new(),
-            cycle: Vec::new(),
-            stall: None,
             exit: Some(ExitInfo {
                 signal: request.signal_name(),
                 sender_pid: request.sender_pid,
@@ -849,8 +810,15 @@ impl Scanner {
                 signals: request.signals,
             }),
             threads,
-            stacks: thread_stacks,
-            resolution: None,
+            ..event_of(
+                event,
+                episode,
+                (request.target.tid, thread_name),
+                process.as_ref(),
+                wait,
+                thread_stacks,
+                (now_ns, now_wall),
+            )
         };
         self.reports.insert(episode.key, report.clone());
         Some(report)
@@ -968,4 +936,42 @@ fn confirm_deadlock(members: &[&ThreadSample], whole_process: bool) -> bool {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An event of `episode` with what every kind fills the same way (the episode, the thread,
+/// its process, its wait and stacks); the kind-specific parts are left empty.
+fn event_of(
+    event: EventType,
+    episode: &Episode,
+    (tid, thread_name): (u32, String),
+    process: Option<&meta::ProcessInfo>,
+    wait: Wait,
+    stacks: ThreadStacks,
+    (now_ns, now_wall): (u64, SystemTime),
+) -> HangEvent {
+    HangEvent {
+        event,
+        id: episode.id.clone(),
+        kind: episode.key.kind,
+        pid: episode.tgid,
+        tid,
+        comm: process.map_or_else(|| thread_name.clone(), |p| p.comm.clone()),
+        thread_name,
+        exe: process.and_then(|p| p.exe.clone()),
+        cmdline: process.map(|p| p.cmdline.clone()).unwrap_or_default(),
+        cgroup: process.and_then(|p| p.cgroup.clone()),
+        workload: Workload::of(process),
+        started_at: clock::rfc3339(clock::wall_time_of(episode.key.since_ns, now_ns, now_wall)),
+        duration_ms: millis(episode.duration(now_ns)),
+        threshold_ms: millis(episode.threshold),
+        blocked_since_before_start: false,
+        wait,
+        blocked_on: Vec::new(),
+        cycle: Vec::new(),
+        stall: None,
+        exit: None,
+        threads: Vec::new(),
+        stacks,
+        resolution: None,
+    }
 }
