@@ -41,6 +41,9 @@ pub mod names {
     pub const MAP_WATCHED_TGIDS: &str = "WATCHED_TGIDS";
     /// Hash tid -> 1: threads whose stacks `dump_stacks` emits.
     pub const MAP_STACK_REQUESTS: &str = "STACK_REQUESTS";
+    /// LRU hash tgid -> 1: processes in which a walk found a thread in a loop wait; their
+    /// other threads become loop candidates too (a tokio worker parked on its condvar).
+    pub const MAP_LOOP_TGIDS: &str = "LOOP_TGIDS";
     /// LRU hash tgid -> [`crate::ExitSignal`]: processes asked to exit, drained by the daemon.
     pub const MAP_EXIT_SIGNALS: &str = "EXIT_SIGNALS";
     /// `.rodata` global: the [`crate::TaskOffsets`] of this kernel, set at load time.
@@ -54,6 +57,8 @@ pub const MAX_STACK_REQUESTS: u32 = 1024;
 /// Capacity of `EXIT_SIGNALS`: processes sent an exit signal and not yet drained by the
 /// daemon (it drains every tick); the least recently signalled are evicted beyond it.
 pub const MAX_EXIT_SIGNALS: u32 = 4096;
+/// Capacity of `LOOP_TGIDS`: processes with an event-loop thread (LRU beyond it).
+pub const MAX_LOOP_TGIDS: u32 = 8192;
 /// Kernel stack depth captured per thread.
 pub const MAX_KERNEL_STACK_DEPTH: usize = 64;
 

@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use hangwatch_ebpf::{
-    Counter, ExitSignal, MAX_EXIT_SIGNALS, MAX_STACK_REQUESTS, MAX_WATCHED_TGIDS, ScanConfig,
-    StackRecord, ThreadState,
+    Counter, ExitSignal, MAX_EXIT_SIGNALS, MAX_LOOP_TGIDS, MAX_STACK_REQUESTS, MAX_WATCHED_TGIDS,
+    ScanConfig, StackRecord, ThreadState,
 };
 
 use crate::task::Task;
@@ -74,6 +74,12 @@ pub static WATCHED_TGIDS: HashMap<u32, u32, { MAX_WATCHED_TGIDS as usize }> = Ha
 
 #[btf_map]
 pub static STACK_REQUESTS: HashMap<u32, u32, { MAX_STACK_REQUESTS as usize }> = HashMap::new();
+
+/// Processes that run an event loop (tgid -> 1), filled by the walks: every thread of them
+/// is a loop candidate, so a worker that parks on a futex between its turns at the loop's
+/// wait (tokio) is followed too.
+#[btf_map]
+pub static LOOP_TGIDS: LruHashMap<u32, u32, { MAX_LOOP_TGIDS as usize }> = LruHashMap::new();
 
 /// Processes sent an exit signal since the daemon last drained the map. LRU, so a storm of
 /// signals to short-lived processes can never fill it (evictions are older entries, which

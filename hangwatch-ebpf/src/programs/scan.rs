@@ -18,7 +18,9 @@ use hangwatch_ebpf::{
 };
 
 use crate::{
-    maps::{SCAN_CONFIG, STACK_REQUESTS, STACK_SCRATCH, THREAD_STATE, WATCHED_TGIDS, count},
+    maps::{
+        LOOP_TGIDS, SCAN_CONFIG, STACK_REQUESTS, STACK_SCRATCH, THREAD_STATE, WATCHED_TGIDS, count,
+    },
     syscalls::{SavedRegs, is_futex_wait, is_loop_wait},
     task::{Task, offsets},
 };
@@ -90,7 +92,7 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
     };
     let tgid: u32 = task.read(off.tgid);
     let on_cpu = state.off_cpu_at_ns <= state.on_cpu_at_ns;
-    mark_loop_candidate(task, state, on_cpu);
+    mark_loop_candidate(task, tgid, state, on_cpu);
     // Running, or runnable after a preemption: not blocked, whatever the clock says.
     let not_blocked = on_cpu || state.state_at_switch == 0;
     // SAFETY (both lookups): the value is not used, only its presence.
@@ -209,17 +211,24 @@ fn in_loop_wait(state: &ThreadState, on_cpu: bool) -> bool {
 
 /// Finds event-loop threads for the scheduler probe: a user thread blocked in a loop wait
 /// (epoll, io_uring) becomes a loop candidate, whose blocking switch-outs the probe then
-/// classifies. Each wait of each thread is looked at once (`loop_checked_wait_ns`), so an
-/// idle thread costs one register read in its life, not one per walk. The walk and the
-/// probe may write the same state at once; the fields are independent words and a lost
-/// update only delays recognition to the next wait.
+/// classifies, and its process goes into `LOOP_TGIDS`, whose other blocked threads become
+/// candidates too (tokio's workers take turns at the I/O driver and park on a futex in
+/// between: the one parked when the walk passes is a loop thread all the same). Each wait
+/// of each thread has its registers read once (`loop_checked_wait_ns`), so an idle thread
+/// costs one register read in its life, not one per walk. The walk and the probe may write
+/// the same state at once; the fields are independent words and a lost update only delays
+/// recognition to the next walk.
 #[inline(always)]
-fn mark_loop_candidate(task: Task, state: &mut ThreadState, on_cpu: bool) {
-    if on_cpu
-        || state.state_at_switch == 0
-        || state.loop_candidate != 0
-        || state.loop_checked_wait_ns == state.off_cpu_at_ns
-    {
+fn mark_loop_candidate(task: Task, tgid: u32, state: &mut ThreadState, on_cpu: bool) {
+    if on_cpu || state.state_at_switch == 0 || state.loop_candidate != 0 {
+        return;
+    }
+    // SAFETY: presence check only.
+    if unsafe { LOOP_TGIDS.get(tgid) }.is_some() {
+        state.loop_candidate = 1;
+        return;
+    }
+    if state.loop_checked_wait_ns == state.off_cpu_at_ns {
         return;
     }
     state.loop_checked_wait_ns = state.off_cpu_at_ns;
@@ -229,5 +238,6 @@ fn mark_loop_candidate(task: Task, state: &mut ThreadState, on_cpu: bool) {
         // This wait is one of its loop waits, seen by the walk instead of the probe.
         state.loop_blocked_at_ns = state.off_cpu_at_ns;
         state.loop_waits = state.loop_waits.wrapping_add(1);
+        let _ = LOOP_TGIDS.insert(tgid, 1, 0);
     }
 }
