@@ -63,7 +63,11 @@ impl Surfaces {
             .map(|url| WebhookSink::spawn(url, Arc::clone(&metrics)))
             .transpose()?;
         let store = Arc::new(Store::new(serde_json::Value::Null));
-        let api = Api::new(Arc::clone(&store), Arc::clone(&metrics), config.scan_interval);
+        let api = Api::new(
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            config.scan_interval,
+        );
         let listening = match config.listen {
             Some(addr) => {
                 let bound = serve(addr, Arc::clone(&api))?;
