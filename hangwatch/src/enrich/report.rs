@@ -39,6 +39,8 @@ pub struct Reports {
     /// The last report of each open episode, which its `resolved` event repeats.
     open: HashMap<EpisodeKey, HangEvent>,
     metrics: Arc<Metrics>,
+    /// The daemon is stopping: no target is read (its command line included).
+    stopping: bool,
 }
 
 impl Reports {
@@ -48,6 +50,7 @@ impl Reports {
             cmdlines: CmdlineCache::default(),
             open: HashMap::new(),
             metrics,
+            stopping: false,
         }
     }
 
@@ -60,6 +63,7 @@ impl Reports {
         stopping: bool,
     ) -> Option<HangEvent> {
         let budget = Budget::until(due, stopping);
+        self.stopping = stopping;
         let event = match transition {
             Transition::Opened(episode) => self.report(EventType::Hang, episode, tick, &budget),
             Transition::Updated(episode) => self.report(EventType::Update, episode, tick, &budget),
@@ -362,7 +366,12 @@ impl Reports {
         stacks: ThreadStacks,
         tick: &Tick,
     ) -> HangEvent {
-        let cmdline = if process.is_some() {
+        let cmdline = if self.stopping {
+            super::cmdline::Cmdline {
+                error: Some("not read: the daemon is stopping".into()),
+                ..super::cmdline::Cmdline::default()
+            }
+        } else if process.is_some() {
             self.cmdlines.get(episode.tgid, &mut self.reader)
         } else {
             super::cmdline::Cmdline::default()
