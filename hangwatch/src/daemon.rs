@@ -59,8 +59,10 @@ pub struct Config {
     pub config_file: Option<String>,
     pub scan_interval: Duration,
     pub output: OutputFormat,
-    /// Where the HTTP API and `/metrics` listen; `None` for off.
+    /// Where `/metrics` and `/healthz` listen; `None` for off.
     pub listen: Option<std::net::SocketAddr>,
+    /// Where the per-process API is served, and what the outputs leave out.
+    pub expose: crate::api::options::Exposure,
     /// Where events are POSTed, if anywhere.
     pub webhook: Option<crate::sink::WebhookUrl>,
     /// The optional probe groups to attach besides `sched_switch`.
@@ -571,7 +573,9 @@ impl Scanner {
                     }
                 }
                 Transition::Opened(e) | Transition::Updated(e) => {
-                    wanted.extend(std::iter::once(e.key.thread.tid).chain(e.members.iter().map(|m| m.tid)));
+                    wanted.extend(
+                        std::iter::once(e.key.thread.tid).chain(e.members.iter().map(|m| m.tid)),
+                    );
                 }
                 Transition::Ended(_) => {}
             }
@@ -693,8 +697,9 @@ impl Scanner {
                 .map_err(|err| err.to_string());
             match records {
                 Ok(records) => {
-                    if let Err(Job::Stacks(job)) =
-                        self.enrich.send(Job::Stacks(StacksJob { request, records }))
+                    if let Err(Job::Stacks(job)) = self
+                        .enrich
+                        .send(Job::Stacks(StacksJob { request, records }))
                     {
                         let _ = job
                             .request
@@ -782,4 +787,3 @@ fn confirm_deadlock(members: &[&ThreadSample], whole_process: bool) -> bool {
         same_wait && now.state == 'S' && !futex_owner::kill_pending(tgid, m.key.tid)
     })
 }
-

@@ -11,11 +11,16 @@ use axum::{
 };
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 
-use super::{Api, ApiError, Params, RawParams};
+use super::{Api, ApiError, Params, RawParams, access::Caller, hangs::visible};
 
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-pub async fn watch(State(api): State<Arc<Api>>, raw: RawParams) -> Result<Response, ApiError> {
+/// Only the events of processes the caller may read.
+pub async fn watch(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    raw: RawParams,
+) -> Result<Response, ApiError> {
     Params::check(raw, &[])?;
     let mut events = api.store.subscribe();
     let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(16);
@@ -23,10 +28,16 @@ pub async fn watch(State(api): State<Arc<Api>>, raw: RawParams) -> Result<Respon
         loop {
             let line = tokio::select! {
                 event = events.recv() => match event {
-                    Ok(event) => match serde_json::to_string(&*event) {
-                        Ok(json) => json + "\n",
-                        Err(_) => continue,
-                    },
+                    Ok(event) => {
+                        // Another user's process: not this caller's to see.
+                        let Some(event) = visible(&api, &caller, event) else {
+                            continue;
+                        };
+                        match serde_json::to_string(&*event) {
+                            Ok(json) => json + "\n",
+                            Err(_) => continue,
+                        }
+                    }
                     Err(RecvError::Lagged(missed)) => {
                         api.metrics.dropped("watch", "queue_full", missed);
                         continue;

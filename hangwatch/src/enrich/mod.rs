@@ -204,7 +204,7 @@ impl Stage {
     }
 
     fn publish(&self, event: HangEvent) {
-        self.sinks.hub.publish(&event);
+        let event = self.sinks.hub.publish(event);
         self.sinks.stdout.send(event);
     }
 
@@ -231,4 +231,3 @@ impl Stage {
 
 /// The stop's grace: how long the sinks may take to flush at SIGTERM.
 pub const FLUSH_GRACE: Duration = Duration::from_millis(400);
-
