@@ -231,3 +231,4 @@ impl Stage {
 
 /// The stop's grace: how long the sinks may take to flush at SIGTERM.
 pub const FLUSH_GRACE: Duration = Duration::from_millis(400);
+

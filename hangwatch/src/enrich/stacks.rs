@@ -74,8 +74,7 @@ impl StackReader {
         );
         self.kernel_published = (spent, failures);
         let (abandoned, stuck) = self.abandoned();
-        self.metrics
-            .readers(abandoned, stuck, self.resisting.marked);
+        self.metrics.readers(abandoned, stuck, self.resisting.marked);
     }
 
     /// Runs `task` on the user-stack worker for process `pid`, unless it resists; a miss
