@@ -51,7 +51,8 @@ fn cli_as_nobody(endpoint: &str, args: &[&str]) -> (Option<i32>, String, String)
     (out.status.code(), stdout, stderr)
 }
 
-/// One GET on the socket as nobody (HTTP/1.0, python3's socket module): (status, body).
+/// One GET on the socket as nobody (HTTP/1.0, the system python3's socket module: a
+/// python of root's, under a pyenv, would be out of nobody's reach): (status, body).
 /// `max_s` bounds how long the answer is read (the event stream never ends).
 fn get_as_nobody(socket: &str, path: &str, max_s: f64) -> (u16, String) {
     let script = format!(
@@ -72,7 +73,7 @@ fn get_as_nobody(socket: &str, path: &str, max_s: f64) -> (u16, String) {
          sys.stdout.write(data.decode('utf-8','replace'))\n"
     );
     let out = as_nobody()
-        .args(["python3", "-c", &script])
+        .args(["/usr/bin/python3", "-c", &script])
         .output()
         .expect("python3 as nobody");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -211,7 +212,7 @@ fn nobody_sees_its_own_processes_and_nothing_of_roots() {
     );
 
     // The event stream: a new root hang does not reach nobody's watch; its own do.
-    let mut watcher = as_nobody()
+    let watcher = as_nobody()
         .arg(HANGWATCH)
         .args(["watch", "--json"])
         .env("HANGWATCH_ENDPOINT", &endpoint)

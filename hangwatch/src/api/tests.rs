@@ -486,3 +486,30 @@ fn connections_beyond_the_limit_are_refused_and_idle_ones_closed() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(request_to(server.metrics, None, "GET", "/metrics").0, 200);
 }
+
+#[test]
+fn a_kept_alive_connection_is_closed_once_idle() {
+    let server = start_with(Limits {
+        max_connections: 4,
+        header_timeout: Duration::from_millis(300),
+    });
+    let mut stream = std::net::TcpStream::connect(server.metrics).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    // The answer (a JSON 503: no probes here), then the connection stays for the next
+    // request until the idle timeout.
+    let mut answer = [0u8; 4096];
+    let n = stream.read(&mut answer).expect("an answer");
+    let head = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    // Closed by the server (EOF), not left open until the client's 5 s read timeout.
+    let mut rest = Vec::new();
+    assert!(
+        stream.read_to_end(&mut rest).is_ok(),
+        "an idle kept-alive connection stayed open"
+    );
+}
