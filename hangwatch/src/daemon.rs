@@ -32,7 +32,7 @@ use crate::{
     meta::{self, OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc},
     probe::{Lookup, PROBES, ProbeSelection, Probes, ThreadHandle, preflight},
     sink::{OutputFormat, Resolution, StdoutSink},
-    state::{ExitTable, FutexCall, Refresh, ThreadKey, ThreadSample, ThreadTable},
+    state::{ExitTable, Refresh, ThreadKey, ThreadSample, ThreadTable},
 };
 
 /// The share of one core the full walks may take; beyond it they are spaced out. With the
@@ -493,7 +493,7 @@ impl Scanner {
                 exits: &exits,
             },
             &mut self.targets.lookup(&mut self.processes, started),
-            &mut confirm_deadlock,
+            &mut meta::confirm::deadlock,
             now_ns,
         );
         self.follow_loops(&detection.watch, &sample_list);
@@ -760,28 +760,3 @@ fn episode_of(transition: &Transition) -> &Episode {
         Transition::Opened(e) | Transition::Updated(e) | Transition::Ended(e) => e,
     }
 }
-
-/// A deadlock seen in the samples, checked against /proc now: every member still alive,
-/// in the same futex wait, with no kill pending; for a whole process, no other thread.
-fn confirm_deadlock(members: &[&ThreadSample], whole_process: bool) -> bool {
-    let Some(tgid) = members.first().map(|m| m.tgid) else {
-        return false;
-    };
-    if whole_process && futex_owner::thread_count(tgid) != Some(members.len()) {
-        return false;
-    }
-    members.iter().all(|m| {
-        let Some(now) = futex_owner::proc_thread(tgid, m.key.tid) else {
-            return false;
-        };
-        let same_wait = match (
-            now.syscall.as_ref().and_then(FutexCall::from_syscall),
-            m.futex_wait(),
-        ) {
-            (Some(now), Some(then)) => now.uaddr == then.uaddr,
-            _ => false,
-        };
-        same_wait && now.state == 'S' && !futex_owner::kill_pending(tgid, m.key.tid)
-    })
-}
-

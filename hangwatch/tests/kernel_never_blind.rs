@@ -14,6 +14,13 @@ use std::{
 
 use common::{frozen::FrozenFs, *};
 
+/// These tests load the machine on purpose (frozen filesystems, thousands of threads, a
+/// crowd of spinners): they run one at a time, or each would measure the others.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn have_freeze_tools() -> bool {
     for tool in ["mkfs.ext4", "fsfreeze", "losetup", "mount", "umount"] {
         if !have_tool(tool) {
@@ -78,6 +85,7 @@ fn impatient_get(url: &str, patience: Duration) -> String {
 #[ignore = "needs root: loads BPF programs, mounts and freezes a filesystem"]
 fn a_process_whose_mm_lock_is_stuck_is_reported_and_detection_goes_on() {
     require_root();
+    let _serial = one_at_a_time();
     if !have_freeze_tools() {
         return;
     }
@@ -164,6 +172,7 @@ fn a_process_whose_mm_lock_is_stuck_is_reported_and_detection_goes_on() {
 #[ignore = "needs root: loads BPF programs"]
 fn healthz_fails_while_the_scan_is_stalled() {
     require_root();
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().expect("temp dir");
     let stall = dir.path().join("stall");
     let stall_text = stall.to_str().expect("utf-8").to_owned();
@@ -195,6 +204,7 @@ fn healthz_fails_while_the_scan_is_stalled() {
 #[ignore = "needs root: loads BPF programs, mounts and freezes a filesystem"]
 fn a_mass_hang_is_reported_whole_and_detection_goes_on() {
     require_root();
+    let _serial = one_at_a_time();
     if !have_freeze_tools() {
         return;
     }
@@ -267,4 +277,123 @@ fn a_mass_hang_is_reported_whole_and_detection_goes_on() {
     let ids = episode_ids(&daemon.events_for(pid), "d_state");
     assert_eq!(ids.len(), THREADS, "one episode per thread, no duplicates");
     fs.thaw();
+}
+
+/// A process of 500 spinning threads that ignores SIGTERM: its `stuck_exit` report lists
+/// every thread but samples the stacks of at most 16 (and says so for the others), and a
+/// deadlock formed while it is reported is still reported on time.
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn a_stuck_exit_of_500_spinning_threads_stays_bounded() {
+    require_root();
+    let _serial = one_at_a_time();
+    const THREADS: usize = 500;
+    let daemon = Daemon::start(&["--stuck-exit-grace", "1s", "--scan-interval", "200ms"]);
+    // Niced: the point is the report's size and the detection beside it, not whether 500
+    // spinners on this machine's cores starve the test's own threads.
+    let mut command = Command::new("nice");
+    command.args(["-n", "19"]).arg(compile("spin_crowd")).arg(THREADS.to_string());
+    let mut crowd = Program::spawn(command);
+    let pid = u32::try_from(crowd.expect_number("pid", Duration::from_secs(10))).expect("pid");
+    let mut abba = Abba::start();
+    signal(pid, libc::SIGTERM);
+    // Let the stuck_exit come due, then form the deadlock while it is being reported.
+    thread::sleep(Duration::from_millis(900));
+    let lock = abba.deadlock();
+    let exit = daemon.wait_for_event("stuck_exit of the crowd", Duration::from_secs(10), |v| {
+        is_event(v, "hang", "stuck_exit", pid)
+    });
+    let deadlock = daemon.wait_for_event("deadlock beside the crowd", Duration::from_secs(8), |v| {
+        v["event"] == "hang" && v["kind"] == "deadlock" && u64_of(v, "/pid") == u64::from(abba.pid())
+    });
+    let latency = deadlock.at.saturating_duration_since(lock.at);
+    let threads = exit.value["threads"].as_array().cloned().unwrap_or_default();
+    let with_stacks = threads
+        .iter()
+        .filter(|t| t["kernel_stack"].as_array().is_some_and(|s| !s.is_empty()) || t["user_stack"].as_array().is_some_and(|s| !s.is_empty()))
+        .count();
+    let capped = threads
+        .iter()
+        .filter(|t| t["stacks_error"].as_str().is_some_and(|e| e.contains("carries the stacks of 16")))
+        .count();
+    let size = exit.value.to_string().len();
+    eprintln!(
+        "stuck_exit of {} threads: {with_stacks} with stacks, {capped} said capped, {size} bytes; deadlock beside it reported {latency:?} after it formed",
+        threads.len()
+    );
+    assert!(threads.len() > THREADS, "every thread is listed: {}", threads.len());
+    assert!(with_stacks <= 16, "at most 16 threads sampled, not {with_stacks}");
+    assert!(capped >= THREADS - 16, "the others say why they have no stack: {capped}");
+    assert!(latency < Duration::from_secs(4), "the deadlock is reported on time, not {latency:?}");
+    crowd.kill();
+}
+
+/// A hostile binary: abba.c with a compressed `.debug_frame` that inflates to 256 MiB. Its
+/// deadlock is reported on time with its stacks, the section is refused before it is
+/// inflated (`hangwatch_limits_total{limit="section_too_large"}`), and the daemon's memory
+/// stays small.
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn a_binary_with_a_compressed_section_bomb_is_reported_without_inflating_it() {
+    require_root();
+    let _serial = one_at_a_time();
+    if !have_tool("objcopy") {
+        eprintln!("skipped: objcopy is not installed (binutils)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let zeros = dir.path().join("zeros");
+    std::fs::File::create(&zeros)
+        .and_then(|f| f.set_len(256 << 20))
+        .expect("256 MiB of zeros");
+    let bomb = dir.path().join("abba-bomb");
+    let abba = compile("abba");
+    let plain = dir.path().join("abba-plain");
+    let add: Vec<std::ffi::OsString> = vec![
+        "--remove-section=.debug_frame".into(),
+        format!("--add-section=.debug_frame={}", zeros.display()).into(),
+        abba.into_os_string(),
+        plain.clone().into_os_string(),
+    ];
+    run_ok("objcopy", add);
+    let compress: Vec<std::ffi::OsString> = vec![
+        "--compress-debug-sections=zlib".into(),
+        plain.into_os_string(),
+        bomb.clone().into_os_string(),
+    ];
+    run_ok("objcopy", compress);
+    let size = std::fs::metadata(&bomb).expect("bomb").len();
+    eprintln!("the bomb binary is {size} bytes");
+    assert!(size < 16 << 20, "the section is stored compressed: {size} bytes");
+
+    let daemon = Daemon::start(&["--listen", "127.0.0.1:0", "--scan-interval", "200ms"]);
+    let mut program = Program::start(&bomb, &["hold-forever"]);
+    let pid = u32::try_from(program.expect_number("pid", Duration::from_secs(5))).expect("pid");
+    program.send("go");
+    program.expect_line("ready", Duration::from_secs(5));
+    let formed = Instant::now();
+    let deadlock = daemon.wait_for_event("deadlock of the bomb binary", Duration::from_secs(8), |v| {
+        v["event"] == "hang" && v["kind"] == "deadlock" && u64_of(v, "/pid") == u64::from(pid)
+    });
+    let latency = deadlock.at.saturating_duration_since(formed);
+    let frames = deadlock.value["cycle"][0]["user_stack"].as_array().map_or(0, Vec::len);
+    let metrics = http("GET", &format!("{}/metrics", daemon.endpoint())).text;
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("hangwatch_limits_total{limit=\"section_too_large\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        .unwrap_or(0);
+    eprintln!(
+        "bomb: deadlock reported {latency:?} after it formed, {frames} user frames, sections refused {refused}, daemon RSS {rss_kib} KiB"
+    );
+    assert!(frames > 0, "the user stack is unwound from .eh_frame: {}", deadlock.value);
+    assert!(refused >= 1.0, "the bomb section is refused and counted:\n{metrics}");
+    assert!(rss_kib < 200 << 10, "the daemon did not inflate the bomb: RSS {rss_kib} KiB");
 }

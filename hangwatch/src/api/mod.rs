@@ -59,6 +59,8 @@ pub struct Api {
     last_scan_ms: AtomicU64,
     born: Instant,
     scan_interval: Duration,
+    /// `watch` streams open now (at most `watch::MAX_STREAMS`).
+    watch_streams: std::sync::atomic::AtomicUsize,
 }
 
 /// `/healthz` fails when no scan completed for this many scan intervals (at least
@@ -84,6 +86,7 @@ impl Api {
             last_scan_ms: AtomicU64::new(0),
             born: Instant::now(),
             scan_interval,
+            watch_streams: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 

@@ -284,14 +284,18 @@ impl Detectors {
             if sample.paused() {
                 continue; // stopped by a signal or a debugger: not the program's hang
             }
-            if sample.uninterruptible()
-                && let Some(threshold) = past(HangKind::DState, sample, thresholds)
-            {
-                out.extend(DState { threshold }.check(sample, now_ns));
-            }
-            if selected.contains(&sample.tgid)
-                && let Some(threshold) = past(HangKind::OffCpu, sample, thresholds)
-            {
+            let off_cpu = selected
+                .contains(&sample.tgid)
+                .then(|| past(HangKind::OffCpu, sample, thresholds))
+                .flatten();
+            if sample.uninterruptible() {
+                // The kind says what it is: a thread in D is `d_state`, also in a selected
+                // process, and there as soon as its off-CPU threshold says so.
+                let d_state = past(HangKind::DState, sample, thresholds);
+                if let Some(threshold) = d_state.into_iter().chain(off_cpu).min() {
+                    out.extend(DState { threshold }.check(sample, now_ns));
+                }
+            } else if let Some(threshold) = off_cpu {
                 out.extend(OffCpu { threshold }.check(sample, selected, now_ns));
             }
             if locks.owners.contains_key(&sample.key)
@@ -544,7 +548,9 @@ mod tests {
         let quiet_d = blocked(202, 200, hangwatch_ebpf::task_state::UNINTERRUPTIBLE, 0);
         let loud_waiter = blocked_in_futex(301, 300, 0, 2, false);
         let loud_d = blocked(302, 300, hangwatch_ebpf::task_state::UNINTERRUPTIBLE, 0);
-        let samples = [watched, quiet_waiter, quiet_d, loud_waiter, loud_d];
+        // In D in the selected process: `d_state` (what it is) at off_cpu's 1 s.
+        let watched_d = blocked(102, 100, hangwatch_ebpf::task_state::UNINTERRUPTIBLE, 0);
+        let samples = [watched, quiet_waiter, quiet_d, loud_waiter, loud_d, watched_d];
         let mut locks = LockFacts::default();
         locks.owners.insert(samples[1].key, 203); // running owners, no cycle
         locks.owners.insert(samples[3].key, 303);
@@ -569,6 +575,7 @@ mod tests {
             got,
             vec![
                 (101, HangKind::OffCpu, 1),
+                (102, HangKind::DState, 1),
                 (301, HangKind::LockWait, 5),
                 (302, HangKind::DState, 10),
             ]

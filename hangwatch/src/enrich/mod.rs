@@ -8,9 +8,10 @@
 //!
 //! So nothing a watched process does can stall detection: a read that blocks costs its
 //! report that part (with the reason), never a later tick. And the stage keeps its own
-//! pace: a report is due `REPORT_DUE` after its tick; past that (a mass hang, thousands of
-//! reports at once) reports go out with what costs nothing to add (the kernel stack,
-//! the wait) and say why the user stack is missing.
+//! pace: the reports of a tick may spend `REPORT_DUE` reading user stacks; past that (a
+//! mass hang, thousands of reports at once), and for a tick that waited `BACKLOG` in the
+//! queue, reports go out with what costs nothing to add (the kernel stack, the wait) and
+//! say why the user stack is missing.
 pub mod cmdline;
 mod report;
 pub mod stacks;
@@ -42,9 +43,18 @@ pub const MAX_CMDLINE_BYTES: usize = 4096;
 /// A `stuck_exit` report carries the stacks of at most this many of the process's threads
 /// (its signalled thread first); the others are listed with their wait only.
 pub const MAX_EXIT_STACKS: usize = 16;
-/// A report is due this long after the tick that made it: past it, user stacks are no
-/// longer read for it (the kernel stack and the wait still are).
-pub const REPORT_DUE: Duration = Duration::from_millis(300);
+/// The reports of one tick may spend this long reading user stacks, from when the stage
+/// starts on the tick; past it (a mass hang: thousands of transitions in one tick) the
+/// rest go out with their kernel stacks and waits, and say why the user stack is missing.
+pub const REPORT_DUE: Duration = Duration::from_secs(1);
+/// A tick that waited this long in the queue (the stage is behind) gets no user stacks at
+/// all: the stage catches up at the speed of kernel symbolization.
+pub const BACKLOG: Duration = Duration::from_secs(2);
+/// The first reports of a tick get their user stacks even past `REPORT_DUE` (a cold cache
+/// or a large binary can take a second: the ordinary case of one or two hangs must not
+/// lose stacks to it), up to `REPORT_HARD_DUE`.
+pub const ALWAYS_READ: usize = 4;
+pub const REPORT_HARD_DUE: Duration = Duration::from_secs(3);
 /// One read of a watched process (its stack and the files to unwind and symbolize it, its
 /// command line) may take this long; past it the process is marked as resisting.
 pub const READ_DEADLINE: Duration = Duration::from_millis(200);
@@ -185,11 +195,18 @@ impl Stage {
     }
 
     fn tick(&mut self, tick: &Tick, stopping: bool) {
-        for transition in &tick.transitions {
+        let started = Instant::now();
+        let behind = started.duration_since(tick.at) >= BACKLOG;
+        for (i, transition) in tick.transitions.iter().enumerate() {
+            let due = match (behind, i < ALWAYS_READ) {
+                (true, _) => started,
+                (false, true) => started + REPORT_HARD_DUE,
+                (false, false) => started + REPORT_DUE,
+            };
             let started = Instant::now();
             // A report that panics (a bug) costs that report, not the stage.
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.reports.build(transition, tick, stopping)
+                self.reports.build(transition, tick, due, stopping)
             }));
             self.sinks.hub.metrics.report(started.elapsed());
             match built {

@@ -57,9 +57,10 @@ impl Reports {
         &mut self,
         transition: &Transition,
         tick: &Tick,
+        due: Instant,
         stopping: bool,
     ) -> Option<HangEvent> {
-        let budget = Budget::until(tick.at + REPORT_DUE, stopping);
+        let budget = Budget::until(due, stopping);
         let event = match transition {
             Transition::Opened(episode) => self.report(EventType::Hang, episode, tick, &budget),
             Transition::Updated(episode) => self.report(EventType::Update, episode, tick, &budget),
@@ -123,14 +124,12 @@ impl Reports {
                 } else {
                     self.stacks_of(m, tick.stacks.get(member), budget)
                 };
-                cycle.push(CycleMember {
-                    tid: member.tid,
-                    thread_name: m.thread_name.to_string(),
-                    wait: with_owner(m),
-                    blocked_here: member_stacks.blocked_here,
-                    user_stack: member_stacks.user_stack,
-                    kernel_stack: member_stacks.kernel_stack,
-                });
+                cycle.push(CycleMember::of(
+                    member.tid,
+                    m.thread_name.to_string(),
+                    with_owner(m),
+                    member_stacks,
+                ));
             }
         }
         let blocked_on = if tick.owners.contains_key(&sample.key) {
@@ -238,14 +237,7 @@ impl Reports {
             if tid == request.target.tid {
                 main = Some((t.name.clone(), wait.clone(), thread_stacks.clone()));
             }
-            threads.push(CycleMember {
-                tid,
-                thread_name: t.name,
-                wait,
-                blocked_here: thread_stacks.blocked_here,
-                user_stack: thread_stacks.user_stack,
-                kernel_stack: thread_stacks.kernel_stack,
-            });
+            threads.push(CycleMember::of(tid, t.name, wait, thread_stacks));
         }
         let (thread_name, wait, thread_stacks) = main?;
         let base = self.event_of(

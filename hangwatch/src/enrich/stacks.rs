@@ -51,6 +51,8 @@ pub struct StackReader {
     metrics: Arc<Metrics>,
     /// Kernel symbolization figures already in the metrics.
     kernel_published: (Duration, u64),
+    /// Sections refused for their size, already in the metrics.
+    sections_published: u64,
 }
 
 impl StackReader {
@@ -61,6 +63,7 @@ impl StackReader {
             resisting: Resisting::default(),
             metrics,
             kernel_published: (Duration::ZERO, 0),
+            sections_published: 0,
         })
     }
 
@@ -75,6 +78,10 @@ impl StackReader {
         self.kernel_published = (spent, failures);
         let (abandoned, stuck) = self.abandoned();
         self.metrics.readers(abandoned, stuck, self.resisting.marked);
+        let refused = crate::stack::user::sections_refused();
+        self.metrics
+            .limit("section_too_large", refused.saturating_sub(self.sections_published));
+        self.sections_published = refused;
     }
 
     /// Runs `task` on the user-stack worker for process `pid`, unless it resists; a miss
@@ -119,6 +126,7 @@ impl StackReader {
             resisting,
             metrics,
             kernel_published: _,
+            sections_published: _,
         } = self;
         blocked_stacks(kernel, record, kernel_thread, |regs| match budget {
             Budget::Skip(why) => {

@@ -9,7 +9,28 @@ use std::{fs::File, io, os::unix::fs::FileExt as _};
 /// Reads up to `buf.len()` bytes at `address` of process `pid`; returns how many were
 /// read (short at the end of a mapping).
 pub fn read(pid: u32, address: u64, buf: &mut [u8]) -> io::Result<usize> {
-    let mem = File::open(format!("/proc/{pid}/mem"))?;
+    Memory::open(pid)?.read(address, buf)
+}
+
+/// A process's memory opened once, for several reads (one `open` checks the ptrace
+/// access; each read is then one `pread`).
+pub struct Memory {
+    file: File,
+}
+
+impl Memory {
+    pub fn open(pid: u32) -> io::Result<Self> {
+        File::open(format!("/proc/{pid}/mem")).map(|file| Self { file })
+    }
+
+    /// Reads up to `buf.len()` bytes at `address`; returns how many were read (short at
+    /// the end of a mapping).
+    pub fn read(&self, address: u64, buf: &mut [u8]) -> io::Result<usize> {
+        read_at(&self.file, address, buf)
+    }
+}
+
+fn read_at(mem: &File, address: u64, buf: &mut [u8]) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match mem.read_at(&mut buf[done..], address + done as u64) {

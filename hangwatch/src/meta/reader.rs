@@ -34,6 +34,9 @@ pub const MAX_STUCK_WORKERS: usize = 16;
 pub const RESIST_FOR: Duration = Duration::from_secs(30);
 /// Tasks waiting for a worker; a caller beyond it is told the worker is busy.
 const QUEUE: usize = 64;
+/// A task past its deadline whose thread is still *running* (unwinding, parsing a large
+/// binary's DWARF: work, not a wait on the target) gets this much longer in all.
+pub const CPU_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a read gave nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,10 +106,12 @@ pub struct Worker<S: 'static> {
     pub abandoned: Arc<AtomicU64>,
 }
 
-/// One worker thread: its queue, and the flag that tells it it was abandoned.
+/// One worker thread: its queue, the flag that tells it it was abandoned, and its tid
+/// (to tell a thread that computes from one blocked in the kernel).
 struct Thread<S> {
     tasks: SyncSender<Task<S>>,
     abandoned: Arc<AtomicBool>,
+    tid: Arc<std::sync::atomic::AtomicI32>,
 }
 
 impl<S: 'static> fmt::Debug for Worker<S> {
@@ -148,25 +153,39 @@ impl<S: 'static> Worker<S> {
         self.submit(move |state| {
             let _ = reply.send(task(state));
         })?;
-        match answer.recv_timeout(deadline) {
-            Ok(result) => Ok(result),
-            Err(RecvTimeoutError::Timeout) => {
-                self.abandon();
-                Err(ReadError::Missed {
-                    deadline,
-                    why: "a read of it is blocked in the kernel".into(),
-                })
-            }
-            // The task panicked (its thread is gone): start another.
-            Err(RecvTimeoutError::Disconnected) => {
-                self.restart();
-                Err(ReadError::Missed {
-                    deadline,
-                    why: "the reader failed".into(),
-                })
+        let started = Instant::now();
+        let mut wait = deadline;
+        loop {
+            match answer.recv_timeout(wait) {
+                Ok(result) => return Ok(result),
+                // Past the deadline but running on a CPU: slow work (a cold cache, a large
+                // binary), not a wait on the process; it gets up to `CPU_GRACE`.
+                Err(RecvTimeoutError::Timeout)
+                    if started.elapsed() < CPU_GRACE && self.current.running() =>
+                {
+                    wait = Duration::from_millis(20);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let why = if self.current.running() {
+                        format!("the read still ran after {CPU_GRACE:?}")
+                    } else {
+                        "a read of it is blocked in the kernel".to_owned()
+                    };
+                    self.abandon();
+                    return Err(ReadError::Missed { deadline, why });
+                }
+                // The task panicked (its thread is gone): start another.
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.restart();
+                    return Err(ReadError::Missed {
+                        deadline,
+                        why: "the reader failed".into(),
+                    });
+                }
             }
         }
     }
+
 
     /// Queues `task` without waiting for it (its result goes where the task sends it).
     pub fn submit(&mut self, task: impl FnOnce(&mut S) + Send + 'static) -> Result<(), ReadError> {
@@ -206,7 +225,11 @@ impl<S: 'static> Thread<S> {
         let (tasks, queue) = mpsc::sync_channel::<Task<S>>(QUEUE);
         let abandoned = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&abandoned);
+        let tid = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let own_tid = Arc::clone(&tid);
         thread::Builder::new().name(name.into()).spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            own_tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
             let mut state = make();
             for task in queue {
                 task(&mut state);
@@ -218,7 +241,22 @@ impl<S: 'static> Thread<S> {
                 }
             }
         })?;
-        Ok(Self { tasks, abandoned })
+        Ok(Self {
+            tasks,
+            abandoned,
+            tid,
+        })
+    }
+
+    /// The thread is on a CPU or runnable (`R` in /proc): it works rather than waits.
+    fn running(&self) -> bool {
+        let tid = self.tid.load(Ordering::Relaxed);
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
+            return false;
+        };
+        stat.rfind(')')
+            .and_then(|i| stat.get(i + 2..i + 3))
+            .is_some_and(|state| state == "R")
     }
 }
 

@@ -27,8 +27,9 @@ const WORK_BUCKETS: &[f64] = &[
 
 /// Every way an event can fail to reach a sink: full queues (stdout, webhook, a `watch`
 /// client that fell behind) and webhook deliveries given up after their retries.
-const DROP_REASONS: [(&str, &str); 4] = [
+const DROP_REASONS: [(&str, &str); 5] = [
     ("stdout", "queue_full"),
+    ("stack_requests", "caller_gone"),
     ("watch", "queue_full"),
     ("webhook", "queue_full"),
     ("webhook", "failed"),
@@ -107,7 +108,7 @@ struct HungCounts {
 
 /// Every limit the daemon enforces and counts in `hangwatch_limits_total` when it bites
 /// (docs/design.md, "Never blind": why each exists).
-pub const LIMITS: [&str; 7] = [
+pub const LIMITS: [&str; 6] = [
     // A tick's transitions found the enrich queue full: reported without stacks.
     "enrich_queue_full",
     // A report was past due: its user stacks were not read.
@@ -116,8 +117,6 @@ pub const LIMITS: [&str; 7] = [
     "exit_stacks",
     // A threads?stacks request found the stack queue full (503).
     "stack_queue_full",
-    // The HTTP server refused a connection beyond its limit.
-    "http_connections",
     // A `watch` stream was refused beyond the limit of concurrent streams.
     "watch_streams",
     // A module's section was larger than the unwinder reads.

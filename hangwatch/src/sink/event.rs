@@ -176,6 +176,24 @@ pub struct CycleMember {
     pub user_stack: Vec<crate::stack::Frame>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kernel_stack: Vec<crate::stack::Frame>,
+    /// Why its stacks are missing or partial (not read in time, not sampled, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacks_error: Option<String>,
+}
+
+impl CycleMember {
+    /// A thread of a report with its wait and stacks.
+    pub fn of(tid: u32, thread_name: String, wait: Wait, stacks: ThreadStacks) -> Self {
+        Self {
+            tid,
+            thread_name,
+            wait,
+            stacks_error: stacks.kernel_stack_error.or(stacks.user_stack_error),
+            blocked_here: stacks.blocked_here,
+            user_stack: stacks.user_stack,
+            kernel_stack: stacks.kernel_stack,
+        }
+    }
 }
 
 /// A synthetic report, for tests of the sinks, the store and the API.

@@ -292,6 +292,7 @@ mod tests {
             blocked_here: Some(format!("w{tid} at abba.c:{tid}")),
             user_stack: Vec::new(),
             kernel_stack: Vec::new(),
+            stacks_error: None,
         };
         event.cycle = vec![member(11, 12), member(12, 11)];
         let text = render(&event);
@@ -338,6 +339,7 @@ mod tests {
             blocked_here: Some(here.into()),
             user_stack: Vec::new(),
             kernel_stack: Vec::new(),
+            stacks_error: None,
         };
         exit.threads = vec![
             thread(7, Some("futex"), "save_state at stuck.c:30"),

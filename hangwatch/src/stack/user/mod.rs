@@ -30,6 +30,11 @@ use super::{Frame, FrameTag, UserRegisters, tag};
 
 pub(crate) use memory::StackCopy;
 
+/// Sections refused for their size since start (`modules::MAX_SECTION_BYTES`).
+pub fn sections_refused() -> u64 {
+    modules::SECTIONS_REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// How a user stack was obtained, to judge it by.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnwindInfo {
