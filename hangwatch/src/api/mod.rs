@@ -231,13 +231,14 @@ pub fn serve(listen: Listeners, api: Arc<Api>) -> Result<Bound, ServeError> {
                         Arc::clone(&counted),
                     ));
                 }
-                if let Some((listener, token_file)) = cluster {
-                    if let Some(listener) = tcp(listener) {
-                        let router = router(Arc::clone(&api)).layer(
-                            middleware::from_fn_with_state(token_file, cluster::require_token),
-                        );
-                        serving.spawn(listeners::serve(listener, router, limits, counted));
-                    }
+                if let Some((listener, token_file)) = cluster
+                    && let Some(listener) = tcp(listener)
+                {
+                    let router = router(Arc::clone(&api)).layer(middleware::from_fn_with_state(
+                        token_file,
+                        cluster::require_token,
+                    ));
+                    serving.spawn(listeners::serve(listener, router, limits, counted));
                 }
                 // The accept loops run until the process exits.
                 while serving.join_next().await.is_some() {}

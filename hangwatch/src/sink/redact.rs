@@ -115,6 +115,7 @@ mod tests {
             blocked_here: None,
             user_stack: Vec::new(),
             kernel_stack: vec![kernel_frame("0xffffffff81000000", "schedule")],
+            stacks_error: None,
         };
         member.wait.wchan = Some("0xffffffff81234567".into());
         event.cycle.push(member.clone());
