@@ -115,7 +115,8 @@ fn root_reads_kallsyms() -> bool {
 fn a_socket_without_a_group_is_roots_alone() {
     require_root();
     assert!(have_tool("setpriv"), "setpriv (util-linux) is needed");
-    let daemon = Daemon::start(&[]);
+    let mut abba = Abba::start();
+    let daemon = Daemon::start(&["--redact-kernel-addresses", "--redact-cmdline"]);
     let endpoint = daemon.endpoint();
     let (code, _, stderr) = cli_as_nobody(&endpoint, &["list"]);
     assert_ne!(code, Some(0));
@@ -126,6 +127,31 @@ fn a_socket_without_a_group_is_roots_alone() {
     // Root's CLI works unchanged.
     let status = cli_ok(&endpoint, &["status", "--json"]).json();
     assert_eq!(status["ready"], true, "{status}");
+
+    // The redaction flags: stdout has neither kernel addresses nor arguments; the API
+    // keeps the addresses for root (who may read kallsyms here) but not the arguments.
+    abba.deadlock();
+    let pid = abba.pid();
+    let hang = daemon.wait_for_event("the deadlock", Duration::from_secs(5), |v| {
+        str_of(v, "/event") == "hang" && u64_of(v, "/pid") == u64::from(pid)
+    });
+    let v = &hang.value;
+    assert!(kernel_addresses(v).is_empty(), "stdout: {v}");
+    assert!(
+        v["kernel_stack"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["symbol"].is_string())),
+        "the symbols stay: {v}"
+    );
+    assert_eq!(v["cmdline"][1], "<redacted>", "{v}");
+    let id = str_of(v, "/id").to_owned();
+    let shown = cli_ok(&endpoint, &["show", &id, "--json"]).json();
+    assert_eq!(shown["cmdline"][1], "<redacted>", "{shown}");
+    assert_eq!(
+        !kernel_addresses(&shown).is_empty(),
+        root_reads_kallsyms(),
+        "the API strips per caller, not per flag: {shown}"
+    );
 }
 
 #[test]
