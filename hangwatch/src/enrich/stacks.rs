@@ -21,25 +21,33 @@ use crate::{
     },
 };
 
-/// Whether user stacks may be read for a report, or why not.
+/// Until when user stacks may be read for a report, or why not: checked at each read, so
+/// that a report of many threads (a stuck exit) stops reading when it is due.
 #[derive(Debug, Clone)]
 pub enum Budget {
-    Read,
+    Until(Instant),
     Skip(String),
 }
 
 impl Budget {
-    /// `Read` until `due`, then why not.
+    /// Reads until `due`, none once stopping.
     pub fn until(due: Instant, stopping: bool) -> Self {
         if stopping {
             Self::Skip("not read: the daemon is stopping".into())
-        } else if Instant::now() >= due {
-            Self::Skip(format!(
-                "not read: the report was due (more reports at once than can be unwound within {:?}; `hangwatch threads PID --stacks` reads it)",
-                super::REPORT_DUE
-            ))
         } else {
-            Self::Read
+            Self::Until(due)
+        }
+    }
+
+    /// Whether a read may start now, or why not.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Self::Until(due) if Instant::now() < *due => Ok(()),
+            Self::Until(_) => Err(format!(
+                "not read: the report was due (more stacks at once than can be unwound within {:?}; `hangwatch threads PID --stacks` reads it)",
+                super::REPORT_DUE
+            )),
+            Self::Skip(why) => Err(why.clone()),
         }
     }
 }
@@ -77,10 +85,13 @@ impl StackReader {
         );
         self.kernel_published = (spent, failures);
         let (abandoned, stuck) = self.abandoned();
-        self.metrics.readers(abandoned, stuck, self.resisting.marked);
-        let refused = crate::stack::user::sections_refused();
         self.metrics
-            .limit("section_too_large", refused.saturating_sub(self.sections_published));
+            .readers(abandoned, stuck, self.resisting.marked);
+        let refused = crate::stack::user::sections_refused();
+        self.metrics.limit(
+            "section_too_large",
+            refused.saturating_sub(self.sections_published),
+        );
         self.sections_published = refused;
     }
 
@@ -128,12 +139,12 @@ impl StackReader {
             kernel_published: _,
             sections_published: _,
         } = self;
-        blocked_stacks(kernel, record, kernel_thread, |regs| match budget {
-            Budget::Skip(why) => {
+        blocked_stacks(kernel, record, kernel_thread, |regs| match budget.check() {
+            Err(why) => {
                 metrics.limit("report_due", 1);
-                Err(why.clone())
+                Err(why)
             }
-            Budget::Read => read(user, resisting, metrics, pid, READ_DEADLINE, move |user| {
+            Ok(()) => read(user, resisting, metrics, pid, READ_DEADLINE, move |user| {
                 user.capture(pid, regs)
             })
             .map_err(|err| err.to_string()),
@@ -150,7 +161,8 @@ impl StackReader {
         record: Option<&StackRecord>,
         budget: &Budget,
     ) -> ThreadStacks {
-        if let Budget::Skip(why) = budget {
+        if let Err(why) = budget.check() {
+            self.metrics.limit("report_due", 1);
             return ThreadStacks::failed(format!("the thread runs; its stack was {why}"));
         }
         let sampled = self.read(

@@ -485,7 +485,9 @@ impl Metrics {
         }
         let n = hung.by_labels.entry(labels.clone()).or_default();
         *n += 1;
-        self.hung_threads.with_label_values(&labels.values()).set(*n);
+        self.hung_threads
+            .with_label_values(&labels.values())
+            .set(*n);
     }
 
     /// An episode ended: one thread fewer under its labels (the label set goes when its
@@ -506,7 +508,9 @@ impl Metrics {
             hung.by_labels.remove(labels);
             let _ = self.hung_threads.remove_label_values(&labels.values());
         } else {
-            self.hung_threads.with_label_values(&labels.values()).set(*n);
+            self.hung_threads
+                .with_label_values(&labels.values())
+                .set(*n);
         }
     }
 

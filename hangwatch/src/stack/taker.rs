@@ -70,10 +70,8 @@ pub fn blocked_stacks(
     user: impl FnOnce(UserRegisters) -> Result<UserStack, String>,
 ) -> ThreadStacks {
     let Some(record) = record else {
-        return ThreadStacks {
-            kernel_stack_error: Some("the thread was gone before its stack was read".into()),
-            ..ThreadStacks::default()
-        };
+        // Both stacks say why: a report never has an empty stack without a reason.
+        return ThreadStacks::failed("the thread was gone before its stack was read".into());
     };
     let depth = (record.kernel_depth as usize).min(record.kernel_stack.len());
     let user_registers = (!kernel_thread && record.user_ip != 0).then_some(UserRegisters {
