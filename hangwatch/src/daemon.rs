@@ -59,8 +59,10 @@ pub struct Config {
     pub config_file: Option<String>,
     pub scan_interval: Duration,
     pub output: OutputFormat,
-    /// Where the HTTP API and `/metrics` listen; `None` for off.
+    /// Where `/metrics` and `/healthz` listen; `None` for off.
     pub listen: Option<std::net::SocketAddr>,
+    /// Where the per-process API is served, and what the outputs leave out.
+    pub expose: crate::api::options::Exposure,
     /// Where events are POSTed, if anywhere.
     pub webhook: Option<crate::sink::WebhookUrl>,
     /// The optional probe groups to attach besides `sched_switch`.

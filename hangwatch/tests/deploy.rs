@@ -87,6 +87,8 @@ fn manifests_validate_against_the_schemas() {
         "ServiceMonitor",
         "PrometheusRule",
         "ConfigMap",
+        "NetworkPolicy",
+        "Role",
     ] {
         assert!(
             report.lines().any(|l| l.starts_with(&format!("{kind}/"))),
@@ -105,7 +107,7 @@ fn manifests_validate_against_the_schemas() {
             .arg(&deploy)
             .arg("--rendered")
             .arg(&file));
-        assert!(report.contains("9 objects valid"), "{report}");
+        assert!(report.contains("11 objects valid"), "{report}");
     } else {
         eprintln!("kubectl is not installed: `kubectl kustomize deploy/` not checked");
     }
@@ -130,4 +132,83 @@ fn alert_rules_check_and_pass_their_unit_tests() {
         "rules-test.yaml",
     ]));
     assert!(tested.contains("SUCCESS"), "{tested}");
+}
+
+/// docs/security.md in the manifests: the per-process API is not on the pod network
+/// without the token, the NetworkPolicy lets only Prometheus reach /metrics, the pod is
+/// node-critical.
+#[test]
+fn the_daemonset_serves_the_api_only_with_a_token() {
+    let deploy = deploy_dir();
+    let read = |name: &str| -> serde_yaml_ng::Value {
+        let path = deploy.join("core").join(name);
+        let text =
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("parsing {name}: {e}"))
+    };
+    let daemonset = read("daemonset.yaml");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["priorityClassName"].as_str(),
+        Some("system-node-critical")
+    );
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        !args.iter().any(|a| a.starts_with("--listen")),
+        "the old all-in-one listener: {args:?}"
+    );
+    assert!(args.contains(&"--metrics-listen=0.0.0.0:9924"), "{args:?}");
+    assert!(args.contains(&"--redact-kernel-addresses"), "{args:?}");
+    let token_file = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--cluster-api-token-file="))
+        .expect("the cluster API has a token file");
+    let mounts = container["volumeMounts"].as_sequence().expect("mounts");
+    let token_mount = mounts
+        .iter()
+        .find(|m| m["name"].as_str() == Some("api-token"))
+        .expect("the token is mounted");
+    let mount_path = token_mount["mountPath"].as_str().expect("mountPath");
+    assert!(
+        token_file.starts_with(mount_path),
+        "{token_file} not under {mount_path}"
+    );
+    let volumes = pod["volumes"].as_sequence().expect("volumes");
+    let secret = volumes
+        .iter()
+        .find(|v| v["name"].as_str() == Some("api-token"))
+        .expect("the token volume");
+    assert_eq!(
+        secret["secret"]["secretName"].as_str(),
+        Some("hangwatch-api-token")
+    );
+
+    let policy = read("networkpolicy.yaml");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
+        Some("hangwatch")
+    );
+    let rules = policy["spec"]["ingress"].as_sequence().expect("ingress");
+    let metrics_rule = rules
+        .iter()
+        .find(|r| r["ports"][0]["port"].as_str() == Some("metrics"))
+        .expect("a rule for the metrics port");
+    assert_eq!(
+        metrics_rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
+        Some("prometheus"),
+        "only Prometheus scrapes"
+    );
+    let reader = read("rbac-reader.yaml");
+    assert!(
+        serde_yaml_ng::to_string(&reader["rules"])
+            .expect("yaml")
+            .contains("hangwatch-api-token"),
+        "the reader Role reads the token Secret, and only it"
+    );
 }

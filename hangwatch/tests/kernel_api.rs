@@ -470,7 +470,7 @@ fn every_cli_command_against_a_live_hang() {
         "{down:?}"
     );
     let bad = cli("https://example", &["status"]);
-    assert!(bad.stderr.contains("expected http://HOST:PORT"), "{bad:?}");
+    assert!(bad.stderr.contains("expected unix:PATH"), "{bad:?}");
 }
 
 // ---------------------------------------------------------------------------------------

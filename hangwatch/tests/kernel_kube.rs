@@ -32,9 +32,19 @@ const NODE_PODS: &str = include_str!("fixtures/pods-node-1.json");
 /// The DaemonSet's pods, as `GET /api/v1/namespaces/hangwatch/pods?labelSelector=...` answers.
 const HANGWATCH_PODS: &str = include_str!("fixtures/hangwatch-pods.json");
 
+/// The cluster API's token, as the daemon's token file and the Secret hold it.
+const CLUSTER_TOKEN: &str = "hangwatch-test-token-0123456789ab";
+/// The same, base64 as in a Secret's `data`.
+const CLUSTER_TOKEN_BASE64: &str = "aGFuZ3dhdGNoLXRlc3QtdG9rZW4tMDEyMzQ1Njc4OWFi";
+/// The bearer token of the kubeconfig's user whom RBAC grants the hangwatch-reader Role.
+const READER: &str = "test-token";
+
 /// What the test API server answers.
 #[derive(Clone, Default)]
 struct Routes {
+    /// RBAC of the reader Role: the bearer tokens allowed to read the token Secret and to
+    /// use the pod proxy (others get 403, as the API server answers a user RBAC denies).
+    readers: Vec<&'static str>,
     /// `/api/v1/pods`: the node watch (list, then a watch held open).
     node_pods: Option<&'static str>,
     /// `/api/v1/namespaces/hangwatch/pods`: the DaemonSet's pods.
@@ -90,14 +100,19 @@ impl ApiServer {
             .clone()
     }
 
-    /// A kubeconfig for this server, with a bearer token, written into `dir`.
+    /// A kubeconfig for this server, with the reader's bearer token, written into `dir`.
     fn kubeconfig(&self, dir: &Path) -> String {
-        let path = dir.join("kubeconfig");
+        self.kubeconfig_for(dir, READER)
+    }
+
+    /// A kubeconfig for this server with the bearer token `token`.
+    fn kubeconfig_for(&self, dir: &Path, token: &str) -> String {
+        let path = dir.join(format!("kubeconfig-{token}"));
         fs::write(
             &path,
             format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n\
-                 users:\n- name: test\n  user:\n    token: test-token\n\
+                 users:\n- name: test\n  user:\n    token: {token}\n\
                  contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
                  current-context: test\n",
                 self.url
@@ -142,6 +157,7 @@ fn serve(stream: TcpStream, routes: &Routes, requests: &Mutex<Vec<String>>, stop
             return;
         }
         let mut authorization = String::new();
+        let mut cluster_token = None;
         let mut length = 0usize;
         loop {
             let mut header = String::new();
@@ -155,6 +171,8 @@ fn serve(stream: TcpStream, routes: &Routes, requests: &Mutex<Vec<String>>, stop
             let lower = header.to_ascii_lowercase();
             if lower.starts_with("authorization:") {
                 authorization = header["authorization:".len()..].trim().to_owned();
+            } else if lower.starts_with("x-hangwatch-token:") {
+                cluster_token = Some(header["x-hangwatch-token:".len()..].trim().to_owned());
             } else if let Some(n) = lower.strip_prefix("content-length:") {
                 length = n.trim().parse().unwrap_or(0);
             }
@@ -175,7 +193,33 @@ fn serve(stream: TcpStream, routes: &Routes, requests: &Mutex<Vec<String>>, stop
             .any(|p| p == "watch=true" || p == "watch=1");
         let proxied = path
             .strip_prefix("/api/v1/namespaces/hangwatch/pods/")
-            .and_then(|rest| rest.split_once(":9924/proxy"));
+            .and_then(|rest| rest.split_once(":9925/proxy"));
+        // RBAC of the reader Role: the token Secret and the pod proxy.
+        let reader = routes
+            .readers
+            .iter()
+            .any(|t| authorization == format!("Bearer {t}"));
+        let guarded =
+            proxied.is_some() || path.starts_with("/api/v1/namespaces/hangwatch/secrets/");
+        if guarded && !reader {
+            let (resource, verb) = if proxied.is_some() {
+                ("pods/proxy", "get")
+            } else {
+                ("secrets", "get")
+            };
+            respond(
+                &mut out,
+                "403 Forbidden",
+                &status_json(
+                    403,
+                    "Forbidden",
+                    &format!(
+                        "{resource} is forbidden: User \"denied\" cannot {verb} resource \"{resource}\" in API group \"\" in the namespace \"hangwatch\""
+                    ),
+                ),
+            );
+            continue;
+        }
         if let (Some(pods), "/api/v1/pods", false) = (routes.node_pods, path, watch) {
             respond(&mut out, "200 OK", pods);
         } else if let (Some(_), "/api/v1/pods", true) = (routes.node_pods, path, watch) {
@@ -195,6 +239,14 @@ fn serve(stream: TcpStream, routes: &Routes, requests: &Mutex<Vec<String>>, stop
             (routes.hangwatch_pods, path)
         {
             respond(&mut out, "200 OK", pods);
+        } else if path == "/api/v1/namespaces/hangwatch/secrets/hangwatch-api-token" {
+            let secret = serde_json::json!({
+                "kind": "Secret", "apiVersion": "v1",
+                "metadata": {"name": "hangwatch-api-token", "namespace": "hangwatch"},
+                "type": "Opaque",
+                "data": {"token": CLUSTER_TOKEN_BASE64},
+            });
+            respond(&mut out, "200 OK", &secret.to_string());
         } else if let Some((pod, rest)) = proxied {
             match routes.proxies.iter().find(|(name, _)| *name == pod) {
                 Some((_, Some(daemon))) => {
@@ -203,7 +255,14 @@ fn serve(stream: TcpStream, routes: &Routes, requests: &Mutex<Vec<String>>, stop
                     } else {
                         format!("{daemon}{rest}?{query}")
                     };
-                    let answer = http("GET", &url);
+                    // As the API server does: the user's Authorization stays behind (it
+                    // was for the API server), the other headers go along.
+                    let headers: Vec<(&str, &str)> = cluster_token
+                        .as_deref()
+                        .map(|t| ("X-Hangwatch-Token", t))
+                        .into_iter()
+                        .collect();
+                    let answer = http_with("GET", &url, &headers);
                     respond(&mut out, &format!("{} OK", answer.status), &answer.text);
                 }
                 Some((_, None)) => respond(
@@ -480,7 +539,16 @@ fn events_name_the_container_and_pod_of_real_cgroups() {
 fn list_all_nodes_merges_the_daemonset_pods_through_the_pod_proxy() {
     require_root();
     let mut abba = Abba::start();
-    let daemon = Daemon::start(&[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("token");
+    fs::write(&token_file, CLUSTER_TOKEN).expect("token file");
+    let token_path = token_file.to_string_lossy().into_owned();
+    let daemon = Daemon::start(&[
+        "--cluster-api-listen",
+        "127.0.0.1:0",
+        "--cluster-api-token-file",
+        &token_path,
+    ]);
     abba.deadlock();
     let pid = abba.pid();
     let hang = daemon.wait_for_event("deadlock for abba", Duration::from_secs(5), |v| {
@@ -491,20 +559,21 @@ fn list_all_nodes_merges_the_daemonset_pods_through_the_pod_proxy() {
     let id = str_of(&hang.value, "/id").to_owned();
     let api = ApiServer::start(Routes {
         hangwatch_pods: Some(HANGWATCH_PODS),
+        readers: vec![READER],
         proxies: vec![
-            ("hangwatch-7xk2p", Some(daemon.endpoint())),
+            ("hangwatch-7xk2p", Some(daemon.cluster_endpoint())),
             ("hangwatch-m9q4d", None),
         ],
         ..Routes::default()
     });
-    let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = api.kubeconfig(dir.path());
-    let list = |extra: &[&str]| {
+    let denied_kubeconfig = api.kubeconfig_for(dir.path(), "denied-token");
+    let list_as = |kubeconfig: &str, extra: &[&str]| {
         let mut command = Command::new(HANGWATCH);
         command
             .args(["list", "--all-nodes", "--kind", "deadlock"])
             .args(extra)
-            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             // Nothing listens there: every answer must come through the API server.
             .env("HANGWATCH_ENDPOINT", "http://127.0.0.1:9");
         let out = command.output().expect("run hangwatch list");
@@ -516,6 +585,7 @@ fn list_all_nodes_merges_the_daemonset_pods_through_the_pod_proxy() {
         );
         (out.status.code(), stdout, stderr)
     };
+    let list = |extra: &[&str]| list_as(&kubeconfig, extra);
 
     let (code, stdout, _) = list(&["--json"]);
     assert_eq!(code, Some(0));
@@ -576,8 +646,40 @@ fn list_all_nodes_merges_the_daemonset_pods_through_the_pod_proxy() {
     );
     assert!(
         requests.iter().any(|r| r.contains(
-            "/api/v1/namespaces/hangwatch/pods/hangwatch-7xk2p:9924/proxy/api/v1/hangs?kind=deadlock"
+            "/api/v1/namespaces/hangwatch/pods/hangwatch-7xk2p:9925/proxy/api/v1/hangs?kind=deadlock"
         ) && r.contains("[Bearer test-token]")),
         "{requests:?}"
+    );
+
+    // A user RBAC does not grant the reader Role: refused by the API server (403), and the
+    // CLI says which grant is missing.
+    let (code, stdout, stderr) = list_as(&denied_kubeconfig, &["--json"]);
+    assert_ne!(code, Some(0), "a denied user listed hangs: {stdout}");
+    assert!(!stdout.contains(&id), "{stdout}");
+    assert!(
+        stderr.contains("refused") && stderr.contains("hangwatch-reader"),
+        "the CLI does not say what is missing: {stderr}"
+    );
+    // The cluster listener itself, reached without the API server: nothing without the
+    // token, 401; with it, the hang.
+    let cluster = daemon.cluster_endpoint();
+    let bare = http("GET", &format!("{cluster}/api/v1/hangs"));
+    assert_eq!(bare.status, 401, "{}", bare.text);
+    let wrong = http_with(
+        "GET",
+        &format!("{cluster}/api/v1/threads/1"),
+        &[("X-Hangwatch-Token", "not-the-token-not-the-token")],
+    );
+    assert_eq!(wrong.status, 401, "{}", wrong.text);
+    let right = http_with(
+        "GET",
+        &format!("{cluster}/api/v1/hangs"),
+        &[("X-Hangwatch-Token", CLUSTER_TOKEN)],
+    );
+    assert!(right.text.contains(&id), "{}", right.text);
+    assert!(
+        !right.text.contains("0xffffffff"),
+        "a cluster caller got a kernel address: {}",
+        right.text
     );
 }

@@ -11,7 +11,7 @@ use std::{
 use hangwatch_ebpf::Counter;
 use serde_json::json;
 
-use super::{Api, ServeError, StackRequest, serve, threads};
+use super::{Api, Bound, Listeners, ServeError, StackRequest, serve, threads};
 use crate::{
     daemon::Config,
     metrics::Metrics,
@@ -54,7 +54,8 @@ pub struct Surfaces {
 }
 
 impl Surfaces {
-    /// Starts the HTTP server (unless `--listen off`) and the webhook (if any).
+    /// Starts the HTTP server's listeners (metrics, the API socket, the cluster API: those
+    /// not turned off) and the webhook (if any).
     pub fn start(config: &Config) -> Result<Self, SurfacesError> {
         let metrics = Arc::new(Metrics::new());
         let webhook = config
@@ -68,16 +69,28 @@ impl Surfaces {
             Arc::clone(&metrics),
             config.scan_interval,
         );
-        let listening = match config.listen {
-            Some(addr) => {
-                let bound = serve(addr, Arc::clone(&api))?;
-                // The tests parse this line for the port of `--listen 127.0.0.1:0`.
-                tracing::info!("HTTP API listening on http://{bound}");
-                Some(bound)
-            }
-            None => None,
-        };
-        store.update_status(|s| s.config = effective_config(config, listening));
+        let expose = &config.expose;
+        let listening = serve(
+            Listeners {
+                metrics: config.listen,
+                socket: expose.socket.clone(),
+                socket_group: expose.socket_group.clone(),
+                cluster: expose.cluster.clone(),
+                limits: super::listeners::Limits::default(),
+            },
+            Arc::clone(&api),
+        )?;
+        // The tests parse these lines for the port of `--metrics-listen 127.0.0.1:0`.
+        if let Some(addr) = listening.metrics {
+            tracing::info!("metrics listening on http://{addr}");
+        }
+        if let Some(path) = &listening.socket {
+            tracing::info!("API socket listening on unix:{}", path.display());
+        }
+        if let Some(addr) = listening.cluster {
+            tracing::info!("cluster API (token required) listening on http://{addr}");
+        }
+        store.update_status(|s| s.config = effective_config(config, &listening));
         // Bounded: a flood of `threads?stacks` requests gets 503s, not a queue of work.
         let (stack_sender, stack_requests) = mpsc::sync_channel(threads::STACK_QUEUE);
         started_now();
@@ -86,6 +99,7 @@ impl Surfaces {
                 store: Arc::clone(&store),
                 metrics: Arc::clone(&metrics),
                 webhook,
+                redaction: expose.redaction,
             }),
             store,
             metrics,
@@ -229,7 +243,7 @@ fn counter_name(counter: Counter) -> &'static str {
 }
 
 /// The configuration as the daemon runs it, for `status`.
-fn effective_config(config: &Config, listening: Option<std::net::SocketAddr>) -> serde_json::Value {
+fn effective_config(config: &Config, listening: &Bound) -> serde_json::Value {
     let duration = |d: Option<Duration>| {
         d.map_or_else(
             || "off".to_owned(),
@@ -260,7 +274,12 @@ fn effective_config(config: &Config, listening: Option<std::net::SocketAddr>) ->
                     .collect::<serde_json::Map<_, _>>(),
             }))
             .collect::<Vec<_>>(),
-        "listen": listening.map(|a| a.to_string()),
+        "metrics_listen": listening.metrics.map(|a| a.to_string()),
+        "api_socket": listening.socket.as_ref().map(|p| p.display().to_string()),
+        "api_socket_group": config.expose.socket_group,
+        "cluster_api_listen": listening.cluster.map(|a| a.to_string()),
+        "redact_kernel_addresses": config.expose.redaction.kernel_addresses,
+        "redact_cmdline": config.expose.redaction.cmdline,
         "webhook": config.webhook.as_ref().map(ToString::to_string),
     })
 }

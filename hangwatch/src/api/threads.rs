@@ -18,11 +18,12 @@ use hangwatch_ebpf::{MAX_STACK_REQUESTS, ThreadRecord, ThreadState, task_state};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::{Api, ApiError, Params, RawParams};
+use super::{Api, ApiError, Params, RawParams, access::Caller, peer};
 use crate::{
     clock,
     meta::ProcSyscall,
     probe::{Lookup, StateReader},
+    sink::redact,
     stack::ThreadStacks,
     state::{ThreadSample, Wait},
 };
@@ -93,9 +94,11 @@ pub struct ThreadView {
     pub stacks: Option<ThreadStacks>,
 }
 
-/// `GET /api/v1/threads/{pid}[?stacks=true]`.
+/// `GET /api/v1/threads/{pid}[?stacks=true]`, for a caller that may read the process
+/// (403 otherwise, before anything of it is read).
 pub async fn threads(
     State(api): State<Arc<Api>>,
+    caller: Caller,
     Path(pid): Path<String>,
     raw: RawParams,
 ) -> Result<Json<ThreadDump>, ApiError> {
@@ -113,10 +116,20 @@ pub async fn threads(
     let access = api.probes.get();
     let reader = access.and_then(|a| a.reader.clone());
     let attached = access.is_some();
-    let read = tokio::task::spawn_blocking(move || read_dump(pid, reader.as_ref(), attached));
-    let mut dump = match tokio::time::timeout(PROC_TIMEOUT, read).await {
-        Ok(Ok(Some(dump))) => dump,
-        Ok(Ok(None)) => return Err(ApiError::not_found(format!("no process with pid {pid}"))),
+    let asking = caller.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let owner = peer::owner_of(tgid_of(pid)?);
+        Some(match asking.may_read(owner.as_ref()) {
+            Ok(()) => Ok(read_dump(pid, reader.as_ref(), attached).map(|dump| (dump, owner))),
+            Err(denied) => Err(denied),
+        })
+    });
+    let (mut dump, owner) = match tokio::time::timeout(PROC_TIMEOUT, read).await {
+        Ok(Ok(Some(Ok(Some(read))))) => read,
+        Ok(Ok(Some(Err(denied)))) => return Err(ApiError::forbidden(&denied)),
+        Ok(Ok(None | Some(Ok(None)))) => {
+            return Err(ApiError::not_found(format!("no process with pid {pid}")));
+        }
         Ok(Err(join)) => {
             return Err(ApiError::new(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -136,6 +149,25 @@ pub async fn threads(
         match access {
             None => dump.stacks_error = Some("the probes are not loaded yet".into()),
             Some(access) => add_stacks(&mut dump, &access.stacks, &api.metrics).await?,
+        }
+    }
+    // The process may have changed hands while it was read (an exec of a setuid program,
+    // or its pid reused by another user's process): then nothing of it goes out.
+    if let Some(now) = peer::owner_of(dump.pid)
+        && Some(now) != owner
+    {
+        caller
+            .may_read(Some(&now))
+            .map_err(|denied| ApiError::forbidden(&denied))?;
+    }
+    if !caller.sees_kernel_addresses() {
+        for thread in &mut dump.threads {
+            if let Some(stacks) = &mut thread.stacks {
+                redact::strip_stacks(stacks);
+            }
+            if let Some(wait) = &mut thread.wait {
+                redact::strip_wchan(wait);
+            }
         }
     }
     Ok(Json(dump))

@@ -14,7 +14,7 @@ use axum::{
 };
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 
-use super::{Api, ApiError, Params, RawParams};
+use super::{Api, ApiError, Params, RawParams, access::Caller, hangs::visible};
 
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Streams open at once; more are refused (503): each holds a task, a buffer and a
@@ -30,7 +30,12 @@ impl Drop for StreamSlot {
     }
 }
 
-pub async fn watch(State(api): State<Arc<Api>>, raw: RawParams) -> Result<Response, ApiError> {
+/// Only the events of processes the caller may read.
+pub async fn watch(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    raw: RawParams,
+) -> Result<Response, ApiError> {
     Params::check(raw, &[])?;
     if api.watch_streams.fetch_add(1, Ordering::Relaxed) >= MAX_STREAMS {
         api.watch_streams.fetch_sub(1, Ordering::Relaxed);
@@ -47,10 +52,16 @@ pub async fn watch(State(api): State<Arc<Api>>, raw: RawParams) -> Result<Respon
         loop {
             let line = tokio::select! {
                 event = events.recv() => match event {
-                    Ok(event) => match serde_json::to_string(&*event) {
-                        Ok(json) => json + "\n",
-                        Err(_) => continue,
-                    },
+                    Ok(event) => {
+                        // Another user's process: not this caller's to see.
+                        let Some(event) = visible(&api, &caller, event) else {
+                            continue;
+                        };
+                        match serde_json::to_string(&*event) {
+                            Ok(json) => json + "\n",
+                            Err(_) => continue,
+                        }
+                    }
                     Err(RecvError::Lagged(missed)) => {
                         api.metrics.dropped("watch", "queue_full", missed);
                         continue;

@@ -72,6 +72,34 @@ fn render(config: &Config, output_set: bool) -> String {
         ),
         ("wakeup_probe", config.probes.wakeup.to_string()),
         ("futex_probes", config.probes.futex.to_string()),
+        (
+            "api.socket",
+            config
+                .expose
+                .socket
+                .as_ref()
+                .map_or("off".to_owned(), |p| p.display().to_string()),
+        ),
+        (
+            "api.socket_group",
+            config.expose.socket_group.clone().unwrap_or("none".into()),
+        ),
+        (
+            "api.cluster_listen",
+            config
+                .expose
+                .cluster
+                .as_ref()
+                .map_or("off".to_owned(), |c| c.addr.to_string()),
+        ),
+        (
+            "api.redact_kernel_addresses",
+            config.expose.redaction.kernel_addresses.to_string(),
+        ),
+        (
+            "api.redact_cmdline",
+            config.expose.redaction.cmdline.to_string(),
+        ),
     ] {
         let _ = writeln!(out, "  {key:<14} {value}");
     }

@@ -2,12 +2,17 @@
 //! Kubernetes API server's pod proxy (`/api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`),
 //! so that a laptop with a kubeconfig reaches daemons that listen on pod IPs only.
 //!
+//! Each pod's cluster listener answers only requests that carry the cluster token, read
+//! here from its Secret: Kubernetes RBAC decides who may ask (`get` on that Secret and on
+//! `pods/proxy`), and the CLI says which grant is missing when it is refused
+//! (deploy/README.md, "Who can read the API").
 //! The pods are the DaemonSet's (a label selector in its namespace); each is asked at once,
 //! with a time limit, and one that cannot answer is reported beside the others' answers.
 use std::time::Duration;
 
 use clap::Args;
-use k8s_openapi::api::core::v1::Pod;
+use http_body_util::BodyExt;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, Client, Config, api::ListParams};
 use serde_json::Value;
 
@@ -41,15 +46,29 @@ pub struct ClusterArgs {
     )]
     pub kube_selector: String,
 
-    /// With --all-nodes: the port of the daemon's API in its pod (`--listen`) [default: 9924]
+    /// With --all-nodes: the port of the daemon's cluster API in its pod
+    /// (`--cluster-api-listen`) [default: 9925]
     #[arg(
         long,
         value_name = "PORT",
-        default_value_t = 9924,
+        default_value_t = 9925,
         hide_default_value = true
     )]
     pub kube_port: u16,
+
+    /// With --all-nodes: the Secret (in --kube-namespace) whose `token` key the cluster API
+    /// asks for [default: hangwatch-api-token]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "hangwatch-api-token",
+        hide_default_value = true
+    )]
+    pub kube_token_secret: String,
 }
+
+/// What RBAC must grant a user of `--all-nodes` (deploy/core/rbac-reader.yaml).
+const GRANT: &str = "bind your user to the hangwatch-reader Role (deploy/core/rbac-reader.yaml: get/list pods, get pods/proxy and get the token Secret in the hangwatch namespace)";
 
 /// One pod's answer, or why there is none.
 #[derive(Debug)]
@@ -71,6 +90,19 @@ pub enum ClusterError {
     List {
         namespace: String,
         selector: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the Kubernetes API refused {what}: {message}; {GRANT}")]
+    Forbidden { what: String, message: String },
+    #[error(
+        "no Secret {namespace}/{name} with a `token` key: the cluster API is off until it exists (deploy/README.md, \"Who can read the API\")"
+    )]
+    NoToken { namespace: String, name: String },
+    #[error("cannot read the Secret {namespace}/{name}")]
+    Token {
+        namespace: String,
+        name: String,
         #[source]
         source: kube::Error,
     },
@@ -99,11 +131,18 @@ async fn ask_every_pod(args: &ClusterArgs, path: &str) -> Result<Vec<NodeAnswer>
     let listed = pods
         .list(&ListParams::default().labels(&args.kube_selector))
         .await
-        .map_err(|source| ClusterError::List {
-            namespace: args.kube_namespace.clone(),
-            selector: args.kube_selector.clone(),
-            source,
+        .map_err(|source| match forbidden(&source) {
+            Some(message) => ClusterError::Forbidden {
+                what: format!("listing the pods of namespace {}", args.kube_namespace),
+                message,
+            },
+            None => ClusterError::List {
+                namespace: args.kube_namespace.clone(),
+                selector: args.kube_selector.clone(),
+                source,
+            },
         })?;
+    let token = cluster_token(&client, args).await?;
     if listed.items.is_empty() {
         return Err(ClusterError::NoPods {
             namespace: args.kube_namespace.clone(),
@@ -140,8 +179,10 @@ async fn ask_every_pod(args: &ClusterArgs, path: &str) -> Result<Vec<NodeAnswer>
             args.kube_namespace, name, args.kube_port
         );
         let client = client.clone();
+        let token = token.clone();
         asks.spawn(async move {
-            let answer = match tokio::time::timeout(POD_TIMEOUT, get_json(&client, &url)).await {
+            let ask = get_json(&client, &url, &token);
+            let answer = match tokio::time::timeout(POD_TIMEOUT, ask).await {
                 Ok(answer) => answer,
                 Err(_) => Err(format!("no answer within {POD_TIMEOUT:?}")),
             };
@@ -174,14 +215,78 @@ fn phase_or_unknown(phase: &str) -> &str {
     }
 }
 
-async fn get_json(client: &Client, url: &str) -> Result<Value, String> {
+/// The cluster API's token, from its Secret.
+async fn cluster_token(client: &Client, args: &ClusterArgs) -> Result<String, ClusterError> {
+    let (namespace, name) = (&args.kube_namespace, &args.kube_token_secret);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let no_token = || ClusterError::NoToken {
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+    let secret = match secrets.get(name).await {
+        Ok(secret) => secret,
+        Err(kube::Error::Api(status)) if status.code == 404 => return Err(no_token()),
+        Err(source) => {
+            return Err(match forbidden(&source) {
+                Some(message) => ClusterError::Forbidden {
+                    what: format!("reading the Secret {namespace}/{name}"),
+                    message,
+                },
+                None => ClusterError::Token {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    source,
+                },
+            });
+        }
+    };
+    secret
+        .data
+        .and_then(|data| data.get("token").cloned())
+        .and_then(|token| String::from_utf8(token.0).ok())
+        .map(|token| token.trim().to_owned())
+        .filter(|token| !token.is_empty())
+        .ok_or_else(no_token)
+}
+
+/// The API server's message when it answered 403.
+fn forbidden(err: &kube::Error) -> Option<String> {
+    match err {
+        kube::Error::Api(status) if status.code == 403 => Some(status.message.clone()),
+        _ => None,
+    }
+}
+
+async fn get_json(client: &Client, url: &str, token: &str) -> Result<Value, String> {
+    // The token goes in a header of its own: the API server drops `Authorization` (the
+    // user's credentials) before it forwards a request to the pod.
     let request = ureq::http::Request::get(url)
-        .body(Vec::new())
+        .header(crate::api::TOKEN_HEADER, token)
+        .body(kube::client::Body::from(Vec::new()))
         .map_err(|e| e.to_string())?;
-    let text = client.request_text(request).await.map_err(|e| match e {
-        // The API server's own words ("error trying to reach service: dial tcp ...").
-        kube::Error::Api(status) => format!("HTTP {}: {}", status.code, status.message),
-        other => other.to_string(),
-    })?;
+    let response = client.send(request).await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    if status >= 400 {
+        // The daemon's `{"error": ...}` (401: a wrong token), or the API server's Status
+        // (403: RBAC; 503: "error trying to reach service: dial tcp ...").
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let message = value["error"]
+            .as_str()
+            .or(value["message"].as_str())
+            .unwrap_or(text.trim());
+        let hint = if status == 403 && value["kind"] == "Status" {
+            format!("; {GRANT}")
+        } else {
+            String::new()
+        };
+        return Err(format!("HTTP {status}: {message}{hint}"));
+    }
     serde_json::from_str(&text).map_err(|e| format!("not JSON ({e})"))
 }

@@ -79,10 +79,13 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub output: Option<OutputFormat>,
 
-    /// Address of the HTTP API and /metrics, or "off"; port 0 picks a free port (logged)
-    /// [default: 127.0.0.1:9924]
-    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    /// Address of /metrics and /healthz (aggregates only: the per-process API is on
+    /// --api-socket), or "off"; port 0 picks a free port (logged) [default: 127.0.0.1:9924]
+    #[arg(long = "metrics-listen", visible_alias = "listen", value_name = "ADDR", value_parser = parse_listen)]
     pub listen: Option<Listen>,
+
+    #[command(flatten)]
+    pub expose: crate::api::options::ExposeArgs,
 
     /// POST every event (JSON) to this http:// URL; a slow or down receiver never delays
     /// detection (bounded queue and retries, drops counted in the metrics)
@@ -108,7 +111,7 @@ pub struct RunArgs {
     pub node_name: Option<String>,
 }
 
-/// Where the HTTP API listens unless told otherwise: loopback only.
+/// Where /metrics listens unless told otherwise: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9924";
 const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -138,6 +141,7 @@ impl RunArgs {
             scan_interval,
             output,
             listen,
+            expose,
             webhook,
             wakeup_probe,
             futex_probes,
@@ -228,6 +232,7 @@ impl RunArgs {
                 .unwrap_or(DEFAULT_SCAN_INTERVAL),
             output,
             listen: listen.or(file.listen).unwrap_or(default_listen).0,
+            expose: expose.merge(file.api.unwrap_or_default()),
             webhook: webhook.or(file.webhook),
             probes: ProbeSelection {
                 wakeup: wakeup_probe || file.wakeup_probe.unwrap_or(false),
@@ -253,7 +258,7 @@ mod tests {
     fn run_args(args: &[&str]) -> Result<super::RunArgs, clap::Error> {
         let cli = Cli::try_parse_from(["hangwatch", "run"].iter().chain(args))?;
         match cli.command {
-            Command::Run(args) => Ok(args),
+            Command::Run(args) => Ok(*args),
             other => panic!("parsed as {other:?}"),
         }
     }

@@ -52,6 +52,8 @@ pub struct ConfigFile {
     pub webhook: Option<WebhookUrl>,
     pub wakeup_probe: Option<bool>,
     pub futex_probes: Option<bool>,
+    /// `[api]`: the per-process API's socket, the cluster listener, redaction.
+    pub api: Option<crate::api::options::ExposeFile>,
     /// `[[rule]]` tables, in file order.
     #[serde(default, rename = "rule")]
     pub rules: Vec<toml::Spanned<RuleTable>>,

@@ -18,5 +18,6 @@ mod value;
 pub use file::{ConfigError, ConfigFile};
 pub use rules::{CgroupPattern, Pattern, Process, Rule, Rules, Selector, Setting};
 pub use value::{
-    Listen, parse_duration, parse_listen, parse_scan_interval, parse_setting, parse_webhook,
+    Listen, from_str_with, parse_duration, parse_listen, parse_scan_interval, parse_setting,
+    parse_webhook,
 };

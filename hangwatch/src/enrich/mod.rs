@@ -221,7 +221,7 @@ impl Stage {
     }
 
     fn publish(&self, event: HangEvent) {
-        self.sinks.hub.publish(&event);
+        let event = self.sinks.hub.publish(event);
         self.sinks.stdout.send(event);
     }
 

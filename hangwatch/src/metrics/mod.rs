@@ -108,7 +108,7 @@ struct HungCounts {
 
 /// Every limit the daemon enforces and counts in `hangwatch_limits_total` when it bites
 /// (docs/design.md, "Never blind": why each exists).
-pub const LIMITS: [&str; 6] = [
+pub const LIMITS: [&str; 7] = [
     // A tick's transitions found the enrich queue full: reported without stacks.
     "enrich_queue_full",
     // A report was past due: its user stacks were not read.
@@ -117,6 +117,8 @@ pub const LIMITS: [&str; 6] = [
     "exit_stacks",
     // A threads?stacks request found the stack queue full (503).
     "stack_queue_full",
+    // A listener refused a connection beyond its limit (api::listeners::MAX_CONNECTIONS).
+    "http_connections",
     // A `watch` stream was refused beyond the limit of concurrent streams.
     "watch_streams",
     // A module's section was larger than the unwinder reads.

@@ -3,6 +3,7 @@
 //! stalled detector.
 mod event;
 mod hub;
+pub mod redact;
 pub(crate) mod store;
 mod text;
 mod webhook;

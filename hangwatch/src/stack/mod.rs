@@ -20,7 +20,9 @@ pub use user::UserStacks;
 /// One frame of a symbolized stack.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Frame {
-    /// The instruction address (or return address), hex.
+    /// The instruction address (or return address), hex; empty (and left out of the JSON)
+    /// when withheld from the reader (`sink::redact`: kernel addresses).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub address: String,
     pub symbol: Option<String>,
     /// Offset of `address` within `symbol`.

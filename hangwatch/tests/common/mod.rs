@@ -372,6 +372,8 @@ pub struct Daemon {
     args: Vec<String>,
     started: Instant,
     output: Arc<(Mutex<DaemonOutput>, Condvar)>,
+    /// Holds the daemon's API socket (each daemon its own: tests run in parallel).
+    _socket_dir: tempfile::TempDir,
 }
 
 impl Daemon {
@@ -423,9 +425,27 @@ impl Daemon {
         require_root();
         let mut full = vec!["run".to_owned(), "--output".to_owned(), "json".to_owned()];
         // A free port each, so that daemons of tests running in parallel never collide
-        // on the default address; `Daemon::endpoint` reads the port from the log.
-        if !args.contains(&"--listen") {
-            full.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        // on the default address; `Daemon::metrics_endpoint` reads the port from the log.
+        if !args.contains(&"--listen") && !args.contains(&"--metrics-listen") {
+            full.extend(["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
+        // And a socket each, in a directory other users may enter (the access tests
+        // connect as `nobody`; the socket's own mode still decides).
+        let socket_dir = tempfile::Builder::new()
+            .prefix("hangwatch-api-")
+            .tempdir()
+            .expect("a directory for the API socket");
+        std::fs::set_permissions(
+            socket_dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod the socket directory");
+        if !args.contains(&"--api-socket") {
+            let socket = socket_dir.path().join("api.sock");
+            full.extend([
+                "--api-socket".to_owned(),
+                socket.to_string_lossy().into_owned(),
+            ]);
         }
         full.extend(args.iter().map(|a| (*a).to_owned()));
         let mut command = match wrapper.split_first() {
@@ -495,6 +515,7 @@ impl Daemon {
             args: full,
             started: Instant::now(),
             output,
+            _socket_dir: socket_dir,
         }
     }
 
@@ -523,9 +544,24 @@ impl Daemon {
         eprintln!("hangwatch (pid {}) attached after {took:?}", self.pid);
     }
 
-    /// The HTTP API's base URL (`http://127.0.0.1:PORT`), from the daemon's
-    /// "listening on" log line; panics if it never logs one.
+    /// The API's endpoint as the CLI takes it (`unix:/tmp/.../api.sock`), from the daemon's
+    /// "API socket listening on" log line; `http` takes it as a base URL too. Panics if
+    /// it never logs one.
     pub fn endpoint(&self) -> String {
+        self.logged_address("API socket listening on ")
+    }
+
+    /// The metrics listener's base URL (`http://127.0.0.1:PORT`): `/metrics`, `/healthz`.
+    pub fn metrics_endpoint(&self) -> String {
+        self.logged_address("metrics listening on ")
+    }
+
+    /// The cluster listener's base URL, when started with `--cluster-api-listen`.
+    pub fn cluster_endpoint(&self) -> String {
+        self.logged_address("(token required) listening on ")
+    }
+
+    fn logged_address(&self, prefix: &str) -> String {
         let (lock, cv) = &*self.output;
         let deadline = Instant::now() + ATTACH_TIMEOUT;
         let mut out = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -533,14 +569,14 @@ impl Daemon {
             if let Some(url) = out
                 .stderr
                 .lines()
-                .find_map(|l| l.split_once("listening on ").map(|(_, url)| url.trim()))
+                .find_map(|l| l.split_once(prefix).map(|(_, url)| url.trim()))
             {
                 return url.to_owned();
             }
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero() && !out.stderr_closed,
-                "hangwatch never logged \"listening on\":\n{}",
+                "hangwatch never logged \"{prefix}\":\n{}",
                 out.stderr
             );
             out = cv
@@ -927,15 +963,31 @@ pub struct Answer {
     pub json: Value,
 }
 
-/// `method` `url` with a 10 s limit; panics when the server cannot be reached.
+/// `method` `url` with a 10 s limit; panics when the server cannot be reached. `url` is
+/// `http://...`, or `unix:/path/to/api.sock/api/v1/...` (a daemon's `endpoint()` and a
+/// path) for the API socket.
 pub fn http(method: &str, url: &str) -> Answer {
+    http_with(method, url, &[])
+}
+
+/// [`http`] with request headers.
+pub fn http_with(method: &str, url: &str, headers: &[(&str, &str)]) -> Answer {
+    if let Some(rest) = url.strip_prefix("unix:") {
+        return unix_http(method, rest, headers);
+    }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into();
     let response = match method {
-        "GET" => agent.get(url).call(),
+        "GET" => {
+            let mut request = agent.get(url);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            request.call()
+        }
         "POST" => agent.post(url).send("{}"),
         "PUT" => agent.put(url).send("{}"),
         "DELETE" => agent.delete(url).call(),
@@ -949,6 +1001,50 @@ pub fn http(method: &str, url: &str) -> Answer {
         .limit(64 * 1024 * 1024)
         .read_to_string()
         .unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"));
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Answer { status, text, json }
+}
+
+/// One HTTP/1.0 request over a unix socket (`/path/api.sock/api/v1/...`): the server
+/// closes the connection after its answer.
+fn unix_http(method: &str, target: &str, headers: &[(&str, &str)]) -> Answer {
+    use std::io::{Read as _, Write as _};
+    let split = target
+        .find(".sock")
+        .map_or(target.len(), |i| i + ".sock".len());
+    let (socket, path) = target.split_at(split);
+    let path = if path.is_empty() { "/" } else { path };
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("{method} {path}: cannot connect to {socket}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let body = if matches!(method, "POST" | "PUT") {
+        "{}"
+    } else {
+        ""
+    };
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream
+        .write_all(request.as_bytes())
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .unwrap_or_else(|e| panic!("{method} {path}: reading the answer: {e}"));
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: not an HTTP answer: {answer}"));
+    let text = answer
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
     let json = serde_json::from_str(&text).unwrap_or(Value::Null);
     Answer { status, text, json }
 }
