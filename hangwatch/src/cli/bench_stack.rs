@@ -44,12 +44,12 @@ pub fn run(args: BenchStackArgs) -> anyhow::Result<()> {
     };
     let mut stacks = UserStacks::new();
     let started = Instant::now();
-    let cold = stacks.capture(args.pid, regs);
+    let cold = stacks.capture(args.pid, tid, regs);
     let cold_time = started.elapsed();
     let mut warm: Vec<Duration> = (0..args.repeat.max(1))
         .map(|_| {
             let started = Instant::now();
-            let _ = stacks.capture(args.pid, regs);
+            let _ = stacks.capture(args.pid, tid, regs);
             started.elapsed()
         })
         .collect();

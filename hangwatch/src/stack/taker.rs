@@ -41,6 +41,10 @@ pub struct ThreadStacks {
     pub user_stack_unwind: Option<UnwindInfo>,
     /// The first application frame: "function at file:line".
     pub blocked_here: Option<String>,
+    /// A CPython thread running an asyncio task: the qualified name of the task's
+    /// coroutine (the outermost of the innermost chain of coroutine frames).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python_task: Option<String>,
 }
 
 /// The symbolizers and caches that turn captured stacks into frames.
@@ -71,7 +75,7 @@ impl StackTaker {
             sp: record.user_sp,
             fp: record.user_fp,
         });
-        let user = user_registers.map(|regs| self.user.capture(pid, regs));
+        let user = user_registers.map(|regs| self.user.capture(pid, record.tid, regs));
         ThreadStacks {
             source: StackSource::Blocked,
             kernel_stack: self.kernel.symbolize(&record.kernel_stack[..depth]),
@@ -88,6 +92,7 @@ impl StackTaker {
                 None => Some("no user registers: the thread was not in the kernel".into()),
             },
             user_stack_unwind: user.as_ref().and_then(|u| u.info.clone()),
+            python_task: user.as_ref().and_then(|u| u.python_task.clone()),
             user_stack: user.map(|u| u.frames).unwrap_or_default(),
         }
     }
@@ -104,9 +109,10 @@ impl StackTaker {
 
     /// The stacks of a thread of process `pid` from a sample of it running.
     pub fn take_sampled(&mut self, pid: u32, sample: RunningSample) -> ThreadStacks {
-        let user = sample
-            .regs
-            .map(|regs| self.user.capture_from_copy(pid, regs, sample.stack));
+        let user = sample.regs.map(|regs| {
+            self.user
+                .capture_from_copy(pid, sample.tid, regs, sample.stack)
+        });
         let kernel_stack = self.kernel.symbolize(&sample.kernel_callchain);
         ThreadStacks {
             source: StackSource::OnCpuSample,
@@ -123,6 +129,7 @@ impl StackTaker {
                 None => Some("no user registers in the sample: a kernel thread".into()),
             },
             user_stack_unwind: user.as_ref().and_then(|u| u.info.clone()),
+            python_task: user.as_ref().and_then(|u| u.python_task.clone()),
             user_stack: user.map(|u| u.frames).unwrap_or_default(),
         }
     }
