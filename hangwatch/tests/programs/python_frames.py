@@ -42,7 +42,7 @@ if MODE == "lock":
     worker.start()
     show("pid", os.getpid())
     show("tid", worker.native_id)
-    show("ready", "")
+    print("ready", flush=True)
     worker.join()
 elif MODE == "asyncio":
     import asyncio
@@ -56,7 +56,7 @@ elif MODE == "asyncio":
         loop.add_reader(sys.stdin.fileno(), go.set)
         show("pid", os.getpid())
         show("tid", threading.get_native_id())
-        show("ready", "")
+        print("ready", flush=True)
         while not go.is_set():
             # The loop keeps returning to epoll_wait: a live loop until it stalls.
             await asyncio.sleep(0.02)
@@ -77,7 +77,7 @@ elif MODE == "gevent":
     gevent.spawn(ticker)
     show("pid", os.getpid())
     show("tid", threading.get_native_id())
-    show("ready", "")
+    print("ready", flush=True)
     wait_read(sys.stdin.fileno())
     gevent.spawn(handler).join()
 elif MODE == "fork":
@@ -96,7 +96,7 @@ elif MODE == "fork":
         os._exit(0)
     show("pid", os.getpid())
     show("child", child)
-    show("ready", "")
+    print("ready", flush=True)
     os.waitpid(child, 0)
     os._exit(0)
 else:
