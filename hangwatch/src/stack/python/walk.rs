@@ -521,6 +521,68 @@ mod tests {
         assert_eq!(interpreter.task(&mut remote, &plain), None);
     }
 
+    fn interpreter_3_12() -> Interpreter {
+        Interpreter::new(Runtime {
+            address: 0,
+            layout: Layout::for_version(super::super::layout::Version {
+                major: 3,
+                minor: 12,
+            })
+            .expect("3.12"),
+            module: "python3.12".into(),
+        })
+    }
+
+    /// A fake object of 200 bytes in our own memory whose type is named `type_name`.
+    fn fake_object(type_name: &'static [u8]) -> (Vec<u64>, Vec<u64>) {
+        let type_object = vec![0, 0, 0, type_name.as_ptr() as u64];
+        let mut object = vec![0u64; 25];
+        object[1] = type_object.as_ptr() as u64;
+        (object, type_object)
+    }
+
+    #[test]
+    fn an_object_whose_type_is_not_code_is_refused_not_read_as_a_frame() {
+        let mut interpreter = interpreter_3_12();
+        let mut remote = Remote::new(std::process::id());
+        let (object, _type) = fake_object(b"dict\0");
+        let err = interpreter
+            .code(&mut remote, object.as_ptr() as u64)
+            .err()
+            .expect("not a code object");
+        assert!(
+            matches!(&err, WalkError::WrongType { expected: "code", found, .. } if found == "dict"),
+            "{err}"
+        );
+        let (null_type, _) = (vec![0u64; 25], ());
+        assert!(
+            interpreter
+                .code(&mut remote, null_type.as_ptr() as u64)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_string_must_be_a_compact_str() {
+        let mut interpreter = interpreter_3_12();
+        let mut remote = Remote::new(std::process::id());
+        // A compact ASCII str of 3.12: length at 16, state at 32, text at 40.
+        let (mut object, _type) = fake_object(b"str\0");
+        object[2] = 5;
+        object[4] = (1 << 2) | (1 << 5) | (1 << 6); // kind 1, compact, ascii
+        object[5] = u64::from_ne_bytes(*b"inner\0\0\0");
+        let address = object.as_ptr() as u64;
+        assert_eq!(
+            interpreter.string(&mut remote, address).ok().as_deref(),
+            Some("inner")
+        );
+        object[4] = 1 << 2; // not compact
+        assert!(matches!(
+            interpreter.string(&mut remote, address),
+            Err(WalkError::NotCompactString { .. })
+        ));
+    }
+
     #[test]
     fn our_own_pthread_names_our_thread() {
         let mut remote = Remote::new(std::process::id());
