@@ -165,19 +165,27 @@ fn read_symbols(pid: u32, module: &Mapping) -> Result<Symbols, RuntimeError> {
         path: path.clone(),
         source,
     })?;
-    // The exported symbols first (small table, kept by `strip`), then the full one.
-    let find = |name: &str| {
+    // The exported symbols first (a small table, kept by `strip`); the full table, large
+    // with debug builds, only for `_PyRuntime`, which every build exports anyway.
+    let exported = |name: &str| {
         elf.dynamic_symbols()
-            .chain(elf.symbols())
             .find(|s| s.name() == Ok(name))
             .map(|s| s.address())
+    };
+    let find = |name: &str| {
+        exported(name).or_else(|| {
+            elf.symbols()
+                .find(|s| s.name() == Ok(name))
+                .map(|s| s.address())
+        })
     };
     Ok(Symbols {
         runtime: find("_PyRuntime").or_else(|| {
             elf.section_by_name(".PyRuntime")
                 .map(|section| section.address())
         }),
-        py_version: find("Py_Version"),
+        // Public API (3.11+): exported when it exists.
+        py_version: exported("Py_Version"),
         segments: elf
             .segments()
             .map(|s| (s.file_range().0, s.address()))
