@@ -89,14 +89,24 @@ impl PythonStacks {
         };
         let key = (pid, start, module.dev.clone(), module.inode);
         let mut remote = Remote::new(pid);
+        let runs_python = native.iter().any(merge::is_eval);
+        let named_cpython = runtime::version_in_name(&module.path).is_some();
         let interpreter = match self.interpreter(key, pid, maps, module, &mut remote) {
             Ok(interpreter) => interpreter,
+            // A program merely named python-something, whose thread is not in an
+            // interpreter loop: nothing to say.
+            Err(_) if !runs_python && !named_cpython => {
+                return Expanded {
+                    frames: native,
+                    ..Expanded::default()
+                };
+            }
             Err(err) => return unchanged(native, err),
         };
         let walked = match interpreter.walk(&mut remote, tid) {
             Ok(Some(walked)) => walked,
             // A thread that never ran Python (a C library's own thread) has none.
-            Ok(None) if !native.iter().any(merge::is_eval) => {
+            Ok(None) if !runs_python => {
                 return Expanded {
                     frames: native,
                     ..Expanded::default()
