@@ -258,6 +258,24 @@ fn a_thread_blocked_on_a_lock_shows_its_python_functions() {
             describe(&v)
         );
     }
+    // The live thread dump shows the same frames.
+    let endpoint = daemon.endpoint();
+    for (interpreter, _program, pid, tid) in &runs {
+        let who = format!("{} (threads --stacks, worker thread)", interpreter.name);
+        let dump = cli_ok(
+            &endpoint,
+            &["threads", &pid.to_string(), "--stacks", "--json"],
+        )
+        .json();
+        let thread = dump["threads"]
+            .as_array()
+            .and_then(|ts| {
+                ts.iter()
+                    .find(|t| t["tid"].as_u64() == Some(u64::from(*tid)))
+            })
+            .unwrap_or_else(|| panic!("{who}: thread {tid} missing: {dump}"));
+        assert_inner_outer(thread, "inner-acquire", &who);
+    }
 }
 
 #[test]
