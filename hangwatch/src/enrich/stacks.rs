@@ -128,13 +128,13 @@ impl StackReader {
             kernel_published: _,
             sections_published: _,
         } = self;
-        blocked_stacks(kernel, record, kernel_thread, |regs| match budget {
+        blocked_stacks(kernel, record, kernel_thread, |tid, regs| match budget {
             Budget::Skip(why) => {
                 metrics.limit("report_due", 1);
                 Err(why.clone())
             }
             Budget::Read => read(user, resisting, metrics, pid, READ_DEADLINE, move |user| {
-                user.capture(pid, regs)
+                user.capture(pid, tid, regs)
             })
             .map_err(|err| err.to_string()),
         })
