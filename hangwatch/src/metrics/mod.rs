@@ -84,6 +84,7 @@ pub struct Metrics {
     sink_dropped: IntCounterVec,
     webhook_requests: IntCounterVec,
     http_requests: IntCounterVec,
+    config_reloads: IntCounterVec,
     /// The last BPF counter values seen, to turn totals into increments.
     last_bpf: Mutex<HashMap<u32, u64>>,
     /// The label sets of `hung_threads` set at the last update, to remove the stale ones.
@@ -282,6 +283,14 @@ impl Metrics {
                 &["route", "code"],
             )
             .expect("valid metric"),
+            config_reloads: IntCounterVec::new(
+                opts(
+                    "config_reloads_total",
+                    "Reloads of the --config file on SIGHUP, by result (ok: its rules are in force; error: refused, the previous rules kept).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
             last_bpf: Mutex::default(),
             last_hung: Mutex::default(),
             registry: registry.clone(),
@@ -301,6 +310,9 @@ impl Metrics {
         }
         for (sink, reason) in DROP_REASONS {
             m.sink_dropped.with_label_values(&[sink, reason]);
+        }
+        for result in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[result]);
         }
         m
     }
@@ -331,6 +343,7 @@ impl Metrics {
             sink_dropped,
             webhook_requests,
             http_requests,
+            config_reloads,
             last_bpf: _,
             last_hung: _,
         } = self;
@@ -358,6 +371,7 @@ impl Metrics {
             Box::new(sink_dropped.clone()),
             Box::new(webhook_requests.clone()),
             Box::new(http_requests.clone()),
+            Box::new(config_reloads.clone()),
         ]
     }
 
@@ -515,6 +529,12 @@ impl Metrics {
     pub fn webhook_request(&self, success: bool) {
         let result = if success { "success" } else { "error" };
         self.webhook_requests.with_label_values(&[result]).inc();
+    }
+
+    /// A SIGHUP reload of the config file: `ok` once its rules are in force, else refused.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     pub fn http_request(&self, route: &str, code: u16) {
