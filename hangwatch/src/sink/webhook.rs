@@ -207,6 +207,8 @@ fn agent(config: &WebhookConfig) -> Result<ureq::Agent, WebhookError> {
         } else {
             0
         })
+        // The token follows a redirect only to the same host.
+        .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
         .proxy(if config.env_proxy {
             ureq::Proxy::try_from_env()
         } else {
