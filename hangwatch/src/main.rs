@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         logging::init(logging::LogFormat::Text);
     }
     let result = match cli.command {
-        cli::Command::Run(args) => return run_daemon(args),
+        cli::Command::Run(args) => return run_daemon(*args),
         cli::Command::CheckConfig(args) => return cli::check_config::run(&args),
         cli::Command::Completions(args) => cli::completions::run(&args),
         cli::Command::GenerateMan(args) => cli::completions::man(&args),

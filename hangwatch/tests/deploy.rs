@@ -226,13 +226,21 @@ fn the_config_map_is_where_config_points_and_passes_check_config() {
 fn every_manifest_is_in_a_kustomization() {
     let deploy = deploy_dir();
     let mut listed = Vec::new();
-    for dir in [deploy.clone(), deploy.join("core"), deploy.join("monitoring")] {
+    for dir in [
+        deploy.clone(),
+        deploy.join("core"),
+        deploy.join("monitoring"),
+    ] {
         let k = yaml(&dir.join("kustomization.yaml"));
         for r in k["resources"].as_sequence().into_iter().flatten() {
             listed.push(dir.join(r.as_str().expect("a path")));
         }
     }
-    for dir in [deploy.clone(), deploy.join("core"), deploy.join("monitoring")] {
+    for dir in [
+        deploy.clone(),
+        deploy.join("core"),
+        deploy.join("monitoring"),
+    ] {
         for entry in fs::read_dir(&dir).expect("read deploy/") {
             let path = entry.expect("entry").path();
             let manifest = path.extension().is_some_and(|e| e == "yaml")
@@ -285,7 +293,11 @@ fn every_alert_has_a_runbook_section() {
                 .split_once('#')
                 .unwrap_or_else(|| panic!("{alert}: {url} has no #anchor"));
             assert!(page.ends_with("/docs/runbooks.md"), "{alert}: {url}");
-            assert_eq!(fragment, anchor(alert), "{alert}: the anchor is the alert's name");
+            assert_eq!(
+                fragment,
+                anchor(alert),
+                "{alert}: the anchor is the alert's name"
+            );
             assert!(
                 anchors.iter().any(|a| a == fragment),
                 "{alert}: docs/runbooks.md has no section `## {alert}` (anchors: {anchors:?})"
@@ -302,7 +314,9 @@ fn the_dashboard_queries_follow_the_cluster_variable() {
     let dashboard: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&path).expect("read the dashboard"))
             .expect("dashboard JSON");
-    let variables = dashboard["templating"]["list"].as_array().expect("variables");
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
     let cluster = variables
         .iter()
         .find(|v| v["name"] == "cluster")

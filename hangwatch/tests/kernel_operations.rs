@@ -28,7 +28,8 @@ fn write(path: &Path, text: &str) {
     // As kubelet updates a mounted ConfigMap: a new file renamed over the old one.
     let partial = path.with_extension("partial");
     std::fs::write(&partial, text).unwrap_or_else(|e| panic!("writing {}: {e}", partial.display()));
-    std::fs::rename(&partial, path).unwrap_or_else(|e| panic!("renaming to {}: {e}", path.display()));
+    std::fs::rename(&partial, path)
+        .unwrap_or_else(|e| panic!("renaming to {}: {e}", path.display()));
 }
 
 /// Waits until the daemon's stderr contains `text`; panics with the run's dump otherwise.
@@ -71,7 +72,11 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
 
     write(&config, SELECTED);
     signal(daemon.pid, libc::SIGHUP);
-    wait_for_log(&daemon, &format!("{shown} reloaded: "), Duration::from_secs(5));
+    wait_for_log(
+        &daemon,
+        &format!("{shown} reloaded: "),
+        Duration::from_secs(5),
+    );
     let stderr = daemon.stderr();
     assert!(
         stderr.contains("rule removed: comm = \"abba\" -> lock_wait off, deadlock off")
@@ -123,7 +128,9 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
     }
     let status = get_ok(&format!("{}/status", daemon.endpoint())).json;
     assert_eq!(
-        status.pointer("/config/rules/0/set/off_cpu").and_then(|v| v.as_str()),
+        status
+            .pointer("/config/rules/0/set/off_cpu")
+            .and_then(|v| v.as_str()),
         Some("1s"),
         "status shows the rules in force: {status}"
     );
@@ -171,7 +178,10 @@ fn json_logs_are_one_object_per_line_with_the_documented_fields() {
             .iter()
             .any(|v| str_of(v, "/level") == level && str_of(v, "/message").starts_with(start))
     };
-    assert!(has("INFO", "HTTP API listening on http://127.0.0.1:"), "{stderr}");
+    assert!(
+        has("INFO", "HTTP API listening on http://127.0.0.1:"),
+        "{stderr}"
+    );
     assert!(has("INFO", "probes attached"), "{stderr}");
     assert!(has("WARN", "SIGHUP: no --config file"), "{stderr}");
     assert!(has("INFO", "received signal 15"), "{stderr}");
@@ -313,13 +323,10 @@ fn serve_tls(
             return;
         }
         let allowed = authorization.as_deref() == Some(expected);
-        posts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Post {
-                authorization,
-                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-            });
+        posts.lock().unwrap_or_else(|e| e.into_inner()).push(Post {
+            authorization,
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        });
         let answer = if allowed {
             "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
         } else {
@@ -363,15 +370,20 @@ fn https_webhook_trusts_the_given_ca_and_sends_the_token() {
         &token_file,
     ]);
     // The system's roots do not include the CA made here.
-    let mut untrusting =
-        Daemon::start(&["--webhook", &receiver.url, "--webhook-token-file", &token_file]);
+    let mut untrusting = Daemon::start(&[
+        "--webhook",
+        &receiver.url,
+        "--webhook-token-file",
+        &token_file,
+    ]);
     let lock = abba.deadlock();
 
     let pid = u64::from(abba.pid());
     let delivered = wait_until(Duration::from_secs(10), || {
-        receiver.posts().iter().any(|p| {
-            str_of(&p.body, "/kind") == "deadlock" && u64_of(&p.body, "/pid") == pid
-        })
+        receiver
+            .posts()
+            .iter()
+            .any(|p| str_of(&p.body, "/kind") == "deadlock" && u64_of(&p.body, "/pid") == pid)
     });
     assert!(
         delivered,

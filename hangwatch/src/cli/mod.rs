@@ -36,7 +36,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach the probes and report hangs until SIGTERM or SIGINT (needs root).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Check a config file: print the effective settings and rules, or each problem as
     /// FILE:LINE:COL: reason (and exit 1).
     CheckConfig(check_config::CheckConfigArgs),

@@ -497,8 +497,8 @@ deadlock = "2s"
         );
         let rules = file.rules();
         assert_eq!(rules.len(), 2);
-        assert_eq!(rules[0].origin, "t.toml:15");
-        assert_eq!(rules[1].origin, "t.toml:21");
+        assert_eq!(rules[0].origin, "t.toml:20");
+        assert_eq!(rules[1].origin, "t.toml:26");
         assert_eq!(
             rules[0].set[HangKind::OffCpu],
             Some(Setting::After(Duration::from_secs(30)))

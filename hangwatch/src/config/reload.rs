@@ -253,7 +253,7 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("not run")
         };
-        args.into_config().expect("valid config")
+        (*args).into_config().expect("valid config")
     }
 
     fn reload_of(config: &Config) -> (Reload, Arc<Metrics>) {
