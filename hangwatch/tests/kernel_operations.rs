@@ -126,7 +126,7 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
             "one reload {result}:\n{metrics}"
         );
     }
-    let status = get_ok(&format!("{}/status", daemon.endpoint())).json;
+    let status = get_ok(&format!("{}/api/v1/status", daemon.endpoint())).json;
     assert_eq!(
         status
             .pointer("/config/rules/0/set/off_cpu")
