@@ -5,6 +5,7 @@ mod clock;
 mod config;
 mod daemon;
 mod detect;
+mod enrich;
 mod episode;
 mod logging;
 mod meta;

@@ -16,8 +16,13 @@ mod watch;
 
 use std::{
     net::{SocketAddr, TcpListener},
-    sync::{Arc, OnceLock, mpsc},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     thread,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -40,28 +45,61 @@ pub struct Api {
     pub metrics: Arc<Metrics>,
     /// Set once the probes are attached: then `/healthz` is ready.
     probes: OnceLock<ProbeAccess>,
+    /// When the detection loop last completed a scan (ms since `born`); `/healthz` fails
+    /// when it is older than `STALE_SCANS` scan intervals.
+    last_scan_ms: AtomicU64,
+    born: Instant,
+    scan_interval: Duration,
 }
+
+/// `/healthz` fails when no scan completed for this many scan intervals (at least
+/// `STALE_AT_LEAST`): the detection loop is stuck or dead, and the daemon is blind.
+pub const STALE_SCANS: u32 = 5;
+const STALE_AT_LEAST: Duration = Duration::from_secs(1);
 
 /// The handlers' way to the kernel side, once it is there.
 struct ProbeAccess {
     /// Reads one thread's state by pidfd; `None` where thread pidfds are missing (< 6.9).
     reader: Option<StateReader>,
-    /// Stack captures go to the scan thread, which owns the iterators.
-    stacks: mpsc::Sender<StackRequest>,
+    /// Stack captures go to the scan thread, which owns the iterators (bounded: 503 when
+    /// full).
+    stacks: mpsc::SyncSender<StackRequest>,
 }
 
 impl Api {
-    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, scan_interval: Duration) -> Arc<Self> {
         Arc::new(Self {
             store,
             metrics,
             probes: OnceLock::new(),
+            last_scan_ms: AtomicU64::new(0),
+            born: Instant::now(),
+            scan_interval,
         })
+    }
+
+    /// The detection loop completed a scan now.
+    pub fn scan_completed(&self) {
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_scan_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long ago the last scan completed, if it is too long: the daemon is blind.
+    fn scan_overdue(&self) -> Option<Duration> {
+        let last = Duration::from_millis(self.last_scan_ms.load(Ordering::Relaxed));
+        let ago = self.born.elapsed().saturating_sub(last);
+        let limit = (self.scan_interval * STALE_SCANS).max(STALE_AT_LEAST);
+        (ago > limit).then_some(ago)
     }
 
     /// The probes are attached: from now on `/healthz` answers 200 and `threads` reads
     /// the per-thread state.
-    pub fn probes_attached(&self, reader: Option<StateReader>, stacks: mpsc::Sender<StackRequest>) {
+    pub fn probes_attached(
+        &self,
+        reader: Option<StateReader>,
+        stacks: mpsc::SyncSender<StackRequest>,
+    ) {
+        self.scan_completed();
         let _ = self.probes.set(ProbeAccess { reader, stacks });
     }
 

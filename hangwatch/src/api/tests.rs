@@ -17,7 +17,11 @@ struct Server {
 
 fn start() -> Server {
     let store = Arc::new(Store::new(Value::Null));
-    let api = Api::new(store, Arc::new(Metrics::new()));
+    let api = Api::new(
+        store,
+        Arc::new(Metrics::new()),
+        std::time::Duration::from_millis(200),
+    );
     let addr = serve("127.0.0.1:0".parse().expect("addr"), Arc::clone(&api)).expect("serves");
     Server { addr, api }
 }
@@ -56,7 +60,7 @@ fn healthz_is_ready_only_once_the_probes_are_attached() {
     let (status, body) = get(&server, "/healthz");
     assert_eq!(status, 503);
     assert!(body["error"].as_str().is_some(), "{body}");
-    let (tx, _rx) = std::sync::mpsc::channel();
+    let (tx, _rx) = std::sync::mpsc::sync_channel(4);
     server.api.probes_attached(None, tx);
     let (status, _, text) = request(&server, "GET", "/healthz");
     assert_eq!((status, text.as_str()), (200, "ok\n"));

@@ -22,8 +22,8 @@ use super::{Api, ApiError, Params, RawParams};
 use crate::{
     clock,
     meta::ProcSyscall,
-    probe::{Lookup, Probes, StateReader},
-    stack::{StackTaker, ThreadStacks},
+    probe::{Lookup, StateReader},
+    stack::ThreadStacks,
     state::{ThreadSample, Wait},
 };
 
@@ -35,6 +35,10 @@ const PROC_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the scan thread may take to answer a stack request (it answers after its
 /// current tick).
 const STACKS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `threads?stacks` requests waiting for the scan thread; more get 503 (each costs a walk
+/// of the stack iterator and the unwinding of up to `MAX_STACK_REQUESTS` threads).
+pub const STACK_QUEUE: usize = 4;
 
 /// A request to the scan thread for the stacks of `tids`.
 pub struct StackRequest {
@@ -50,25 +54,6 @@ pub struct ThreadStacksOf {
     pub tid: u32,
     #[serde(flatten)]
     pub stacks: ThreadStacks,
-}
-
-/// Answers one stack request; runs on the scan thread, between two ticks.
-pub fn answer(request: StackRequest, probes: &mut Probes, stacks: &mut StackTaker) {
-    let result = probes
-        .dump_stacks(&request.tids)
-        .map(|records| {
-            records
-                .iter()
-                .map(|record| ThreadStacksOf {
-                    tid: record.tid,
-                    // Kernel threads have no user registers; `take` then says so.
-                    stacks: stacks.take(request.pid, Some(record), false),
-                })
-                .collect()
-        })
-        .map_err(|err| err.to_string());
-    // The requester may have timed out meanwhile.
-    let _ = request.reply.send(result);
 }
 
 #[derive(Debug, Serialize)]
@@ -150,31 +135,44 @@ pub async fn threads(
     if stacks {
         match access {
             None => dump.stacks_error = Some("the probes are not loaded yet".into()),
-            Some(access) => add_stacks(&mut dump, &access.stacks).await,
+            Some(access) => add_stacks(&mut dump, &access.stacks, &api.metrics).await?,
         }
     }
     Ok(Json(dump))
 }
 
-async fn add_stacks(dump: &mut ThreadDump, scan: &std::sync::mpsc::Sender<StackRequest>) {
+async fn add_stacks(
+    dump: &mut ThreadDump,
+    scan: &std::sync::mpsc::SyncSender<StackRequest>,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), ApiError> {
     let tids: Vec<u32> = dump.threads.iter().map(|t| t.tid).collect();
     let (reply, answer) = oneshot::channel();
     let pid = dump.pid;
-    if scan.send(StackRequest { pid, tids, reply }).is_err() {
-        dump.stacks_error = Some("the scan has stopped".into());
-        return;
+    match scan.try_send(StackRequest { pid, tids, reply }) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::TrySendError::Full(_)) => {
+            metrics.limit("stack_queue_full", 1);
+            return Err(ApiError::unavailable(format!(
+                "busy: {STACK_QUEUE} stack requests are already waiting; try again"
+            )));
+        }
+        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+            dump.stacks_error = Some("the scan has stopped".into());
+            return Ok(());
+        }
     }
     let stacks = match tokio::time::timeout(STACKS_TIMEOUT, answer).await {
         Ok(Ok(Ok(stacks))) => stacks,
         Ok(Ok(Err(err))) => {
             dump.stacks_error = Some(format!("cannot capture stacks: {err}"));
-            return;
+            return Ok(());
         }
         Ok(Err(_)) | Err(_) => {
             dump.stacks_error = Some(format!(
                 "the scan did not capture the stacks within {STACKS_TIMEOUT:?}"
             ));
-            return;
+            return Ok(());
         }
     };
     let mut by_tid: HashMap<u32, ThreadStacks> =
@@ -189,6 +187,7 @@ async fn add_stacks(dump: &mut ThreadDump, scan: &std::sync::mpsc::Sender<StackR
             ..ThreadStacks::default()
         }));
     }
+    Ok(())
 }
 
 /// Reads every thread of the process `pid` (or of the process that thread `pid` belongs

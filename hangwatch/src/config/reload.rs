@@ -59,11 +59,8 @@ pub struct Reload {
 
 impl Reload {
     pub fn new(config: &Config, surfaces: &Surfaces) -> Arc<Self> {
-        Arc::new(Self::with(
-            config,
-            Arc::clone(&surfaces.hub.metrics),
-            Arc::clone(&surfaces.hub.store),
-        ))
+        let (metrics, store) = surfaces.shared();
+        Arc::new(Self::with(config, metrics, store))
     }
 
     fn with(config: &Config, metrics: Arc<Metrics>, store: Arc<Store>) -> Self {

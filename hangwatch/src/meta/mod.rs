@@ -3,8 +3,10 @@
 //! with the process that had it before.
 pub mod container;
 pub mod futex_owner;
+pub mod memory;
 pub mod pods;
 mod process;
+pub mod reader;
 
 pub use futex_owner::OwnerCache;
 pub use process::{ProcSyscall, ProcessCache, ProcessInfo, ThreadProc, thread_proc, wchan};

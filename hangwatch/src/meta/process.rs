@@ -173,21 +173,16 @@ fn read_process(tgid: u32) -> Option<ProcessInfo> {
     let exe = fs::read_link(dir.join("exe"))
         .ok()
         .map(|p| p.to_string_lossy().into_owned());
-    let cmdline = fs::read(dir.join("cmdline"))
-        .map(|raw| {
-            raw.split(|&b| b == 0)
-                .filter(|arg| !arg.is_empty())
-                .map(|arg| String::from_utf8_lossy(arg).into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    // No `cmdline` here: reading it takes the process's mm lock, which a hung process may
+    // hold forever, and this runs on the detection thread. The reports read it on a
+    // reader worker under a deadline (`crate::enrich::cmdline`).
     let cgroup_text = fs::read_to_string(dir.join("cgroup")).ok();
     let cgroup = cgroup_text.as_deref().and_then(unified_cgroup);
     let container = cgroup_text.as_deref().and_then(container::from_proc_cgroup);
     Some(ProcessInfo {
         comm,
         exe,
-        cmdline,
+        cmdline: Vec::new(),
         cgroup,
         container,
         pod: None,
@@ -380,7 +375,10 @@ mod tests {
         let mut cache = ProcessCache::default();
         let info = cache.get(pid).expect("our own process");
         assert!(info.exe.is_some());
-        assert!(!info.cmdline.is_empty());
+        assert!(
+            info.cmdline.is_empty(),
+            "read by the reports, off the detection path"
+        );
         assert!(start_ticks(pid, pid).is_some());
         assert!(cache.get(u32::MAX - 1).is_none());
         assert_eq!(cache.vanished, 1);

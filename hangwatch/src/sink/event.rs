@@ -20,6 +20,9 @@ pub enum Resolution {
     Running,
     /// The thread (or its whole process) exited.
     Exited,
+    /// The daemon stopped (SIGTERM) while the episode was open: whether it ended is not
+    /// known.
+    DaemonStopped,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -33,7 +36,14 @@ pub struct HangEvent {
     pub comm: String,
     pub thread_name: String,
     pub exe: Option<String>,
+    /// The command line, at most `enrich::MAX_CMDLINE_BYTES` of it (`cmdline_truncated`).
     pub cmdline: Vec<String>,
+    /// The command line was longer than `enrich::MAX_CMDLINE_BYTES` and is cut there.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cmdline_truncated: bool,
+    /// Why `cmdline` is empty: it could not be read in time (the process resists reads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline_error: Option<String>,
     pub cgroup: Option<String>,
     /// `container_id`, `pod_uid`, `namespace`, `pod`, `container`, at the top level.
     #[serde(flatten)]
@@ -60,7 +70,8 @@ pub struct HangEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitInfo>,
     /// For `stuck_exit`: every thread of the process with its wait and stack, so the one
-    /// that holds up the shutdown shows.
+    /// that holds up the shutdown shows (stacks for at most `enrich::MAX_EXIT_STACKS`
+    /// threads: the others say so in `kernel_stack_error`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub threads: Vec<CycleMember>,
     /// `kernel_stack`, `user_stack`, `blocked_here` and the rest, at the top level.
@@ -181,6 +192,8 @@ pub(crate) fn example(event: EventType, id: &str, tid: u32, duration_ms: u64) ->
         thread_name: "worker".into(),
         exe: Some("/tmp/abba".into()),
         cmdline: vec!["/tmp/abba".into()],
+        cmdline_truncated: false,
+        cmdline_error: None,
         cgroup: Some("/".into()),
         workload: Workload::default(),
         started_at: "2026-01-01T00:00:00.000Z".into(),

@@ -1,5 +1,5 @@
 //! Where each event goes besides stdout: the API store (and through it `watch`), the
-//! metrics, and the webhook. The scan calls `publish` once per event; nothing here blocks.
+//! metrics, and the webhook. The enrich stage calls `publish` once per event; nothing here blocks.
 use std::{sync::Arc, time::Duration};
 
 use super::{HangEvent, Store, WebhookSink};
@@ -19,8 +19,13 @@ impl Hub {
             Duration::from_millis(event.duration_ms),
         );
         self.store.record(event);
-        self.metrics
-            .set_hung(self.store.current().iter().map(|e| hung_labels(e)));
+        // Per event, O(1): a mass hang of thousands of threads must not cost N² here.
+        match event.event {
+            super::EventType::Hang | super::EventType::Update => {
+                self.metrics.hung_open(&event.id, hung_labels(event));
+            }
+            super::EventType::Resolved => self.metrics.hung_ended(&event.id),
+        }
         if let Some(webhook) = &self.webhook {
             webhook.send(event.clone());
         }

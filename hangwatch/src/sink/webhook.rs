@@ -151,6 +151,8 @@ impl std::fmt::Display for WebhookConfig {
 pub struct WebhookSink {
     queue: SyncSender<HangEvent>,
     metrics: Arc<Metrics>,
+    /// Told when the delivery thread has sent everything queued.
+    flushed: mpsc::Receiver<()>,
 }
 
 impl WebhookSink {
@@ -167,9 +169,11 @@ impl WebhookSink {
         }
         let (queue, events) = mpsc::sync_channel::<HangEvent>(QUEUE);
         let worker_metrics = Arc::clone(&metrics);
+        let (flushed_tx, flushed) = mpsc::channel();
         thread::Builder::new()
             .name("hangwatch-webhook".into())
             .spawn(move || {
+                let _flushed = super::Flushed(flushed_tx);
                 deliver_all(
                     &config.url,
                     &agent,
@@ -179,7 +183,19 @@ impl WebhookSink {
                 );
             })
             .map_err(WebhookError::Thread)?;
-        Ok(Self { queue, metrics })
+        Ok(Self {
+            queue,
+            metrics,
+            flushed,
+        })
+    }
+
+    /// Closes the queue and waits until everything queued is delivered (or given up), or
+    /// `until`. Returns whether it was.
+    pub fn finish(self, until: std::time::Instant) -> bool {
+        let Self { queue, flushed, .. } = self;
+        drop(queue);
+        super::wait_flushed(&flushed, until)
     }
 
     /// Queues the event; never blocks.

@@ -7,7 +7,7 @@
 mod kernel;
 pub mod on_cpu;
 mod tag;
-mod taker;
+pub mod taker;
 pub mod user;
 
 use serde::Serialize;

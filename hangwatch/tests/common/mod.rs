@@ -20,6 +20,8 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod frozen;
+
 pub use serde_json::Value;
 
 /// The daemon binary under test.

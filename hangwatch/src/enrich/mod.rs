@@ -1,0 +1,233 @@
+//! Enrich: the stage between the episodes and the sinks. The detection thread hands it
+//! each tick's transitions with what it knew at that tick (samples, lock owners, the
+//! kernel stacks and user registers the `dump_stacks` iterator took while the threads were
+//! still blocked) and goes on at once; this stage, on a thread of its own, turns them into
+//! events (`report.rs`), reading what only the watched process can give (its user stacks,
+//! its command line) on a reader worker under a deadline (`stacks.rs`, `cmdline.rs`), and
+//! hands them to stdout, the API store, the metrics and the webhook.
+//!
+//! So nothing a watched process does can stall detection: a read that blocks costs its
+//! report that part (with the reason), never a later tick. And the stage keeps its own
+//! pace: a report is due `REPORT_DUE` after its tick; past that (a mass hang, thousands of
+//! reports at once) reports go out with what costs nothing to add (the kernel stack,
+//! the wait) and say why the user stack is missing.
+pub mod cmdline;
+mod report;
+pub mod stacks;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::{self, Receiver, SyncSender, TrySendError},
+    },
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use hangwatch_ebpf::StackRecord;
+
+use crate::{
+    api::threads::StackRequest,
+    detect::stuck_exit::ExitRequest,
+    episode::{EpisodeKey, Transition},
+    meta::ProcessInfo,
+    sink::{HangEvent, Hub, Resolution, StdoutSink},
+    state::{ThreadKey, ThreadSample},
+};
+
+/// A command line is cut at this many bytes in events (`cmdline_truncated` says so).
+pub const MAX_CMDLINE_BYTES: usize = 4096;
+/// A `stuck_exit` report carries the stacks of at most this many of the process's threads
+/// (its signalled thread first); the others are listed with their wait only.
+pub const MAX_EXIT_STACKS: usize = 16;
+/// A report is due this long after the tick that made it: past it, user stacks are no
+/// longer read for it (the kernel stack and the wait still are).
+pub const REPORT_DUE: Duration = Duration::from_millis(300);
+/// One read of a watched process (its stack and the files to unwind and symbolize it, its
+/// command line) may take this long; past it the process is marked as resisting.
+pub const READ_DEADLINE: Duration = Duration::from_millis(200);
+/// Jobs waiting for this stage; a tick beyond it is reported without enrichment.
+const QUEUE: usize = 1024;
+
+/// One tick's transitions and what the detection thread knew when it made them.
+pub struct Tick {
+    pub transitions: Vec<Transition>,
+    /// The samples of the processes the transitions are about.
+    pub samples: HashMap<ThreadKey, ThreadSample>,
+    /// Lock owners of those samples, when known.
+    pub owners: HashMap<ThreadKey, u32>,
+    /// Kernel stacks and user registers, taken at this tick.
+    pub stacks: HashMap<ThreadKey, StackRecord>,
+    /// Exit requests of the processes with a `stuck_exit` transition.
+    pub exits: HashMap<u32, ExitRequest>,
+    /// Process facts read on the detection thread (without the command line).
+    pub processes: HashMap<u32, ProcessInfo>,
+    /// Loop threads seen parked on their futex (a tokio worker at rest).
+    pub parkers: HashSet<ThreadKey>,
+    /// For each `Ended` transition: how it ended, and when (monotonic ns).
+    pub ended: HashMap<EpisodeKey, (Resolution, u64)>,
+    pub now_ns: u64,
+    pub now_wall: SystemTime,
+    /// When the tick handed this over.
+    pub at: Instant,
+}
+
+/// Futex waits of loop threads whose stack tells a parked worker from a stuck one.
+pub struct ParkChecks {
+    /// (thread, its process, the switch-out that started the wait, its stack record).
+    pub threads: Vec<(ThreadKey, u32, u64, Option<StackRecord>)>,
+    pub verdicts: SyncSender<ParkVerdict>,
+}
+
+/// A park check's answer: the wait it is about, whether it is a park, and whether the
+/// stack showed it (an unreadable stack says nothing, and is taken as parked: quiet).
+#[derive(Debug, Clone, Copy)]
+pub struct ParkVerdict {
+    pub thread: ThreadKey,
+    pub since_ns: u64,
+    pub parked: bool,
+    pub seen_parked: bool,
+}
+
+/// A `threads --stacks` request with the records the detection thread took for it.
+pub struct StacksJob {
+    pub request: StackRequest,
+    pub records: Vec<StackRecord>,
+}
+
+pub enum Job {
+    Tick(Box<Tick>),
+    ParkChecks(ParkChecks),
+    Stacks(StacksJob),
+}
+
+/// Where events go.
+pub struct Sinks {
+    pub stdout: StdoutSink,
+    pub hub: Hub,
+}
+
+/// The detection thread's end of the stage.
+pub struct Enrich {
+    jobs: SyncSender<Job>,
+    /// Ticks handed over without enrichment because the queue was full.
+    pub overflowed: Arc<AtomicU64>,
+}
+
+impl Enrich {
+    /// Starts the stage's thread. `stopping` turns on at SIGTERM: from then on no target
+    /// is read, queued ticks go out at once, and the open episodes end `daemon_stopped`;
+    /// `done` is told when every sink has flushed.
+    pub fn spawn(
+        sinks: Sinks,
+        stopping: Arc<AtomicBool>,
+        done: mpsc::Sender<()>,
+    ) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::sync_channel(QUEUE);
+        let metrics = Arc::clone(&sinks.hub.metrics);
+        thread::Builder::new()
+            .name("hangwatch-enrich".into())
+            .spawn(move || {
+                // Made here: the symbolizers are not `Send`.
+                let reader = match stacks::StackReader::new(Arc::clone(&metrics)) {
+                    Ok(reader) => reader,
+                    Err(err) => {
+                        tracing::error!("cannot start the stack reader: {err}; no reports");
+                        return;
+                    }
+                };
+                let mut stage = Stage {
+                    reports: report::Reports::new(reader, Arc::clone(&metrics)),
+                    sinks,
+                    stopping,
+                };
+                stage.run(&queue);
+                stage.stop();
+                let _ = done.send(());
+            })?;
+        Ok(Self {
+            jobs,
+            overflowed: Arc::default(),
+        })
+    }
+
+    /// Hands a job over without waiting. A full queue gives the job back.
+    pub fn send(&self, job: Job) -> Result<(), Job> {
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                self.overflowed.fetch_add(1, Ordering::Relaxed);
+                Err(job)
+            }
+        }
+    }
+}
+
+struct Stage {
+    reports: report::Reports,
+    sinks: Sinks,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Stage {
+    fn run(&mut self, queue: &Receiver<Job>) {
+        // Ends when the detection thread drops its end (at stop, or if it died).
+        for job in queue {
+            let stopping = self.stopping.load(Ordering::Relaxed);
+            match job {
+                Job::Tick(tick) => self.tick(&tick, stopping),
+                Job::ParkChecks(checks) => self.reports.park_checks(checks, stopping),
+                Job::Stacks(job) => self.reports.answer_stacks(job, stopping),
+            }
+        }
+    }
+
+    fn tick(&mut self, tick: &Tick, stopping: bool) {
+        for transition in &tick.transitions {
+            let started = Instant::now();
+            // A report that panics (a bug) costs that report, not the stage.
+            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.reports.build(transition, tick, stopping)
+            }));
+            self.sinks.hub.metrics.report(started.elapsed());
+            match built {
+                Ok(Some(event)) => self.publish(event),
+                Ok(None) => {}
+                Err(_) => {
+                    self.sinks.hub.metrics.report_panicked();
+                    tracing::error!("building the report of {transition:?} panicked; skipped");
+                }
+            }
+        }
+    }
+
+    fn publish(&self, event: HangEvent) {
+        self.sinks.hub.publish(&event);
+        self.sinks.stdout.send(event);
+    }
+
+    /// At stop: every open episode ends `daemon_stopped`, then the sinks flush (within
+    /// `FLUSH_GRACE`).
+    fn stop(self) {
+        let now = crate::clock::monotonic_ns();
+        let mut stage = self;
+        for event in stage.reports.close_all(now) {
+            stage.publish(event);
+        }
+        let until = Instant::now() + FLUSH_GRACE;
+        let Sinks { stdout, hub } = stage.sinks;
+        if !stdout.finish(until) {
+            tracing::warn!("stdout did not take every event within {FLUSH_GRACE:?}");
+        }
+        if let Some(webhook) = hub.webhook
+            && !webhook.finish(until)
+        {
+            tracing::warn!("the webhook did not take every event within {FLUSH_GRACE:?}");
+        }
+    }
+}
+
+/// The stop's grace: how long the sinks may take to flush at SIGTERM.
+pub const FLUSH_GRACE: Duration = Duration::from_millis(400);

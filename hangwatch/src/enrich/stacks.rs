@@ -1,0 +1,204 @@
+//! Stacks for reports: the kernel stack is symbolized here (it needs nothing from the
+//! watched process); the user stack needs its memory, its maps and its binaries, so it is
+//! unwound and symbolized on a reader worker (`meta::reader`) that owns the unwind and
+//! symbol caches, under `READ_DEADLINE`. A miss marks the process as resisting and the
+//! report says why its user stack is missing.
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hangwatch_ebpf::StackRecord;
+
+use super::READ_DEADLINE;
+use crate::{
+    meta::reader::{ReadError, Resisting, Worker},
+    metrics::Metrics,
+    stack::{
+        KernelSymbolizer, ThreadStacks, UserStacks,
+        on_cpu::{self, SampleError},
+        taker::{UnwoundSample, blocked_stacks, sampled_stacks, unwind_sample},
+    },
+};
+
+/// Whether user stacks may be read for a report, or why not.
+#[derive(Debug, Clone)]
+pub enum Budget {
+    Read,
+    Skip(String),
+}
+
+impl Budget {
+    /// `Read` until `due`, then why not.
+    pub fn until(due: Instant, stopping: bool) -> Self {
+        if stopping {
+            Self::Skip("not read: the daemon is stopping".into())
+        } else if Instant::now() >= due {
+            Self::Skip(format!(
+                "not read: the report was due (more reports at once than can be unwound within {:?}; `hangwatch threads PID --stacks` reads it)",
+                super::REPORT_DUE
+            ))
+        } else {
+            Self::Read
+        }
+    }
+}
+
+pub struct StackReader {
+    kernel: KernelSymbolizer,
+    user: Worker<UserStacks>,
+    pub resisting: Resisting,
+    metrics: Arc<Metrics>,
+    /// Kernel symbolization figures already in the metrics.
+    kernel_published: (Duration, u64),
+}
+
+impl StackReader {
+    pub fn new(metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        Ok(Self {
+            kernel: KernelSymbolizer::default(),
+            user: Worker::spawn("hangwatch-unwind", UserStacks::new)?,
+            resisting: Resisting::default(),
+            metrics,
+            kernel_published: (Duration::ZERO, 0),
+        })
+    }
+
+    /// Folds the symbolization figures since the last call into the metrics.
+    pub fn publish_figures(&mut self) {
+        let (spent, failures) = (self.kernel.spent, self.kernel.failures);
+        self.metrics.symbolized(
+            "kernel",
+            spent.saturating_sub(self.kernel_published.0),
+            failures.saturating_sub(self.kernel_published.1),
+        );
+        self.kernel_published = (spent, failures);
+        let (abandoned, stuck) = self.abandoned();
+        self.metrics
+            .readers(abandoned, stuck, self.resisting.marked);
+    }
+
+    /// Runs `task` on the user-stack worker for process `pid`, unless it resists; a miss
+    /// marks it.
+    pub fn read<R: Send + 'static>(
+        &mut self,
+        pid: u32,
+        deadline: Duration,
+        task: impl FnOnce(&mut UserStacks) -> R + Send + 'static,
+    ) -> Result<R, ReadError> {
+        read(
+            &mut self.user,
+            &mut self.resisting,
+            &self.metrics,
+            pid,
+            deadline,
+            task,
+        )
+    }
+
+    /// Workers given up on, and those still stuck in the kernel.
+    pub fn abandoned(&self) -> (u64, usize) {
+        (
+            self.user
+                .abandoned
+                .load(std::sync::atomic::Ordering::Relaxed),
+            self.user.stuck(),
+        )
+    }
+
+    /// The stacks of a blocked thread of `pid` from its `dump_stacks` record.
+    pub fn blocked(
+        &mut self,
+        pid: u32,
+        record: Option<&StackRecord>,
+        kernel_thread: bool,
+        budget: &Budget,
+    ) -> ThreadStacks {
+        let Self {
+            kernel,
+            user,
+            resisting,
+            metrics,
+            kernel_published: _,
+        } = self;
+        blocked_stacks(kernel, record, kernel_thread, |regs| match budget {
+            Budget::Skip(why) => {
+                metrics.limit("report_due", 1);
+                Err(why.clone())
+            }
+            Budget::Read => read(user, resisting, metrics, pid, READ_DEADLINE, move |user| {
+                user.capture(pid, regs)
+            })
+            .map_err(|err| err.to_string()),
+        })
+    }
+
+    /// The stacks of a thread that runs: one perf sample of it on a CPU (on the worker:
+    /// the unwinding reads the process); if it went off-CPU meanwhile, from its record
+    /// like a blocked one.
+    pub fn running(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        record: Option<&StackRecord>,
+        budget: &Budget,
+    ) -> ThreadStacks {
+        if let Budget::Skip(why) = budget {
+            return ThreadStacks::failed(format!("the thread runs; its stack was {why}"));
+        }
+        let sampled = self.read(
+            pid,
+            READ_DEADLINE + on_cpu::SAMPLE_TIMEOUT,
+            move |user| -> Result<UnwoundSample, SampleError> {
+                let sample = on_cpu::sample_running(tid, on_cpu::SAMPLE_TIMEOUT)?;
+                Ok(unwind_sample(user, pid, sample))
+            },
+        );
+        match sampled {
+            Ok(Ok(sample)) => sampled_stacks(&mut self.kernel, sample),
+            Ok(Err(SampleError::NoSample { .. })) => self.blocked(pid, record, false, budget),
+            Ok(Err(err)) => {
+                tracing::debug!("no on-CPU sample of thread {tid}: {err}");
+                ThreadStacks::failed(format!("the thread runs and could not be sampled: {err}"))
+            }
+            Err(err) => ThreadStacks::failed(format!("the thread runs; its stack was {err}")),
+        }
+    }
+}
+
+/// Runs `task` on the user-stack worker for `pid` unless it resists (a miss marks it),
+/// and folds what the task spent unwinding into the metrics.
+fn read<R: Send + 'static>(
+    user: &mut Worker<UserStacks>,
+    resisting: &mut Resisting,
+    metrics: &Metrics,
+    pid: u32,
+    deadline: Duration,
+    task: impl FnOnce(&mut UserStacks) -> R + Send + 'static,
+) -> Result<R, ReadError> {
+    let now = Instant::now();
+    resisting.check(pid, now)?;
+    let result = user.call(deadline, move |user| {
+        let before = (user.spent, user.captured, user.module_cache());
+        let result = task(user);
+        let after = (user.spent, user.captured, user.module_cache());
+        (result, before, after)
+    });
+    match result {
+        Ok((result, before, after)) => {
+            metrics.symbolized("user", after.0.saturating_sub(before.0), 0);
+            metrics.user_stacks(
+                after.1 - before.1,
+                after.2.0 - before.2.0,
+                after.2.1 - before.2.1,
+            );
+            Ok(result)
+        }
+        Err(err) => {
+            if let ReadError::Missed { why, .. } = &err {
+                resisting.mark(pid, why.clone(), now);
+            }
+            Err(err)
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Reads of a watched process that can block run here, on a worker thread, under a
+//! deadline: never on the detection thread, never unbounded.
+//!
+//! A process whose mm lock is stuck (a thread write-faulting a page of a frozen
+//! filesystem while another waits in `mprotect`) blocks every reader of its memory,
+//! `/proc/PID/{cmdline,environ,maps,map_files}` and its files on a stalled mount. Those
+//! waits are *killable* (`mmap_read_lock_killable`, FUSE's killable waits) but not
+//! interruptible: a thread in one cannot be called back. So a worker that misses its
+//! deadline is abandoned (it ends by itself when the read returns, and at the latest when
+//! the daemon exits: exit_group kills killable waits) and a fresh one takes its place; the
+//! process it was reading is marked as resisting for a while, so that the next reads of it
+//! fail at once with the reason instead of trapping another worker.
+//!
+//! `process_vm_readv` is never used on a target: it takes the mm lock *uninterruptibly*,
+//! and a daemon thread stuck in it would keep the whole daemon (and its BPF links) alive
+//! after SIGTERM. Memory is read through `/proc/PID/mem`, whose lock wait is killable
+//! (see `memory.rs`, and docs/design.md "Never blind").
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+/// At most this many abandoned workers may still be stuck in the kernel; beyond it, reads
+/// are refused at once (each stuck worker holds a thread and its stack).
+pub const MAX_STUCK_WORKERS: usize = 16;
+/// A process that made a read miss its deadline is not read again for this long.
+pub const RESIST_FOR: Duration = Duration::from_secs(30);
+/// Tasks waiting for a worker; a caller beyond it is told the worker is busy.
+const QUEUE: usize = 64;
+
+/// Why a read gave nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The read did not finish in time: the process is now marked as resisting.
+    #[error("memory of the process could not be read within {deadline:?} ({why})")]
+    Missed { deadline: Duration, why: String },
+    /// The process missed a deadline recently: not read again yet.
+    #[error("not read: the process resisted a read {ago:?} ago ({why})")]
+    Resisting { ago: Duration, why: String },
+    /// Too many workers are stuck in the kernel already.
+    #[error("not read: {0} reader threads are stuck in the kernel")]
+    TooManyStuck(usize),
+    /// The worker's queue is full.
+    #[error("not read: the reader is busy ({QUEUE} reads queued)")]
+    Busy,
+}
+
+/// Processes that made a read miss its deadline, until `RESIST_FOR` has passed.
+#[derive(Debug, Default)]
+pub struct Resisting {
+    by_tgid: HashMap<u32, (Instant, String)>,
+    /// Processes marked since start.
+    pub marked: u64,
+}
+
+impl Resisting {
+    pub fn mark(&mut self, tgid: u32, why: String, now: Instant) {
+        tracing::warn!("process {tgid} resists reads ({why}): not read again for {RESIST_FOR:?}");
+        self.marked += 1;
+        self.by_tgid.insert(tgid, (now, why));
+    }
+
+    /// The error to give instead of reading `tgid`, if it resists.
+    pub fn check(&mut self, tgid: u32, now: Instant) -> Result<(), ReadError> {
+        let Some((at, why)) = self.by_tgid.get(&tgid) else {
+            return Ok(());
+        };
+        let ago = now.saturating_duration_since(*at);
+        if ago >= RESIST_FOR {
+            self.by_tgid.remove(&tgid);
+            return Ok(());
+        }
+        Err(ReadError::Resisting {
+            ago,
+            why: why.clone(),
+        })
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_tgid.len()
+    }
+}
+
+type Task<S> = Box<dyn FnOnce(&mut S) + Send>;
+
+/// A worker thread owning state `S` (caches), replaced when a task overruns its deadline.
+pub struct Worker<S: 'static> {
+    name: &'static str,
+    make: fn() -> S,
+    current: Thread<S>,
+    /// Abandoned workers still inside a task (each one counts itself out when its task
+    /// finally returns).
+    stuck: Arc<AtomicUsize>,
+    /// Workers abandoned since start.
+    pub abandoned: Arc<AtomicU64>,
+}
+
+/// One worker thread: its queue, and the flag that tells it it was abandoned.
+struct Thread<S> {
+    tasks: SyncSender<Task<S>>,
+    abandoned: Arc<AtomicBool>,
+}
+
+impl<S: 'static> fmt::Debug for Worker<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("name", &self.name)
+            .field("stuck", &self.stuck.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: 'static> Worker<S> {
+    /// A worker named `name` whose state each new thread makes with `make`.
+    pub fn spawn(name: &'static str, make: fn() -> S) -> std::io::Result<Self> {
+        let stuck = Arc::new(AtomicUsize::new(0));
+        let current = Thread::start(name, make, Arc::clone(&stuck))?;
+        Ok(Self {
+            name,
+            make,
+            current,
+            stuck,
+            abandoned: Arc::default(),
+        })
+    }
+
+    /// Workers abandoned and still stuck in the kernel.
+    pub fn stuck(&self) -> usize {
+        self.stuck.load(Ordering::Relaxed)
+    }
+
+    /// Runs `task` on the worker and waits for it at most `deadline`. A miss abandons the
+    /// worker (a new one, with fresh state, takes the next task): `Missed` says so.
+    pub fn call<R: Send + 'static>(
+        &mut self,
+        deadline: Duration,
+        task: impl FnOnce(&mut S) -> R + Send + 'static,
+    ) -> Result<R, ReadError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.submit(move |state| {
+            let _ = reply.send(task(state));
+        })?;
+        match answer.recv_timeout(deadline) {
+            Ok(result) => Ok(result),
+            Err(RecvTimeoutError::Timeout) => {
+                self.abandon();
+                Err(ReadError::Missed {
+                    deadline,
+                    why: "a read of it is blocked in the kernel".into(),
+                })
+            }
+            // The task panicked (its thread is gone): start another.
+            Err(RecvTimeoutError::Disconnected) => {
+                self.restart();
+                Err(ReadError::Missed {
+                    deadline,
+                    why: "the reader failed".into(),
+                })
+            }
+        }
+    }
+
+    /// Queues `task` without waiting for it (its result goes where the task sends it).
+    pub fn submit(&mut self, task: impl FnOnce(&mut S) + Send + 'static) -> Result<(), ReadError> {
+        let stuck = self.stuck();
+        if stuck >= MAX_STUCK_WORKERS {
+            return Err(ReadError::TooManyStuck(stuck));
+        }
+        match self.current.tasks.try_send(Box::new(task)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(ReadError::Busy),
+            Err(TrySendError::Disconnected(task)) => {
+                self.restart();
+                self.current
+                    .tasks
+                    .try_send(task)
+                    .map_err(|_| ReadError::Busy)
+            }
+        }
+    }
+
+    /// The current task overran: leave its thread to finish by itself (it counts itself
+    /// out of `stuck` then, and ends) and start another.
+    pub fn abandon(&mut self) {
+        self.abandoned.fetch_add(1, Ordering::Relaxed);
+        self.stuck.fetch_add(1, Ordering::Relaxed);
+        self.current.abandoned.store(true, Ordering::Relaxed);
+        self.restart();
+    }
+
+    fn restart(&mut self) {
+        match Thread::start(self.name, self.make, Arc::clone(&self.stuck)) {
+            Ok(thread) => self.current = thread,
+            Err(err) => tracing::error!("cannot start a {} thread: {err}", self.name),
+        }
+    }
+}
+
+impl<S: 'static> Thread<S> {
+    fn start(
+        name: &'static str,
+        make: fn() -> S,
+        stuck: Arc<AtomicUsize>,
+    ) -> std::io::Result<Self> {
+        let (tasks, queue) = mpsc::sync_channel::<Task<S>>(QUEUE);
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&abandoned);
+        thread::Builder::new().name(name.into()).spawn(move || {
+            let mut state = make();
+            for task in queue {
+                task(&mut state);
+                if flag.load(Ordering::Relaxed) {
+                    // Abandoned while in that task: its queue went to the new thread's
+                    // callers as errors; this one is done.
+                    stuck.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        })?;
+        Ok(Self { tasks, abandoned })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_in_time_answers() {
+        let mut worker = Worker::spawn("test-reader", || 41u32).expect("thread");
+        let got = worker.call(Duration::from_secs(5), |s| {
+            *s += 1;
+            *s
+        });
+        assert_eq!(got, Ok(42));
+        assert_eq!(worker.stuck(), 0);
+    }
+
+    #[test]
+    fn an_overrun_abandons_the_worker_and_the_next_one_starts_fresh() {
+        let mut worker = Worker::spawn("test-reader", || 0u32).expect("thread");
+        let (release, wait) = mpsc::channel::<()>();
+        let got = worker.call(Duration::from_millis(50), move |s| {
+            *s = 7;
+            let _ = wait.recv();
+        });
+        assert!(matches!(got, Err(ReadError::Missed { .. })), "{got:?}");
+        assert_eq!(worker.stuck(), 1);
+        // The replacement answers at once, with fresh state.
+        assert_eq!(worker.call(Duration::from_secs(5), |s| *s), Ok(0));
+        // The stuck one, released, counts itself out.
+        release.send(()).expect("stuck task waits");
+        assert!(
+            (0..200).any(|_| {
+                thread::sleep(Duration::from_millis(10));
+                worker.stuck() == 0
+            }),
+            "the released worker is no longer counted as stuck"
+        );
+        assert_eq!(worker.abandoned.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn too_many_stuck_workers_refuse_at_once() {
+        let mut worker = Worker::spawn("test-reader", || ()).expect("thread");
+        let (_keep, wait) = mpsc::channel::<()>();
+        let wait = Arc::new(std::sync::Mutex::new(wait));
+        for _ in 0..MAX_STUCK_WORKERS {
+            let wait = Arc::clone(&wait);
+            let _ = worker.call(Duration::from_millis(1), move |()| {
+                let _ = wait.lock().map(|w| w.recv());
+            });
+        }
+        let started = Instant::now();
+        let got = worker.call(Duration::from_secs(5), |()| ());
+        assert_eq!(got, Err(ReadError::TooManyStuck(MAX_STUCK_WORKERS)));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn resisting_processes_are_skipped_until_the_time_is_up() {
+        let mut resisting = Resisting::default();
+        let now = Instant::now();
+        resisting.mark(42, "stuck".into(), now);
+        assert!(matches!(
+            resisting.check(42, now + Duration::from_secs(1)),
+            Err(ReadError::Resisting { .. })
+        ));
+        assert_eq!(resisting.check(43, now), Ok(()));
+        assert_eq!(resisting.check(42, now + RESIST_FOR), Ok(()));
+        assert_eq!(resisting.len(), 0);
+    }
+}

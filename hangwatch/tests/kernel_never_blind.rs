@@ -1,0 +1,319 @@
+//! Never blind: the daemon keeps detecting while a watched process resists every read of
+//! its memory, while thousands of threads hang at once, and while the scan is stalled it
+//! says so on /healthz. Real processes on a real frozen ext4 filesystem.
+
+mod common;
+
+use std::{
+    path::Path,
+    process::Command,
+    sync::{Arc, atomic::AtomicBool},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{frozen::FrozenFs, *};
+
+fn have_freeze_tools() -> bool {
+    for tool in ["mkfs.ext4", "fsfreeze", "losetup", "mount", "umount"] {
+        if !have_tool(tool) {
+            eprintln!(
+                "skipped: {tool} is not installed (xtask setup installs e2fsprogs and util-linux)"
+            );
+            return false;
+        }
+    }
+    true
+}
+
+/// The daemon's CPU time so far (user + system), from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat: 11 and 12 after the state.
+    let hz = 100; // USER_HZ
+    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
+}
+
+/// BPF programs the process `pid` still holds (bpftool's `pids` column), or None
+/// without bpftool.
+fn programs_held_by(pid: u32) -> Option<Vec<String>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let held = format!("hangwatch({pid})");
+    Some(
+        text.lines()
+            .filter(|l| l.contains(&held))
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// GET `url` (http://HOST:PORT/PATH), giving up after `patience`: the status code, or
+/// "gave up".
+fn impatient_get(url: &str, patience: Duration) -> String {
+    use std::io::{Read as _, Write as _};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else {
+        return "refused".into();
+    };
+    let _ = stream.set_read_timeout(Some(patience));
+    let _ = stream.set_write_timeout(Some(patience));
+    let _ = write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
+    let mut head = [0u8; 12];
+    match stream.read_exact(&mut head) {
+        Ok(()) => String::from_utf8_lossy(&head[9..12]).into_owned(),
+        Err(_) => "gave up".into(),
+    }
+}
+
+/// The mm-lock stall: a process whose memory nobody can read. Its D-state threads are
+/// reported on time with the reason their user stacks are missing; a deadlock started in
+/// another process afterwards is reported on time; SIGTERM ends the daemon within a
+/// second and leaves no program loaded.
+#[test]
+#[ignore = "needs root: loads BPF programs, mounts and freezes a filesystem"]
+fn a_process_whose_mm_lock_is_stuck_is_reported_and_detection_goes_on() {
+    require_root();
+    if !have_freeze_tools() {
+        return;
+    }
+    let mut fs = FrozenFs::new();
+    let file = fs.mountpoint.join("mapped");
+    let mut daemon = Daemon::start(&["--d-state-threshold", "1s", "--scan-interval", "200ms"]);
+    let mut stall = Program::start(&compile("mm_stall"), &[file.to_str().expect("utf-8")]);
+    let pid = u32::try_from(stall.expect_number("pid", Duration::from_secs(5))).expect("pid");
+    fs.freeze();
+    stall.send("go");
+    stall.expect_line("stalled", Duration::from_secs(5));
+    let stall_pid = fs.hold(stall);
+    assert_eq!(stall_pid, pid);
+    // The proof that the process resists: reading its command line blocks.
+    let blocked = Arc::new(AtomicBool::new(true));
+    {
+        let blocked = Arc::clone(&blocked);
+        thread::spawn(move || {
+            let _ = std::fs::read(format!("/proc/{pid}/cmdline"));
+            blocked.store(false, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        blocked.load(std::sync::atomic::Ordering::SeqCst),
+        "reading /proc/{pid}/cmdline should block while its mm lock is stuck"
+    );
+
+    let d_state = daemon.wait_for_event(
+        "d_state of the stalled process",
+        Duration::from_secs(8),
+        |v| v["event"] == "hang" && v["kind"] == "d_state" && u64_of(v, "/pid") == u64::from(pid),
+    );
+    let v = &d_state.value;
+    eprintln!("d_state report of the stalled process: {v}");
+    let why = v["user_stack_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("could not be read within") || why.contains("resisted a read"),
+        "the missing user stack says why: {v}"
+    );
+    assert!(
+        !v["kernel_stack"].as_array().is_none_or(Vec::is_empty),
+        "the kernel stack is there: {v}"
+    );
+    assert!(
+        v["cmdline"].as_array().is_some_and(Vec::is_empty) && v["cmdline_error"].is_string(),
+        "no command line, and why: {v}"
+    );
+
+    // Detection of everything else goes on.
+    let mut abba = Abba::start();
+    let lock = abba.deadlock();
+    let deadlock = daemon.wait_for_event(
+        "deadlock of abba during the stall",
+        Duration::from_secs(6),
+        |v| {
+            v["event"] == "hang"
+                && v["kind"] == "deadlock"
+                && u64_of(v, "/pid") == u64::from(abba.pid())
+        },
+    );
+    let latency = deadlock.at.saturating_duration_since(lock.at);
+    eprintln!("deadlock reported {latency:?} after it formed, during the stall");
+    assert!(
+        latency < Duration::from_secs(4),
+        "a deadlock (1 s to confirm) is reported within seconds during the stall, not {latency:?}"
+    );
+
+    // SIGTERM: out within a second, and nothing of ours left loaded.
+    let daemon_pid = daemon.pid;
+    daemon.stop();
+    assert!(
+        !Path::new(&format!("/proc/{daemon_pid}")).exists(),
+        "the daemon is gone"
+    );
+    if let Some(held) = programs_held_by(daemon_pid) {
+        assert!(
+            held.is_empty(),
+            "programs still held by the daemon: {held:?}"
+        );
+    }
+    let stopped = daemon
+        .events_for(pid)
+        .into_iter()
+        .filter(|r| r.value["event"] == "resolved")
+        .map(|r| r.value["resolution"].clone())
+        .collect::<Vec<_>>();
+    assert!(
+        stopped.iter().any(|r| r == "daemon_stopped"),
+        "the open episodes end daemon_stopped at SIGTERM: {stopped:?}"
+    );
+    fs.thaw();
+}
+
+/// `/healthz` says when the daemon is blind: 503 while its scan is stalled (a test hook
+/// stalls it while a file exists), 200 again after.
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn healthz_fails_while_the_scan_is_stalled() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stall = dir.path().join("stall");
+    let stall_text = stall.to_str().expect("utf-8").to_owned();
+    let daemon = Daemon::start_with_env(
+        &[("HANGWATCH_TEST_STALL_FILE", &stall_text)],
+        &["--listen", "127.0.0.1:0", "--scan-interval", "100ms"],
+    );
+    let health = format!("{}/healthz", daemon.endpoint());
+    assert_eq!(http("GET", &health).status, 200);
+    std::fs::write(&stall, "").expect("stall file");
+    let failed = wait_until(Duration::from_secs(5), || {
+        http("GET", &health).status == 503
+    });
+    let answer = http("GET", &health);
+    assert!(
+        failed,
+        "/healthz should fail while the scan stalls: {} {}",
+        answer.status, answer.text
+    );
+    assert!(answer.text.contains("blind"), "{}", answer.text);
+    let metrics = http("GET", &format!("{}/metrics", daemon.endpoint())).text;
+    assert!(
+        metrics.contains("hangwatch_last_scan_timestamp_seconds"),
+        "{metrics}"
+    );
+    std::fs::remove_file(&stall).expect("unstall");
+    assert!(
+        wait_until(Duration::from_secs(5), || http("GET", &health).status
+            == 200),
+        "/healthz recovers once the scan runs"
+    );
+}
+
+/// A mass hang: 2,000 threads enter D at once. Each is reported; a deadlock started in
+/// the middle is still reported on time; 200 parallel `threads?stacks` requests for the
+/// 2,000-thread process are answered or refused (503) without delaying detection. The
+/// daemon's CPU over the window is printed.
+#[test]
+#[ignore = "needs root: loads BPF programs, mounts and freezes a filesystem"]
+fn a_mass_hang_is_reported_whole_and_detection_goes_on() {
+    require_root();
+    if !have_freeze_tools() {
+        return;
+    }
+    const THREADS: usize = 2000;
+    let mut fs = FrozenFs::new();
+    let daemon = Daemon::start(&[
+        "--d-state-threshold",
+        "1s",
+        "--listen",
+        "127.0.0.1:0",
+        "--scan-interval",
+        "200ms",
+    ]);
+    let dir = fs.mountpoint.to_str().expect("utf-8").to_owned();
+    let count = THREADS.to_string();
+    let mut mass = Program::start(&compile("mass_d"), &[&dir, &count]);
+    let pid = u32::try_from(mass.expect_number("pid", Duration::from_secs(5))).expect("pid");
+    fs.freeze();
+    let cpu_before = cpu_time(daemon.pid);
+    let started = Instant::now();
+    mass.send("go");
+    mass.expect_line("started", Duration::from_secs(30));
+    fs.hold(mass);
+
+    // 200 parallel stack requests from clients that give up after a second.
+    let url = format!("{}/api/v1/threads/{pid}?stacks=true", daemon.endpoint());
+    let clients: Vec<_> = (0..200)
+        .map(|_| {
+            let url = url.clone();
+            thread::spawn(move || impatient_get(&url, Duration::from_secs(1)))
+        })
+        .collect();
+
+    thread::sleep(Duration::from_millis(500));
+    let mut abba = Abba::start();
+    let lock = abba.deadlock();
+    let deadlock = daemon.wait_for_event(
+        "deadlock during the mass hang",
+        Duration::from_secs(10),
+        |v| {
+            v["event"] == "hang"
+                && v["kind"] == "deadlock"
+                && u64_of(v, "/pid") == u64::from(abba.pid())
+        },
+    );
+    let latency = deadlock.at.saturating_duration_since(lock.at);
+    let codes: Vec<String> = clients
+        .into_iter()
+        .map(|c| c.join().unwrap_or_default())
+        .collect();
+    let all_reported = wait_until(Duration::from_secs(20), || {
+        daemon
+            .events_for(pid)
+            .iter()
+            .filter(|r| r.value["event"] == "hang" && r.value["kind"] == "d_state")
+            .count()
+            >= THREADS
+    });
+    let window = started.elapsed();
+    let cpu = cpu_time(daemon.pid).saturating_sub(cpu_before);
+    let reported = daemon
+        .events_for(pid)
+        .iter()
+        .filter(|r| r.value["event"] == "hang" && r.value["kind"] == "d_state")
+        .count();
+    let mut by_code = std::collections::BTreeMap::<String, usize>::new();
+    for code in codes {
+        *by_code.entry(code).or_default() += 1;
+    }
+    eprintln!(
+        "mass hang: {reported} of {THREADS} threads reported; unrelated deadlock reported {latency:?} after it formed; daemon CPU {cpu:?} over {window:?} ({:.2} of a core); stack requests by status: {by_code:?}",
+        cpu.as_secs_f64() / window.as_secs_f64()
+    );
+    assert!(
+        all_reported,
+        "every thread of the mass hang is reported: {reported} of {THREADS}"
+    );
+    assert!(
+        latency < Duration::from_secs(4),
+        "the unrelated deadlock (1 s to confirm) is reported within seconds, not {latency:?}"
+    );
+    let ids = episode_ids(&daemon.events_for(pid), "d_state");
+    assert_eq!(ids.len(), THREADS, "one episode per thread, no duplicates");
+    fs.thaw();
+}
