@@ -590,9 +590,7 @@ impl Scanner {
                     }
                 }
                 Transition::Opened(e) | Transition::Updated(e) => {
-                    wanted.extend(
-                        std::iter::once(e.key.thread.tid).chain(e.members.iter().map(|m| m.tid)),
-                    );
+                    wanted.extend(std::iter::once(e.key.thread.tid).chain(e.members.iter().map(|m| m.tid)));
                 }
                 Transition::Ended(_) => {}
             }
@@ -714,9 +712,8 @@ impl Scanner {
                 .map_err(|err| err.to_string());
             match records {
                 Ok(records) => {
-                    if let Err(Job::Stacks(job)) = self
-                        .enrich
-                        .send(Job::Stacks(StacksJob { request, records }))
+                    if let Err(Job::Stacks(job)) =
+                        self.enrich.send(Job::Stacks(StacksJob { request, records }))
                     {
                         let _ = job
                             .request
@@ -804,3 +801,4 @@ fn confirm_deadlock(members: &[&ThreadSample], whole_process: bool) -> bool {
         same_wait && now.state == 'S' && !futex_owner::kill_pending(tgid, m.key.tid)
     })
 }
+
