@@ -24,7 +24,9 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 fn have_freeze_tools() -> bool {
     for tool in ["mkfs.ext4", "fsfreeze", "losetup", "mount", "umount"] {
         if !have_tool(tool) {
-            eprintln!("skipped: {tool} is not installed (xtask setup installs e2fsprogs and util-linux)");
+            eprintln!(
+                "skipped: {tool} is not installed (xtask setup installs e2fsprogs and util-linux)"
+            );
             return false;
         }
     }
@@ -38,7 +40,12 @@ fn cpu_time(pid: u32) -> Duration {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are fields 14 and 15 of stat: 11 and 12 after the state.
     let hz = 100; // USER_HZ
     Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
@@ -47,7 +54,10 @@ fn cpu_time(pid: u32) -> Duration {
 /// BPF programs the process `pid` still holds (bpftool's `pids` column), or None
 /// without bpftool.
 fn programs_held_by(pid: u32) -> Option<Vec<String>> {
-    let out = Command::new("bpftool").args(["prog", "show"]).output().ok()?;
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let held = format!("hangwatch({pid})");
     Some(
@@ -69,7 +79,10 @@ fn impatient_get(url: &str, patience: Duration) -> String {
     };
     let _ = stream.set_read_timeout(Some(patience));
     let _ = stream.set_write_timeout(Some(patience));
-    let _ = write!(stream, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let _ = write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
     let mut head = [0u8; 12];
     match stream.read_exact(&mut head) {
         Ok(()) => String::from_utf8_lossy(&head[9..12]).into_owned(),
@@ -114,9 +127,11 @@ fn a_process_whose_mm_lock_is_stuck_is_reported_and_detection_goes_on() {
         "reading /proc/{pid}/cmdline should block while its mm lock is stuck"
     );
 
-    let d_state = daemon.wait_for_event("d_state of the stalled process", Duration::from_secs(8), |v| {
-        v["event"] == "hang" && v["kind"] == "d_state" && u64_of(v, "/pid") == u64::from(pid)
-    });
+    let d_state = daemon.wait_for_event(
+        "d_state of the stalled process",
+        Duration::from_secs(8),
+        |v| v["event"] == "hang" && v["kind"] == "d_state" && u64_of(v, "/pid") == u64::from(pid),
+    );
     let v = &d_state.value;
     eprintln!("d_state report of the stalled process: {v}");
     let why = v["user_stack_error"].as_str().unwrap_or_default();
@@ -136,9 +151,15 @@ fn a_process_whose_mm_lock_is_stuck_is_reported_and_detection_goes_on() {
     // Detection of everything else goes on.
     let mut abba = Abba::start();
     let lock = abba.deadlock();
-    let deadlock = daemon.wait_for_event("deadlock of abba during the stall", Duration::from_secs(6), |v| {
-        v["event"] == "hang" && v["kind"] == "deadlock" && u64_of(v, "/pid") == u64::from(abba.pid())
-    });
+    let deadlock = daemon.wait_for_event(
+        "deadlock of abba during the stall",
+        Duration::from_secs(6),
+        |v| {
+            v["event"] == "hang"
+                && v["kind"] == "deadlock"
+                && u64_of(v, "/pid") == u64::from(abba.pid())
+        },
+    );
     let latency = deadlock.at.saturating_duration_since(lock.at);
     eprintln!("deadlock reported {latency:?} after it formed, during the stall");
     assert!(
@@ -149,9 +170,15 @@ fn a_process_whose_mm_lock_is_stuck_is_reported_and_detection_goes_on() {
     // SIGTERM: out within a second, and nothing of ours left loaded.
     let daemon_pid = daemon.pid;
     daemon.stop();
-    assert!(!Path::new(&format!("/proc/{daemon_pid}")).exists(), "the daemon is gone");
+    assert!(
+        !Path::new(&format!("/proc/{daemon_pid}")).exists(),
+        "the daemon is gone"
+    );
     if let Some(held) = programs_held_by(daemon_pid) {
-        assert!(held.is_empty(), "programs still held by the daemon: {held:?}");
+        assert!(
+            held.is_empty(),
+            "programs still held by the daemon: {held:?}"
+        );
     }
     let stopped = daemon
         .events_for(pid)
@@ -183,15 +210,25 @@ fn healthz_fails_while_the_scan_is_stalled() {
     let health = format!("{}/healthz", daemon.endpoint());
     assert_eq!(http("GET", &health).status, 200);
     std::fs::write(&stall, "").expect("stall file");
-    let failed = wait_until(Duration::from_secs(5), || http("GET", &health).status == 503);
+    let failed = wait_until(Duration::from_secs(5), || {
+        http("GET", &health).status == 503
+    });
     let answer = http("GET", &health);
-    assert!(failed, "/healthz should fail while the scan stalls: {} {}", answer.status, answer.text);
+    assert!(
+        failed,
+        "/healthz should fail while the scan stalls: {} {}",
+        answer.status, answer.text
+    );
     assert!(answer.text.contains("blind"), "{}", answer.text);
     let metrics = http("GET", &format!("{}/metrics", daemon.endpoint())).text;
-    assert!(metrics.contains("hangwatch_last_scan_timestamp_seconds"), "{metrics}");
+    assert!(
+        metrics.contains("hangwatch_last_scan_timestamp_seconds"),
+        "{metrics}"
+    );
     std::fs::remove_file(&stall).expect("unstall");
     assert!(
-        wait_until(Duration::from_secs(5), || http("GET", &health).status == 200),
+        wait_until(Duration::from_secs(5), || http("GET", &health).status
+            == 200),
         "/healthz recovers once the scan runs"
     );
 }
@@ -241,11 +278,20 @@ fn a_mass_hang_is_reported_whole_and_detection_goes_on() {
     thread::sleep(Duration::from_millis(500));
     let mut abba = Abba::start();
     let lock = abba.deadlock();
-    let deadlock = daemon.wait_for_event("deadlock during the mass hang", Duration::from_secs(10), |v| {
-        v["event"] == "hang" && v["kind"] == "deadlock" && u64_of(v, "/pid") == u64::from(abba.pid())
-    });
+    let deadlock = daemon.wait_for_event(
+        "deadlock during the mass hang",
+        Duration::from_secs(10),
+        |v| {
+            v["event"] == "hang"
+                && v["kind"] == "deadlock"
+                && u64_of(v, "/pid") == u64::from(abba.pid())
+        },
+    );
     let latency = deadlock.at.saturating_duration_since(lock.at);
-    let codes: Vec<String> = clients.into_iter().map(|c| c.join().unwrap_or_default()).collect();
+    let codes: Vec<String> = clients
+        .into_iter()
+        .map(|c| c.join().unwrap_or_default())
+        .collect();
     let all_reported = wait_until(Duration::from_secs(20), || {
         daemon
             .events_for(pid)
@@ -269,7 +315,10 @@ fn a_mass_hang_is_reported_whole_and_detection_goes_on() {
         "mass hang: {reported} of {THREADS} threads reported; unrelated deadlock reported {latency:?} after it formed; daemon CPU {cpu:?} over {window:?} ({:.2} of a core); stack requests by status: {by_code:?}",
         cpu.as_secs_f64() / window.as_secs_f64()
     );
-    assert!(all_reported, "every thread of the mass hang is reported: {reported} of {THREADS}");
+    assert!(
+        all_reported,
+        "every thread of the mass hang is reported: {reported} of {THREADS}"
+    );
     assert!(
         latency < Duration::from_secs(4),
         "the unrelated deadlock (1 s to confirm) is reported within seconds, not {latency:?}"

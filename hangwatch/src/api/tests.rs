@@ -17,7 +17,11 @@ struct Server {
 
 fn start() -> Server {
     let store = Arc::new(Store::new(Value::Null));
-    let api = Api::new(store, Arc::new(Metrics::new()), std::time::Duration::from_millis(200));
+    let api = Api::new(
+        store,
+        Arc::new(Metrics::new()),
+        std::time::Duration::from_millis(200),
+    );
     let addr = serve("127.0.0.1:0".parse().expect("addr"), Arc::clone(&api)).expect("serves");
     Server { addr, api }
 }

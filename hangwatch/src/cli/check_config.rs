@@ -70,6 +70,10 @@ fn render(config: &Config, output_set: bool) -> String {
                 .as_ref()
                 .map_or("none".to_owned(), ToString::to_string),
         ),
+        (
+            "log_format",
+            format!("{:?}", config.log_format).to_lowercase(),
+        ),
         ("wakeup_probe", config.probes.wakeup.to_string()),
         ("futex_probes", config.probes.futex.to_string()),
     ] {
@@ -94,19 +98,7 @@ fn render(config: &Config, output_set: bool) -> String {
         "\nrules, in order (for each kind, the last rule matching a process wins):"
     );
     for (i, rule) in rules.rules.iter().enumerate() {
-        let set: Vec<String> = rule
-            .set
-            .iter()
-            .filter_map(|(kind, s)| Some(format!("{kind} {}", s.as_ref()?)))
-            .collect();
-        let _ = writeln!(
-            out,
-            "  {:>2}. {}: {} -> {}",
-            i + 1,
-            rule.origin,
-            rule.selector,
-            set.join(", ")
-        );
+        let _ = writeln!(out, "  {:>2}. {}: {}", i + 1, rule.origin, rule.describe());
     }
     out
 }

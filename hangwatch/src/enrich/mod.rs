@@ -248,4 +248,3 @@ impl Stage {
 
 /// The stop's grace: how long the sinks may take to flush at SIGTERM.
 pub const FLUSH_GRACE: Duration = Duration::from_millis(400);
-

@@ -21,8 +21,7 @@ use crate::{
     meta::{ProcessInfo, ThreadProc, futex_owner, thread_proc, wchan},
     metrics::Metrics,
     sink::{
-        BlockedOn, CycleMember, EventType, ExitInfo, HangEvent, LoopStallInfo, Resolution,
-        Workload,
+        BlockedOn, CycleMember, EventType, ExitInfo, HangEvent, LoopStallInfo, Resolution, Workload,
     },
     stack::ThreadStacks,
     state::{FutexCall, ThreadSample, Wait, futex_op_name, syscall_name},
@@ -82,9 +81,8 @@ impl Reports {
             .drain()
             .map(|(key, mut event)| {
                 event.event = EventType::Resolved;
-                event.duration_ms = millis(Duration::from_nanos(
-                    now_ns.saturating_sub(key.since_ns),
-                ));
+                event.duration_ms =
+                    millis(Duration::from_nanos(now_ns.saturating_sub(key.since_ns)));
                 event.resolution = Some(Resolution::DaemonStopped);
                 event
             })
@@ -210,8 +208,7 @@ impl Reports {
     ) -> Option<HangEvent> {
         let request = tick.exits.get(&episode.tgid)?;
         let tgid = request.tgid;
-        let by_tid: HashMap<u32, &StackRecord> =
-            tick.stacks.values().map(|r| (r.tid, r)).collect();
+        let by_tid: HashMap<u32, &StackRecord> = tick.stacks.values().map(|r| (r.tid, r)).collect();
         let mut tids = futex_owner::task_ids(tgid);
         // The signalled thread first, so that it is among those with stacks.
         tids.sort_unstable_by_key(|&tid| (tid != request.target.tid, tid));
@@ -436,7 +433,9 @@ impl Reports {
         for record in &records {
             let budget = match Budget::until(due, stopping) {
                 Budget::Read => Budget::Read,
-                Budget::Skip(_) if stopping => Budget::Skip("not read: the daemon is stopping".into()),
+                Budget::Skip(_) if stopping => {
+                    Budget::Skip("not read: the daemon is stopping".into())
+                }
                 Budget::Skip(_) => Budget::Skip(format!(
                     "not read: the request's {STACKS_BUDGET:?} were spent on other threads"
                 )),
@@ -448,7 +447,9 @@ impl Reports {
             answer.push(crate::api::threads::ThreadStacksOf {
                 tid: record.tid,
                 // Kernel threads have no user registers; `blocked` then says so.
-                stacks: self.reader.blocked(request.pid, Some(record), false, &budget),
+                stacks: self
+                    .reader
+                    .blocked(request.pid, Some(record), false, &budget),
             });
         }
         let _ = request.reply.send(Ok(answer));
@@ -464,4 +465,3 @@ fn key_of(transition: &Transition) -> EpisodeKey {
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
-

@@ -51,7 +51,9 @@ impl OwnerCache {
 
     /// Reads abandoned because a process did not answer in time.
     pub fn abandoned(&self) -> u64 {
-        self.worker.abandoned.load(std::sync::atomic::Ordering::Relaxed)
+        self.worker
+            .abandoned
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Takes the answers that arrived since the last tick; a read overdue means the worker

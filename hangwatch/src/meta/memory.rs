@@ -51,8 +51,12 @@ mod tests {
     fn reads_our_own_memory() {
         let marker: [u8; 8] = *b"hangwat\0";
         let mut buf = [0u8; 8];
-        let n = super::read(std::process::id(), marker.as_ptr() as u64, &mut buf).expect("readable");
+        let n =
+            super::read(std::process::id(), marker.as_ptr() as u64, &mut buf).expect("readable");
         assert_eq!((n, buf), (8, marker));
-        assert!(super::read(std::process::id(), 8, &mut buf).is_err(), "page 0 is unmapped");
+        assert!(
+            super::read(std::process::id(), 8, &mut buf).is_err(),
+            "page 0 is unmapped"
+        );
     }
 }

@@ -375,7 +375,10 @@ mod tests {
         let mut cache = ProcessCache::default();
         let info = cache.get(pid).expect("our own process");
         assert!(info.exe.is_some());
-        assert!(info.cmdline.is_empty(), "read by the reports, off the detection path");
+        assert!(
+            info.cmdline.is_empty(),
+            "read by the reports, off the detection path"
+        );
         assert!(start_ticks(pid, pid).is_some());
         assert!(cache.get(u32::MAX - 1).is_none());
         assert_eq!(cache.vanished, 1);

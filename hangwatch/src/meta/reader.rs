@@ -198,7 +198,10 @@ impl<S: 'static> Worker<S> {
             Err(TrySendError::Full(_)) => Err(ReadError::Busy),
             Err(TrySendError::Disconnected(task)) => {
                 self.restart();
-                self.current.tasks.try_send(task).map_err(|_| ReadError::Busy)
+                self.current
+                    .tasks
+                    .try_send(task)
+                    .map_err(|_| ReadError::Busy)
             }
         }
     }
@@ -221,7 +224,11 @@ impl<S: 'static> Worker<S> {
 }
 
 impl<S: 'static> Thread<S> {
-    fn start(name: &'static str, make: fn() -> S, stuck: Arc<AtomicUsize>) -> std::io::Result<Self> {
+    fn start(
+        name: &'static str,
+        make: fn() -> S,
+        stuck: Arc<AtomicUsize>,
+    ) -> std::io::Result<Self> {
         let (tasks, queue) = mpsc::sync_channel::<Task<S>>(QUEUE);
         let abandoned = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&abandoned);
