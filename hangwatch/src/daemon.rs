@@ -590,7 +590,9 @@ impl Scanner {
                     }
                 }
                 Transition::Opened(e) | Transition::Updated(e) => {
-                    wanted.extend(std::iter::once(e.key.thread.tid).chain(e.members.iter().map(|m| m.tid)));
+                    wanted.extend(
+                        std::iter::once(e.key.thread.tid).chain(e.members.iter().map(|m| m.tid)),
+                    );
                 }
                 Transition::Ended(_) => {}
             }
@@ -712,8 +714,9 @@ impl Scanner {
                 .map_err(|err| err.to_string());
             match records {
                 Ok(records) => {
-                    if let Err(Job::Stacks(job)) =
-                        self.enrich.send(Job::Stacks(StacksJob { request, records }))
+                    if let Err(Job::Stacks(job)) = self
+                        .enrich
+                        .send(Job::Stacks(StacksJob { request, records }))
                     {
                         let _ = job
                             .request

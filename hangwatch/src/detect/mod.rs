@@ -550,7 +550,14 @@ mod tests {
         let loud_d = blocked(302, 300, hangwatch_ebpf::task_state::UNINTERRUPTIBLE, 0);
         // In D in the selected process: `d_state` (what it is) at off_cpu's 1 s.
         let watched_d = blocked(102, 100, hangwatch_ebpf::task_state::UNINTERRUPTIBLE, 0);
-        let samples = [watched, quiet_waiter, quiet_d, loud_waiter, loud_d, watched_d];
+        let samples = [
+            watched,
+            quiet_waiter,
+            quiet_d,
+            loud_waiter,
+            loud_d,
+            watched_d,
+        ];
         let mut locks = LockFacts::default();
         locks.owners.insert(samples[1].key, 203); // running owners, no cycle
         locks.owners.insert(samples[3].key, 303);

@@ -406,6 +406,14 @@ impl Reports {
         let budget = Budget::until(Instant::now() + REPORT_DUE, stopping);
         for (thread, tgid, since_ns, record) in checks.threads {
             let stacks = self.reader.blocked(tgid, record.as_ref(), false, &budget);
+            // Not read yet for slowness (a cold cache): no verdict, asked again later.
+            if stacks
+                .user_stack_error
+                .as_deref()
+                .is_some_and(|e| e.contains("still working on it"))
+            {
+                continue;
+            }
             // A stack that cannot be read cannot tell: quiet by default, as parked.
             let parked = stacks.user_stack.is_empty()
                 || is_parked(stacks.user_stack.iter().filter_map(|f| f.symbol.as_deref()));

@@ -77,10 +77,13 @@ impl StackReader {
         );
         self.kernel_published = (spent, failures);
         let (abandoned, stuck) = self.abandoned();
-        self.metrics.readers(abandoned, stuck, self.resisting.marked);
-        let refused = crate::stack::user::sections_refused();
         self.metrics
-            .limit("section_too_large", refused.saturating_sub(self.sections_published));
+            .readers(abandoned, stuck, self.resisting.marked);
+        let refused = crate::stack::user::sections_refused();
+        self.metrics.limit(
+            "section_too_large",
+            refused.saturating_sub(self.sections_published),
+        );
         self.sections_published = refused;
     }
 

@@ -28,4 +28,3 @@ pub fn deadlock(members: &[&ThreadSample], whole_process: bool) -> bool {
         same_wait && now.state == 'S' && !futex_owner::kill_pending(tgid, m.key.tid)
     })
 }
-

@@ -35,8 +35,9 @@ pub const RESIST_FOR: Duration = Duration::from_secs(30);
 /// Tasks waiting for a worker; a caller beyond it is told the worker is busy.
 const QUEUE: usize = 64;
 /// A task past its deadline whose thread is still *running* (unwinding, parsing a large
-/// binary's DWARF: work, not a wait on the target) gets this much longer in all.
-pub const CPU_GRACE: Duration = Duration::from_secs(2);
+/// binary's DWARF: work, not a wait on the target) is waited for this much longer in
+/// all; then it is left to finish in the background (`ReadError::Slow`), not abandoned.
+pub const CPU_GRACE: Duration = Duration::from_secs(1);
 
 /// Why a read gave nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +48,11 @@ pub enum ReadError {
     /// The process missed a deadline recently: not read again yet.
     #[error("not read: the process resisted a read {ago:?} ago ({why})")]
     Resisting { ago: Duration, why: String },
+    /// The read still works (its thread runs on a CPU: a cold cache, a large binary) past
+    /// `CPU_GRACE`: it goes on in the background and warms the caches; the process is not
+    /// held against.
+    #[error("not read within {took:?}: still working on it (cold caches or a large binary)")]
+    Slow { took: Duration },
     /// Too many workers are stuck in the kernel already.
     #[error("not read: {0} reader threads are stuck in the kernel")]
     TooManyStuck(usize),
@@ -112,6 +118,8 @@ struct Thread<S> {
     tasks: SyncSender<Task<S>>,
     abandoned: Arc<AtomicBool>,
     tid: Arc<std::sync::atomic::AtomicI32>,
+    /// Between tasks (a task left to finish in the background clears it until it does).
+    idle: Arc<AtomicBool>,
 }
 
 impl<S: 'static> fmt::Debug for Worker<S> {
@@ -149,6 +157,8 @@ impl<S: 'static> Worker<S> {
         deadline: Duration,
         task: impl FnOnce(&mut S) -> R + Send + 'static,
     ) -> Result<R, ReadError> {
+        // Busy with a slow task of an earlier call: this one waits its deadline, no grace.
+        let busy = !self.current.idle.load(Ordering::Relaxed);
         let (reply, answer) = mpsc::sync_channel(1);
         self.submit(move |state| {
             let _ = reply.send(task(state));
@@ -161,18 +171,23 @@ impl<S: 'static> Worker<S> {
                 // Past the deadline but running on a CPU: slow work (a cold cache, a large
                 // binary), not a wait on the process; it gets up to `CPU_GRACE`.
                 Err(RecvTimeoutError::Timeout)
-                    if started.elapsed() < CPU_GRACE && self.current.running() =>
+                    if !busy && started.elapsed() < CPU_GRACE && self.current.running() =>
                 {
                     wait = Duration::from_millis(20);
                 }
+                // Still working: let it finish in the background (the next task waits
+                // behind it and finds the caches warm).
+                Err(RecvTimeoutError::Timeout) if self.current.running() => {
+                    return Err(ReadError::Slow {
+                        took: started.elapsed(),
+                    });
+                }
                 Err(RecvTimeoutError::Timeout) => {
-                    let why = if self.current.running() {
-                        format!("the read still ran after {CPU_GRACE:?}")
-                    } else {
-                        "a read of it is blocked in the kernel".to_owned()
-                    };
                     self.abandon();
-                    return Err(ReadError::Missed { deadline, why });
+                    return Err(ReadError::Missed {
+                        deadline,
+                        why: "a read of it is blocked in the kernel".to_owned(),
+                    });
                 }
                 // The task panicked (its thread is gone): start another.
                 Err(RecvTimeoutError::Disconnected) => {
@@ -185,7 +200,6 @@ impl<S: 'static> Worker<S> {
             }
         }
     }
-
 
     /// Queues `task` without waiting for it (its result goes where the task sends it).
     pub fn submit(&mut self, task: impl FnOnce(&mut S) + Send + 'static) -> Result<(), ReadError> {
@@ -234,12 +248,16 @@ impl<S: 'static> Thread<S> {
         let flag = Arc::clone(&abandoned);
         let tid = Arc::new(std::sync::atomic::AtomicI32::new(0));
         let own_tid = Arc::clone(&tid);
+        let idle = Arc::new(AtomicBool::new(true));
+        let own_idle = Arc::clone(&idle);
         thread::Builder::new().name(name.into()).spawn(move || {
             // SAFETY: gettid has no preconditions.
             own_tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
             let mut state = make();
             for task in queue {
+                own_idle.store(false, Ordering::Relaxed);
                 task(&mut state);
+                own_idle.store(true, Ordering::Relaxed);
                 if flag.load(Ordering::Relaxed) {
                     // Abandoned while in that task: its queue went to the new thread's
                     // callers as errors; this one is done.
@@ -252,18 +270,33 @@ impl<S: 'static> Thread<S> {
             tasks,
             abandoned,
             tid,
+            idle,
         })
     }
 
-    /// The thread is on a CPU or runnable (`R` in /proc): it works rather than waits.
+    /// The thread works rather than waits: on a CPU or runnable (`R`), or it used CPU
+    /// time in the last few milliseconds (reading a binary from disk alternates short
+    /// sleeps in D with work; a thread stuck on a lock uses none).
     fn running(&self) -> bool {
         let tid = self.tid.load(Ordering::Relaxed);
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
+        let sample = || -> Option<(char, u64)> {
+            let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+            let rest = stat.get(stat.rfind(')')? + 2..)?;
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            // utime and stime: fields 14 and 15 of stat (the state is field 3).
+            let mut fields = fields.skip(10);
+            let cpu = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+            Some((state, cpu))
+        };
+        let Some((state, before)) = sample() else {
             return false;
         };
-        stat.rfind(')')
-            .and_then(|i| stat.get(i + 2..i + 3))
-            .is_some_and(|state| state == "R")
+        if state == 'R' {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(30));
+        sample().is_some_and(|(state, after)| state == 'R' || after > before)
     }
 }
 

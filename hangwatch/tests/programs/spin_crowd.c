@@ -9,9 +9,11 @@
 #include <unistd.h>
 
 static volatile unsigned long spins;
+static pthread_barrier_t start;
 
 static void *spin(void *arg) {
     (void)arg;
+    pthread_barrier_wait(&start); /* all created before any spins */
     for (;;) spins++;
     return NULL;
 }
@@ -24,11 +26,13 @@ int main(int argc, char **argv) {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, 64 * 1024);
+    pthread_barrier_init(&start, NULL, (unsigned)n + 1);
     for (long i = 0; i < n; i++) {
         pthread_t t;
         if (pthread_create(&t, &attr, spin, NULL)) { perror("pthread_create"); return 1; }
     }
     printf("pid %d\n", getpid());
     fflush(stdout);
+    pthread_barrier_wait(&start);
     for (;;) pause();
 }
