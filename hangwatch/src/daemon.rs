@@ -22,10 +22,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::{
     api, clock,
+    config::{ReloadSource, reload::Reload},
     detect::{Detectors, Facts, HangKind, LockFacts, LoopFacts, Targets, Watch},
     enrich::{Enrich, Job, MAX_EXIT_STACKS, ParkChecks, ParkVerdict, Sinks, StacksJob, Tick},
     episode::{Episode, Tracker, Transition},
@@ -63,8 +64,12 @@ pub struct Config {
     pub listen: Option<std::net::SocketAddr>,
     /// Where the per-process API is served, and what the outputs leave out.
     pub expose: crate::api::options::Exposure,
-    /// Where events are POSTed, if anywhere.
-    pub webhook: Option<crate::sink::WebhookUrl>,
+    /// Where events are POSTed, if anywhere, and how.
+    pub webhook: Option<crate::sink::WebhookConfig>,
+    /// The format of the daemon's own log on stderr.
+    pub log_format: crate::logging::LogFormat,
+    /// The `--config` file and the flags this came from, read again on SIGHUP.
+    pub reload: Option<ReloadSource>,
     /// The optional probe groups to attach besides `sched_switch`.
     pub probes: ProbeSelection,
     /// The Kubernetes node this daemon runs on: when set, its pods are watched to name the
@@ -76,7 +81,8 @@ fn enabled_probes(selection: ProbeSelection) -> usize {
     PROBES.iter().filter(|p| selection.enabled(p.group)).count()
 }
 
-/// Runs until SIGTERM or SIGINT. Start-up failures are returned before anything runs.
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads the rules (`config/reload.rs`). Start-up
+/// failures are returned before anything runs.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let preflight = preflight::check()?;
     if preflight.mounted_tracefs {
@@ -90,12 +96,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let (flushed_tx, flushed_rx) = mpsc::channel::<()>();
 
     // Signals first, so that a SIGTERM during load is not lost.
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("cannot install signal handlers")?;
 
     // The HTTP server first: a taken port fails the start before the probes load, and
     // /healthz answers 503 until they are attached.
     let mut surfaces = api::Surfaces::start(&config)?;
+    let reload = Reload::new(&config, &surfaces);
+    let scan_reload = Arc::clone(&reload);
     let pods = match &config.node_name {
         Some(node) => Some(meta::pods::watch_node(node.clone())?),
         None => None,
@@ -122,7 +130,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     // A panic here is a bug in detection: the daemon must not stay up
                     // blind, answering /healthz. Exit non-zero; the DaemonSet restarts it.
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        scanner.run(&scan_stop, &wake_rx);
+                        scanner.run(&scan_stop, &wake_rx, &scan_reload);
                     }));
                     if ran.is_err() {
                         tracing::error!("the detection loop panicked: exiting");
@@ -143,7 +151,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Ok(Ok(())) => break,
             Ok(Err(err)) => return Err(err),
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if signals.pending().next().is_some() {
+                if signals.pending().any(|signal| !reload.on_signal(signal)) {
                     return Ok(());
                 }
             }
@@ -153,7 +161,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let signal = signals.forever().next();
+    let signal = signals.forever().find(|&signal| !reload.on_signal(signal));
     let signalled = Instant::now();
     tracing::info!("received signal {}, detaching", signal.unwrap_or_default());
     stopping.store(true, Ordering::SeqCst);
@@ -275,8 +283,19 @@ impl Scanner {
         })
     }
 
-    fn run(&mut self, stop: &AtomicBool, wake: &mpsc::Receiver<()>) {
+    fn run(&mut self, stop: &AtomicBool, wake: &mpsc::Receiver<()>, reload: &Reload) {
         while !stop.load(Ordering::SeqCst) {
+            if reload.apply_pending(
+                &mut self.config.detectors,
+                &mut self.targets,
+                &mut self.probes,
+            ) {
+                self.walk_interval = self
+                    .config
+                    .detectors
+                    .walk_interval(self.config.scan_interval);
+                self.next_walk = None; // a walk now, under the new rules' kernel-side filter
+            }
             self.test_stall(stop);
             let started = Instant::now();
             if let Err(err) = self.scan_once(started) {

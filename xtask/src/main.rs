@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod image;
+mod man;
 mod run;
 mod setup;
 mod test;
@@ -45,6 +46,9 @@ enum Task {
     /// Set up, build (release), then build the container image of deploy/Containerfile with
     /// Podman on a base made by debootstrap, and check that it runs (as root).
     Image,
+    /// Set up, build (release), then write the man pages into target/man/ (hangwatch.1 and
+    /// one page per subcommand).
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::test(&args),
         Task::Bench(args) => bench::bench(&args),
         Task::Image => image::image(),
+        Task::Man => man::man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

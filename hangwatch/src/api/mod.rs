@@ -45,7 +45,7 @@ use axum::{
 use crate::{metrics::Metrics, probe::StateReader, sink::Store};
 
 pub use cluster::TOKEN_HEADER;
-pub use surfaces::{ScanFigures, Surfaces};
+pub use surfaces::{ScanFigures, Surfaces, show_rules};
 pub use threads::StackRequest;
 
 /// What the handlers share.

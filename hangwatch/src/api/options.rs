@@ -16,7 +16,7 @@ use crate::{
 /// Where the per-process API listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/hangwatch/api.sock";
 
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Default, Clone, Args)]
 pub struct ExposeArgs {
     /// Unix socket of the per-process API (hangs, history, watch, threads, status), or
     /// "off": mode 0600, owned by root; each caller sees only the processes it could

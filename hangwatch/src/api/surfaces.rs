@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::{Api, Bound, Listeners, ServeError, StackRequest, serve, threads};
 use crate::{
+    config::Rules,
     daemon::Config,
     metrics::Metrics,
     probe::{PROBES, Probes},
@@ -61,7 +62,7 @@ impl Surfaces {
         let webhook = config
             .webhook
             .clone()
-            .map(|url| WebhookSink::spawn(url, Arc::clone(&metrics)))
+            .map(|webhook| WebhookSink::spawn(webhook, Arc::clone(&metrics)))
             .transpose()?;
         let store = Arc::new(Store::new(serde_json::Value::Null));
         let api = Api::new(
@@ -112,6 +113,11 @@ impl Surfaces {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The metrics and the store, for what reports outside the scan (a SIGHUP reload).
+    pub fn shared(&self) -> (Arc<Metrics>, Arc<Store>) {
+        (Arc::clone(&self.metrics), Arc::clone(&self.store))
     }
 
     /// The sinks, for the enrich stage (once).
@@ -244,27 +250,52 @@ fn counter_name(counter: Counter) -> &'static str {
 
 /// The configuration as the daemon runs it, for `status`.
 fn effective_config(config: &Config, listening: &Bound) -> serde_json::Value {
+    let (thresholds, rules) = rules_status(config.detectors.rules());
+    json!({
+        "scan_interval": humantime::format_duration(config.scan_interval).to_string(),
+        "config_file": config.config_file,
+        "thresholds": thresholds,
+        "rules": rules,
+        "metrics_listen": listening.metrics.map(|a| a.to_string()),
+        "api_socket": listening.socket.as_ref().map(|p| p.display().to_string()),
+        "api_socket_group": config.expose.socket_group,
+        "cluster_api_listen": listening.cluster.map(|a| a.to_string()),
+        "redact_kernel_addresses": config.expose.redaction.kernel_addresses,
+        "redact_cmdline": config.expose.redaction.cmdline,
+        "webhook": config.webhook.as_ref().map(|w| w.url.to_string()),
+    })
+}
+
+/// Shows `rules` in `status` once a reload has put them in force.
+pub fn show_rules(store: &Store, rules: &Rules) {
+    let (thresholds, list) = rules_status(rules);
+    store.update_status(|s| {
+        if let Some(config) = s.config.as_object_mut() {
+            config.insert("thresholds".to_owned(), thresholds);
+            config.insert("rules".to_owned(), list);
+        }
+    });
+}
+
+/// Each kind's threshold for every process before rules ("off": only where a rule turns
+/// it on), and the rules in order.
+fn rules_status(rules: &Rules) -> (serde_json::Value, serde_json::Value) {
     let duration = |d: Option<Duration>| {
         d.map_or_else(
             || "off".to_owned(),
             |d| humantime::format_duration(d).to_string(),
         )
     };
-    let rules = config.detectors.rules();
-    json!({
-        "scan_interval": duration(Some(config.scan_interval)),
-        "config_file": config.config_file,
-        // Each kind's threshold for every process before rules ("off": only where a rule
-        // turns it on).
-        "thresholds": rules
-            .base
-            .iter()
-            .map(|(kind, t)| (kind.as_str().to_owned(), json!(duration(*t))))
-            .collect::<serde_json::Map<_, _>>(),
-        "rules": rules
-            .rules
-            .iter()
-            .map(|r| json!({
+    let thresholds = rules
+        .base
+        .iter()
+        .map(|(kind, t)| (kind.as_str().to_owned(), json!(duration(*t))))
+        .collect::<serde_json::Map<_, _>>();
+    let list = rules
+        .rules
+        .iter()
+        .map(|r| {
+            json!({
                 "origin": r.origin,
                 "selector": r.selector.to_string(),
                 "set": r
@@ -272,14 +303,8 @@ fn effective_config(config: &Config, listening: &Bound) -> serde_json::Value {
                     .iter()
                     .filter_map(|(kind, s)| Some((kind.as_str().to_owned(), json!(s.as_ref()?.to_string()))))
                     .collect::<serde_json::Map<_, _>>(),
-            }))
-            .collect::<Vec<_>>(),
-        "metrics_listen": listening.metrics.map(|a| a.to_string()),
-        "api_socket": listening.socket.as_ref().map(|p| p.display().to_string()),
-        "api_socket_group": config.expose.socket_group,
-        "cluster_api_listen": listening.cluster.map(|a| a.to_string()),
-        "redact_kernel_addresses": config.expose.redaction.kernel_addresses,
-        "redact_cmdline": config.expose.redaction.cmdline,
-        "webhook": config.webhook.as_ref().map(ToString::to_string),
-    })
+            })
+        })
+        .collect::<Vec<_>>();
+    (json!(thresholds), json!(list))
 }

@@ -363,6 +363,7 @@ async fn each_caller_sees_only_what_it_could_read_itself() {
         file: None,
         line: None,
         inlined: false,
+        python: false,
         tag: crate::stack::FrameTag::Kernel,
     }];
     api.store.record(&mine, owned_by(1000));

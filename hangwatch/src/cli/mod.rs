@@ -6,6 +6,7 @@ pub mod bench_stack;
 pub mod check_config;
 mod client;
 mod cluster;
+pub mod completions;
 mod history;
 mod list;
 pub mod run;
@@ -41,6 +42,11 @@ pub enum Command {
     CheckConfig(check_config::CheckConfigArgs),
     #[command(flatten)]
     Client(ClientCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages into DIR (`cargo xtask man`).
+    #[command(hide = true)]
+    GenerateMan(completions::GenerateManArgs),
     /// Attach only an empty sched_switch program (the benchmark's floor) until SIGTERM.
     #[command(hide = true)]
     BenchFloor,

@@ -68,10 +68,10 @@ fn read(pid: u32) -> std::io::Result<Cmdline> {
     File::open(format!("/proc/{pid}/cmdline"))?
         .take(MAX_CMDLINE_BYTES as u64 + 1)
         .read_to_end(&mut raw)?;
-    Ok(split(raw))
+    Ok(split_args(raw))
 }
 
-fn split(mut raw: Vec<u8>) -> Cmdline {
+fn split_args(mut raw: Vec<u8>) -> Cmdline {
     let truncated = raw.len() > MAX_CMDLINE_BYTES;
     raw.truncate(MAX_CMDLINE_BYTES);
     Cmdline {
@@ -91,10 +91,10 @@ mod tests {
 
     #[test]
     fn splits_and_cuts() {
-        let line = split(b"python3\0-m\0server\0".to_vec());
+        let line = split_args(b"python3\0-m\0server\0".to_vec());
         assert_eq!(line.args, ["python3", "-m", "server"]);
         assert!(!line.truncated);
-        let long = split(vec![b'a'; MAX_CMDLINE_BYTES + 1]);
+        let long = split_args(vec![b'a'; MAX_CMDLINE_BYTES + 1]);
         assert!(long.truncated);
         assert_eq!(long.args[0].len(), MAX_CMDLINE_BYTES);
     }

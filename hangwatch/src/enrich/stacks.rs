@@ -139,15 +139,17 @@ impl StackReader {
             kernel_published: _,
             sections_published: _,
         } = self;
-        blocked_stacks(kernel, record, kernel_thread, |regs| match budget.check() {
-            Err(why) => {
-                metrics.limit("report_due", 1);
-                Err(why)
+        blocked_stacks(kernel, record, kernel_thread, |tid, regs| {
+            match budget.check() {
+                Err(why) => {
+                    metrics.limit("report_due", 1);
+                    Err(why)
+                }
+                Ok(()) => read(user, resisting, metrics, pid, READ_DEADLINE, move |user| {
+                    user.capture(pid, tid, regs)
+                })
+                .map_err(|err| err.to_string()),
             }
-            Ok(()) => read(user, resisting, metrics, pid, READ_DEADLINE, move |user| {
-                user.capture(pid, regs)
-            })
-            .map_err(|err| err.to_string()),
         })
     }
 

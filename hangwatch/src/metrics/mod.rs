@@ -91,6 +91,7 @@ pub struct Metrics {
     sink_dropped: IntCounterVec,
     webhook_requests: IntCounterVec,
     http_requests: IntCounterVec,
+    config_reloads: IntCounterVec,
     /// The last BPF counter values seen, to turn totals into increments.
     last_bpf: Mutex<HashMap<u32, u64>>,
     /// The open episodes' labels in `hung_threads`, by episode id, and how many episodes
@@ -317,6 +318,14 @@ impl Metrics {
                 &["route", "code"],
             )
             .expect("valid metric"),
+            config_reloads: IntCounterVec::new(
+                opts(
+                    "config_reloads_total",
+                    "Reloads of the --config file on SIGHUP, by result (ok: its rules are in force; error: refused, the previous rules kept).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
             last_scan: prometheus::Gauge::with_opts(opts(
                 "last_scan_timestamp_seconds",
                 "When the detection loop last completed a scan (Unix time): /healthz fails when it is older than a few scan intervals.",
@@ -371,6 +380,9 @@ impl Metrics {
         for (sink, reason) in DROP_REASONS {
             m.sink_dropped.with_label_values(&[sink, reason]);
         }
+        for result in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
         for limit in LIMITS {
             m.limits.with_label_values(&[limit]);
         }
@@ -409,6 +421,7 @@ impl Metrics {
             sink_dropped,
             webhook_requests,
             http_requests,
+            config_reloads,
             last_bpf: _,
             hung: _,
             last_readers: _,
@@ -443,6 +456,7 @@ impl Metrics {
             Box::new(sink_dropped.clone()),
             Box::new(webhook_requests.clone()),
             Box::new(http_requests.clone()),
+            Box::new(config_reloads.clone()),
         ]
     }
 
@@ -655,6 +669,12 @@ impl Metrics {
     pub fn webhook_request(&self, success: bool) {
         let result = if success { "success" } else { "error" };
         self.webhook_requests.with_label_values(&[result]).inc();
+    }
+
+    /// A SIGHUP reload of the config file: `ok` once its rules are in force, else refused.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     pub fn http_request(&self, route: &str, code: u16) {

@@ -23,7 +23,7 @@ pub use event::{
 };
 pub use hub::Hub;
 pub use store::{HISTORY_CAPACITY, ProbeStatus, Store, ms, started_at};
-pub use webhook::{WebhookError, WebhookSink, WebhookUrl};
+pub use webhook::{WebhookConfig, WebhookError, WebhookSink, WebhookUrl};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

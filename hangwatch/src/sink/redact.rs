@@ -99,6 +99,7 @@ mod tests {
             file: None,
             line: None,
             inlined: false,
+            python: false,
             tag: FrameTag::Kernel,
         }
     }

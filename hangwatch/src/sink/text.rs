@@ -211,6 +211,7 @@ mod tests {
                 file: None,
                 line: None,
                 inlined: false,
+                python: false,
                 tag: FrameTag::Kernel,
             }],
             user_stack: vec![Frame {
@@ -221,6 +222,7 @@ mod tests {
                 file: Some("src/io.rs".into()),
                 line: Some(42),
                 inlined: false,
+                python: false,
                 tag: FrameTag::Application,
             }],
             blocked_here: Some("write_all at src/io.rs:42".into()),

@@ -6,6 +6,7 @@
 //! (`on_cpu.rs`), and the sample goes through the same unwinding and symbolization.
 mod kernel;
 pub mod on_cpu;
+mod python;
 mod tag;
 pub mod taker;
 pub mod user;
@@ -36,6 +37,11 @@ pub struct Frame {
     /// A function inlined into the frame below it (same address).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub inlined: bool,
+    /// A Python function's frame (read from the interpreter), not a native one: `symbol`
+    /// is its qualified name, `file:line` the source line it runs, `address` that of its
+    /// frame in the interpreter's memory.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub python: bool,
     pub tag: FrameTag,
 }
 

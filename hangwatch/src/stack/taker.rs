@@ -41,6 +41,10 @@ pub struct ThreadStacks {
     pub user_stack_unwind: Option<UnwindInfo>,
     /// The first application frame: "function at file:line".
     pub blocked_here: Option<String>,
+    /// A CPython thread running an asyncio task: the qualified name of the task's
+    /// coroutine (the outermost of the innermost chain of coroutine frames).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python_task: Option<String>,
 }
 
 /// The symbolizers and caches that turn captured stacks into frames, all on the calling
@@ -67,7 +71,7 @@ pub fn blocked_stacks(
     kernel: &mut KernelSymbolizer,
     record: Option<&StackRecord>,
     kernel_thread: bool,
-    user: impl FnOnce(UserRegisters) -> Result<UserStack, String>,
+    user: impl FnOnce(u32, UserRegisters) -> Result<UserStack, String>,
 ) -> ThreadStacks {
     let Some(record) = record else {
         // Both stacks say why: a report never has an empty stack without a reason.
@@ -79,7 +83,7 @@ pub fn blocked_stacks(
         sp: record.user_sp,
         fp: record.user_fp,
     });
-    let user = user_registers.map(user);
+    let user = user_registers.map(|regs| user(record.tid, regs));
     let mut stacks = ThreadStacks {
         source: StackSource::Blocked,
         kernel_stack: kernel.symbolize(&record.kernel_stack[..depth]),
@@ -114,7 +118,7 @@ pub fn unwind_sample(user: &mut UserStacks, pid: u32, sample: RunningSample) -> 
     UnwoundSample {
         user: sample
             .regs
-            .map(|regs| user.capture_from_copy(pid, regs, sample.stack)),
+            .map(|regs| user.capture_from_copy(pid, sample.tid, regs, sample.stack)),
         regs: sample.regs,
         kernel_callchain: sample.kernel_callchain,
         in_kernel: sample.in_kernel,
@@ -157,6 +161,7 @@ impl ThreadStacks {
         self.blocked_here = user.blocked_here().map(Frame::location);
         self.user_stack_error = user.error;
         self.user_stack_unwind = user.info;
+        self.python_task = user.python_task;
         self.user_stack = user.frames;
     }
 }

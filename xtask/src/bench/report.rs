@@ -77,6 +77,10 @@ pub struct StackCost {
     pub cold_us: f64,
     pub warm_median_us: f64,
     pub warm_p99_us: f64,
+    /// Of those frames, the Python ones (a CPython thread), and the time spent on them.
+    pub python_frames: u64,
+    pub python_cold_us: f64,
+    pub python_warm_median_us: f64,
 }
 
 pub struct Target {
@@ -272,7 +276,14 @@ impl Report {
     }
 
     fn stacks_table(&self) -> Table {
-        let mut t = Table::new(&["stack of", "frames", "cold", "warm median", "warm p99"]);
+        let mut t = Table::new(&[
+            "stack of",
+            "frames",
+            "cold",
+            "warm median",
+            "warm p99",
+            "of which Python frames: n, cold, warm median",
+        ]);
         for c in &self.stacks {
             t.row(vec![
                 c.target.clone(),
@@ -280,6 +291,12 @@ impl Report {
                 format!("{:.1} ms", c.cold_us / 1e3),
                 format!("{:.0} us", c.warm_median_us),
                 format!("{:.0} us", c.warm_p99_us),
+                format!(
+                    "{}, {:.1} ms, {:.0} us",
+                    c.python_frames,
+                    c.python_cold_us / 1e3,
+                    c.python_warm_median_us
+                ),
             ]);
         }
         t
@@ -503,6 +520,9 @@ impl Report {
                 "cold_us": c.cold_us,
                 "warm_median_us": c.warm_median_us,
                 "warm_p99_us": c.warm_p99_us,
+                "python_frames": c.python_frames,
+                "python_cold_us": c.python_cold_us,
+                "python_warm_median_us": c.python_warm_median_us,
             })).collect::<Vec<_>>(),
             "daemon": self.daemon.iter().map(|d| json!({
                 "idle_threads": d.threads,

@@ -6,8 +6,8 @@
 //! module (`modules.rs`, cached) -> DWARF unwinding (`unwind.rs`) -> blazesym
 //! symbolization (cached by blazesym) -> frames tagged kernel / runtime / application
 //! (`super::tag`).
-mod maps;
-mod memory;
+pub(in crate::stack) mod maps;
+pub(in crate::stack) mod memory;
 mod modules;
 #[cfg(target_arch = "x86_64")]
 mod unwind;
@@ -26,7 +26,7 @@ use blazesym::{
 };
 use serde::Serialize;
 
-use super::{Frame, FrameTag, UserRegisters, tag};
+use super::{Frame, FrameTag, UserRegisters, python::PythonStacks, tag};
 
 pub(crate) use memory::StackCopy;
 
@@ -56,6 +56,8 @@ pub struct UserStack {
     /// Why the stack is missing or partial.
     pub error: Option<String>,
     pub info: Option<UnwindInfo>,
+    /// The asyncio task (its coroutine's qualified name) a CPython thread is running.
+    pub python_task: Option<String>,
 }
 
 impl UserStack {
@@ -76,6 +78,8 @@ impl UserStack {
 pub struct UserStacks {
     modules: modules::ModuleCache,
     symbolizer: Symbolizer,
+    /// Interpreter frames of CPython threads.
+    pub python: PythonStacks,
     /// Time spent unwinding and symbolizing user stacks.
     pub spent: Duration,
     pub captured: u64,
@@ -96,6 +100,7 @@ impl UserStacks {
                 .enable_inlined_fns(true)
                 .enable_demangling(true)
                 .build(),
+            python: PythonStacks::default(),
             spent: Duration::ZERO,
             captured: 0,
         }
@@ -106,20 +111,21 @@ impl UserStacks {
         (self.modules.hits, self.modules.misses)
     }
 
-    /// Unwinds and symbolizes the user stack of a blocked thread of `pid`.
-    pub fn capture(&mut self, pid: u32, regs: UserRegisters) -> UserStack {
-        self.timed(|this| this.capture_inner(pid, regs, None))
+    /// Unwinds and symbolizes the user stack of blocked thread `tid` of `pid`.
+    pub fn capture(&mut self, pid: u32, tid: u32, regs: UserRegisters) -> UserStack {
+        self.timed(|this| this.capture_inner(pid, tid, regs, None))
     }
 
     /// Unwinds and symbolizes a user stack already copied (by a perf sample of a running
-    /// thread of `pid`): `copy` starts at `regs.sp`.
+    /// thread `tid` of `pid`): `copy` starts at `regs.sp`.
     pub fn capture_from_copy(
         &mut self,
         pid: u32,
+        tid: u32,
         regs: UserRegisters,
         copy: StackCopy,
     ) -> UserStack {
-        self.timed(|this| this.capture_inner(pid, regs, Some(copy)))
+        self.timed(|this| this.capture_inner(pid, tid, regs, Some(copy)))
     }
 
     fn timed(&mut self, capture: impl FnOnce(&mut Self) -> UserStack) -> UserStack {
@@ -134,6 +140,7 @@ impl UserStacks {
     fn capture_inner(
         &mut self,
         _pid: u32,
+        _tid: u32,
         _regs: UserRegisters,
         _copy: Option<StackCopy>,
     ) -> UserStack {
@@ -145,6 +152,7 @@ impl UserStacks {
     fn capture_inner(
         &mut self,
         pid: u32,
+        tid: u32,
         regs: UserRegisters,
         copy: Option<StackCopy>,
     ) -> UserStack {
@@ -193,11 +201,16 @@ impl UserStacks {
             .filter(|(_, s)| !s.has_cfi())
             .map(|(m, _): &(maps::Mapping, Arc<modules::UnwindSections>)| m.path.as_str())
             .collect();
-        let frames = self.symbolize(pid, &unwound.frames, &maps);
+        let native = self.symbolize(pid, &unwound.frames, &maps);
         let mut error = unwound.stopped;
         if error.is_some() && !no_cfi.is_empty() {
             error = error.map(|e| format!("{e}; modules without CFI: {}", no_cfi.join(", ")));
         }
+        let python = self.python.expand(pid, tid, &maps, native);
+        let error = [error, python.error]
+            .into_iter()
+            .flatten()
+            .reduce(|a, b| format!("{a}; {b}"));
         UserStack {
             info: Some(UnwindInfo {
                 frames: unwound.frames.len(),
@@ -205,8 +218,9 @@ impl UserStacks {
                 stack_bytes: stack.bytes.len(),
                 unreadable_modules,
             }),
-            frames,
+            frames: python.frames,
             error,
+            python_task: python.task,
         }
     }
 
@@ -243,6 +257,7 @@ impl UserStacks {
                     file: None,
                     line: None,
                     inlined: false,
+                    python: false,
                 });
                 continue;
             };
@@ -263,6 +278,7 @@ impl UserStacks {
                     file: code.map(|c| c.to_path().display().to_string()),
                     line: code.and_then(|c| c.line),
                     inlined: true,
+                    python: false,
                     tag: tag::classify(module.as_deref(), Some(&inlined.name)),
                 });
             }
@@ -274,6 +290,7 @@ impl UserStacks {
                 file: code.map(|c| c.to_path().display().to_string()),
                 line: code.and_then(|c| c.line),
                 inlined: false,
+                python: false,
                 tag: tag::classify(module.as_deref(), Some(&sym.name)),
                 module,
             });
