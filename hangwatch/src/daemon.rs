@@ -664,10 +664,13 @@ impl Scanner {
         samples: &HashMap<ThreadKey, ThreadSample>,
         now_ns: u64,
     ) -> (Resolution, u64) {
-        // Still in the scan (a new wait, or woken) or still in /proc: it moved on.
-        let resolution = if (episode.key.kind != HangKind::StuckExit
+        // Still in the scan (a new wait, or woken) or still in /proc: it moved on, unless
+        // it was woken to die (a killed process's threads run their exit).
+        let tid = episode.key.thread.tid;
+        let resolution = if ((episode.key.kind != HangKind::StuckExit
             && samples.contains_key(&episode.key.thread))
-            || thread_proc(episode.tgid, episode.key.thread) != ThreadProc::Gone
+            || thread_proc(episode.tgid, episode.key.thread) != ThreadProc::Gone)
+            && !meta::exiting(episode.tgid, tid)
         {
             Resolution::Running
         } else {

@@ -651,6 +651,57 @@ fn list_all_nodes_merges_the_daemonset_pods_through_the_pod_proxy() {
         "{requests:?}"
     );
 
+    // One node's daemon: `show` and `threads` with --node ask only that node's pod.
+    let on_node = |args: &[&str]| {
+        let out = Command::new(HANGWATCH)
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HANGWATCH_ENDPOINT", "http://127.0.0.1:9")
+            .output()
+            .expect("run hangwatch");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("$ hangwatch {args:?} -> {:?}\n{stdout}{stderr}", out.status);
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, stdout, _) = on_node(&["show", &id, "--node", "node-1", "--json"]);
+    assert_eq!(code, Some(0));
+    let shown: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(str_of(&shown, "/id"), id, "{shown}");
+    assert_eq!(str_of(&shown, "/kind"), "deadlock", "{shown}");
+    let pid_arg = pid.to_string();
+    let (code, stdout, _) = on_node(&["threads", &pid_arg, "--node", "node-1", "--json"]);
+    assert_eq!(code, Some(0));
+    let dump: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(u64_of(&dump, "/pid"), u64::from(pid), "{dump}");
+    assert!(
+        dump["threads"].as_array().is_some_and(|t| t.len() >= 3),
+        "abba's threads: {dump}"
+    );
+    let requests = api.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-1")),
+        "--node asks the API server for that node's pod: {requests:?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.contains(&format!(
+            "/pods/hangwatch-7xk2p:9925/proxy/api/v1/threads/{pid}"
+        ))),
+        "{requests:?}"
+    );
+    // A node without a hangwatch pod is named as such; one whose pod is unreachable says so.
+    let (code, _, stderr) = on_node(&["show", &id, "--node", "node-9"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("runs on node node-9"), "{stderr}");
+    let (code, _, stderr) = on_node(&["show", &id, "--node", "node-2"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("node node-2 (pod hangwatch-m9q4d) did not answer"),
+        "{stderr}"
+    );
+
     // A user RBAC does not grant the reader Role: refused by the API server (403), and the
     // CLI says which grant is missing.
     let (code, stdout, stderr) = list_as(&denied_kubeconfig, &["--json"]);

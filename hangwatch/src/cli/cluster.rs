@@ -1,4 +1,5 @@
-//! `--all-nodes`: the same question to every hangwatch pod of the cluster, through the
+//! `--all-nodes` and `--node`: the same question to every hangwatch pod of the cluster (or
+//! to the one on a node), through the
 //! Kubernetes API server's pod proxy (`/api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`),
 //! so that a laptop with a kubeconfig reaches daemons that listen on pod IPs only.
 //!
@@ -19,15 +20,36 @@ use serde_json::Value;
 /// How long one pod may take to answer through the proxy.
 const POD_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// `list`'s cluster flags: every node, or one.
 #[derive(Debug, Clone, Args)]
 pub struct ClusterArgs {
     /// Ask every hangwatch pod of the cluster through the Kubernetes API server's pod proxy
     /// (credentials from KUBECONFIG or ~/.kube/config) and merge their answers, with a NODE
     /// column
-    #[arg(long)]
+    #[arg(long, conflicts_with = "node")]
     pub all_nodes: bool,
 
-    /// With --all-nodes: the DaemonSet's namespace [default: hangwatch]
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// The cluster flags of the commands about one node's processes (`show`, `threads`, and
+/// `list --node`): a pid or an episode is one node's, so they ask that node's pod.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Ask the hangwatch pod of this Kubernetes node, through the API server's pod proxy
+    /// as --all-nodes does
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+/// Where the DaemonSet's pods and their token are.
+#[derive(Debug, Clone, Args)]
+pub struct KubeArgs {
+    /// With --all-nodes or --node: the DaemonSet's namespace [default: hangwatch]
     #[arg(
         long,
         value_name = "NAMESPACE",
@@ -36,7 +58,7 @@ pub struct ClusterArgs {
     )]
     pub kube_namespace: String,
 
-    /// With --all-nodes: the label selector of the DaemonSet's pods
+    /// With --all-nodes or --node: the label selector of the DaemonSet's pods
     /// [default: app.kubernetes.io/name=hangwatch]
     #[arg(
         long,
@@ -46,7 +68,7 @@ pub struct ClusterArgs {
     )]
     pub kube_selector: String,
 
-    /// With --all-nodes: the port of the daemon's cluster API in its pod
+    /// With --all-nodes or --node: the port of the daemon's cluster API in its pod
     /// (`--cluster-api-listen`) [default: 9925]
     #[arg(
         long,
@@ -56,8 +78,8 @@ pub struct ClusterArgs {
     )]
     pub kube_port: u16,
 
-    /// With --all-nodes: the Secret (in --kube-namespace) whose `token` key the cluster API
-    /// asks for [default: hangwatch-api-token]
+    /// With --all-nodes or --node: the Secret (in --kube-namespace) whose `token` key the
+    /// cluster API asks for [default: hangwatch-api-token]
     #[arg(
         long,
         value_name = "NAME",
@@ -110,26 +132,62 @@ pub enum ClusterError {
         "no hangwatch pod in namespace {namespace} matches {selector} (is deploy/ applied? --kube-namespace, --kube-selector)"
     )]
     NoPods { namespace: String, selector: String },
+    #[error(
+        "no hangwatch pod in namespace {namespace} matching {selector} runs on node {node} (`kubectl get nodes` names them)"
+    )]
+    NoPodOnNode {
+        namespace: String,
+        selector: String,
+        node: String,
+    },
 }
 
-/// GETs `path` (e.g. `/api/v1/hangs?kind=deadlock`) from every hangwatch pod.
-pub fn get_all(args: &ClusterArgs, path: &str) -> Result<Vec<NodeAnswer>, ClusterError> {
+/// GETs `path` (e.g. `/api/v1/hangs?kind=deadlock`) from every hangwatch pod, or from the
+/// one on `node`.
+pub fn get_all(
+    args: &KubeArgs,
+    node: Option<&str>,
+    path: &str,
+) -> Result<Vec<NodeAnswer>, ClusterError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(ClusterError::Runtime)?;
-    runtime.block_on(ask_every_pod(args, path))
+    runtime.block_on(ask_every_pod(args, node, path))
 }
 
-async fn ask_every_pod(args: &ClusterArgs, path: &str) -> Result<Vec<NodeAnswer>, ClusterError> {
+/// GETs `path` from the hangwatch pod of `node`: its answer, or why there is none.
+pub fn get_one(args: &KubeArgs, node: &str, path: &str) -> anyhow::Result<Value> {
+    let answer = get_all(args, Some(node), path)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no hangwatch pod answered for node {node}"))?;
+    answer.answer.map_err(|error| {
+        anyhow::anyhow!(
+            "node {} (pod {}) did not answer: {error}",
+            answer.node,
+            answer.pod
+        )
+    })
+}
+
+async fn ask_every_pod(
+    args: &KubeArgs,
+    node: Option<&str>,
+    path: &str,
+) -> Result<Vec<NodeAnswer>, ClusterError> {
     let mut config = Config::infer().await.map_err(ClusterError::Config)?;
     // The API server answers 503 for a pod it cannot reach; kube's default policy retries
     // that 15 times with backoff. One pod down must cost one answer, not the whole list.
     config.default_retry = false;
     let client = Client::try_from(config).map_err(ClusterError::Client)?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &args.kube_namespace);
-    let listed = pods
-        .list(&ListParams::default().labels(&args.kube_selector))
+    let mut params = ListParams::default().labels(&args.kube_selector);
+    if let Some(node) = node {
+        params = params.fields(&format!("spec.nodeName={node}"));
+    }
+    let mut listed = pods
+        .list(&params)
         .await
         .map_err(|source| match forbidden(&source) {
             Some(message) => ClusterError::Forbidden {
@@ -143,6 +201,20 @@ async fn ask_every_pod(args: &ClusterArgs, path: &str) -> Result<Vec<NodeAnswer>
             },
         })?;
     let token = cluster_token(&client, args).await?;
+    if let Some(node) = node {
+        // The field selector asks the API server; this keeps the answer right even where
+        // a proxy in between drops it.
+        listed
+            .items
+            .retain(|pod| pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node));
+        if listed.items.is_empty() {
+            return Err(ClusterError::NoPodOnNode {
+                namespace: args.kube_namespace.clone(),
+                selector: args.kube_selector.clone(),
+                node: node.to_owned(),
+            });
+        }
+    }
     if listed.items.is_empty() {
         return Err(ClusterError::NoPods {
             namespace: args.kube_namespace.clone(),
@@ -216,7 +288,7 @@ fn phase_or_unknown(phase: &str) -> &str {
 }
 
 /// The cluster API's token, from its Secret.
-async fn cluster_token(client: &Client, args: &ClusterArgs) -> Result<String, ClusterError> {
+async fn cluster_token(client: &Client, args: &KubeArgs) -> Result<String, ClusterError> {
     let (namespace, name) = (&args.kube_namespace, &args.kube_token_secret);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let no_token = || ClusterError::NoToken {

@@ -10,4 +10,6 @@ mod process;
 pub mod reader;
 
 pub use futex_owner::OwnerCache;
-pub use process::{ProcSyscall, ProcessCache, ProcessInfo, ThreadProc, thread_proc, wchan};
+pub use process::{
+    ProcSyscall, ProcessCache, ProcessInfo, ThreadProc, exiting, thread_proc, wchan,
+};

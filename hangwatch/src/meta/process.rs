@@ -231,6 +231,24 @@ pub fn thread_proc(tgid: u32, key: ThreadKey) -> ThreadProc {
     ThreadProc::Alive { syscall }
 }
 
+/// The thread is on its way out: its exit has begun (`PF_EXITING` in the flags of
+/// `/proc/TGID/task/TID/stat`) or a SIGKILL is pending for it. A killed thread is woken
+/// from its wait and runs its exit: its episode ends `exited`, not `running`. Neither file
+/// takes the process's mm lock.
+pub fn exiting(tgid: u32, tid: u32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/stat")) else {
+        return true; // gone
+    };
+    let flags = stat
+        .rfind(')')
+        .and_then(|end| stat.get(end + 2..))
+        .and_then(|rest| rest.split_whitespace().nth(6))
+        .and_then(|flags| flags.parse::<u64>().ok());
+    flags.is_some_and(|flags| flags & PF_EXITING != 0)
+        || super::futex_owner::kill_pending(tgid, tid)
+}
+
 /// The wait channel of a thread (`/proc/TGID/task/TID/wchan`): the kernel function it
 /// sleeps in, e.g. `futex_do_wait`, `pipe_read`, `do_epoll_wait`. `None` when it runs, is
 /// gone, or the kernel does not say ("0").
@@ -294,6 +312,13 @@ fn clock_ticks() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_thread_is_not_exiting() {
+        let pid = std::process::id();
+        assert!(!exiting(pid, pid));
+        assert!(exiting(pid, u32::MAX), "a thread that is not there");
+    }
 
     #[test]
     fn cgroup_v2_preferred() {
