@@ -179,7 +179,7 @@ fn json_logs_are_one_object_per_line_with_the_documented_fields() {
             .any(|v| str_of(v, "/level") == level && str_of(v, "/message").starts_with(start))
     };
     assert!(
-        has("INFO", "HTTP API listening on http://127.0.0.1:"),
+        has("INFO", "metrics listening on http://127.0.0.1:"),
         "{stderr}"
     );
     assert!(has("INFO", "probes attached"), "{stderr}");
