@@ -80,6 +80,8 @@ fn impatient_get(endpoint: &str, path: &str, patience: Duration) -> String {
         let mut head = [0u8; 12];
         match stream.read_exact(&mut head) {
             Ok(()) => String::from_utf8_lossy(&head[9..12]).into_owned(),
+            // The listener's connection limit closes the connection at once.
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => "closed".into(),
             Err(_) => "gave up".into(),
         }
     }
@@ -377,6 +379,13 @@ fn a_flood_of_stack_requests_does_not_delay_detection() {
         latency < Duration::from_secs(15),
         "the deadlock (1 s to confirm) is reported within seconds, not {latency:?}"
     );
+    let metrics = http("GET", &format!("{}/metrics", daemon.metrics_endpoint())).text;
+    let refused: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hangwatch_limits_total{limit=\"thread_dumps\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(refused > 0.0, "the refusals are counted: {metrics}");
     // The daemon still answers once the flood is over.
     let after = impatient_get(&endpoint, "/api/v1/status", Duration::from_secs(5));
     assert_eq!(after, "200", "status after the flood");

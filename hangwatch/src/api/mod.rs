@@ -61,6 +61,8 @@ pub struct Api {
     scan_interval: Duration,
     /// `watch` streams open now (at most `watch::MAX_STREAMS`).
     watch_streams: std::sync::atomic::AtomicUsize,
+    /// `threads` requests being read (at most `threads::THREAD_DUMPS`).
+    thread_dumps: Arc<tokio::sync::Semaphore>,
 }
 
 /// `/healthz` fails when no scan completed for this many scan intervals (at least
@@ -87,6 +89,7 @@ impl Api {
             born: Instant::now(),
             scan_interval,
             watch_streams: std::sync::atomic::AtomicUsize::new(0),
+            thread_dumps: Arc::new(tokio::sync::Semaphore::new(threads::THREAD_DUMPS)),
         })
     }
 

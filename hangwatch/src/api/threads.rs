@@ -37,9 +37,12 @@ const PROC_TIMEOUT: Duration = Duration::from_secs(3);
 /// current tick).
 const STACKS_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// `threads?stacks` requests waiting for the scan thread; more get 503 (each costs a walk
-/// of the stack iterator and the unwinding of up to `MAX_STACK_REQUESTS` threads).
-pub const STACK_QUEUE: usize = 4;
+/// `threads` requests read at once; more get 503 at once, before anything is read (a dump
+/// reads /proc for every thread of the process, and with `stacks` costs walks of the stack
+/// iterator and an unwind per thread: a flood of them must not become a queue of work).
+pub const THREAD_DUMPS: usize = 4;
+/// `threads?stacks` requests waiting for the scan thread: never more than `THREAD_DUMPS`.
+pub const STACK_QUEUE: usize = THREAD_DUMPS;
 
 /// A request to the scan thread for the stacks of `tids`.
 pub struct StackRequest {
@@ -113,6 +116,14 @@ pub async fn threads(
                 "`{pid}` is not a pid (an integer from 1 to {PID_MAX})"
             ))
         })?;
+    let _reading = Arc::clone(&api.thread_dumps)
+        .try_acquire_owned()
+        .map_err(|_| {
+            api.metrics.limit("thread_dumps", 1);
+            ApiError::unavailable(format!(
+                "busy: {THREAD_DUMPS} thread dumps are being read; try again"
+            ))
+        })?;
     let access = api.probes.get();
     let reader = access.and_then(|a| a.reader.clone());
     let attached = access.is_some();
@@ -184,7 +195,7 @@ async fn add_stacks(
     match scan.try_send(StackRequest { pid, tids, reply }) {
         Ok(()) => {}
         Err(std::sync::mpsc::TrySendError::Full(_)) => {
-            metrics.limit("stack_queue_full", 1);
+            metrics.limit("thread_dumps", 1);
             return Err(ApiError::unavailable(format!(
                 "busy: {STACK_QUEUE} stack requests are already waiting; try again"
             )));

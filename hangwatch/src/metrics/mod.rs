@@ -116,8 +116,8 @@ pub const LIMITS: [&str; 7] = [
     "report_due",
     // A stuck_exit report listed threads beyond MAX_EXIT_STACKS without stacks.
     "exit_stacks",
-    // A threads?stacks request found the stack queue full (503).
-    "stack_queue_full",
+    // A `threads` request beyond THREAD_DUMPS being read at once (503).
+    "thread_dumps",
     // A listener refused a connection beyond its limit (api::listeners::MAX_CONNECTIONS).
     "http_connections",
     // A `watch` stream was refused beyond the limit of concurrent streams.
