@@ -21,6 +21,8 @@ use blazesym::{
     Pid,
     symbolize::{
         Input, Symbolized, Symbolizer,
+        cache::{self, Cache},
+        evict::{self, Evict},
         source::{Process, Source},
     },
 };
@@ -77,6 +79,8 @@ impl UserStack {
 /// Everything kept between reports: module unwind tables and blazesym's caches.
 pub struct UserStacks {
     modules: modules::ModuleCache,
+    /// The maps the captures of a burst share (blazesym's copy follows it).
+    maps: maps::MapsCache,
     symbolizer: Symbolizer,
     /// Interpreter frames of CPython threads.
     pub python: PythonStacks,
@@ -95,6 +99,7 @@ impl UserStacks {
     pub fn new() -> Self {
         Self {
             modules: modules::ModuleCache::default(),
+            maps: maps::MapsCache::default(),
             symbolizer: Symbolizer::builder()
                 .enable_code_info(true)
                 .enable_inlined_fns(true)
@@ -156,10 +161,18 @@ impl UserStacks {
         regs: UserRegisters,
         copy: Option<StackCopy>,
     ) -> UserStack {
-        let maps = match maps::read(pid) {
-            Ok(maps) => maps,
+        let mut snapshot = match self.maps_of(pid, false) {
+            Ok(snapshot) => snapshot,
             Err(err) => return UserStack::failed(format!("process gone ({err})")),
         };
+        if !snapshot.fresh && !snapshot.maps.iter().any(|m| m.contains(regs.sp)) {
+            // A thread (and its stack) newer than the snapshot.
+            snapshot = match self.maps_of(pid, true) {
+                Ok(snapshot) => snapshot,
+                Err(err) => return UserStack::failed(format!("process gone ({err})")),
+            };
+        }
+        let maps = snapshot.maps;
         let Some(stack_mapping) = maps.iter().find(|m| m.contains(regs.sp)) else {
             return UserStack::failed(format!("stack pointer {:#x} is in no mapping", regs.sp));
         };
@@ -222,6 +235,39 @@ impl UserStacks {
             error,
             python_task: python.task,
         }
+    }
+
+    /// The maps of `pid` from the snapshot (`reread`: read them now). blazesym's copy of
+    /// them (which it would otherwise read at every symbolization) follows the snapshot,
+    /// and is dropped with it.
+    fn maps_of(&mut self, pid: u32, reread: bool) -> std::io::Result<maps::Snapshot> {
+        let mut dropped = Vec::new();
+        let now = Instant::now();
+        let snapshot = if reread {
+            self.maps.reread(pid, now, &mut dropped)
+        } else {
+            self.maps.get(pid, now, &mut dropped)
+        };
+        for gone in dropped {
+            let _ = self
+                .symbolizer
+                .evict(&Evict::Process(evict::Process::new(Pid::from(gone))));
+        }
+        if let Ok(snapshot) = &snapshot
+            && snapshot.fresh
+        {
+            let mut vmas = cache::Process::new(Pid::from(pid));
+            vmas.cache_vmas = true;
+            vmas.cache_perf_map = false;
+            if let Err(err) = self.symbolizer.cache(&Cache::Process(vmas)) {
+                // Then blazesym reads the maps itself at each symbolization.
+                tracing::debug!("blazesym cannot cache the maps of pid {pid}: {err}");
+                let _ = self
+                    .symbolizer
+                    .evict(&Evict::Process(evict::Process::new(Pid::from(pid))));
+            }
+        }
+        snapshot
     }
 
     #[cfg(target_arch = "x86_64")]
