@@ -65,8 +65,11 @@ pub struct StackReader {
 
 impl StackReader {
     pub fn new(metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        // On the stage's thread, at start: not in the way of a report.
+        let mut kernel = KernelSymbolizer::default();
+        kernel.warm();
         Ok(Self {
-            kernel: KernelSymbolizer::default(),
+            kernel,
             user: Worker::spawn("hangwatch-unwind", UserStacks::new)?,
             resisting: Resisting::default(),
             metrics,

@@ -173,6 +173,10 @@ impl UserStacks {
             };
         }
         let maps = snapshot.maps;
+        // Frames are looked up in the executable mappings only: a few dozen, where a
+        // process of thousands of threads has thousands of mappings (their stacks).
+        let executable: Vec<maps::Mapping> =
+            maps.iter().filter(|m| m.executable).cloned().collect();
         let Some(stack_mapping) = maps.iter().find(|m| m.contains(regs.sp)) else {
             return UserStack::failed(format!("stack pointer {:#x} is in no mapping", regs.sp));
         };
@@ -185,9 +189,9 @@ impl UserStacks {
         };
         let mut modules = Vec::new();
         let mut unreadable_modules = Vec::new();
-        for mapping in maps
+        for mapping in executable
             .iter()
-            .filter(|m| m.executable && (m.is_file() || m.path == "[vdso]"))
+            .filter(|m| m.is_file() || m.path == "[vdso]")
         {
             match self.modules.get(pid, mapping) {
                 Ok(sections) => modules.push((mapping.clone(), sections)),
@@ -201,7 +205,7 @@ impl UserStacks {
         if let Some(bad) = unwound
             .frames
             .iter()
-            .position(|f| !maps.iter().any(|m| m.executable && m.contains(f.lookup)))
+            .position(|f| !executable.iter().any(|m| m.contains(f.lookup)))
         {
             unwound.stopped = Some(format!(
                 "unwinding stopped at {:#x}, outside any executable mapping",
@@ -214,7 +218,7 @@ impl UserStacks {
             .filter(|(_, s)| !s.has_cfi())
             .map(|(m, _): &(maps::Mapping, Arc<modules::UnwindSections>)| m.path.as_str())
             .collect();
-        let native = self.symbolize(pid, &unwound.frames, &maps);
+        let native = self.symbolize(pid, &unwound.frames, &executable);
         let mut error = unwound.stopped;
         if error.is_some() && !no_cfi.is_empty() {
             error = error.map(|e| format!("{e}; modules without CFI: {}", no_cfi.join(", ")));
