@@ -61,6 +61,8 @@ pub struct StackReader {
     kernel_published: (Duration, u64),
     /// Sections refused for their size, already in the metrics.
     sections_published: u64,
+    /// Symbolizer paths evicted and rebuilds, already in the metrics.
+    symbolizer_published: (u64, u64),
 }
 
 impl StackReader {
@@ -72,6 +74,7 @@ impl StackReader {
             metrics,
             kernel_published: (Duration::ZERO, 0),
             sections_published: 0,
+            symbolizer_published: (0, 0),
         })
     }
 
@@ -93,6 +96,16 @@ impl StackReader {
             refused.saturating_sub(self.sections_published),
         );
         self.sections_published = refused;
+        let symbolizer = crate::stack::user::symbolizer::evictions();
+        self.metrics.limit(
+            "symbolizer_paths",
+            symbolizer.0.saturating_sub(self.symbolizer_published.0),
+        );
+        self.metrics.limit(
+            "symbolizer_files",
+            symbolizer.1.saturating_sub(self.symbolizer_published.1),
+        );
+        self.symbolizer_published = symbolizer;
     }
 
     /// Runs `task` on the user-stack worker for process `pid`, unless it resists; a miss
@@ -138,6 +151,7 @@ impl StackReader {
             metrics,
             kernel_published: _,
             sections_published: _,
+            symbolizer_published: _,
         } = self;
         blocked_stacks(kernel, record, kernel_thread, |regs| match budget.check() {
             Err(why) => {
@@ -214,8 +228,8 @@ fn read<R: Send + 'static>(
             Ok(result)
         }
         Err(err) => {
-            if let ReadError::Missed { why, .. } = &err {
-                resisting.mark(pid, why.clone(), now);
+            if matches!(err, ReadError::Missed { .. }) {
+                resisting.mark(pid, err.to_string(), now);
             }
             Err(err)
         }

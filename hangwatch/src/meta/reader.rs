@@ -16,10 +16,12 @@
 //! after SIGTERM. Memory is read through `/proc/PID/mem`, whose lock wait is killable
 //! (see `memory.rs`, and docs/design.md "Never blind").
 use std::{
+    borrow::Cow,
+    cell::RefCell,
     collections::HashMap,
     fmt,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
     },
@@ -42,11 +44,17 @@ pub const CPU_GRACE: Duration = Duration::from_secs(1);
 /// Why a read gave nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
-    /// The read did not finish in time: the process is now marked as resisting.
-    #[error("memory of the process could not be read within {deadline:?} ({why})")]
-    Missed { deadline: Duration, why: String },
+    /// The read did not finish in time: the process is now marked as resisting. `what`
+    /// is what the task was reading (see [`reading`]): its memory, or one of its module
+    /// files (on a stalled mount).
+    #[error("{what} could not be read within {deadline:?} ({why})")]
+    Missed {
+        deadline: Duration,
+        what: Cow<'static, str>,
+        why: String,
+    },
     /// The process missed a deadline recently: not read again yet.
-    #[error("not read: the process resisted a read {ago:?} ago ({why})")]
+    #[error("not read: the process resisted a read {ago:?} ago: {why}")]
     Resisting { ago: Duration, why: String },
     /// The read still works (its thread runs on a CPU: a cold cache, a large binary) past
     /// `CPU_GRACE`: it goes on in the background and warms the caches; the process is not
@@ -100,6 +108,29 @@ impl Resisting {
 
 type Task<S> = Box<dyn FnOnce(&mut S) + Send>;
 
+/// What a task reads when nothing more precise was said.
+const READING_MEMORY: &str = "memory of the process";
+
+/// What the task running on a worker thread reads right now, shared with the caller so
+/// that a miss can say what blocked (its memory, or a module file on a stalled mount).
+type Reading = Arc<Mutex<Option<Cow<'static, str>>>>;
+
+thread_local! {
+    /// The current worker thread's `Reading` (none on other threads).
+    static READING: RefCell<Option<Reading>> = const { RefCell::new(None) };
+}
+
+/// Says what the task running on this worker thread is about to read, e.g. "the module
+/// /usr/bin/x": a caller whose deadline passes meanwhile gives it as the reason. Does
+/// nothing on a thread that is not a worker.
+pub fn reading(what: impl Into<Cow<'static, str>>) {
+    READING.with_borrow(|reading| {
+        if let Some(reading) = reading {
+            *reading.lock().unwrap_or_else(|e| e.into_inner()) = Some(what.into());
+        }
+    });
+}
+
 /// A worker thread owning state `S` (caches), replaced when a task overruns its deadline.
 pub struct Worker<S: 'static> {
     name: &'static str,
@@ -120,6 +151,8 @@ struct Thread<S> {
     tid: Arc<std::sync::atomic::AtomicI32>,
     /// Between tasks (a task left to finish in the background clears it until it does).
     idle: Arc<AtomicBool>,
+    /// What its task reads now, as the task said ([`reading`]).
+    reading: Reading,
 }
 
 impl<S: 'static> fmt::Debug for Worker<S> {
@@ -183,9 +216,11 @@ impl<S: 'static> Worker<S> {
                     });
                 }
                 Err(RecvTimeoutError::Timeout) => {
+                    let what = self.current.reading();
                     self.abandon();
                     return Err(ReadError::Missed {
                         deadline,
+                        what,
                         why: "a read of it is blocked in the kernel".to_owned(),
                     });
                 }
@@ -194,6 +229,7 @@ impl<S: 'static> Worker<S> {
                     self.restart();
                     return Err(ReadError::Missed {
                         deadline,
+                        what: READING_MEMORY.into(),
                         why: "the reader failed".into(),
                     });
                 }
@@ -250,11 +286,15 @@ impl<S: 'static> Thread<S> {
         let own_tid = Arc::clone(&tid);
         let idle = Arc::new(AtomicBool::new(true));
         let own_idle = Arc::clone(&idle);
+        let reading = Reading::default();
+        let own_reading = Arc::clone(&reading);
         thread::Builder::new().name(name.into()).spawn(move || {
             // SAFETY: gettid has no preconditions.
             own_tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+            READING.set(Some(Arc::clone(&own_reading)));
             let mut state = make();
             for task in queue {
+                *own_reading.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 own_idle.store(false, Ordering::Relaxed);
                 task(&mut state);
                 own_idle.store(true, Ordering::Relaxed);
@@ -271,7 +311,17 @@ impl<S: 'static> Thread<S> {
             abandoned,
             tid,
             idle,
+            reading,
         })
+    }
+
+    /// What its task said it reads, or its memory.
+    fn reading(&self) -> Cow<'static, str> {
+        self.reading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or(Cow::Borrowed(READING_MEMORY))
     }
 
     /// The thread works rather than waits: on a CPU or runnable (`R`), or it used CPU
@@ -324,6 +374,10 @@ mod tests {
             let _ = wait.recv();
         });
         assert!(matches!(got, Err(ReadError::Missed { .. })), "{got:?}");
+        assert!(
+            got.is_err_and(|e| e.to_string().starts_with("memory of the process")),
+            "a task that says nothing reads memory"
+        );
         assert_eq!(worker.stuck(), 1);
         // The replacement answers at once, with fresh state.
         assert_eq!(worker.call(Duration::from_secs(5), |s| *s), Ok(0));
@@ -337,6 +391,38 @@ mod tests {
             "the released worker is no longer counted as stuck"
         );
         assert_eq!(worker.abandoned.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_miss_names_what_the_task_was_reading() {
+        let mut worker = Worker::spawn("test-reader", || ()).expect("thread");
+        // What a task said is not carried to the next task of the same thread.
+        assert_eq!(
+            worker.call(Duration::from_secs(5), |()| reading("the module /a")),
+            Ok(())
+        );
+        let (_keep, wait) = mpsc::channel::<()>();
+        let got = worker.call(Duration::from_millis(50), move |()| {
+            let _ = wait.recv();
+        });
+        assert!(
+            got.is_err_and(|e| e.to_string().starts_with("memory of the process")),
+            "a task that says nothing reads memory"
+        );
+        let (_keep, wait) = mpsc::channel::<()>();
+        let got = worker.call(Duration::from_millis(50), move |()| {
+            reading("the module /mnt/stalled/app");
+            let _ = wait.recv();
+        });
+        let Err(err) = got else {
+            panic!("the task blocks: {got:?}")
+        };
+        assert_eq!(
+            err.to_string(),
+            "the module /mnt/stalled/app could not be read within 50ms (a read of it is blocked in the kernel)"
+        );
+        // Off a worker thread it does nothing.
+        reading("nothing");
     }
 
     #[test]

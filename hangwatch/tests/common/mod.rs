@@ -21,6 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod frozen;
+pub mod fuse;
 
 pub use serde_json::Value;
 

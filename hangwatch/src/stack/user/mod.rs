@@ -9,6 +9,7 @@
 mod maps;
 mod memory;
 mod modules;
+pub mod symbolizer;
 #[cfg(target_arch = "x86_64")]
 mod unwind;
 
@@ -17,13 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use blazesym::{
-    Pid,
-    symbolize::{
-        Input, Symbolized, Symbolizer,
-        source::{Process, Source},
-    },
-};
+use blazesym::symbolize::Symbolized;
 use serde::Serialize;
 
 use super::{Frame, FrameTag, UserRegisters, tag};
@@ -75,7 +70,7 @@ impl UserStack {
 /// Everything kept between reports: module unwind tables and blazesym's caches.
 pub struct UserStacks {
     modules: modules::ModuleCache,
-    symbolizer: Symbolizer,
+    symbolizer: symbolizer::BoundedSymbolizer,
     /// Time spent unwinding and symbolizing user stacks.
     pub spent: Duration,
     pub captured: u64,
@@ -91,11 +86,7 @@ impl UserStacks {
     pub fn new() -> Self {
         Self {
             modules: modules::ModuleCache::default(),
-            symbolizer: Symbolizer::builder()
-                .enable_code_info(true)
-                .enable_inlined_fns(true)
-                .enable_demangling(true)
-                .build(),
+            symbolizer: symbolizer::BoundedSymbolizer::default(),
             spent: Duration::ZERO,
             captured: 0,
         }
@@ -193,6 +184,8 @@ impl UserStacks {
             .filter(|(_, s)| !s.has_cfi())
             .map(|(m, _): &(maps::Mapping, Arc<modules::UnwindSections>)| m.path.as_str())
             .collect();
+        // blazesym opens the modules again (through /proc/PID/map_files) for their symbols.
+        crate::meta::reader::reading("the symbols of its modules");
         let frames = self.symbolize(pid, &unwound.frames, &maps);
         let mut error = unwound.stopped;
         if error.is_some() && !no_cfi.is_empty() {
@@ -218,13 +211,8 @@ impl UserStacks {
         maps: &[maps::Mapping],
     ) -> Vec<Frame> {
         let lookups: Vec<u64> = raw.iter().map(|f| f.lookup).collect();
-        let source = Source::Process(Process::new(Pid::from(pid)));
         // A failure leaves the frames unnamed but keeps their addresses and modules.
-        let symbolized = self
-            .symbolizer
-            .symbolize(&source, Input::AbsAddr(&lookups))
-            .inspect_err(|err| tracing::debug!("symbolizing a stack of pid {pid} failed: {err}"))
-            .unwrap_or_default();
+        let symbolized = self.symbolizer.symbolize(pid, &lookups, maps);
         let mut frames = Vec::with_capacity(raw.len());
         for (i, f) in raw.iter().enumerate() {
             let address = format!("{:#x}", f.address);

@@ -159,6 +159,9 @@ impl ModuleCache {
             return found.clone();
         }
         self.misses += 1;
+        // Opening and reading it can block on its filesystem (a stalled FUSE or NFS mount):
+        // a deadline missed now names the file.
+        crate::meta::reader::reading(format!("the module {}", mapping.path));
         let loaded = load(pid, mapping);
         let size = loaded.as_ref().map_or(0, |s| s.bytes());
         while (self.order.len() >= MAX_CACHED_MODULES || self.bytes + size > MAX_CACHED_BYTES)
