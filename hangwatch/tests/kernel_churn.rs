@@ -174,12 +174,16 @@ fn a_thread_storm_on_reused_tids_gives_one_episode_per_real_blocker() {
     const STORM_BLOCK_MS: u64 = 2500;
     const RANGE: u32 = 64;
     const SPAWNERS: u32 = 2;
+    // Threads per second at most (the storm is 10,000/s; what the machine achieves
+    // is printed).
+    const RATE: u32 = 12_000;
     let args = [
         SECONDS.to_string(),
         BLOCKERS.to_string(),
         STORM_BLOCK_MS.to_string(),
         RANGE.to_string(),
         SPAWNERS.to_string(),
+        RATE.to_string(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut storm = Program::start(&compile("churn_storm"), &args);
@@ -197,6 +201,8 @@ fn a_thread_storm_on_reused_tids_gives_one_episode_per_real_blocker() {
     // Main is blocked reading stdin since before the attach: "go" well within the
     // threshold (as in the test above).
     std::thread::sleep(Duration::from_millis(300));
+    let cpu_before = cpu_time(daemon.pid);
+    let started = std::time::Instant::now();
     storm.send("go");
 
     // A deadlock in another process, in the middle of the storm.
@@ -247,10 +253,13 @@ fn a_thread_storm_on_reused_tids_gives_one_episode_per_real_blocker() {
     }
     let status = storm.wait_exit(Duration::from_secs(5));
     assert!(status.success(), "churn_storm exited with {status}");
+    let window = started.elapsed();
+    let cpu = cpu_time(daemon.pid).saturating_sub(cpu_before);
     let rate = created as f64 * 1000.0 / took_ms.max(1) as f64;
     eprintln!(
-        "storm: {created} threads in {took_ms} ms ({rate:.0} threads/s, {SPAWNERS} spawners), {in_range} of them on {distinct} tids of the range {range} (each reused {:.0} times); blockers {blockers:?}; unrelated deadlock reported {latency:?} after it formed",
-        in_range as f64 / distinct.max(1) as f64
+        "storm: {created} threads in {took_ms} ms ({rate:.0} threads/s, {SPAWNERS} spawners), {in_range} of them on {distinct} tids of the range {range} (each reused {:.0} times); blockers {blockers:?}; unrelated deadlock reported {latency:?} after it formed; daemon CPU {cpu:?} over {window:?} ({:.2} of a core)",
+        in_range as f64 / distinct.max(1) as f64,
+        cpu.as_secs_f64() / window.as_secs_f64()
     );
     let episodes: Vec<(u32, u64, u64)> = blockers
         .iter()
@@ -266,8 +275,8 @@ fn a_thread_storm_on_reused_tids_gives_one_episode_per_real_blocker() {
         .collect();
     assert_eq!(episodes.len(), BLOCKERS, "every blocker ran: {blockers:?}");
     assert!(
-        in_range * 2 > created && distinct < u64::from(RANGE),
-        "the storm's tids were steered into the range and reused: {in_range} of {created} on {distinct} tids"
+        in_range * 2 > created && in_range > 100 * distinct,
+        "the storm's tids were steered into the range and each reused often: {in_range} of {created} on {distinct} tids"
     );
 
     // Once the process is gone, every episode must be resolved.

@@ -37,24 +37,6 @@ fn have_freeze_tools() -> bool {
     true
 }
 
-/// The daemon's CPU time so far (user + system), from /proc/PID/stat.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of stat: 11 and 12 after the state.
-    let hz = 100; // USER_HZ
-    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
-}
-
 /// The ids of the BPF programs process `pid` holds: its fds' `prog_id` (programs and
 /// links alike), read while it runs (bpftool's `pids` column needs a bpftool built with
 /// its BPF skeleton, which Debian's is not: it shows no pids at all).

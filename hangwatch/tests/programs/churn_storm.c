@@ -1,4 +1,4 @@
-// churn_storm: a storm of short-lived threads (each exits at once, its spawner joins it)
+// churn_storm: a storm of short-lived threads (each exits at once, detached)
 // whose tids are steered into a small range by writing RANGE_START-1 to the global
 // /proc/sys/kernel/ns_last_pid before each creation (needs root), so every tid of the range
 // is reused many times a second; among them, a few real blockers: threads that wait
@@ -12,11 +12,12 @@
 // "in_range <threads whose tid was in the range> distinct <tids of the range used>",
 // "done", and exit 0. No thread but the blockers is ever off-CPU for long: the spawners
 // (main among them) never stop creating threads until the end.
-// Usage: churn_storm SECONDS BLOCKERS BLOCK_MS RANGE SPAWNERS
+// Usage: churn_storm SECONDS BLOCKERS BLOCK_MS RANGE SPAWNERS RATE (threads/s at most)
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,9 @@ static int last_pid_fd;
 static char steer[32];
 static size_t steer_len;
 static atomic_long created, in_range, blockers_started, blockers_ended;
+// Storm threads alive: the spawners wait (on CPU) while MAX_LIVE exist.
+static atomic_int live;
+#define MAX_LIVE 32
 static atomic_int stop;
 static atomic_int used[MAX_RANGE];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -51,6 +55,7 @@ static void *storm(void *arg) {
         atomic_fetch_add_explicit(&in_range, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&used[tid - range_first], 1, memory_order_relaxed);
     }
+    atomic_fetch_sub_explicit(&live, 1, memory_order_relaxed);
     return NULL;
 }
 
@@ -86,21 +91,40 @@ static void steer_next(void) {
 
 static pthread_attr_t small;
 
+static long rate;
+static long long storm_started;
+
+// One storm thread, detached (a join would put the spawner to sleep until it exits); none
+// while the storm is ahead of RATE threads per second.
+static void storm_one(void) {
+    long long elapsed = now_ms(CLOCK_MONOTONIC) - storm_started;
+    if (atomic_load_explicit(&created, memory_order_relaxed) > rate * elapsed / 1000) {
+        usleep(100);
+        return;
+    }
+    if (atomic_load_explicit(&live, memory_order_relaxed) >= MAX_LIVE) {
+        sched_yield();
+        return;
+    }
+    pthread_t t;
+    steer_next();
+    atomic_fetch_add_explicit(&live, 1, memory_order_relaxed);
+    if (pthread_create(&t, &small, storm, NULL)) { // EAGAIN: try again
+        atomic_fetch_sub_explicit(&live, 1, memory_order_relaxed);
+        return;
+    }
+    atomic_fetch_add_explicit(&created, 1, memory_order_relaxed);
+}
+
 static void *spawn(void *arg) {
     (void)arg;
-    while (!atomic_load_explicit(&stop, memory_order_relaxed)) {
-        pthread_t t;
-        steer_next();
-        if (pthread_create(&t, &small, storm, NULL)) continue; // EAGAIN: try again
-        pthread_join(t, NULL);
-        atomic_fetch_add_explicit(&created, 1, memory_order_relaxed);
-    }
+    while (!atomic_load_explicit(&stop, memory_order_relaxed)) storm_one();
     return NULL;
 }
 
 int main(int argc, char **argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: churn_storm SECONDS BLOCKERS BLOCK_MS RANGE SPAWNERS\n");
+    if (argc != 7) {
+        fprintf(stderr, "usage: churn_storm SECONDS BLOCKERS BLOCK_MS RANGE SPAWNERS RATE\n");
         return 2;
     }
     long seconds = atol(argv[1]);
@@ -108,6 +132,7 @@ int main(int argc, char **argv) {
     block_ms = atol(argv[3]);
     range_count = atoi(argv[4]);
     int spawners = atoi(argv[5]);
+    rate = atol(argv[6]);
     if (range_count < 1 || range_count > MAX_RANGE || spawners < 1) return 2;
     setvbuf(stdout, NULL, _IOLBF, 0);
 
@@ -127,12 +152,14 @@ int main(int argc, char **argv) {
     steer_len = (size_t)snprintf(steer, sizeof steer, "%d", range_first - 1);
     pthread_attr_init(&small);
     pthread_attr_setstacksize(&small, 64 * 1024);
+    pthread_attr_setdetachstate(&small, PTHREAD_CREATE_DETACHED);
 
     printf("pid %d\nrange %d %d\n", (int)getpid(), range_first, range_count);
     char line[64];
     if (!fgets(line, sizeof line, stdin)) return 1;
 
     long long started = now_ms(CLOCK_MONOTONIC);
+    storm_started = started;
     pthread_t others[64];
     if (spawners > 64) spawners = 64;
     for (int i = 1; i < spawners; i++) pthread_create(&others[i], NULL, spawn, NULL);
@@ -145,22 +172,14 @@ int main(int argc, char **argv) {
             now_ms(CLOCK_MONOTONIC) - started >= every * (atomic_load(&blockers_started) + 1)) {
             pthread_t t;
             steer_next();
-            if (pthread_create(&t, &small, blocker, NULL) == 0) {
-                pthread_detach(t);
-                atomic_fetch_add(&blockers_started, 1);
-            }
+            if (pthread_create(&t, &small, blocker, NULL) == 0) atomic_fetch_add(&blockers_started, 1);
             continue;
         }
-        for (int i = 0; i < 64; i++) {
-            pthread_t t;
-            steer_next();
-            if (pthread_create(&t, &small, storm, NULL)) continue;
-            pthread_join(t, NULL);
-            atomic_fetch_add_explicit(&created, 1, memory_order_relaxed);
-        }
+        for (int i = 0; i < 64; i++) storm_one();
     }
     atomic_store(&stop, 1);
     for (int i = 1; i < spawners; i++) pthread_join(others[i], NULL);
+    while (atomic_load(&live) > 0) sched_yield();
     long long took = now_ms(CLOCK_MONOTONIC) - started;
     int distinct = 0;
     for (int i = 0; i < range_count; i++) distinct += atomic_load(&used[i]) > 0;

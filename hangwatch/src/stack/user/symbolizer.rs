@@ -10,7 +10,8 @@
 //! - **paths** (`symbolizer_paths`): at most `MAX_PATHS` paths are kept; beyond, the least
 //!   recently used quarter is evicted through blazesym's own `Symbolizer::evict` (a file
 //!   is closed when its last path goes; the libc every process maps stays while any recent
-//!   process's path holds it), with the per-process data of processes left with no path.
+//!   process's path holds it). The per-process data (a JIT's perf map, kept open) is
+//!   evicted the same way, beyond `MAX_PATHS` processes.
 //! - **files** (`symbolizer_files`): once `MAX_FILES` distinct files (device and inode)
 //!   were symbolized since the symbolizer was built, it is rebuilt empty. This also bounds
 //!   what the paths cannot reach: the separate debug-info files blazesym opens by debug
@@ -71,6 +72,8 @@ pub struct BoundedSymbolizer {
     limits: Limits,
     /// Each path given to blazesym, with its process and when it was last used.
     paths: HashMap<PathBuf, (u32, u64)>,
+    /// Each process symbolized, and when it was last.
+    pids: HashMap<u32, u64>,
     /// The files (device, inode) symbolized since the symbolizer was built.
     files: HashSet<(String, u64)>,
     /// Counts calls, to order the paths by use.
@@ -100,6 +103,7 @@ impl BoundedSymbolizer {
             symbolizer: build(),
             limits,
             paths: HashMap::new(),
+            pids: HashMap::new(),
             files: HashSet::new(),
             clock: 0,
             evicted: 0,
@@ -141,6 +145,7 @@ impl BoundedSymbolizer {
             );
             self.symbolizer = build();
             self.paths.clear();
+            self.pids.clear();
             self.files.clear();
             self.rebuilt += 1;
             REBUILDS.fetch_add(1, Ordering::Relaxed);
@@ -153,38 +158,55 @@ impl BoundedSymbolizer {
             ));
             self.paths.insert(path, (pid, self.clock));
         }
+        self.pids.insert(pid, self.clock);
         if self.paths.len() > self.limits.paths {
-            self.evict_oldest();
+            self.evict_oldest_paths();
+        }
+        if self.pids.len() > self.limits.paths {
+            self.evict_oldest_processes();
         }
     }
 
-    /// Evicts the least recently used quarter of the paths (never this call's), and the
-    /// per-process data of the processes left without any.
-    fn evict_oldest(&mut self) {
-        let mut by_age: Vec<(u64, PathBuf)> = self
+    /// Evicts the least recently used quarter of the paths (never this call's).
+    fn evict_oldest_paths(&mut self) {
+        let old = oldest(
+            &self.paths,
+            |(_, used)| *used,
+            self.clock,
+            self.limits.paths,
+        );
+        for path in &old {
+            self.paths.remove(path);
+            // Not an error if blazesym has nothing for it (the symbolization failed).
+            let _ = self.symbolizer.evict(&Evict::Elf(Elf::new(path.clone())));
+        }
+        self.count_evicted(old.len());
+    }
+
+    /// Evicts the per-process data and the paths of the least recently symbolized quarter
+    /// of the processes (never this call's).
+    fn evict_oldest_processes(&mut self) {
+        let old = oldest(&self.pids, |used| *used, self.clock, self.limits.paths);
+        for pid in &old {
+            self.pids.remove(pid);
+            let _ = self
+                .symbolizer
+                .evict(&Evict::Process(Process::new(Pid::from(*pid))));
+        }
+        let gone: Vec<PathBuf> = self
             .paths
             .iter()
-            .filter(|(_, (_, used))| *used < self.clock)
-            .map(|(path, (_, used))| (*used, path.clone()))
+            .filter(|(_, (pid, _))| old.contains(pid))
+            .map(|(path, _)| path.clone())
             .collect();
-        by_age.sort_unstable();
-        let excess = self.paths.len() - self.limits.paths;
-        let count = excess.max(self.limits.paths / 4).min(by_age.len());
-        let mut pids = HashSet::new();
-        for (_, path) in by_age.into_iter().take(count) {
-            if let Some((pid, _)) = self.paths.remove(&path) {
-                pids.insert(pid);
-            }
-            // Not an error if blazesym has nothing for it (the symbolization failed).
-            let _ = self.symbolizer.evict(&Evict::Elf(Elf::new(path)));
+        for path in &gone {
+            self.paths.remove(path);
+            let _ = self.symbolizer.evict(&Evict::Elf(Elf::new(path.clone())));
         }
-        for pid in pids {
-            if !self.paths.values().any(|(p, _)| *p == pid) {
-                let _ = self
-                    .symbolizer
-                    .evict(&Evict::Process(Process::new(Pid::from(pid))));
-            }
-        }
+        self.count_evicted(old.len() + gone.len());
+    }
+
+    fn count_evicted(&mut self, count: usize) {
         self.evicted += count as u64;
         PATHS_EVICTED.fetch_add(count as u64, Ordering::Relaxed);
     }
@@ -194,6 +216,28 @@ impl BoundedSymbolizer {
     fn held(&self) -> (usize, usize) {
         (self.paths.len(), self.files.len())
     }
+}
+
+/// The keys of `entries` to evict so that `limit` remain, at least a quarter of `limit`
+/// (not one per call), oldest first by `used`; never those used at `now`.
+fn oldest<K: Clone + Ord + std::hash::Hash, V>(
+    entries: &HashMap<K, V>,
+    used: impl Fn(&V) -> u64,
+    now: u64,
+    limit: usize,
+) -> Vec<K> {
+    let mut by_age: Vec<(u64, K)> = entries
+        .iter()
+        .map(|(key, value)| (used(value), key.clone()))
+        .filter(|(used, _)| *used < now)
+        .collect();
+    by_age.sort_unstable();
+    let count = entries
+        .len()
+        .saturating_sub(limit)
+        .max(limit / 4)
+        .min(by_age.len());
+    by_age.into_iter().take(count).map(|(_, key)| key).collect()
 }
 
 #[cfg(test)]
@@ -233,6 +277,24 @@ mod tests {
         assert_eq!(pids, HashSet::from([2, 3]));
         assert_eq!(symbolizer.held(), (4, 3));
         assert_eq!(symbolizer.rebuilt, 0);
+    }
+
+    #[test]
+    fn processes_beyond_the_limit_are_forgotten_with_their_paths() {
+        let mut symbolizer = BoundedSymbolizer::with_limits(Limits {
+            paths: 4,
+            files: 100,
+        });
+        let maps = [mapping(1 << 20, 1)];
+        // Processes with no file-backed frame still count (a JIT's perf map).
+        for pid in 1..=4 {
+            symbolizer.account(pid, &[], &maps);
+        }
+        symbolizer.account(5, &[maps[0].start], &maps);
+        assert_eq!(symbolizer.evicted, 1, "pid 1 went");
+        assert!(!symbolizer.pids.contains_key(&1));
+        assert_eq!(symbolizer.pids.len(), 4);
+        assert_eq!(symbolizer.held(), (1, 1));
     }
 
     #[test]
