@@ -12,7 +12,7 @@ use hangwatch_ebpf::StackRecord;
 
 use super::READ_DEADLINE;
 use crate::{
-    meta::reader::{ReadError, Resisting, Worker},
+    meta::reader::{FileId, ReadError, Resisting, Worker},
     metrics::Metrics,
     stack::{
         KernelSymbolizer, ThreadStacks, UserStacks,
@@ -56,6 +56,9 @@ pub struct StackReader {
     kernel: KernelSymbolizer,
     user: Worker<UserStacks>,
     pub resisting: Resisting,
+    /// Module files whose read missed its deadline (a stalled mount): not read again for a
+    /// while, in any process, while the rest of each process is.
+    resisting_files: Resisting<FileId>,
     metrics: Arc<Metrics>,
     /// Kernel symbolization figures already in the metrics.
     kernel_published: (Duration, u64),
@@ -71,6 +74,7 @@ impl StackReader {
             kernel: KernelSymbolizer::default(),
             user: Worker::spawn("hangwatch-unwind", UserStacks::new)?,
             resisting: Resisting::default(),
+            resisting_files: Resisting::default(),
             metrics,
             kernel_published: (Duration::ZERO, 0),
             sections_published: 0,
@@ -88,8 +92,11 @@ impl StackReader {
         );
         self.kernel_published = (spent, failures);
         let (abandoned, stuck) = self.abandoned();
-        self.metrics
-            .readers(abandoned, stuck, self.resisting.marked);
+        self.metrics.readers(
+            abandoned,
+            stuck,
+            self.resisting.marked + self.resisting_files.marked,
+        );
         let refused = crate::stack::user::sections_refused();
         self.metrics.limit(
             "section_too_large",
@@ -118,7 +125,7 @@ impl StackReader {
     ) -> Result<R, ReadError> {
         read(
             &mut self.user,
-            &mut self.resisting,
+            (&mut self.resisting, &mut self.resisting_files),
             &self.metrics,
             pid,
             deadline,
@@ -148,6 +155,7 @@ impl StackReader {
             kernel,
             user,
             resisting,
+            resisting_files,
             metrics,
             kernel_published: _,
             sections_published: _,
@@ -158,9 +166,14 @@ impl StackReader {
                 metrics.limit("report_due", 1);
                 Err(why)
             }
-            Ok(()) => read(user, resisting, metrics, pid, READ_DEADLINE, move |user| {
-                user.capture(pid, regs)
-            })
+            Ok(()) => read(
+                user,
+                (resisting, resisting_files),
+                metrics,
+                pid,
+                READ_DEADLINE,
+                move |user| user.capture(pid, regs),
+            )
             .map_err(|err| err.to_string()),
         })
     }
@@ -199,19 +212,22 @@ impl StackReader {
     }
 }
 
-/// Runs `task` on the user-stack worker for `pid` unless it resists (a miss marks it),
-/// and folds what the task spent unwinding into the metrics.
+/// Runs `task` on the user-stack worker for `pid` unless it resists, telling it which
+/// module files resist (it reads around them); a miss marks the file it was reading, or
+/// else the process. Folds what the task spent unwinding into the metrics.
 fn read<R: Send + 'static>(
     user: &mut Worker<UserStacks>,
-    resisting: &mut Resisting,
+    (resisting, resisting_files): (&mut Resisting, &mut Resisting<FileId>),
     metrics: &Metrics,
     pid: u32,
     deadline: Duration,
     task: impl FnOnce(&mut UserStacks) -> R + Send + 'static,
 ) -> Result<R, ReadError> {
     let now = Instant::now();
-    resisting.check(pid, now)?;
+    resisting.check(&pid, now)?;
+    let avoid = resisting_files.current(now);
     let result = user.call(deadline, move |user| {
+        user.avoid_files(avoid);
         let before = (user.spent, user.captured, user.module_cache());
         let result = task(user);
         let after = (user.spent, user.captured, user.module_cache());
@@ -228,8 +244,12 @@ fn read<R: Send + 'static>(
             Ok(result)
         }
         Err(err) => {
-            if matches!(err, ReadError::Missed { .. }) {
-                resisting.mark(pid, err.to_string(), now);
+            match &err {
+                ReadError::Missed {
+                    file: Some(file), ..
+                } => resisting_files.mark(file.clone(), err.to_string(), now),
+                ReadError::Missed { file: None, .. } => resisting.mark(pid, err.to_string(), now),
+                _ => {}
             }
             Err(err)
         }

@@ -44,17 +44,18 @@ pub const CPU_GRACE: Duration = Duration::from_secs(1);
 /// Why a read gave nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
-    /// The read did not finish in time: the process is now marked as resisting. `what`
-    /// is what the task was reading (see [`reading`]): its memory, or one of its module
-    /// files (on a stalled mount).
+    /// The read did not finish in time. `what` is what the task was reading (see
+    /// [`reading`]): its memory (the process is then marked as resisting), or one of its
+    /// module files, `file` (on a stalled mount: the file is marked, not the process).
     #[error("{what} could not be read within {deadline:?} ({why})")]
     Missed {
         deadline: Duration,
         what: Cow<'static, str>,
+        file: Option<FileId>,
         why: String,
     },
     /// The process missed a deadline recently: not read again yet.
-    #[error("not read: the process resisted a read {ago:?} ago: {why}")]
+    #[error("not read: it resisted a read {ago:?} ago: {why}")]
     Resisting { ago: Duration, why: String },
     /// The read still works (its thread runs on a CPU: a cold cache, a large binary) past
     /// `CPU_GRACE`: it goes on in the background and warms the caches; the process is not
@@ -69,29 +70,47 @@ pub enum ReadError {
     Busy,
 }
 
-/// Processes that made a read miss its deadline, until `RESIST_FOR` has passed.
-#[derive(Debug, Default)]
-pub struct Resisting {
-    by_tgid: HashMap<u32, (Instant, String)>,
-    /// Processes marked since start.
+/// A file, by device and inode (as `/proc/PID/maps` names them): the same binary in
+/// every process that maps it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: String,
+    pub inode: u64,
+}
+
+/// Processes (by tgid) or files (by [`FileId`]) that made a read miss its deadline, until
+/// `RESIST_FOR` has passed.
+#[derive(Debug)]
+pub struct Resisting<K = u32> {
+    by_key: HashMap<K, (Instant, String)>,
+    /// Keys marked since start.
     pub marked: u64,
 }
 
-impl Resisting {
-    pub fn mark(&mut self, tgid: u32, why: String, now: Instant) {
-        tracing::warn!("process {tgid} resists reads ({why}): not read again for {RESIST_FOR:?}");
+impl<K> Default for Resisting<K> {
+    fn default() -> Self {
+        Self {
+            by_key: HashMap::new(),
+            marked: 0,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + fmt::Debug + Clone> Resisting<K> {
+    pub fn mark(&mut self, key: K, why: String, now: Instant) {
+        tracing::warn!("{key:?} resists reads ({why}): not read again for {RESIST_FOR:?}");
         self.marked += 1;
-        self.by_tgid.insert(tgid, (now, why));
+        self.by_key.insert(key, (now, why));
     }
 
-    /// The error to give instead of reading `tgid`, if it resists.
-    pub fn check(&mut self, tgid: u32, now: Instant) -> Result<(), ReadError> {
-        let Some((at, why)) = self.by_tgid.get(&tgid) else {
+    /// The error to give instead of reading `key`, if it resists.
+    pub fn check(&mut self, key: &K, now: Instant) -> Result<(), ReadError> {
+        let Some((at, why)) = self.by_key.get(key) else {
             return Ok(());
         };
         let ago = now.saturating_duration_since(*at);
         if ago >= RESIST_FOR {
-            self.by_tgid.remove(&tgid);
+            self.by_key.remove(key);
             return Ok(());
         }
         Err(ReadError::Resisting {
@@ -100,9 +119,25 @@ impl Resisting {
         })
     }
 
+    /// Every key resisting now, with the reason to give for it.
+    pub fn current(&mut self, now: Instant) -> HashMap<K, String> {
+        self.by_key
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < RESIST_FOR);
+        self.by_key
+            .iter()
+            .map(|(key, (at, why))| {
+                let error = ReadError::Resisting {
+                    ago: now.saturating_duration_since(*at),
+                    why: why.clone(),
+                };
+                (key.clone(), error.to_string())
+            })
+            .collect()
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.by_tgid.len()
+        self.by_key.len()
     }
 }
 
@@ -113,7 +148,7 @@ const READING_MEMORY: &str = "memory of the process";
 
 /// What the task running on a worker thread reads right now, shared with the caller so
 /// that a miss can say what blocked (its memory, or a module file on a stalled mount).
-type Reading = Arc<Mutex<Option<Cow<'static, str>>>>;
+type Reading = Arc<Mutex<Option<(Cow<'static, str>, Option<FileId>)>>>;
 
 thread_local! {
     /// The current worker thread's `Reading` (none on other threads).
@@ -124,9 +159,19 @@ thread_local! {
 /// /usr/bin/x": a caller whose deadline passes meanwhile gives it as the reason. Does
 /// nothing on a thread that is not a worker.
 pub fn reading(what: impl Into<Cow<'static, str>>) {
+    say_reading(what.into(), None);
+}
+
+/// Like [`reading`], for a file: a miss now marks the file as resisting, not the process
+/// (its memory may well be readable).
+pub fn reading_file(what: impl Into<Cow<'static, str>>, file: FileId) {
+    say_reading(what.into(), Some(file));
+}
+
+fn say_reading(what: Cow<'static, str>, file: Option<FileId>) {
     READING.with_borrow(|reading| {
         if let Some(reading) = reading {
-            *reading.lock().unwrap_or_else(|e| e.into_inner()) = Some(what.into());
+            *reading.lock().unwrap_or_else(|e| e.into_inner()) = Some((what, file));
         }
     });
 }
@@ -216,11 +261,12 @@ impl<S: 'static> Worker<S> {
                     });
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    let what = self.current.reading();
+                    let (what, file) = self.current.reading();
                     self.abandon();
                     return Err(ReadError::Missed {
                         deadline,
                         what,
+                        file,
                         why: "a read of it is blocked in the kernel".to_owned(),
                     });
                 }
@@ -230,6 +276,7 @@ impl<S: 'static> Worker<S> {
                     return Err(ReadError::Missed {
                         deadline,
                         what: READING_MEMORY.into(),
+                        file: None,
                         why: "the reader failed".into(),
                     });
                 }
@@ -316,12 +363,12 @@ impl<S: 'static> Thread<S> {
     }
 
     /// What its task said it reads, or its memory.
-    fn reading(&self) -> Cow<'static, str> {
+    fn reading(&self) -> (Cow<'static, str>, Option<FileId>) {
         self.reading
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .unwrap_or(Cow::Borrowed(READING_MEMORY))
+            .unwrap_or((Cow::Borrowed(READING_MEMORY), None))
     }
 
     /// The thread works rather than waits: on a CPU or runnable (`R`), or it used CPU
@@ -421,6 +468,21 @@ mod tests {
             err.to_string(),
             "the module /mnt/stalled/app could not be read within 50ms (a read of it is blocked in the kernel)"
         );
+        assert!(matches!(err, ReadError::Missed { file: None, .. }));
+        let (_keep, wait) = mpsc::channel::<()>();
+        let file = FileId {
+            dev: "00:3a".into(),
+            inode: 2,
+        };
+        let id = file.clone();
+        let got = worker.call(Duration::from_millis(50), move |()| {
+            reading_file("the module /mnt/stalled/app", id);
+            let _ = wait.recv();
+        });
+        assert!(
+            matches!(&got, Err(ReadError::Missed { file: Some(f), .. }) if *f == file),
+            "a miss on a file names the file: {got:?}"
+        );
         // Off a worker thread it does nothing.
         reading("nothing");
     }
@@ -448,11 +510,12 @@ mod tests {
         let now = Instant::now();
         resisting.mark(42, "stuck".into(), now);
         assert!(matches!(
-            resisting.check(42, now + Duration::from_secs(1)),
+            resisting.check(&42, now + Duration::from_secs(1)),
             Err(ReadError::Resisting { .. })
         ));
-        assert_eq!(resisting.check(43, now), Ok(()));
-        assert_eq!(resisting.check(42, now + RESIST_FOR), Ok(()));
+        assert_eq!(resisting.check(&43, now), Ok(()));
+        assert_eq!(resisting.current(now).len(), 1);
+        assert_eq!(resisting.check(&42, now + RESIST_FOR), Ok(()));
         assert_eq!(resisting.len(), 0);
     }
 }

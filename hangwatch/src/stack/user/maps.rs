@@ -24,6 +24,14 @@ impl Mapping {
     pub fn is_file(&self) -> bool {
         self.inode != 0 && self.path.starts_with('/')
     }
+
+    /// The file mapped, by device and inode.
+    pub fn file_id(&self) -> crate::meta::reader::FileId {
+        crate::meta::reader::FileId {
+            dev: self.dev.clone(),
+            inode: self.inode,
+        }
+    }
 }
 
 pub fn read(pid: u32) -> io::Result<Vec<Mapping>> {

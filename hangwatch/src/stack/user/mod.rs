@@ -14,6 +14,7 @@ pub mod symbolizer;
 mod unwind;
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -22,6 +23,7 @@ use blazesym::symbolize::Symbolized;
 use serde::Serialize;
 
 use super::{Frame, FrameTag, UserRegisters, tag};
+use crate::meta::reader::FileId;
 
 pub(crate) use memory::StackCopy;
 
@@ -71,6 +73,9 @@ impl UserStack {
 pub struct UserStacks {
     modules: modules::ModuleCache,
     symbolizer: symbolizer::BoundedSymbolizer,
+    /// Module files not to read (they resisted a read: a stalled mount), and why: stacks
+    /// are unwound and symbolized around them.
+    avoid: HashMap<FileId, String>,
     /// Time spent unwinding and symbolizing user stacks.
     pub spent: Duration,
     pub captured: u64,
@@ -87,9 +92,15 @@ impl UserStacks {
         Self {
             modules: modules::ModuleCache::default(),
             symbolizer: symbolizer::BoundedSymbolizer::default(),
+            avoid: HashMap::new(),
             spent: Duration::ZERO,
             captured: 0,
         }
+    }
+
+    /// From now on, the stacks are read without these files (each with the reason to give).
+    pub fn avoid_files(&mut self, files: HashMap<FileId, String>) {
+        self.avoid = files;
     }
 
     /// Module cache hits and misses.
@@ -155,10 +166,21 @@ impl UserStacks {
         };
         let mut modules = Vec::new();
         let mut unreadable_modules = Vec::new();
+        let mut avoided = Vec::new();
         for mapping in maps
             .iter()
             .filter(|m| m.executable && (m.is_file() || m.path == "[vdso]"))
         {
+            if let Some(why) = self
+                .avoid
+                .get(&mapping.file_id())
+                .filter(|_| mapping.is_file())
+            {
+                let what = format!("{}: {why}", mapping.path);
+                unreadable_modules.push(what.clone());
+                avoided.push(what);
+                continue;
+            }
             match self.modules.get(pid, mapping) {
                 Ok(sections) => modules.push((mapping.clone(), sections)),
                 Err(err) => unreadable_modules.push(err.to_string()),
@@ -191,6 +213,13 @@ impl UserStacks {
         if error.is_some() && !no_cfi.is_empty() {
             error = error.map(|e| format!("{e}; modules without CFI: {}", no_cfi.join(", ")));
         }
+        if !avoided.is_empty() {
+            let why = format!("partial stack, modules not read: {}", avoided.join("; "));
+            error = Some(match error {
+                Some(e) => format!("{e}; {why}"),
+                None => why,
+            });
+        }
         UserStack {
             info: Some(UnwindInfo {
                 frames: unwound.frames.len(),
@@ -212,7 +241,10 @@ impl UserStacks {
     ) -> Vec<Frame> {
         let lookups: Vec<u64> = raw.iter().map(|f| f.lookup).collect();
         // A failure leaves the frames unnamed but keeps their addresses and modules.
-        let symbolized = self.symbolizer.symbolize(pid, &lookups, maps);
+        let avoid = &self.avoid;
+        let symbolized = self.symbolizer.symbolize(pid, &lookups, maps, |m| {
+            m.is_file() && avoid.contains_key(&m.file_id())
+        });
         let mut frames = Vec::with_capacity(raw.len());
         for (i, f) in raw.iter().enumerate() {
             let address = format!("{:#x}", f.address);

@@ -27,7 +27,7 @@ use std::{
 use blazesym::{
     Pid,
     symbolize::{
-        Input, Symbolized, Symbolizer,
+        Input, Reason, Symbolized, Symbolizer,
         evict::{Elf, Evict, Process},
         source::{self, Source},
     },
@@ -112,20 +112,50 @@ impl BoundedSymbolizer {
     }
 
     /// Symbolizes `addresses` of process `pid`, whose mappings are `maps` (read just
-    /// before: blazesym reads them again, and names the same map_files paths). A failure
+    /// before: blazesym reads them again, and names the same map_files paths), except
+    /// those in a mapping `skip` names (a file not to open: it resisted a read). A failure
     /// gives no symbols (the caller keeps addresses and modules).
     pub fn symbolize(
         &mut self,
         pid: u32,
         addresses: &[u64],
         maps: &[Mapping],
+        skip: impl Fn(&Mapping) -> bool,
     ) -> Vec<Symbolized<'_>> {
-        self.account(pid, addresses, maps);
+        let skipped: Vec<bool> = addresses
+            .iter()
+            .map(|&a| maps.iter().any(|m| m.contains(a) && skip(m)))
+            .collect();
+        let asked: Vec<u64> = addresses
+            .iter()
+            .zip(&skipped)
+            .filter(|(_, skipped)| !**skipped)
+            .map(|(a, _)| *a)
+            .collect();
+        let maps: Vec<Mapping> = maps.iter().filter(|m| !skip(m)).cloned().collect();
+        self.account(pid, &asked, &maps);
         let source = Source::Process(source::Process::new(Pid::from(pid)));
-        self.symbolizer
-            .symbolize(&source, Input::AbsAddr(addresses))
-            .inspect_err(|err| tracing::debug!("symbolizing a stack of pid {pid} failed: {err}"))
-            .unwrap_or_default()
+        let mut symbolized = if asked.is_empty() {
+            Vec::new()
+        } else {
+            self.symbolizer
+                .symbolize(&source, Input::AbsAddr(&asked))
+                .inspect_err(|err| {
+                    tracing::debug!("symbolizing a stack of pid {pid} failed: {err}")
+                })
+                .unwrap_or_default()
+        }
+        .into_iter();
+        // Back in the order asked, the skipped ones unknown.
+        skipped
+            .iter()
+            .map(|skipped| match skipped {
+                true => Symbolized::Unknown(Reason::IgnoredError),
+                false => symbolized
+                    .next()
+                    .unwrap_or(Symbolized::Unknown(Reason::IgnoredError)),
+            })
+            .collect()
     }
 
     /// Notes the files and paths this call hands to blazesym, and applies the bounds
@@ -314,6 +344,32 @@ mod tests {
         assert_eq!(symbolizer.held(), (2, 2));
     }
 
+    #[test]
+    fn addresses_in_skipped_mappings_are_not_symbolized_nor_their_files_opened() {
+        let pid = std::process::id();
+        let maps = super::super::maps::read(pid).expect("own maps");
+        let here = addresses_in_skipped_mappings_are_not_symbolized_nor_their_files_opened
+            as *const () as u64;
+        let exe = maps
+            .iter()
+            .find(|m| m.contains(here))
+            .expect("our code is mapped")
+            .clone();
+        let mut symbolizer = BoundedSymbolizer::default();
+        let skipped = symbolizer.symbolize(pid, &[here, here], &maps, |m| *m == exe);
+        assert_eq!(skipped.len(), 2);
+        assert!(
+            skipped
+                .iter()
+                .all(|s| matches!(s, Symbolized::Unknown(Reason::IgnoredError))),
+            "{skipped:?}"
+        );
+        assert_eq!(symbolizer.held(), (0, 0), "nothing handed to blazesym");
+        let named = symbolizer.symbolize(pid, &[here], &maps, |_| false);
+        assert_eq!(named.len(), 1);
+        assert_eq!(symbolizer.held(), (1, 1));
+    }
+
     /// The fds pointing at `path` in this process.
     fn fds_on(path: &std::path::Path) -> usize {
         std::fs::read_dir("/proc/self/fd")
@@ -373,7 +429,7 @@ mod tests {
             paths: 100,
             files: 1,
         });
-        let _ = symbolizer.symbolize(pid, &[address], &maps);
+        let _ = symbolizer.symbolize(pid, &[address], &maps, |_| false);
         let kept = fds_on(&copy);
         // blazesym opens /proc/PID/map_files/..., which needs CAP_SYS_ADMIN even for our
         // own process: without it nothing is opened and there is nothing to close.
@@ -387,7 +443,7 @@ mod tests {
                 .iter()
                 .find(|m| m.executable && m.path == libc_path)
                 .expect("libc mapping");
-            let _ = symbolizer.symbolize(pid, &[own.start], &maps);
+            let _ = symbolizer.symbolize(pid, &[own.start], &maps, |_| false);
             assert_eq!(symbolizer.rebuilt, 1);
             assert_eq!(fds_on(&copy), 0, "the rebuild closed the copy");
         }
