@@ -12,7 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{frozen::FrozenFs, *};
+use common::{
+    frozen::FrozenFs,
+    fuse::{Stall, StalledFuse},
+    *,
+};
 
 /// These tests load the machine on purpose (frozen filesystems, thousands of threads, a
 /// crowd of spinners): they run one at a time, or each would measure the others.
@@ -33,37 +37,39 @@ fn have_freeze_tools() -> bool {
     true
 }
 
-/// The daemon's CPU time so far (user + system), from /proc/PID/stat.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
+/// The ids of the BPF programs process `pid` holds: its fds' `prog_id` (programs and
+/// links alike), read while it runs (bpftool's `pids` column needs a bpftool built with
+/// its BPF skeleton, which Debian's is not: it shows no pids at all).
+fn program_ids_of(pid: u32) -> Vec<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
     };
-    // utime and stime are fields 14 and 15 of stat: 11 and 12 after the state.
-    let hz = 100; // USER_HZ
-    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
+    let mut ids: Vec<u64> = fds
+        .filter_map(|fd| std::fs::read_to_string(fd.ok()?.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
-/// BPF programs the process `pid` still holds (bpftool's `pids` column), or None
-/// without bpftool.
-fn programs_held_by(pid: u32) -> Option<Vec<String>> {
+/// Which of `ids` are still loaded (`bpftool -j prog show`), or None without bpftool.
+fn still_loaded(ids: &[u64]) -> Option<Vec<u64>> {
     let out = Command::new("bpftool")
-        .args(["prog", "show"])
+        .args(["-j", "prog", "show"])
         .output()
         .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let held = format!("hangwatch({pid})");
+    let programs: Value = serde_json::from_slice(&out.stdout).ok()?;
     Some(
-        text.lines()
-            .filter(|l| l.contains(&held))
-            .map(str::to_owned)
+        programs
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["id"].as_u64())
+            .filter(|id| ids.contains(id))
             .collect(),
     )
 }
@@ -181,16 +187,15 @@ fn a_process_whose_mm_lock_is_stuck_is_reported_and_detection_goes_on() {
 
     // SIGTERM: out within a second, and nothing of ours left loaded.
     let daemon_pid = daemon.pid;
+    let ours = program_ids_of(daemon_pid);
+    assert!(!ours.is_empty(), "the daemon holds its programs");
     daemon.stop();
     assert!(
         !Path::new(&format!("/proc/{daemon_pid}")).exists(),
         "the daemon is gone"
     );
-    if let Some(held) = programs_held_by(daemon_pid) {
-        assert!(
-            held.is_empty(),
-            "programs still held by the daemon: {held:?}"
-        );
+    if let Some(left) = still_loaded(&ours) {
+        assert_eq!(left, Vec::<u64>::new(), "programs left loaded");
     }
     let stopped = daemon
         .events_for(pid)
@@ -203,6 +208,198 @@ fn a_process_whose_mm_lock_is_stuck_is_reported_and_detection_goes_on() {
         "the open episodes end daemon_stopped at SIGTERM: {stopped:?}"
     );
     fs.thaw();
+}
+
+/// A module on a stalled FUSE mount: abba.c run from a FUSE filesystem whose server stops
+/// answering just after the deadlock forms, before it is confirmed, so the daemon's first
+/// read of the binary (its unwind tables, through /proc/PID/map_files) waits on the dead
+/// server. The deadlock is reported on time with its kernel stacks and waits; the user
+/// stack of the first thread says why it is missing (naming the module), the second is
+/// read around the module (its file resists, not the process) and says which module it
+/// lacks, and the command line is there; a deadlock started in
+/// another process meanwhile is reported on time with its user stacks; SIGTERM ends the
+/// daemon within a second (its reader is stuck in a killable wait) and leaves no program
+/// loaded.
+#[test]
+#[ignore = "needs root: loads BPF programs, mounts a FUSE filesystem"]
+fn a_module_on_a_stalled_fuse_mount_is_reported_on_time_with_the_reason() {
+    module_on_a_stalled_fuse_mount(Stall::Queued);
+}
+
+/// The same with a FUSE server that takes the daemon's request and never answers it (a
+/// server stuck in its handler): the kernel then waits the request out uninterruptibly,
+/// so the daemon's reader stays in D even through SIGKILL. Reports and detection are the
+/// same; at SIGTERM the probes are detached within a second (the detection thread drops
+/// them), but the process can only be reaped once the connection is aborted.
+#[test]
+#[ignore = "needs root: loads BPF programs, mounts a FUSE filesystem"]
+fn a_fuse_server_that_took_the_read_cannot_keep_the_probes_attached() {
+    module_on_a_stalled_fuse_mount(Stall::Taken);
+}
+
+fn module_on_a_stalled_fuse_mount(stall: Stall) {
+    require_root();
+    let _serial = one_at_a_time();
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: no /dev/fuse (the fuse module is not loaded)");
+        return;
+    }
+    let mut daemon = Daemon::start(&["--scan-interval", "200ms"]);
+    let mut fuse = StalledFuse::serve(&compile("abba"), stall);
+    let mut stalled = Program::start(&fuse.file, &["hold-forever"]);
+    let pid = u32::try_from(stalled.expect_number("pid", Duration::from_secs(5))).expect("pid");
+    // The deadlock forms; the mount stalls before it is confirmed (1 s) and reported.
+    stalled.send("go");
+    stalled.expect_line("ready", Duration::from_secs(5));
+    let formed = Instant::now();
+    fuse.stall();
+    let stalled_after = formed.elapsed();
+    fuse.hold(stalled);
+    // The proof that the module cannot be read now: opening it through the process's
+    // mapping blocks.
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let mapping = maps
+        .lines()
+        .find(|l| l.contains(" r-xp ") && l.ends_with(fuse.file.to_str().expect("utf-8")))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no executable mapping of {}:\n{maps}", fuse.file.display()))
+        .to_owned();
+    let blocked = Arc::new(AtomicBool::new(true));
+    {
+        let blocked = Arc::clone(&blocked);
+        thread::spawn(move || {
+            let _ = std::fs::File::open(format!("/proc/{pid}/map_files/{mapping}"));
+            blocked.store(false, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        blocked.load(std::sync::atomic::Ordering::SeqCst),
+        "opening the module of {pid} should block while its FUSE server stalls"
+    );
+
+    let report = daemon.wait_for_event(
+        "deadlock of the process on the stalled mount",
+        Duration::from_secs(10),
+        |v| v["event"] == "hang" && v["kind"] == "deadlock" && u64_of(v, "/pid") == u64::from(pid),
+    );
+    let latency = report.at.saturating_duration_since(formed);
+    let v = &report.value;
+    eprintln!(
+        "deadlock on the stalled mount (stalled {stalled_after:?} after it formed) reported {latency:?} after it formed: {v}"
+    );
+    // Normally 1.2 s (1 s to confirm); the bound only catches a daemon that waited on the
+    // mount (a blind one never reports).
+    assert!(
+        latency < Duration::from_secs(6),
+        "the deadlock is reported within seconds, not {latency:?}"
+    );
+    let module = fuse.file.to_str().expect("utf-8");
+    for member in v["cycle"].as_array().expect("a cycle") {
+        assert!(
+            !member["kernel_stack"].as_array().is_none_or(Vec::is_empty),
+            "each thread of the cycle has its kernel stack: {member}"
+        );
+        assert_eq!(str_of(member, "/wait/syscall"), "futex", "{member}");
+        // A cycle member's stacks give one reason for both (the kernel stack is there).
+        let why = str_of(member, "/stacks_error");
+        let frames = member["user_stack"].as_array().map_or(0, Vec::len);
+        // The first read waits on the module and misses its deadline: no user stack. From
+        // then on the module's file resists, not the process: the next stacks are read
+        // around it (the frames in libc), and say which module is missing.
+        assert!(
+            why.contains(module)
+                && ((frames == 0 && why.contains("could not be read within"))
+                    || (frames > 0 && why.contains("partial stack"))),
+            "the reason names the module on the stalled mount: {member}"
+        );
+    }
+    let partial = v["cycle"]
+        .as_array()
+        .expect("a cycle")
+        .iter()
+        .filter(|m| m["user_stack"].as_array().is_some_and(|s| !s.is_empty()))
+        .count();
+    assert!(
+        partial >= 1,
+        "the second thread's stack is read around the module: {v}"
+    );
+    assert!(
+        !v["kernel_stack"].as_array().is_none_or(Vec::is_empty),
+        "the kernel stack is there: {v}"
+    );
+    // Its memory is not held against the process: the command line is there.
+    assert!(
+        v["cmdline"]
+            .as_array()
+            .is_some_and(|args| args.iter().any(|a| a == "hold-forever")),
+        "the command line is read (memory, not the stalled file): {v}"
+    );
+
+    // Detection and unwinding of everything else go on.
+    let mut abba = Abba::start();
+    let lock = abba.deadlock();
+    let deadlock = daemon.wait_for_event(
+        "deadlock of abba during the stall",
+        Duration::from_secs(6),
+        |v| {
+            v["event"] == "hang"
+                && v["kind"] == "deadlock"
+                && u64_of(v, "/pid") == u64::from(abba.pid())
+        },
+    );
+    let latency = deadlock.at.saturating_duration_since(lock.at);
+    let frames = deadlock.value["cycle"][0]["user_stack"]
+        .as_array()
+        .map_or(0, Vec::len);
+    eprintln!(
+        "unrelated deadlock reported {latency:?} after it formed, during the stall, {frames} user frames"
+    );
+    assert!(
+        latency < Duration::from_secs(4),
+        "a deadlock (1 s to confirm) is reported within seconds during the stall, not {latency:?}"
+    );
+    assert!(
+        frames > 0,
+        "the other process's user stack is unwound: {}",
+        deadlock.value
+    );
+
+    // SIGTERM with a reader stuck on the mount: the probes go within a second, and the
+    // process with them unless its reader is in an uninterruptible wait.
+    let daemon_pid = daemon.pid;
+    let ours = program_ids_of(daemon_pid);
+    assert!(!ours.is_empty(), "the daemon holds its programs");
+    match stall {
+        Stall::Queued => {
+            daemon.stop();
+            assert!(
+                !Path::new(&format!("/proc/{daemon_pid}")).exists(),
+                "the daemon is gone"
+            );
+            if let Some(left) = still_loaded(&ours) {
+                assert_eq!(left, Vec::<u64>::new(), "programs left loaded");
+            }
+        }
+        Stall::Taken => {
+            let exited = daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(1));
+            let left = still_loaded(&ours);
+            eprintln!(
+                "SIGTERM with a reader in an uninterruptible FUSE wait: exited {exited:?}; programs still loaded 1 s after it: {left:?} of {ours:?}"
+            );
+            if let Some(left) = left {
+                assert_eq!(left, Vec::<u64>::new(), "programs left loaded");
+            }
+            // The abort frees the reader; the process then ends.
+            drop(fuse);
+            let reaped = daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(2));
+            eprintln!("after the abort of the connection: {reaped:?}");
+            assert!(
+                exited.is_some() || reaped.is_some(),
+                "the daemon ends once the connection is aborted"
+            );
+        }
+    }
 }
 
 /// `/healthz` says when the daemon is blind: 503 while its scan is stalled (a test hook

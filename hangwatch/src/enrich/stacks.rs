@@ -12,7 +12,7 @@ use hangwatch_ebpf::StackRecord;
 
 use super::READ_DEADLINE;
 use crate::{
-    meta::reader::{ReadError, Resisting, Worker},
+    meta::reader::{FileId, ReadError, Resisting, Worker},
     metrics::Metrics,
     stack::{
         KernelSymbolizer, ThreadStacks, UserStacks,
@@ -56,11 +56,16 @@ pub struct StackReader {
     kernel: KernelSymbolizer,
     user: Worker<UserStacks>,
     pub resisting: Resisting,
+    /// Module files whose read missed its deadline (a stalled mount): not read again for a
+    /// while, in any process, while the rest of each process is.
+    resisting_files: Resisting<FileId>,
     metrics: Arc<Metrics>,
     /// Kernel symbolization figures already in the metrics.
     kernel_published: (Duration, u64),
     /// Sections refused for their size, already in the metrics.
     sections_published: u64,
+    /// Symbolizer paths evicted and rebuilds, already in the metrics.
+    symbolizer_published: (u64, u64),
 }
 
 impl StackReader {
@@ -72,9 +77,11 @@ impl StackReader {
             kernel,
             user: Worker::spawn("hangwatch-unwind", UserStacks::new)?,
             resisting: Resisting::default(),
+            resisting_files: Resisting::default(),
             metrics,
             kernel_published: (Duration::ZERO, 0),
             sections_published: 0,
+            symbolizer_published: (0, 0),
         })
     }
 
@@ -88,14 +95,27 @@ impl StackReader {
         );
         self.kernel_published = (spent, failures);
         let (abandoned, stuck) = self.abandoned();
-        self.metrics
-            .readers(abandoned, stuck, self.resisting.marked);
+        self.metrics.readers(
+            abandoned,
+            stuck,
+            self.resisting.marked + self.resisting_files.marked,
+        );
         let refused = crate::stack::user::sections_refused();
         self.metrics.limit(
             "section_too_large",
             refused.saturating_sub(self.sections_published),
         );
         self.sections_published = refused;
+        let symbolizer = crate::stack::user::symbolizer::evictions();
+        self.metrics.limit(
+            "symbolizer_paths",
+            symbolizer.0.saturating_sub(self.symbolizer_published.0),
+        );
+        self.metrics.limit(
+            "symbolizer_files",
+            symbolizer.1.saturating_sub(self.symbolizer_published.1),
+        );
+        self.symbolizer_published = symbolizer;
     }
 
     /// Runs `task` on the user-stack worker for process `pid`, unless it resists; a miss
@@ -108,7 +128,7 @@ impl StackReader {
     ) -> Result<R, ReadError> {
         read(
             &mut self.user,
-            &mut self.resisting,
+            (&mut self.resisting, &mut self.resisting_files),
             &self.metrics,
             pid,
             deadline,
@@ -138,9 +158,11 @@ impl StackReader {
             kernel,
             user,
             resisting,
+            resisting_files,
             metrics,
             kernel_published: _,
             sections_published: _,
+            symbolizer_published: _,
         } = self;
         blocked_stacks(kernel, record, kernel_thread, |tid, regs| {
             match budget.check() {
@@ -148,9 +170,14 @@ impl StackReader {
                     metrics.limit("report_due", 1);
                     Err(why)
                 }
-                Ok(()) => read(user, resisting, metrics, pid, READ_DEADLINE, move |user| {
-                    user.capture(pid, tid, regs)
-                })
+                Ok(()) => read(
+                    user,
+                    (resisting, resisting_files),
+                    metrics,
+                    pid,
+                    READ_DEADLINE,
+                    move |user| user.capture(pid, tid, regs),
+                )
                 .map_err(|err| err.to_string()),
             }
         })
@@ -190,19 +217,22 @@ impl StackReader {
     }
 }
 
-/// Runs `task` on the user-stack worker for `pid` unless it resists (a miss marks it),
-/// and folds what the task spent unwinding into the metrics.
+/// Runs `task` on the user-stack worker for `pid` unless it resists, telling it which
+/// module files resist (it reads around them); a miss marks the file it was reading, or
+/// else the process. Folds what the task spent unwinding into the metrics.
 fn read<R: Send + 'static>(
     user: &mut Worker<UserStacks>,
-    resisting: &mut Resisting,
+    (resisting, resisting_files): (&mut Resisting, &mut Resisting<FileId>),
     metrics: &Metrics,
     pid: u32,
     deadline: Duration,
     task: impl FnOnce(&mut UserStacks) -> R + Send + 'static,
 ) -> Result<R, ReadError> {
     let now = Instant::now();
-    resisting.check(pid, now)?;
+    resisting.check(&pid, now)?;
+    let avoid = resisting_files.current(now);
     let result = user.call(deadline, move |user| {
+        user.avoid_files(avoid);
         let before = (user.spent, user.captured, user.module_cache());
         let result = task(user);
         let after = (user.spent, user.captured, user.module_cache());
@@ -219,8 +249,12 @@ fn read<R: Send + 'static>(
             Ok(result)
         }
         Err(err) => {
-            if let ReadError::Missed { why, .. } = &err {
-                resisting.mark(pid, why.clone(), now);
+            match &err {
+                ReadError::Missed {
+                    file: Some(file), ..
+                } => resisting_files.mark(file.clone(), err.to_string(), now),
+                ReadError::Missed { file: None, .. } => resisting.mark(pid, err.to_string(), now),
+                _ => {}
             }
             Err(err)
         }

@@ -104,7 +104,8 @@ impl OwnerCache {
             self.reads.insert(wait, (now_ns, None));
             return None;
         }
-        if self.pending.contains_key(&wait) || self.resisting.check(tgid, Instant::now()).is_err() {
+        if self.pending.contains_key(&wait) || self.resisting.check(&tgid, Instant::now()).is_err()
+        {
             return cached.and_then(|(_, owner)| owner);
         }
         let call = *call;

@@ -16,10 +16,12 @@
 //! after SIGTERM. Memory is read through `/proc/PID/mem`, whose lock wait is killable
 //! (see `memory.rs`, and docs/design.md "Never blind").
 use std::{
+    borrow::Cow,
+    cell::RefCell,
     collections::HashMap,
     fmt,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
     },
@@ -42,11 +44,18 @@ pub const CPU_GRACE: Duration = Duration::from_secs(1);
 /// Why a read gave nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
-    /// The read did not finish in time: the process is now marked as resisting.
-    #[error("memory of the process could not be read within {deadline:?} ({why})")]
-    Missed { deadline: Duration, why: String },
+    /// The read did not finish in time. `what` is what the task was reading (see
+    /// [`reading`]): its memory (the process is then marked as resisting), or one of its
+    /// module files, `file` (on a stalled mount: the file is marked, not the process).
+    #[error("{what} could not be read within {deadline:?} ({why})")]
+    Missed {
+        deadline: Duration,
+        what: Cow<'static, str>,
+        file: Option<FileId>,
+        why: String,
+    },
     /// The process missed a deadline recently: not read again yet.
-    #[error("not read: the process resisted a read {ago:?} ago ({why})")]
+    #[error("not read: it resisted a read {ago:?} ago: {why}")]
     Resisting { ago: Duration, why: String },
     /// The read still works (its thread runs on a CPU: a cold cache, a large binary) past
     /// `CPU_GRACE`: it goes on in the background and warms the caches; the process is not
@@ -61,29 +70,47 @@ pub enum ReadError {
     Busy,
 }
 
-/// Processes that made a read miss its deadline, until `RESIST_FOR` has passed.
-#[derive(Debug, Default)]
-pub struct Resisting {
-    by_tgid: HashMap<u32, (Instant, String)>,
-    /// Processes marked since start.
+/// A file, by device and inode (as `/proc/PID/maps` names them): the same binary in
+/// every process that maps it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: String,
+    pub inode: u64,
+}
+
+/// Processes (by tgid) or files (by [`FileId`]) that made a read miss its deadline, until
+/// `RESIST_FOR` has passed.
+#[derive(Debug)]
+pub struct Resisting<K = u32> {
+    by_key: HashMap<K, (Instant, String)>,
+    /// Keys marked since start.
     pub marked: u64,
 }
 
-impl Resisting {
-    pub fn mark(&mut self, tgid: u32, why: String, now: Instant) {
-        tracing::warn!("process {tgid} resists reads ({why}): not read again for {RESIST_FOR:?}");
+impl<K> Default for Resisting<K> {
+    fn default() -> Self {
+        Self {
+            by_key: HashMap::new(),
+            marked: 0,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + fmt::Debug + Clone> Resisting<K> {
+    pub fn mark(&mut self, key: K, why: String, now: Instant) {
+        tracing::warn!("{key:?} resists reads ({why}): not read again for {RESIST_FOR:?}");
         self.marked += 1;
-        self.by_tgid.insert(tgid, (now, why));
+        self.by_key.insert(key, (now, why));
     }
 
-    /// The error to give instead of reading `tgid`, if it resists.
-    pub fn check(&mut self, tgid: u32, now: Instant) -> Result<(), ReadError> {
-        let Some((at, why)) = self.by_tgid.get(&tgid) else {
+    /// The error to give instead of reading `key`, if it resists.
+    pub fn check(&mut self, key: &K, now: Instant) -> Result<(), ReadError> {
+        let Some((at, why)) = self.by_key.get(key) else {
             return Ok(());
         };
         let ago = now.saturating_duration_since(*at);
         if ago >= RESIST_FOR {
-            self.by_tgid.remove(&tgid);
+            self.by_key.remove(key);
             return Ok(());
         }
         Err(ReadError::Resisting {
@@ -92,13 +119,62 @@ impl Resisting {
         })
     }
 
+    /// Every key resisting now, with the reason to give for it.
+    pub fn current(&mut self, now: Instant) -> HashMap<K, String> {
+        self.by_key
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < RESIST_FOR);
+        self.by_key
+            .iter()
+            .map(|(key, (at, why))| {
+                let error = ReadError::Resisting {
+                    ago: now.saturating_duration_since(*at),
+                    why: why.clone(),
+                };
+                (key.clone(), error.to_string())
+            })
+            .collect()
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.by_tgid.len()
+        self.by_key.len()
     }
 }
 
 type Task<S> = Box<dyn FnOnce(&mut S) + Send>;
+
+/// What a task reads when nothing more precise was said.
+const READING_MEMORY: &str = "memory of the process";
+
+/// What the task running on a worker thread reads right now, shared with the caller so
+/// that a miss can say what blocked (its memory, or a module file on a stalled mount).
+type Reading = Arc<Mutex<Option<(Cow<'static, str>, Option<FileId>)>>>;
+
+thread_local! {
+    /// The current worker thread's `Reading` (none on other threads).
+    static READING: RefCell<Option<Reading>> = const { RefCell::new(None) };
+}
+
+/// Says what the task running on this worker thread is about to read, e.g. "the module
+/// /usr/bin/x": a caller whose deadline passes meanwhile gives it as the reason. Does
+/// nothing on a thread that is not a worker.
+pub fn reading(what: impl Into<Cow<'static, str>>) {
+    say_reading(what.into(), None);
+}
+
+/// Like [`reading`], for a file: a miss now marks the file as resisting, not the process
+/// (its memory may well be readable).
+pub fn reading_file(what: impl Into<Cow<'static, str>>, file: FileId) {
+    say_reading(what.into(), Some(file));
+}
+
+fn say_reading(what: Cow<'static, str>, file: Option<FileId>) {
+    READING.with_borrow(|reading| {
+        if let Some(reading) = reading {
+            *reading.lock().unwrap_or_else(|e| e.into_inner()) = Some((what, file));
+        }
+    });
+}
 
 /// A worker thread owning state `S` (caches), replaced when a task overruns its deadline.
 pub struct Worker<S: 'static> {
@@ -120,6 +196,8 @@ struct Thread<S> {
     tid: Arc<std::sync::atomic::AtomicI32>,
     /// Between tasks (a task left to finish in the background clears it until it does).
     idle: Arc<AtomicBool>,
+    /// What its task reads now, as the task said ([`reading`]).
+    reading: Reading,
 }
 
 impl<S: 'static> fmt::Debug for Worker<S> {
@@ -183,9 +261,12 @@ impl<S: 'static> Worker<S> {
                     });
                 }
                 Err(RecvTimeoutError::Timeout) => {
+                    let (what, file) = self.current.reading();
                     self.abandon();
                     return Err(ReadError::Missed {
                         deadline,
+                        what,
+                        file,
                         why: "a read of it is blocked in the kernel".to_owned(),
                     });
                 }
@@ -194,6 +275,8 @@ impl<S: 'static> Worker<S> {
                     self.restart();
                     return Err(ReadError::Missed {
                         deadline,
+                        what: READING_MEMORY.into(),
+                        file: None,
                         why: "the reader failed".into(),
                     });
                 }
@@ -250,11 +333,15 @@ impl<S: 'static> Thread<S> {
         let own_tid = Arc::clone(&tid);
         let idle = Arc::new(AtomicBool::new(true));
         let own_idle = Arc::clone(&idle);
+        let reading = Reading::default();
+        let own_reading = Arc::clone(&reading);
         thread::Builder::new().name(name.into()).spawn(move || {
             // SAFETY: gettid has no preconditions.
             own_tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+            READING.set(Some(Arc::clone(&own_reading)));
             let mut state = make();
             for task in queue {
+                *own_reading.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 own_idle.store(false, Ordering::Relaxed);
                 task(&mut state);
                 own_idle.store(true, Ordering::Relaxed);
@@ -271,7 +358,17 @@ impl<S: 'static> Thread<S> {
             abandoned,
             tid,
             idle,
+            reading,
         })
+    }
+
+    /// What its task said it reads, or its memory.
+    fn reading(&self) -> (Cow<'static, str>, Option<FileId>) {
+        self.reading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or((Cow::Borrowed(READING_MEMORY), None))
     }
 
     /// The thread works rather than waits: on a CPU or runnable (`R`), or it used CPU
@@ -324,6 +421,10 @@ mod tests {
             let _ = wait.recv();
         });
         assert!(matches!(got, Err(ReadError::Missed { .. })), "{got:?}");
+        assert!(
+            got.is_err_and(|e| e.to_string().starts_with("memory of the process")),
+            "a task that says nothing reads memory"
+        );
         assert_eq!(worker.stuck(), 1);
         // The replacement answers at once, with fresh state.
         assert_eq!(worker.call(Duration::from_secs(5), |s| *s), Ok(0));
@@ -337,6 +438,53 @@ mod tests {
             "the released worker is no longer counted as stuck"
         );
         assert_eq!(worker.abandoned.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_miss_names_what_the_task_was_reading() {
+        let mut worker = Worker::spawn("test-reader", || ()).expect("thread");
+        // What a task said is not carried to the next task of the same thread.
+        assert_eq!(
+            worker.call(Duration::from_secs(5), |()| reading("the module /a")),
+            Ok(())
+        );
+        let (_keep, wait) = mpsc::channel::<()>();
+        let got = worker.call(Duration::from_millis(50), move |()| {
+            let _ = wait.recv();
+        });
+        assert!(
+            got.is_err_and(|e| e.to_string().starts_with("memory of the process")),
+            "a task that says nothing reads memory"
+        );
+        let (_keep, wait) = mpsc::channel::<()>();
+        let got = worker.call(Duration::from_millis(50), move |()| {
+            reading("the module /mnt/stalled/app");
+            let _ = wait.recv();
+        });
+        let Err(err) = got else {
+            panic!("the task blocks: {got:?}")
+        };
+        assert_eq!(
+            err.to_string(),
+            "the module /mnt/stalled/app could not be read within 50ms (a read of it is blocked in the kernel)"
+        );
+        assert!(matches!(err, ReadError::Missed { file: None, .. }));
+        let (_keep, wait) = mpsc::channel::<()>();
+        let file = FileId {
+            dev: "00:3a".into(),
+            inode: 2,
+        };
+        let id = file.clone();
+        let got = worker.call(Duration::from_millis(50), move |()| {
+            reading_file("the module /mnt/stalled/app", id);
+            let _ = wait.recv();
+        });
+        assert!(
+            matches!(&got, Err(ReadError::Missed { file: Some(f), .. }) if *f == file),
+            "a miss on a file names the file: {got:?}"
+        );
+        // Off a worker thread it does nothing.
+        reading("nothing");
     }
 
     #[test]
@@ -362,11 +510,12 @@ mod tests {
         let now = Instant::now();
         resisting.mark(42, "stuck".into(), now);
         assert!(matches!(
-            resisting.check(42, now + Duration::from_secs(1)),
+            resisting.check(&42, now + Duration::from_secs(1)),
             Err(ReadError::Resisting { .. })
         ));
-        assert_eq!(resisting.check(43, now), Ok(()));
-        assert_eq!(resisting.check(42, now + RESIST_FOR), Ok(()));
+        assert_eq!(resisting.check(&43, now), Ok(()));
+        assert_eq!(resisting.current(now).len(), 1);
+        assert_eq!(resisting.check(&42, now + RESIST_FOR), Ok(()));
         assert_eq!(resisting.len(), 0);
     }
 }

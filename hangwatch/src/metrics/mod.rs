@@ -109,7 +109,7 @@ struct HungCounts {
 
 /// Every limit the daemon enforces and counts in `hangwatch_limits_total` when it bites
 /// (docs/design.md, "Never blind": why each exists).
-pub const LIMITS: [&str; 7] = [
+pub const LIMITS: [&str; 9] = [
     // A tick's transitions found the enrich queue full: reported without stacks.
     "enrich_queue_full",
     // A report was past due: its user stacks were not read.
@@ -124,6 +124,10 @@ pub const LIMITS: [&str; 7] = [
     "watch_streams",
     // A module's section was larger than the unwinder reads.
     "section_too_large",
+    // Paths evicted from blazesym's cache beyond stack::user::symbolizer::MAX_PATHS.
+    "symbolizer_paths",
+    // The symbolizer rebuilt empty after MAX_FILES distinct module files.
+    "symbolizer_files",
 ];
 
 impl Default for Metrics {

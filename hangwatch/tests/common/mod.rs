@@ -21,6 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod frozen;
+pub mod fuse;
 
 pub use serde_json::Value;
 
@@ -335,6 +336,24 @@ pub fn tids(pid: u32) -> Vec<u32> {
 pub fn task_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// A process's CPU time so far (user + system), from /proc/PID/stat.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat: 11 and 12 after the state.
+    let hz = 100; // USER_HZ
+    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
 }
 
 /// The kernel stack of a task from /proc/PID/stack (root only), for failure messages.

@@ -30,6 +30,14 @@ impl Mapping {
     pub fn is_file(&self) -> bool {
         self.inode != 0 && self.path.starts_with('/')
     }
+
+    /// The file mapped, by device and inode.
+    pub fn file_id(&self) -> crate::meta::reader::FileId {
+        crate::meta::reader::FileId {
+            dev: self.dev.clone(),
+            inode: self.inode,
+        }
+    }
 }
 
 /// How long one read of a process's maps serves its captures. A mass hang reports

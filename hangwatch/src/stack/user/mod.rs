@@ -9,26 +9,21 @@
 pub(in crate::stack) mod maps;
 pub(in crate::stack) mod memory;
 mod modules;
+pub mod symbolizer;
 #[cfg(target_arch = "x86_64")]
 mod unwind;
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use blazesym::{
-    Pid,
-    symbolize::{
-        Input, Symbolized, Symbolizer,
-        cache::{self, Cache},
-        evict::{self, Evict},
-        source::{Process, Source},
-    },
-};
+use blazesym::symbolize::Symbolized;
 use serde::Serialize;
 
 use super::{Frame, FrameTag, UserRegisters, python::PythonStacks, tag};
+use crate::meta::reader::FileId;
 
 pub(crate) use memory::StackCopy;
 
@@ -81,7 +76,10 @@ pub struct UserStacks {
     modules: modules::ModuleCache,
     /// The maps the captures of a burst share (blazesym's copy follows it).
     maps: maps::MapsCache,
-    symbolizer: Symbolizer,
+    symbolizer: symbolizer::BoundedSymbolizer,
+    /// Module files not to read (they resisted a read: a stalled mount), and why: stacks
+    /// are unwound and symbolized around them.
+    avoid: HashMap<FileId, String>,
     /// Interpreter frames of CPython threads.
     pub python: PythonStacks,
     /// Time spent unwinding and symbolizing user stacks.
@@ -100,15 +98,17 @@ impl UserStacks {
         Self {
             modules: modules::ModuleCache::default(),
             maps: maps::MapsCache::default(),
-            symbolizer: Symbolizer::builder()
-                .enable_code_info(true)
-                .enable_inlined_fns(true)
-                .enable_demangling(true)
-                .build(),
+            symbolizer: symbolizer::BoundedSymbolizer::default(),
+            avoid: HashMap::new(),
             python: PythonStacks::default(),
             spent: Duration::ZERO,
             captured: 0,
         }
+    }
+
+    /// The module files not to read from now on, and why (they resisted a read).
+    pub fn avoid_files(&mut self, files: HashMap<FileId, String>) {
+        self.avoid = files;
     }
 
     /// Module cache hits and misses.
@@ -189,10 +189,21 @@ impl UserStacks {
         };
         let mut modules = Vec::new();
         let mut unreadable_modules = Vec::new();
+        let mut avoided = Vec::new();
         for mapping in executable
             .iter()
             .filter(|m| m.is_file() || m.path == "[vdso]")
         {
+            if let Some(why) = self
+                .avoid
+                .get(&mapping.file_id())
+                .filter(|_| mapping.is_file())
+            {
+                let what = format!("{}: {why}", mapping.path);
+                unreadable_modules.push(what.clone());
+                avoided.push(what);
+                continue;
+            }
             match self.modules.get(pid, mapping) {
                 Ok(sections) => modules.push((mapping.clone(), sections)),
                 Err(err) => unreadable_modules.push(err.to_string()),
@@ -218,10 +229,19 @@ impl UserStacks {
             .filter(|(_, s)| !s.has_cfi())
             .map(|(m, _): &(maps::Mapping, Arc<modules::UnwindSections>)| m.path.as_str())
             .collect();
+        // blazesym opens the modules again (through /proc/PID/map_files) for their symbols.
+        crate::meta::reader::reading("the symbols of its modules");
         let native = self.symbolize(pid, &unwound.frames, &executable);
         let mut error = unwound.stopped;
         if error.is_some() && !no_cfi.is_empty() {
             error = error.map(|e| format!("{e}; modules without CFI: {}", no_cfi.join(", ")));
+        }
+        if !avoided.is_empty() {
+            let why = format!("partial stack, modules not read: {}", avoided.join("; "));
+            error = Some(match error {
+                Some(e) => format!("{e}; {why}"),
+                None => why,
+            });
         }
         let python = self.python.expand(pid, tid, &maps, native);
         let error = [error, python.error]
@@ -253,23 +273,12 @@ impl UserStacks {
             self.maps.get(pid, now, &mut dropped)
         };
         for gone in dropped {
-            let _ = self
-                .symbolizer
-                .evict(&Evict::Process(evict::Process::new(Pid::from(gone))));
+            self.symbolizer.forget_maps(gone);
         }
         if let Ok(snapshot) = &snapshot
             && snapshot.fresh
         {
-            let mut vmas = cache::Process::new(Pid::from(pid));
-            vmas.cache_vmas = true;
-            vmas.cache_perf_map = false;
-            if let Err(err) = self.symbolizer.cache(&Cache::Process(vmas)) {
-                // Then blazesym reads the maps itself at each symbolization.
-                tracing::debug!("blazesym cannot cache the maps of pid {pid}: {err}");
-                let _ = self
-                    .symbolizer
-                    .evict(&Evict::Process(evict::Process::new(Pid::from(pid))));
-            }
+            self.symbolizer.keep_maps(pid);
         }
         snapshot
     }
@@ -282,13 +291,11 @@ impl UserStacks {
         maps: &[maps::Mapping],
     ) -> Vec<Frame> {
         let lookups: Vec<u64> = raw.iter().map(|f| f.lookup).collect();
-        let source = Source::Process(Process::new(Pid::from(pid)));
         // A failure leaves the frames unnamed but keeps their addresses and modules.
-        let symbolized = self
-            .symbolizer
-            .symbolize(&source, Input::AbsAddr(&lookups))
-            .inspect_err(|err| tracing::debug!("symbolizing a stack of pid {pid} failed: {err}"))
-            .unwrap_or_default();
+        let avoid = &self.avoid;
+        let symbolized = self.symbolizer.symbolize(pid, &lookups, maps, |m| {
+            m.is_file() && avoid.contains_key(&m.file_id())
+        });
         let mut frames = Vec::with_capacity(raw.len());
         for (i, f) in raw.iter().enumerate() {
             let address = format!("{:#x}", f.address);

@@ -159,6 +159,14 @@ impl ModuleCache {
             return found.clone();
         }
         self.misses += 1;
+        // Opening and reading it can block on its filesystem (a stalled FUSE or NFS mount):
+        // a deadline missed now names the file, and the file (not the process) resists.
+        let what = format!("the module {}", mapping.path);
+        if mapping.is_file() {
+            crate::meta::reader::reading_file(what, mapping.file_id());
+        } else {
+            crate::meta::reader::reading(what);
+        }
         let loaded = load(pid, mapping);
         let size = loaded.as_ref().map_or(0, |s| s.bytes());
         while (self.order.len() >= MAX_CACHED_MODULES || self.bytes + size > MAX_CACHED_BYTES)
