@@ -172,11 +172,8 @@ impl UserStacks {
                 Err(err) => return UserStack::failed(format!("process gone ({err})")),
             };
         }
-        let maps = snapshot.maps;
-        // Frames are looked up in the executable mappings only: a few dozen, where a
-        // process of thousands of threads has thousands of mappings (their stacks).
-        let executable: Vec<maps::Mapping> =
-            maps.iter().filter(|m| m.executable).cloned().collect();
+        let fresh = snapshot.fresh;
+        let mut maps = snapshot.maps;
         let Some(stack_mapping) = maps.iter().find(|m| m.contains(regs.sp)) else {
             return UserStack::failed(format!("stack pointer {:#x} is in no mapping", regs.sp));
         };
@@ -187,30 +184,23 @@ impl UserStacks {
                 Err(err) => return UserStack::failed(format!("stack memory unreadable ({err})")),
             },
         };
-        let mut modules = Vec::new();
-        let mut unreadable_modules = Vec::new();
-        let mut avoided = Vec::new();
-        for mapping in executable
-            .iter()
-            .filter(|m| m.is_file() || m.path == "[vdso]")
-        {
-            if let Some(why) = self
-                .avoid
-                .get(&mapping.file_id())
-                .filter(|_| mapping.is_file())
-            {
-                let what = format!("{}: {why}", mapping.path);
-                unreadable_modules.push(what.clone());
-                avoided.push(what);
-                continue;
-            }
-            match self.modules.get(pid, mapping) {
-                Ok(sections) => modules.push((mapping.clone(), sections)),
-                Err(err) => unreadable_modules.push(err.to_string()),
+        let mut executable = executable_of(&maps);
+        let mut walk = self.walk(pid, &executable, regs, &stack);
+        if walk.left_the_maps && !fresh {
+            // Maybe a module mapped since the snapshot (a dlopen): walk again on fresh maps.
+            if let Ok(snapshot) = self.maps_of(pid, true) {
+                maps = snapshot.maps;
+                executable = executable_of(&maps);
+                walk = self.walk(pid, &executable, regs, &stack);
             }
         }
-        let mut unwinder = unwind::ProcessUnwinder::new(&modules);
-        let mut unwound = unwinder.unwind(regs.ip, regs.sp, regs.fp, &stack);
+        let Walk {
+            mut unwound,
+            modules,
+            unreadable_modules,
+            avoided,
+            left_the_maps: _,
+        } = walk;
         // A return address outside every executable mapping means the walk went wrong
         // (a bad rule or a corrupt frame): what follows it is noise, not frames.
         if let Some(bad) = unwound
@@ -258,6 +248,53 @@ impl UserStacks {
             frames: python.frames,
             error,
             python_task: python.task,
+        }
+    }
+
+    /// Unwinds `stack` with the unwind tables of the `executable` mappings (but the files
+    /// to avoid).
+    #[cfg(target_arch = "x86_64")]
+    fn walk(
+        &mut self,
+        pid: u32,
+        executable: &[maps::Mapping],
+        regs: UserRegisters,
+        stack: &StackCopy,
+    ) -> Walk {
+        let mut modules = Vec::new();
+        let mut unreadable_modules = Vec::new();
+        let mut avoided = Vec::new();
+        for mapping in executable
+            .iter()
+            .filter(|m| m.is_file() || m.path == "[vdso]")
+        {
+            if let Some(why) = self
+                .avoid
+                .get(&mapping.file_id())
+                .filter(|_| mapping.is_file())
+            {
+                let what = format!("{}: {why}", mapping.path);
+                unreadable_modules.push(what.clone());
+                avoided.push(what);
+                continue;
+            }
+            match self.modules.get(pid, mapping) {
+                Ok(sections) => modules.push((mapping.clone(), sections)),
+                Err(err) => unreadable_modules.push(err.to_string()),
+            }
+        }
+        let mut unwinder = unwind::ProcessUnwinder::new(&modules);
+        let unwound = unwinder.unwind(regs.ip, regs.sp, regs.fp, stack);
+        let left_the_maps = unwound
+            .frames
+            .iter()
+            .any(|f| !executable.iter().any(|m| m.contains(f.lookup)));
+        Walk {
+            unwound,
+            modules,
+            unreadable_modules,
+            avoided,
+            left_the_maps,
         }
     }
 
@@ -354,4 +391,22 @@ impl UserStacks {
         }
         frames
     }
+}
+
+/// One unwinding of a stack, and what it could not read.
+#[cfg(target_arch = "x86_64")]
+struct Walk {
+    unwound: unwind::Unwound,
+    modules: Vec<(maps::Mapping, Arc<modules::UnwindSections>)>,
+    unreadable_modules: Vec<String>,
+    avoided: Vec<String>,
+    /// A return address outside every executable mapping: the walk went wrong, or the
+    /// maps are older than a module.
+    left_the_maps: bool,
+}
+
+/// Frames are looked up in the executable mappings only: a few dozen, where a process of
+/// thousands of threads has thousands of mappings (their stacks).
+fn executable_of(maps: &[maps::Mapping]) -> Vec<maps::Mapping> {
+    maps.iter().filter(|m| m.executable).cloned().collect()
 }
