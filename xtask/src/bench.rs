@@ -261,11 +261,13 @@ pub fn bench(args: &Args) -> Result<()> {
         }
         _ => Vec::new(),
     };
+    // These two turn failures into notes; Ctrl-C among them ends the bench all the same.
     let stacks = if runs(Section::Stacks) {
         stack_costs(&tools, &mut notes)
     } else {
         Vec::new()
     };
+    proc::check_interrupted()?;
     let latency = if runs(Section::Latency) {
         eprintln!(
             "xtask bench: detection latency ({} hangs at random moments)",
@@ -275,6 +277,7 @@ pub fn bench(args: &Args) -> Result<()> {
     } else {
         Vec::new()
     };
+    proc::check_interrupted()?;
     let (mass_hang, mm_stall) = if runs(Section::MassHang) {
         mass_hang::measure(
             &tools.daemon,
@@ -282,7 +285,7 @@ pub fn bench(args: &Args) -> Result<()> {
             &out_dir,
             plan.mass_hang_threads,
             &mut notes,
-        )
+        )?
     } else {
         (None, None)
     };

@@ -341,31 +341,37 @@ pub fn mm_stall(
     })
 }
 
-/// The section's two scenarios; what cannot run becomes a note.
+/// The section's two scenarios; what cannot run becomes a note. Fails only on Ctrl-C.
 pub fn measure(
     daemon: &Path,
     run_args: &[String],
     scratch: &Path,
     threads: usize,
     notes: &mut Vec<String>,
-) -> (Option<MassHang>, Option<MmStall>) {
+) -> Result<(Option<MassHang>, Option<MmStall>)> {
     if let Some(tool) = Ext4Mount::missing_tool() {
         notes.push(format!(
             "mass hang and mm-lock stall skipped: {tool} is not installed (xtask setup \
              installs e2fsprogs and util-linux)"
         ));
-        return (None, None);
+        return Ok((None, None));
     }
     let programs = match Programs::compile(scratch).context("compiling the test programs") {
         Ok(p) => p,
         Err(err) => {
             notes.push(format!("mass hang and mm-lock stall not measured: {err:#}"));
-            return (None, None);
+            return Ok((None, None));
         }
     };
+    // A failure is a note, but Ctrl-C ends the bench (the guards have cleaned up by then).
+    let mut note_failure = |scenario: &str, err: anyhow::Error| -> Result<()> {
+        proc::check_interrupted()?;
+        notes.push(format!("{scenario} not measured: {err:#}"));
+        Ok(())
+    };
     eprintln!("xtask bench: mass hang ({threads} threads in D, a deadlock beside them)");
-    let mass = mass_hang(daemon, run_args, &programs, scratch, threads)
-        .inspect(|m| {
+    let mass = match mass_hang(daemon, run_args, &programs, scratch, threads) {
+        Ok(m) => {
             eprintln!(
                 "xtask bench: mass hang: {} of {} reported, deadlock after {}, daemon {:.2} of a core",
                 m.reported,
@@ -373,20 +379,28 @@ pub fn measure(
                 seconds(m.deadlock_latency),
                 m.cores()
             );
-        })
-        .map_err(|err| notes.push(format!("mass hang not measured: {err:#}")))
-        .ok();
+            Some(m)
+        }
+        Err(err) => {
+            note_failure("mass hang", err)?;
+            None
+        }
+    };
     eprintln!("xtask bench: mm-lock stall (a deadlock beside it, then SIGTERM)");
-    let stall = mm_stall(daemon, run_args, &programs, scratch)
-        .inspect(|s| {
+    let stall = match mm_stall(daemon, run_args, &programs, scratch) {
+        Ok(s) => {
             eprintln!(
                 "xtask bench: mm-lock stall: deadlock after {}, SIGTERM exit in {:.0} ms",
                 seconds(s.deadlock_latency),
                 s.exit.took.as_secs_f64() * 1e3
             );
-        })
-        .map_err(|err| notes.push(format!("mm-lock stall not measured: {err:#}")))
-        .ok();
+            Some(s)
+        }
+        Err(err) => {
+            note_failure("mm-lock stall", err)?;
+            None
+        }
+    };
     if let Some(m) = &mass {
         if m.reported < m.threads {
             notes.push(format!(
@@ -422,7 +436,7 @@ pub fn measure(
             ));
         }
     }
-    (mass, stall)
+    Ok((mass, stall))
 }
 
 /// "1.23 s", or "not reported".
