@@ -40,8 +40,9 @@ enum Task {
     /// Set up, then run the whole test suite (release); kernel tests run only as root.
     Test(test::Args),
     /// Set up, build (release), then measure what hangwatch costs: throughput beside bare, the
-    /// floor program and bpftrace; ns/run per program; the daemon's CPU and RSS (as root).
-    /// Writes target/bench/report.{json,md}.
+    /// floor program and bpftrace; ns/run per program; the daemon's CPU and RSS; detection
+    /// latency, also beside a mass hang and an mm-lock stall (as root). Writes
+    /// target/bench/report.{json,md}.
     Bench(bench::Args),
     /// Set up, build (release), then build the container image of deploy/Containerfile with
     /// Podman on a base made by debootstrap, and check that it runs (as root).
