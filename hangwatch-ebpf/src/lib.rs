@@ -317,11 +317,18 @@ const _: () = assert!(core::mem::size_of::<StackRecord>() == 40 + 8 * MAX_KERNEL
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain `#[repr(C)]` integers with no padding (sizes asserted above).
+    // Each: plain `#[repr(C)]` integers with no padding (sizes asserted above), so every
+    // bit pattern the kernel writes is a valid value.
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ThreadState {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ScanConfig {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::TaskOffsets {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ThreadRecord {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::StackRecord {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ExitSignal {}
 }

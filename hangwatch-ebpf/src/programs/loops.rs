@@ -36,6 +36,7 @@ pub fn sys_enter_loop(ctx: BtfTracePointContext) -> i32 {
     if let Some(state) = THREAD_STATE.get(task)
         && state.loop_waits >= MIN_LOOP_WAITS
     {
+        // SAFETY: a helper without arguments or preconditions.
         state.loop_entered_at_ns = unsafe { bpf_ktime_get_ns() };
     }
     0

@@ -66,6 +66,7 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
         return 0; // a zombie or dead thread: it waits for nothing
     }
     let task_state: u32 = task.read(off.state);
+    // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
 
     let state = match THREAD_STATE.get(task) {
@@ -193,6 +194,8 @@ pub extern "C" fn dump_stacks(ctx: *mut IterTaskContext) -> i32 {
 
     let size = (MAX_KERNEL_STACK_DEPTH * 8) as u32;
     let stack = record.kernel_stack.as_mut_ptr().cast();
+    // SAFETY: `task` is the iterator's trusted task; `stack` points at `size` bytes of
+    // `record.kernel_stack`, which the helper never writes past.
     let len = unsafe { bpf_get_task_stack(task.as_ptr(), stack, size, 0) };
     record.kernel_depth = if len > 0 { (len / 8) as u32 } else { 0 };
     if len <= 0 {

@@ -242,6 +242,7 @@ mod tests {
         assert!(!is_thread_of(me, u32::MAX - 1));
         assert!(!kill_pending(me, me));
         assert!(kill_pending(me, u32::MAX - 1), "gone");
+        // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
         let t = proc_thread(me, tid).expect("ourselves");
         assert_eq!(t.state, 'R');
@@ -250,7 +251,9 @@ mod tests {
     #[test]
     fn reads_a_held_mutex_of_our_own() {
         // A glibc mutex held by this thread: owner is our tid.
+        // SAFETY: an all-zero pthread_mutex_t is valid storage; init follows.
         let mut m: libc::pthread_mutex_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `m` lives until the end of the test and is unlocked before.
         unsafe {
             libc::pthread_mutex_init(&mut m, std::ptr::null());
             libc::pthread_mutex_lock(&mut m);
@@ -262,8 +265,10 @@ mod tests {
             private: true,
             timed: false,
         };
+        // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
         assert_eq!(read_owner(std::process::id(), &call), Some(tid));
+        // SAFETY: this thread locked `m` above.
         unsafe { libc::pthread_mutex_unlock(&mut m) };
         assert_eq!(read_owner(std::process::id(), &call), None);
     }
