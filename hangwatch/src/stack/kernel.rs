@@ -43,15 +43,6 @@ impl KernelSymbolizer {
         }
     }
 
-    /// Reads /proc/kallsyms now (blazesym reads it at its first symbolization): a fifth of
-    /// a second of CPU that the first report, or the first of a mass hang's, would pay.
-    pub fn warm(&mut self) {
-        // Any address loads the symbol table; whether it names one does not matter.
-        let _ = self
-            .symbolizer
-            .symbolize(&self.source, Input::AbsAddr(&[0xffff_ffff_8100_0000]));
-    }
-
     pub fn symbolize(&mut self, addresses: &[u64]) -> Vec<Frame> {
         let started = Instant::now();
         let symbolized = match self
