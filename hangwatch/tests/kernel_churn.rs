@@ -207,18 +207,8 @@ fn a_thread_storm_on_reused_tids_gives_one_episode_per_real_blocker() {
 
     // A deadlock in another process, in the middle of the storm.
     std::thread::sleep(Duration::from_secs(3));
-    let mut abba = Abba::start();
-    let lock = abba.deadlock();
-    let deadlock = daemon.wait_for_event(
-        "deadlock of abba during the storm",
-        Duration::from_secs(10),
-        |v| {
-            v["event"] == "hang"
-                && v["kind"] == "deadlock"
-                && u64_of(v, "/pid") == u64::from(abba.pid())
-        },
-    );
-    let latency = deadlock.at.saturating_duration_since(lock.at);
+    let (_, latency) =
+        daemon.deadlock_beside("deadlock of abba during the storm", Duration::from_secs(10));
 
     // tid -> (start, end) of each blocker, wall-clock ms.
     let mut blockers: HashMap<u32, Vec<(u64, Option<u64>)>> = HashMap::new();

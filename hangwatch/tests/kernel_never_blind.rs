@@ -167,18 +167,8 @@ fn a_process_whose_mm_lock_is_stuck_is_reported_and_detection_goes_on() {
     );
 
     // Detection of everything else goes on.
-    let mut abba = Abba::start();
-    let lock = abba.deadlock();
-    let deadlock = daemon.wait_for_event(
-        "deadlock of abba during the stall",
-        Duration::from_secs(6),
-        |v| {
-            v["event"] == "hang"
-                && v["kind"] == "deadlock"
-                && u64_of(v, "/pid") == u64::from(abba.pid())
-        },
-    );
-    let latency = deadlock.at.saturating_duration_since(lock.at);
+    let (_, latency) =
+        daemon.deadlock_beside("deadlock of abba during the stall", Duration::from_secs(6));
     eprintln!("deadlock reported {latency:?} after it formed, during the stall");
     assert!(
         latency < Duration::from_secs(4),
@@ -337,18 +327,8 @@ fn module_on_a_stalled_fuse_mount(stall: Stall) {
     );
 
     // Detection and unwinding of everything else go on.
-    let mut abba = Abba::start();
-    let lock = abba.deadlock();
-    let deadlock = daemon.wait_for_event(
-        "deadlock of abba during the stall",
-        Duration::from_secs(6),
-        |v| {
-            v["event"] == "hang"
-                && v["kind"] == "deadlock"
-                && u64_of(v, "/pid") == u64::from(abba.pid())
-        },
-    );
-    let latency = deadlock.at.saturating_duration_since(lock.at);
+    let (deadlock, latency) =
+        daemon.deadlock_beside("deadlock of abba during the stall", Duration::from_secs(6));
     let frames = deadlock.value["cycle"][0]["user_stack"]
         .as_array()
         .map_or(0, Vec::len);
@@ -469,18 +449,8 @@ fn a_mass_hang_is_reported_whole_and_detection_goes_on() {
 
     // The deadlock forms while the 2,000 reports come due (1 s after the threads entered D).
     thread::sleep(Duration::from_millis(800));
-    let mut abba = Abba::start();
-    let lock = abba.deadlock();
-    let deadlock = daemon.wait_for_event(
-        "deadlock during the mass hang",
-        Duration::from_secs(10),
-        |v| {
-            v["event"] == "hang"
-                && v["kind"] == "deadlock"
-                && u64_of(v, "/pid") == u64::from(abba.pid())
-        },
-    );
-    let latency = deadlock.at.saturating_duration_since(lock.at);
+    let (_, latency) =
+        daemon.deadlock_beside("deadlock during the mass hang", Duration::from_secs(10));
     let reported_all = || {
         daemon
             .events_for(pid)
@@ -542,18 +512,8 @@ fn a_flood_of_stack_requests_does_not_delay_detection() {
         })
         .collect();
     thread::sleep(Duration::from_millis(200));
-    let mut abba = Abba::start();
-    let lock = abba.deadlock();
-    let deadlock = daemon.wait_for_event(
-        "deadlock during the request flood",
-        Duration::from_secs(10),
-        |v| {
-            v["event"] == "hang"
-                && v["kind"] == "deadlock"
-                && u64_of(v, "/pid") == u64::from(abba.pid())
-        },
-    );
-    let latency = deadlock.at.saturating_duration_since(lock.at);
+    let (_, latency) =
+        daemon.deadlock_beside("deadlock during the request flood", Duration::from_secs(10));
     let mut by_code = std::collections::BTreeMap::<String, usize>::new();
     for client in clients {
         *by_code

@@ -689,6 +689,22 @@ impl Daemon {
         })
     }
 
+    /// Forms an ABBA deadlock in a process of its own and waits up to `patience` for its
+    /// `hang` event: the event, and how long after the locks were taken it came. This is
+    /// the detection latency of a hang unrelated to whatever load the test puts on the
+    /// daemon (a stall, a mass hang, a flood of requests).
+    pub fn deadlock_beside(&self, what: &str, patience: Duration) -> (Received, Duration) {
+        let mut abba = Abba::start();
+        let lock = abba.deadlock();
+        let deadlock = self.wait_for_event(what, patience, |v| {
+            v["event"] == "hang"
+                && v["kind"] == "deadlock"
+                && v["pid"].as_u64() == Some(u64::from(abba.pid()))
+        });
+        let latency = deadlock.at.saturating_duration_since(lock.at);
+        (deadlock, latency)
+    }
+
     /// Sends `sig` and waits up to `limit` for the daemon to exit; returns its status and
     /// how long it took, or None if it is still running.
     pub fn signal_and_wait(

@@ -497,16 +497,7 @@ mod tests {
 
     #[test]
     fn the_task_is_the_outermost_coroutine_of_the_innermost_await_chain() {
-        let runtime = Runtime {
-            address: 0,
-            layout: Layout::for_version(super::super::layout::Version {
-                major: 3,
-                minor: 12,
-            })
-            .expect("3.12"),
-            module: "python3.12".into(),
-        };
-        let mut interpreter = Interpreter::new(runtime);
+        let mut interpreter = interpreter_3_12();
         let mut remote = Remote::new(std::process::id());
         let calls = vec![
             vec![frame("slow", false), frame("serve", true)],

@@ -49,17 +49,33 @@ pub const MAPS_TTL: Duration = Duration::from_millis(500);
 /// Processes whose maps are kept at once; the oldest snapshot goes first.
 pub const MAPS_CACHED: usize = 64;
 
+/// A process's mappings, and the executable ones among them: where frames are looked up, a
+/// few dozen, where a process of thousands of threads has thousands of mappings (their
+/// stacks). Derived once per read, shared by the captures of a burst.
+#[derive(Debug)]
+pub struct Maps {
+    pub all: Vec<Mapping>,
+    pub executable: Vec<Mapping>,
+}
+
+impl From<Vec<Mapping>> for Maps {
+    fn from(all: Vec<Mapping>) -> Self {
+        let executable = all.iter().filter(|m| m.executable).cloned().collect();
+        Self { all, executable }
+    }
+}
+
 /// Recent snapshots of processes' maps.
 #[derive(Debug, Default)]
 pub struct MapsCache {
-    by_pid: HashMap<u32, (Instant, Arc<[Mapping]>)>,
+    by_pid: HashMap<u32, (Instant, Arc<Maps>)>,
     pub reads: u64,
     pub reuses: u64,
 }
 
 /// A snapshot, and whether it was read just now.
 pub struct Snapshot {
-    pub maps: Arc<[Mapping]>,
+    pub maps: Arc<Maps>,
     pub fresh: bool,
 }
 
@@ -86,8 +102,8 @@ impl MapsCache {
         dropped: &mut Vec<u32>,
     ) -> io::Result<Snapshot> {
         self.reads += 1;
-        let maps: Arc<[Mapping]> = match read(pid) {
-            Ok(maps) => maps.into(),
+        let maps = match read(pid) {
+            Ok(maps) => Arc::new(Maps::from(maps)),
             Err(err) => {
                 if self.by_pid.remove(&pid).is_some() {
                     dropped.push(pid);
@@ -205,7 +221,7 @@ mod tests {
         let now = Instant::now();
         let own = std::process::id();
         for i in 0..MAPS_CACHED as u64 {
-            let maps: Arc<[Mapping]> = Vec::new().into();
+            let maps = Arc::new(Maps::from(Vec::new()));
             cache
                 .by_pid
                 .insert(u32::MAX - i as u32, (now - Duration::from_millis(i), maps));

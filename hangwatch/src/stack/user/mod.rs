@@ -165,7 +165,7 @@ impl UserStacks {
             Ok(snapshot) => snapshot,
             Err(err) => return UserStack::failed(format!("process gone ({err})")),
         };
-        if !snapshot.fresh && !snapshot.maps.iter().any(|m| m.contains(regs.sp)) {
+        if !snapshot.fresh && !snapshot.maps.all.iter().any(|m| m.contains(regs.sp)) {
             // A thread (and its stack) newer than the snapshot.
             snapshot = match self.maps_of(pid, true) {
                 Ok(snapshot) => snapshot,
@@ -174,7 +174,7 @@ impl UserStacks {
         }
         let fresh = snapshot.fresh;
         let mut maps = snapshot.maps;
-        let Some(stack_mapping) = maps.iter().find(|m| m.contains(regs.sp)) else {
+        let Some(stack_mapping) = maps.all.iter().find(|m| m.contains(regs.sp)) else {
             return UserStack::failed(format!("stack pointer {:#x} is in no mapping", regs.sp));
         };
         let stack = match copy {
@@ -184,14 +184,12 @@ impl UserStacks {
                 Err(err) => return UserStack::failed(format!("stack memory unreadable ({err})")),
             },
         };
-        let mut executable = executable_of(&maps);
-        let mut walk = self.walk(pid, &executable, regs, &stack);
-        if walk.left_the_maps && !fresh {
+        let mut walk = self.walk(pid, &maps.executable, regs, &stack);
+        if walk.left_the_maps.is_some() && !fresh {
             // Maybe a module mapped since the snapshot (a dlopen): walk again on fresh maps.
             if let Ok(snapshot) = self.maps_of(pid, true) {
                 maps = snapshot.maps;
-                executable = executable_of(&maps);
-                walk = self.walk(pid, &executable, regs, &stack);
+                walk = self.walk(pid, &maps.executable, regs, &stack);
             }
         }
         let Walk {
@@ -199,15 +197,11 @@ impl UserStacks {
             modules,
             unreadable_modules,
             avoided,
-            left_the_maps: _,
+            left_the_maps,
         } = walk;
         // A return address outside every executable mapping means the walk went wrong
         // (a bad rule or a corrupt frame): what follows it is noise, not frames.
-        if let Some(bad) = unwound
-            .frames
-            .iter()
-            .position(|f| !executable.iter().any(|m| m.contains(f.lookup)))
-        {
+        if let Some(bad) = left_the_maps {
             unwound.stopped = Some(format!(
                 "unwinding stopped at {:#x}, outside any executable mapping",
                 unwound.frames[bad].address
@@ -221,7 +215,7 @@ impl UserStacks {
             .collect();
         // blazesym opens the modules again (through /proc/PID/map_files) for their symbols.
         crate::meta::reader::reading("the symbols of its modules");
-        let native = self.symbolize(pid, &unwound.frames, &executable);
+        let native = self.symbolize(pid, &unwound.frames, &maps.executable);
         let mut error = unwound.stopped;
         if error.is_some() && !no_cfi.is_empty() {
             error = error.map(|e| format!("{e}; modules without CFI: {}", no_cfi.join(", ")));
@@ -233,7 +227,7 @@ impl UserStacks {
                 None => why,
             });
         }
-        let python = self.python.expand(pid, tid, &maps, native);
+        let python = self.python.expand(pid, tid, &maps.all, native);
         let error = [error, python.error]
             .into_iter()
             .flatten()
@@ -288,7 +282,7 @@ impl UserStacks {
         let left_the_maps = unwound
             .frames
             .iter()
-            .any(|f| !executable.iter().any(|m| m.contains(f.lookup)));
+            .position(|f| !executable.iter().any(|m| m.contains(f.lookup)));
         Walk {
             unwound,
             modules,
@@ -400,13 +394,7 @@ struct Walk {
     modules: Vec<(maps::Mapping, Arc<modules::UnwindSections>)>,
     unreadable_modules: Vec<String>,
     avoided: Vec<String>,
-    /// A return address outside every executable mapping: the walk went wrong, or the
-    /// maps are older than a module.
-    left_the_maps: bool,
-}
-
-/// Frames are looked up in the executable mappings only: a few dozen, where a process of
-/// thousands of threads has thousands of mappings (their stacks).
-fn executable_of(maps: &[maps::Mapping]) -> Vec<maps::Mapping> {
-    maps.iter().filter(|m| m.executable).cloned().collect()
+    /// The first frame whose return address is outside every executable mapping: the walk
+    /// went wrong there, or the maps are older than a module.
+    left_the_maps: Option<usize>,
 }
