@@ -408,8 +408,8 @@ mod tests {
     #[test]
     fn a_helper_waiting_past_the_deadline_is_killed_and_blamed_on_what_it_read() {
         // `cat` of a fifo nobody writes (the stdout pipe kept open on fd 3): asleep, not
-        // working, like a read of a stalled
-        // mount (but killable, so that the test leaves nothing behind).
+        // working, like a read of a stalled mount (but killable, so that the test leaves
+        // nothing behind).
         let dir = std::env::temp_dir().join(format!("hangwatch-helper-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir(&dir).expect("temp dir");
