@@ -14,7 +14,8 @@
 //! - `abba.rs`: the ABBA deadlock program several tests share;
 //! - `http.rs`, `cli.rs`, `webhook.rs`: the API's clients and a webhook receiver;
 //! - `deploy.rs`: `deploy/` and its Prometheus rules;
-//! - `frozen.rs`, `fuse.rs`: a frozen ext4 mount and a stalled FUSE filesystem.
+//! - `frozen.rs`, `fuse.rs`, `kube.rs` (as modules: `common::kube::ApiServer`): a frozen ext4
+//!   mount, a stalled FUSE filesystem, a Kubernetes API server and test cgroups.
 #![allow(
     dead_code,
     reason = "each test binary uses a different subset of the harness"
@@ -28,6 +29,7 @@ mod events;
 pub mod frozen;
 pub mod fuse;
 mod http;
+pub mod kube;
 mod process;
 mod programs;
 mod system;
