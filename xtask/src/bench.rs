@@ -14,6 +14,10 @@
 //!
 //! `--only SECTION[,SECTION]` runs some of them (e.g. `--only mass-hang`).
 //!
+//! This file is the driver; each section is a file of `bench/` (`throughput.rs`,
+//! `programs.rs`, `daemon.rs`, `stacks.rs`, `latency.rs`, `mass_hang.rs`), `targets.rs`
+//! judges the figures and `report.rs` prints and writes them.
+//!
 //! Prints the tables with the targets and writes target/bench/report.{json,md}. Every process
 //! is killed by its PID when its guard drops (error, panic, Ctrl-C alike), the sysctl is
 //! restored, frozen filesystems are thawed and unmounted.
