@@ -2,7 +2,7 @@
 //! (`hangwatch_` prefix, base units, `_total` counters; sizes are gauges). The scan thread
 //! and the sinks update them; the HTTP server renders them on `/metrics`.
 //!
-//! README.md ("## Metrics") documents each one; a unit test below checks that every metric
+//! docs/metrics.md documents each one; a unit test below checks that every metric
 //! registered here is named there.
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -813,8 +813,8 @@ mod tests {
     }
 
     #[test]
-    fn every_metric_is_documented_in_the_readme() {
-        let readme = include_str!("../../../README.md");
+    fn every_metric_is_documented_in_docs_metrics() {
+        let readme = include_str!("../../../docs/metrics.md");
         let m = Metrics::new();
         // Touch the vectors so that every family appears in the exposition.
         m.hung_open("x", labels("off_cpu", "x"));
@@ -835,7 +835,7 @@ mod tests {
             }
             assert!(
                 readme.contains(&format!("`{name}`")),
-                "{name} is not documented in README.md"
+                "{name} is not documented in docs/metrics.md"
             );
         }
     }
