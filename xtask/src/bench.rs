@@ -614,7 +614,9 @@ fn targets(
         ),
         {
             let gap = ratio(|r| &r.pipe).and_then(|hangwatch| {
-                let floor = series(Variant::Floor)?.pipe.ratio_to(&series(Variant::Bare)?.pipe);
+                let floor = series(Variant::Floor)?
+                    .pipe
+                    .ratio_to(&series(Variant::Bare)?.pipe);
                 Some(floor - hangwatch)
             });
             Target {
