@@ -138,7 +138,12 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
             off_cpu_for >= config.futex_min_ns,
         )
     };
-    let task_flags: u32 = task.read(off.flags);
+    // Only threads worth a look pay for the flags read.
+    let task_flags: u32 = if wanted || maybe_futex {
+        task.read(off.flags)
+    } else {
+        0
+    };
     // A running thread's saved registers are those of its last kernel entry, stale: it is
     // in no syscall.
     let emit = if !wanted && !maybe_futex {
