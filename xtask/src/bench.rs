@@ -71,6 +71,11 @@ pub struct Args {
     /// Use the existing target/release/hangwatch (no set-up, no build).
     #[arg(long)]
     no_build: bool,
+    /// Run the ping-pong as SCHED_FIFO (chrt -f 40), so that other work on CPU 0 cannot
+    /// preempt it: for a shared or busy machine. Ratios are not comparable with runs
+    /// without it.
+    #[arg(long)]
+    realtime: bool,
     /// Run only these sections (comma-separated) [default: all].
     #[arg(long, value_enum, value_delimiter = ',', value_name = "SECTION")]
     only: Vec<Section>,
@@ -224,7 +229,7 @@ pub fn bench(args: &Args) -> Result<()> {
             "xtask bench: calibrating the loads to ~{:?} a run",
             plan.run_length
         );
-        let sizes = load::calibrate(plan.run_length)?;
+        let sizes = load::calibrate(plan.run_length, args.realtime)?;
         environment.push(("pipe loops".into(), sizes.pipe_loops.to_string()));
         environment.push(("messaging loops".into(), sizes.messaging_loops.to_string()));
         Some(sizes)

@@ -305,9 +305,13 @@ fn view(
 ) -> ThreadView {
     let bits = state_bits(letter);
     let task = crate::state::TaskState::from_bits(bits);
-    let on_cpu = state.map(|s| s.on_cpu_at_ns >= s.off_cpu_at_ns);
+    // The probe records switch-ins only for the threads the daemon follows (see
+    // `ThreadState`): a thread /proc shows running or runnable is past its last switch-out
+    // whatever the storage says.
+    let runnable = bits == task_state::RUNNING;
+    let on_cpu = state.map(|s| s.on_cpu_at_ns >= s.off_cpu_at_ns || runnable);
     let off_cpu_at = state
-        .filter(|s| s.off_cpu_at_ns > s.on_cpu_at_ns)
+        .filter(|s| s.off_cpu_at_ns > s.on_cpu_at_ns && !runnable)
         .map(|s| s.off_cpu_at_ns);
     let mut comm = [0u8; 16];
     for (dst, src) in comm.iter_mut().zip(name.bytes().take(15)) {
@@ -436,6 +440,20 @@ mod tests {
             wait.futex.map(|f| f.op).as_deref(),
             Some("FUTEX_WAIT_PRIVATE")
         );
+        // Its switch-in was not recorded (a thread the daemon does not follow): /proc's
+        // letter says it runs.
+        let unfollowed = view(
+            1,
+            2,
+            "worker".into(),
+            'R',
+            Some(state),
+            None,
+            3_500_000_000,
+            SystemTime::now(),
+        );
+        assert_eq!(unfollowed.on_cpu, Some(true));
+        assert_eq!(unfollowed.off_cpu_ms, None);
         let running = view(1, 3, "spin".into(), 'R', None, None, 1, SystemTime::now());
         assert!(running.wait.is_none());
         assert!(!running.blocked_since_before_start);

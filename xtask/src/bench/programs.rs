@@ -22,7 +22,7 @@ pub fn program_costs(
     for &variant in variants.iter().filter(|v| **v != Variant::Bare) {
         bpf_stats.set(true)?;
         let running = variants::start(variant, tools)?;
-        load::pipe(sizes.pipe_loops)?;
+        sizes.pipe()?;
         let held = running.held_program_costs(tools.bpftool.as_deref());
         let stopped = running.stop()?;
         bpf_stats.set(false)?;

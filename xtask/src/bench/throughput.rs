@@ -42,7 +42,7 @@ pub fn throughput(
             .collect();
         for &variant in &order {
             let running = variants::start(variant, tools)?;
-            let pipe = load::pipe(sizes.pipe_loops)?;
+            let pipe = sizes.pipe()?;
             let mut messaging = 0.0;
             for _ in 0..plan.messaging_repeats {
                 messaging += load::messaging(sizes.messaging_loops)?;
