@@ -6,6 +6,7 @@ mod lock_wait;
 pub mod loop_stall;
 mod off_cpu;
 mod on_cpu;
+pub mod reason;
 pub mod stuck_exit;
 mod targets;
 
@@ -169,6 +170,8 @@ pub struct Candidate {
     pub since_ns: u64,
     /// For a deadlock, every thread of it (the cycle in order); empty otherwise.
     pub members: Vec<ThreadKey>,
+    /// For a deadlock, the rule that fired and the facts it saw.
+    pub reason: Option<std::sync::Arc<reason::DeadlockReason>>,
 }
 
 /// What the daemon read about the locks the sampled threads wait on.
@@ -177,6 +180,18 @@ pub struct LockFacts {
     /// The owner tid of the lock a thread waits on, when known (a live thread of its
     /// process).
     pub owners: HashMap<ThreadKey, u32>,
+    /// Threads that glibc parks for ever after the kernel refused them a PI lock
+    /// (EDEADLK), by tid (`meta::pi_park` recognizes them).
+    pub parked: HashMap<u32, deadlock::PiPark>,
+}
+
+impl LockFacts {
+    /// `sample` waits on a lock whose owner is parked for ever: its wait never ends.
+    pub fn behind_a_park(&self, sample: &ThreadSample) -> bool {
+        self.owners
+            .get(&sample.key)
+            .is_some_and(|owner| self.parked.contains_key(owner))
+    }
 }
 
 /// Everything the detectors need besides the samples: the rules, and for each kind the
@@ -300,6 +315,11 @@ impl Detectors {
             }
             if locks.owners.contains_key(&sample.key)
                 && !deadlocked.contains(&sample.key)
+                // Behind a thread parked for ever: the deadlock's, reported as that (between
+                // walks the parked thread is not sampled and the deadlock is carried).
+                && !(locks.behind_a_park(sample)
+                    && self.smallest(HangKind::Deadlock).is_some()
+                    && thresholds.of(HangKind::Deadlock, sample.tgid).is_some())
                 && let Some(threshold) = past(HangKind::LockWait, sample, thresholds)
             {
                 out.extend(LockWait { threshold }.check(sample, locks, now_ns));
@@ -427,6 +447,7 @@ fn candidate(sample: &ThreadSample, kind: HangKind, threshold: Duration) -> Cand
         threshold,
         since_ns: sample.off_cpu_at_ns,
         members: Vec::new(),
+        reason: None,
     }
 }
 
@@ -562,7 +583,7 @@ mod tests {
         locks.owners.insert(samples[1].key, 203); // running owners, no cycle
         locks.owners.insert(samples[3].key, 303);
         let selected: Selected = [100].into_iter().collect();
-        let mut no = |_: &[&ThreadSample], _| false;
+        let mut no = |_: &[&ThreadSample], _| None;
         let loops = LoopFacts::default();
         let f = Facts {
             selected: &selected,
@@ -608,7 +629,7 @@ mod tests {
         locks.owners.insert(a.key, 102);
         locks.owners.insert(b.key, 101);
         let samples = [a, b];
-        let mut yes = |_: &[&ThreadSample], _| true;
+        let mut yes = |_: &[&ThreadSample], _| Some(Vec::new());
         let none = Selected::default();
         let loops = LoopFacts::default();
         let f = Facts {

@@ -404,6 +404,7 @@ impl Reports {
             stall: None,
             exit: None,
             threads: Vec::new(),
+            reason: episode.reason.as_deref().cloned(),
             stacks,
             resolution: None,
         }

@@ -5,11 +5,12 @@ mod schedule;
 
 use std::{
     collections::{BTreeMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
 use crate::{
-    detect::{Candidate, HangKind},
+    detect::{Candidate, HangKind, reason::DeadlockReason},
     state::ThreadKey,
 };
 
@@ -35,6 +36,8 @@ pub struct Episode {
     pub next_update_ns: u64,
     /// For a deadlock, its threads (the cycle in order); empty otherwise.
     pub members: Vec<ThreadKey>,
+    /// For a deadlock, why it was reported.
+    pub reason: Option<Arc<DeadlockReason>>,
 }
 
 impl Episode {
@@ -75,6 +78,7 @@ impl Tracker {
             match self.open.get_mut(&key) {
                 Some(episode) if now_ns >= episode.next_update_ns => {
                     episode.members.clone_from(&c.members);
+                    episode.reason.clone_from(&c.reason);
                     episode.updates += 1;
                     episode.next_update_ns =
                         key.since_ns + next_update_after(c.threshold, episode.updates);
@@ -90,6 +94,7 @@ impl Tracker {
                         updates: 0,
                         next_update_ns: key.since_ns + next_update_after(c.threshold, 0),
                         members: c.members.clone(),
+                        reason: c.reason.clone(),
                     };
                     self.open.insert(key, episode.clone());
                     transitions.push(Transition::Opened(episode));
@@ -139,6 +144,7 @@ mod tests {
             threshold: Duration::from_secs(1),
             since_ns,
             members: Vec::new(),
+            reason: None,
         }
     }
 

@@ -5,6 +5,7 @@ pub mod confirm;
 pub mod container;
 pub mod futex_owner;
 pub mod memory;
+pub mod pi_park;
 pub mod pods;
 mod process;
 pub mod reader;
