@@ -160,11 +160,15 @@ fn whole_process(waits: &[(&ThreadSample, FutexCall)]) -> Option<DeadlockReason>
             .filter(|(_, c)| c.private)
             .map(|(_, c)| c.uaddr)
             .collect();
+        let (verb, object) = if private.len() == 1 {
+            ("waits", "it")
+        } else {
+            ("wait", "them")
+        };
         evidence.push(format!(
-            "{} on a private futex (only a thread of this process can wake it; {} distinct address(es)): {}",
+            "{} {verb} on a private futex ({} address(es)): only a thread of this process can wake {object}",
             tid_list(&private),
             addresses.len(),
-            if private.len() == 1 { "it waits" } else { "they wait" },
         ));
     }
     for (tid, joined) in &joins {
