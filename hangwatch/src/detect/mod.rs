@@ -186,11 +186,13 @@ pub struct LockFacts {
 }
 
 impl LockFacts {
-    /// `sample` waits on a lock whose owner is parked for ever: its wait never ends.
+    /// `sample` waits on a lock whose owner is parked for ever in a cycle that is known
+    /// (the lock the parked thread asked for has a known owner): the deadlock's.
     pub fn behind_a_park(&self, sample: &ThreadSample) -> bool {
         self.owners
             .get(&sample.key)
-            .is_some_and(|owner| self.parked.contains_key(owner))
+            .and_then(|owner| self.parked.get(owner))
+            .is_some_and(|park| park.asked_owner.is_some())
     }
 }
 
