@@ -437,7 +437,7 @@ mod tests {
         let text = reason.evidence.join("\n");
         assert!(text.contains("tid 400 joins tid 401"), "{text}");
         assert!(
-            text.contains("tids 401 and 402 on a private futex"),
+            text.contains("tids 401 and 402 wait on a private futex"),
             "{text}"
         );
         assert!(
