@@ -10,6 +10,10 @@
 //!   thread for ever on a word of its own stack; main sits in pause() (a handled signal
 //!   could not help, but the process as a whole is not stuck: only the cycle tells). A
 //!   `pi_park` deadlock naming both workers, each member's owner the other.
+//! - A thread waiting for a lock that keeps no owner while its holder is blocked in
+//!   `read()`: Rust std's `Mutex`, parking_lot's, and glibc's stdout lock
+//!   (`__lll_lock_wait_private`): `lock_wait` with `owner_tid: null`, the implementation
+//!   and the lock's address (none for parking_lot, which parks on a word of each thread).
 //! - Controls that must stay quiet: a daemon's main in `sem_wait` for its SIGTERM
 //!   handler's `sem_post` with its workers idle on a condvar, a pthread pool waiting for
 //!   work, Python's `queue.get()` fed from stdin or from a signal handler, a
@@ -130,7 +134,9 @@ fn evidence(v: &Value) -> String {
 fn rust_std_abba_with_main_joining_is_a_whole_process_deadlock() {
     require_root();
     let binary = rustc("std_abba");
-    let mut daemon = Daemon::start(&["--lock-wait-threshold", "1s"]);
+    // The defaults: lock_wait at 5 s would fire for the workers (their waits have the
+    // shape of std's mutex, and their stacks show it) if the deadlock did not claim them.
+    let mut daemon = Daemon::start(&[]);
     let mut program = Program::start(&binary, &[]);
     let t = Duration::from_secs(10);
     let pid = u32::try_from(program.expect_number("pid", t)).expect("pid");
@@ -139,6 +145,7 @@ fn rust_std_abba_with_main_joining_is_a_whole_process_deadlock() {
     let tid_a = program.expect_number("tid_a", t);
     let tid_b = program.expect_number("tid_b", t);
     program.expect_line("ready", t);
+    let ready = Instant::now();
 
     let v = deadlock_of(
         &daemon,
@@ -195,8 +202,10 @@ fn rust_std_abba_with_main_joining_is_a_whole_process_deadlock() {
             );
         }
     }
-    // Another second: one episode, and no lock_wait for the workers.
-    thread::sleep(Duration::from_millis(1500));
+    // Past lock_wait's 5 s: one episode, and no lock_wait for the workers.
+    if let Some(left) = Duration::from_millis(6500).checked_sub(ready.elapsed()) {
+        thread::sleep(left);
+    }
     let events = daemon.events_for(pid);
     assert_eq!(
         episode_ids(&events, "deadlock").len(),
@@ -335,6 +344,105 @@ fn a_pi_abba_is_one_deadlock_through_glibcs_edeadlk_park() {
         daemon.dump(Some(&[pid]))
     );
     check_episodes(&events);
+    daemon.stop();
+}
+
+/// One program of the ownerless lock test: where its lock is, who holds it, who waits.
+struct LockProgram {
+    what: &'static str,
+    program: Program,
+    pid: u32,
+    lock: u64,
+    holder: u64,
+    waiter: u64,
+}
+
+impl LockProgram {
+    fn start(what: &'static str, binary: &Path, lock_key: &str) -> Self {
+        let mut program = Program::start(binary, &[]);
+        let t = Duration::from_secs(10);
+        let pid = u32::try_from(program.expect_number("pid", t)).expect("pid");
+        let lock = parse_address(&program.expect_field(lock_key, t)).expect("address");
+        let holder = program.expect_number("holder", t);
+        let waiter = program.expect_number("waiter", t);
+        program.expect_line("ready", t);
+        Self {
+            what,
+            program,
+            pid,
+            lock,
+            holder,
+            waiter,
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn lock_waits_on_locks_without_an_owner_name_the_lock() {
+    require_root();
+    let mut daemon = Daemon::start(&["--lock-wait-threshold", "1s"]);
+    let programs = [
+        LockProgram::start("Rust std Mutex", &rustc("std_lock_read"), "mutex"),
+        LockProgram::start("parking_lot Mutex", &example("parking_lot_read"), "mutex"),
+        LockProgram::start("glibc stdout lock", &compile("stdio_lock"), "lock"),
+    ];
+    for (p, (implementation, frame, address)) in programs.iter().zip([
+        ("rust_std", "Mutex>::lock_contended", true),
+        ("parking_lot", "RawMutex::lock_slow", false),
+        ("glibc", "__lll_lock_wait", true),
+    ]) {
+        let what = format!("lock_wait for the waiter of the {}", p.what);
+        let waiter = u32::try_from(p.waiter).expect("tid");
+        let v = daemon
+            .wait_for_event(&what, Duration::from_secs(5), |v| {
+                is_event(v, "hang", "lock_wait", waiter)
+            })
+            .value;
+        assert_eq!(u64_of(&v, "/pid"), u64::from(p.pid), "{v}");
+        assert!(
+            v["wait"]["owner_tid"].is_null(),
+            "{}: no owner: {v}",
+            p.what
+        );
+        assert_eq!(str_of(&v, "/lock/implementation"), implementation, "{v}");
+        let lock_address = parse_address(str_of(&v, "/lock/address"));
+        if address {
+            assert_eq!(
+                lock_address,
+                Some(p.lock),
+                "{}: the lock's address: {v}",
+                p.what
+            );
+            assert_eq!(
+                parse_address(str_of(&v, "/wait/futex/address")),
+                Some(p.lock),
+                "the futex word is the lock: {v}"
+            );
+        } else {
+            assert!(v["lock"]["address"].is_null(), "parking_lot: {v}");
+        }
+        let symbols = user_symbols(&v).join(" | ");
+        assert!(symbols.contains(frame), "{}: {symbols}", p.what);
+        assert!(symbols.contains("waiter"), "where the waiter is: {symbols}");
+        assert!(!str_of(&v, "/blocked_here").is_empty(), "{v}");
+    }
+    thread::sleep(Duration::from_millis(1000));
+    for p in &programs {
+        let events = daemon.events_for(p.pid);
+        assert!(
+            events
+                .iter()
+                .all(|r| str_of(&r.value, "/kind") == "lock_wait"
+                    && u64_of(&r.value, "/tid") == p.waiter),
+            "{}: only the waiter's lock_wait (the holder {} is in read): {}",
+            p.what,
+            p.holder,
+            daemon.dump(Some(&[p.pid]))
+        );
+        check_episodes(&events);
+    }
+    drop(programs.into_iter().map(|p| p.program).collect::<Vec<_>>());
     daemon.stop();
 }
 

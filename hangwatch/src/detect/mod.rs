@@ -2,7 +2,7 @@
 //! One file per hang kind; each is a pure function of the samples, the rules and `now`.
 mod d_state;
 pub mod deadlock;
-mod lock_wait;
+pub mod lock_wait;
 pub mod loop_stall;
 mod off_cpu;
 mod on_cpu;
@@ -315,7 +315,10 @@ impl Detectors {
             } else if let Some(threshold) = off_cpu {
                 out.extend(OffCpu { threshold }.check(sample, selected, now_ns));
             }
-            if locks.owners.contains_key(&sample.key)
+            // With a known owner, or in the shape of an ownerless lock's slow path (the
+            // report reads the stack and drops the wait if it shows no lock).
+            let lock_shaped = || sample.futex_wait().is_some_and(|c| c.lock_shaped());
+            if (locks.owners.contains_key(&sample.key) || lock_shaped())
                 && !deadlocked.contains(&sample.key)
                 // Behind a thread parked for ever: the deadlock's, reported as that (between
                 // walks the parked thread is not sampled and the deadlock is carried).

@@ -17,6 +17,17 @@ pub enum DeadlockRule {
     WholeProcess,
 }
 
+impl DeadlockRule {
+    /// The name in events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LockCycle => "lock_cycle",
+            Self::PiPark => "pi_park",
+            Self::WholeProcess => "whole_process",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeadlockReason {
     pub rule: DeadlockRule,

@@ -68,7 +68,14 @@ impl Tracker {
     pub fn step(&mut self, candidates: &[Candidate], now_ns: u64) -> Vec<Transition> {
         let mut transitions = Vec::new();
         let mut present = HashSet::with_capacity(candidates.len());
+        // A thread of a deadlock is the deadlock's: between two walks a deadlock is carried
+        // from the last one while its members' lock waits are seen afresh, and those are
+        // not episodes of their own.
+        let deadlocked: HashSet<ThreadKey> = crate::detect::deadlock::members(candidates);
         for c in candidates {
+            if c.kind == HangKind::LockWait && deadlocked.contains(&c.thread) {
+                continue;
+            }
             let key = EpisodeKey {
                 thread: c.thread,
                 since_ns: c.since_ns,
@@ -208,5 +215,24 @@ mod tests {
         reused.thread.start_boottime_ns = 43;
         let t = tracker.step(&[reused], 2 * SEC);
         assert_eq!(kinds(&t), vec!["opened", "ended"]);
+    }
+
+    #[test]
+    fn a_member_of_a_deadlock_gets_no_lock_wait_episode() {
+        let mut lock_wait = candidate(5, 0);
+        lock_wait.kind = HangKind::LockWait;
+        let mut deadlock = candidate(4, 0);
+        deadlock.kind = HangKind::Deadlock;
+        deadlock.members = vec![deadlock.thread, lock_wait.thread];
+        let mut t = Tracker::default();
+        let opened = t.step(&[lock_wait.clone(), deadlock], SEC);
+        assert_eq!(kinds(&opened), vec!["opened"]);
+        assert_eq!(
+            t.open_episodes().map(|e| e.key.kind).collect::<Vec<_>>(),
+            [HangKind::Deadlock]
+        );
+        // Alone (no deadlock around it), the same lock wait is an episode.
+        let alone = Tracker::default().step(&[lock_wait], SEC);
+        assert_eq!(kinds(&alone), vec!["opened"]);
     }
 }

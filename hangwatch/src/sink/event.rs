@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::{
-    detect::{HangKind, reason::DeadlockReason},
+    detect::{HangKind, lock_wait::OwnerlessLock, reason::DeadlockReason},
     meta::ProcessInfo,
     stack::ThreadStacks,
     state::Wait,
@@ -79,6 +79,10 @@ pub struct HangEvent {
     /// threads: the others say so in `kernel_stack_error`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub threads: Vec<CycleMember>,
+    /// For a `lock_wait` on a lock that keeps no owner (`wait.owner_tid` null): the
+    /// implementation its stack shows and the lock's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<OwnerlessLock>,
     /// For a deadlock: the rule that fired (`lock_cycle`, `pi_park`, `whole_process`) and
     /// the facts it relied on (docs/detection.md).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -234,6 +238,7 @@ pub(crate) fn example(event: EventType, id: &str, tid: u32, duration_ms: u64) ->
         exit: None,
         threads: Vec::new(),
         reason: None,
+        lock: None,
         stacks: ThreadStacks {
             blocked_here: Some("worker at abba.c:30".into()),
             ..ThreadStacks::default()

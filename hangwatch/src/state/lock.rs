@@ -103,6 +103,14 @@ impl FutexCall {
         }
     }
 
+    /// The shape of a lock's slow path that keeps no owner beside the word: glibc's
+    /// `__lll_lock_wait` and Rust std's futex mutex wait untimed, privately, for 2
+    /// ("locked, with waiters"); parking_lot parks on its thread's own word for 1. Only
+    /// the stack tells whether it is one (`detect::lock_wait::lock_path`).
+    pub fn lock_shaped(&self) -> bool {
+        self.cmd == FutexCmd::Wait && self.private && !self.timed && matches!(self.val, Some(1 | 2))
+    }
+
     /// The tid this wait joins, if it has the shape of glibc's `pthread_join` (which Rust's
     /// `JoinHandle::join` calls too): an untimed plain wait on a *shared* futex (the word
     /// is the joined thread's `tid`, which the kernel clears and wakes, not privately, when
