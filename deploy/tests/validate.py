@@ -14,7 +14,7 @@
   CRDs (cloudcoil-models-prometheus-operator); a field the model does not know is dropped
   by pydantic, so the object must survive a round trip unchanged.
 - Every `hangwatch_*` metric that the alerts and the dashboard query is one the daemon
-  exports (README.md's metric table is the list; a unit test keeps it in step with the code).
+  exports (docs/metrics.md's table is the list; a unit test keeps it in step with the code).
 
 Run by hangwatch/tests/deploy.rs with the venv `cargo xtask setup` makes.
 """
@@ -210,7 +210,7 @@ def main() -> int:
         kube_versions = versions()
         for source, obj in objects:
             print(validate(source, obj, kube_versions))
-        readme = (args.deploy.parent / "README.md").read_text()
+        readme = (args.deploy.parent / "docs" / "metrics.md").read_text()
         documented = set(re.findall(r"^\| `(hangwatch_[a-z_]+)`", readme, re.M))
         unknown = queried_metrics(objects) - documented
         if unknown:

@@ -596,6 +596,7 @@ impl Scanner {
                     wanted.extend(
                         std::iter::once(e.key.thread.tid).chain(e.members.iter().map(|m| m.tid)),
                     );
+                    wanted.extend(self.holders_of(e.key.thread, &samples));
                 }
                 Transition::Ended(_) => {}
             }
@@ -654,6 +655,31 @@ impl Scanner {
             self.surfaces.unenriched(&tick);
         }
         Ok(())
+    }
+
+    /// The first `MAX_HOLDER_STACKS` holders of the lock chain from `thread` (their stacks
+    /// go in the report's `blocked_on`), as far as the lock owners known at this tick go.
+    fn holders_of(
+        &self,
+        thread: ThreadKey,
+        samples: &HashMap<ThreadKey, ThreadSample>,
+    ) -> Vec<u32> {
+        let mut holders = Vec::new();
+        let mut current = thread;
+        while holders.len() < crate::enrich::MAX_HOLDER_STACKS {
+            let Some(&owner) = self.locks.owners.get(&current) else {
+                break;
+            };
+            if owner == thread.tid || holders.contains(&owner) {
+                break; // a cycle: its members are taken already
+            }
+            holders.push(owner);
+            match samples.values().find(|s| s.key.tid == owner) {
+                Some(s) => current = s.key,
+                None => break, // not a candidate: its own owner is read by the report
+            }
+        }
+        holders
     }
 
     /// How an episode ended, and when (the switch-in that ended the wait when the last

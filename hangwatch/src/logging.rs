@@ -15,9 +15,32 @@ pub enum LogFormat {
     Json,
 }
 
+/// The format set up first, for the daemon's helper processes to log alike.
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// The environment variable that tells a helper process the daemon's log format.
+pub const FORMAT_ENV: &str = "HANGWATCH_LOG_FORMAT";
+
+/// The value of [`FORMAT_ENV`] for a helper of this process.
+pub fn format_for_helpers() -> &'static str {
+    match FORMAT.get().copied().unwrap_or_default() {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    }
+}
+
+/// The format a helper process was told ([`FORMAT_ENV`]), text if none.
+pub fn format_of_helper() -> LogFormat {
+    match std::env::var(FORMAT_ENV).as_deref() {
+        Ok("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
+}
+
 /// Sets up the log. A second call keeps the first set-up (a fatal error after start logs
 /// through it).
 pub fn init(format: LogFormat) {
+    let _ = FORMAT.set(format);
     // kube's client logs every non-2xx answer at ERROR (a pod proxy's 503, a watch's
     // expiry), which hangwatch reports itself in context.
     let filter = EnvFilter::try_from_env("HANGWATCH_LOG")

@@ -23,8 +23,11 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // The daemon sets up its log once its configuration is read (the format may come from
     // its file); the other commands log as text.
-    if !matches!(cli.command, cli::Command::Run(_)) {
-        logging::init(logging::LogFormat::Text);
+    match cli.command {
+        cli::Command::Run(_) => {}
+        // The daemon's helper logs like the daemon, into the same stderr.
+        cli::Command::Unwinder => logging::init(logging::format_of_helper()),
+        _ => logging::init(logging::LogFormat::Text),
     }
     let result = match cli.command {
         cli::Command::Run(args) => return run_daemon(*args),
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         cli::Command::BenchLoopProbe => cli::bench_loop_probe::run(),
         cli::Command::BenchStack(args) => cli::bench_stack::run(args),
         cli::Command::SampleStack(args) => cli::sample_stack::run(args),
+        cli::Command::Unwinder => stack::unwinder::serve(),
         cli::Command::Client(command) => {
             return command.run().unwrap_or_else(|err| {
                 eprintln!("hangwatch: error: {}", one_line(&err));

@@ -232,9 +232,10 @@ fn a_module_on_a_stalled_fuse_mount_is_reported_on_time_with_the_reason() {
 
 /// The same with a FUSE server that takes the daemon's request and never answers it (a
 /// server stuck in its handler): the kernel then waits the request out uninterruptibly,
-/// so the daemon's reader stays in D even through SIGKILL. Reports and detection are the
-/// same; at SIGTERM the probes are detached within a second (the detection thread drops
-/// them), but the process can only be reaped once the connection is aborted.
+/// so the reader stays in D even through SIGKILL. That reader is the daemon's unwinder
+/// process, which holds no BPF fd: reports and detection are the same, and at SIGTERM the
+/// daemon exits within a second with its programs unloaded; the stuck unwinder ends when
+/// the connection is aborted.
 #[test]
 #[ignore = "needs root: loads BPF programs, mounts a FUSE filesystem"]
 fn a_fuse_server_that_took_the_read_cannot_keep_the_probes_attached() {
@@ -376,24 +377,108 @@ fn module_on_a_stalled_fuse_mount(stall: Stall) {
             }
         }
         Stall::Taken => {
+            // The reads of module files happen in the daemon's unwinder process: the one
+            // that took the stalled read was killed at its deadline and waits in D, its
+            // replacement unwound the rest. Neither holds a BPF fd.
+            let helpers = children_of(daemon_pid);
+            let stuck: Vec<u32> = helpers
+                .iter()
+                .copied()
+                .filter(|&pid| state_of(pid) == Some('D'))
+                .collect();
+            eprintln!("unwinder processes of the daemon: {helpers:?}, in D: {stuck:?}");
+            assert!(
+                !stuck.is_empty(),
+                "an unwinder waits on the stalled mount in D: {helpers:?}"
+            );
+            for &helper in &helpers {
+                let bpf = bpf_fds_of(helper);
+                assert!(bpf.is_empty(), "unwinder {helper} holds BPF fds: {bpf:?}");
+            }
             let exited = daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(1));
             let left = still_loaded(&ours);
             eprintln!(
-                "SIGTERM with a reader in an uninterruptible FUSE wait: exited {exited:?}; programs still loaded 1-1.5 s after it: {left:?} of {ours:?}"
+                "SIGTERM with an unwinder in an uninterruptible FUSE wait: exited {exited:?}; programs still loaded 1-1.5 s after it: {left:?} of {ours:?}"
+            );
+            assert!(
+                exited.is_some(),
+                "the daemon exits within a second, its stuck unwinder left behind"
             );
             if let Some(left) = left {
                 assert_eq!(left, Vec::<u64>::new(), "programs left loaded");
             }
-            // The abort frees the reader; the process then ends.
+            // The abort of the connection frees the stuck unwinder; it is gone then (init
+            // reaps it: the daemon is gone).
             drop(fuse);
-            let reaped = daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(2));
-            eprintln!("after the abort of the connection: {reaped:?}");
-            assert!(
-                exited.is_some() || reaped.is_some(),
-                "the daemon ends once the connection is aborted"
-            );
+            let until = Instant::now() + Duration::from_secs(5);
+            while stuck
+                .iter()
+                .any(|&pid| state_of(pid).is_some_and(|s| s != 'Z'))
+                && Instant::now() < until
+            {
+                thread::sleep(Duration::from_millis(50));
+            }
+            for &pid in &stuck {
+                assert!(
+                    state_of(pid).is_none_or(|s| s == 'Z'),
+                    "unwinder {pid} ends once the connection is aborted"
+                );
+            }
         }
     }
+}
+
+/// The CPU time of the daemon and of its unwinder processes (its work too).
+fn daemon_cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // cutime and cstime (fields 16 and 17 of stat, 13 and 14 after the state): the
+    // unwinders it reaped.
+    let reaped = Duration::from_millis((ticks(13) + ticks(14)) * 10);
+    cpu_time(pid) + reaped + children_of(pid).into_iter().map(cpu_time).sum::<Duration>()
+}
+
+/// The children of every thread of `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// The state letter of process `pid`, if it exists.
+fn state_of(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.get(stat.rfind(')')? + 2..)?.chars().next()
+}
+
+/// The BPF objects (programs, maps, links) among `pid`'s open fds.
+fn bpf_fds_of(pid: u32) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|target| target.contains("bpf"))
+        .collect()
 }
 
 /// `/healthz` says when the daemon is blind: 503 while its scan is stalled (a test hook
@@ -455,7 +540,7 @@ fn a_mass_hang_is_reported_whole_and_detection_goes_on() {
     let mut mass = Program::start(&compile("mass_d"), &[&dir, &count]);
     let pid = u32::try_from(mass.expect_number("pid", Duration::from_secs(5))).expect("pid");
     fs.freeze();
-    let cpu_before = cpu_time(daemon.pid);
+    let cpu_before = daemon_cpu_time(daemon.pid);
     let started = Instant::now();
     mass.send("go");
     mass.expect_line("started", Duration::from_secs(30));
@@ -474,7 +559,7 @@ fn a_mass_hang_is_reported_whole_and_detection_goes_on() {
     };
     let all_reported = wait_until(Duration::from_secs(20), || reported_all() >= THREADS);
     let window = started.elapsed();
-    let cpu = cpu_time(daemon.pid).saturating_sub(cpu_before);
+    let cpu = daemon_cpu_time(daemon.pid).saturating_sub(cpu_before);
     let reported = reported_all();
     eprintln!(
         "mass hang: {reported} of {THREADS} threads reported; unrelated deadlock reported {latency:?} after it formed (1 s threshold); daemon CPU {cpu:?} over {window:?} ({:.2} of a core)",
@@ -618,8 +703,10 @@ fn a_stuck_exit_of_500_spinning_threads_stays_bounded() {
         .count();
     let size = exit.value.to_string().len();
     eprintln!(
-        "stuck_exit of {} threads: {with_stacks} with stacks, {capped} said capped, {size} bytes; deadlock beside it reported {latency:?} after it formed",
-        threads.len()
+        "stuck_exit of {} threads: {with_stacks} with stacks, {capped} said capped, {size} bytes; deadlock beside it reported {latency:?} after it formed ({} ms blocked at its report; the stuck_exit arrived {:?} after the deadlock formed)",
+        threads.len(),
+        deadlock.value["duration_ms"],
+        exit.at.saturating_duration_since(lock.at),
     );
     assert!(
         threads.len() > THREADS,

@@ -2,7 +2,7 @@
 //! Idempotent, and quick when everything is there (it runs before every build, run and test).
 //!
 //! - Debian packages: Rust 1.96 with a prebuilt `core` for BPF and LLVM 22 (the eBPF toolchain,
-//!   see README.md "Building"), the tools the tests and the benchmark use, and, when the
+//!   see docs/building.md), the tools the tests and the benchmark use, and, when the
 //!   distribution has them, the benchmark's optional bpftrace and bpftool.
 //! - bpf-linker 0.13, built against Debian's LLVM 22.
 //! - A Python venv under target/ with the deploy/ validators from PyPI (kubernetes-validate,
@@ -167,7 +167,7 @@ fn apt_install() -> Result<()> {
         install.extend(&missing);
         apt(&install).context(
             "installing the packages failed; on a release without rustc-web or llvm-22-dev use \
-             rustup nightly instead (README.md, \"Building\")",
+             rustup nightly instead (docs/building.md)",
         )?;
     }
     if !optional.is_empty() {

@@ -5,7 +5,7 @@
 //!
 //! Any syscall tracepoint sends every syscall of every thread through the kernel's slow
 //! syscall path, so the daemon attaches this only while some loop thread has been away
-//! from its wait for half its threshold, and detaches it when none is (README, "Event
+//! from its wait for half its threshold, and detaches it when none is (docs/detection.md, "Event
 //! loops").
 use aya_ebpf::{
     helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns},

@@ -3,7 +3,7 @@
 //! switch-out, one more load: the syscall the thread blocks in, from its saved registers,
 //! which is how event-loop threads are recognized without any syscall probe. BTF tracepoints
 //! (`tp_btf`) because they hand us the task pointers that task storage is keyed by and cost
-//! far less than a classic tracepoint (figures in README.md, "What the probes cost").
+//! far less than a classic tracepoint (figures in docs/benchmarks.md, "What the probes cost").
 use aya_ebpf::{
     bindings::task_struct, helpers::bpf_ktime_get_ns, macros::btf_tracepoint,
     programs::BtfTracePointContext,

@@ -59,6 +59,10 @@ pub enum Command {
     /// Print the stacks of a thread running on a CPU, from one perf sample (needs root).
     #[command(hide = true)]
     SampleStack(sample_stack::SampleStackArgs),
+    /// The daemon's unwinder process: answers its requests on stdin (see
+    /// `stack::unwinder`); not for people.
+    #[command(hide = true)]
+    Unwinder,
 }
 
 /// The subcommands that ask a running daemon, through its HTTP API.

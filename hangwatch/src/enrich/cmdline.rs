@@ -39,7 +39,7 @@ impl CmdlineCache {
         {
             return line.clone();
         }
-        let line = match reader.read(pid, READ_DEADLINE, move |_| read(pid)) {
+        let line = match reader.read_memory(pid, READ_DEADLINE, move || read(pid)) {
             Ok(Ok(line)) => line,
             // Gone, or not ours to read: no command line, and no reason worth a field.
             Ok(Err(_)) => Cmdline::default(),

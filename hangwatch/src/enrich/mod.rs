@@ -20,7 +20,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc::{self, Receiver, SyncSender, TrySendError},
     },
     thread,
@@ -43,6 +43,9 @@ pub const MAX_CMDLINE_BYTES: usize = 4096;
 /// A `stuck_exit` report carries the stacks of at most this many of the process's threads
 /// (its signalled thread first); the others are listed with their wait only.
 pub const MAX_EXIT_STACKS: usize = 16;
+/// The first this many holders of a `blocked_on` chain carry their stacks (the tick takes
+/// their records too).
+pub const MAX_HOLDER_STACKS: usize = 4;
 /// The reports of one tick may spend this long reading user stacks, from when the stage
 /// starts on the tick; past it (a mass hang: thousands of transitions in one tick) the
 /// rest go out with their kernel stacks and waits, and say why the user stack is missing.
@@ -122,6 +125,9 @@ pub struct Sinks {
 /// The detection thread's end of the stage.
 pub struct Enrich {
     jobs: SyncSender<Job>,
+    /// Ticks handed over and not yet taken by the stage: the reads a report can do without
+    /// give way while there are any (`stacks::Budget::Yielding`).
+    waiting: Arc<AtomicUsize>,
     /// Ticks handed over without enrichment because the queue was full.
     pub overflowed: Arc<AtomicU64>,
 }
@@ -137,6 +143,8 @@ impl Enrich {
     ) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
         let metrics = Arc::clone(&sinks.hub.metrics);
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let stage_waiting = Arc::clone(&waiting);
         thread::Builder::new()
             .name("hangwatch-enrich".into())
             .spawn(move || {
@@ -149,9 +157,14 @@ impl Enrich {
                     }
                 };
                 let mut stage = Stage {
-                    reports: report::Reports::new(reader, Arc::clone(&metrics)),
+                    reports: report::Reports::new(
+                        reader,
+                        Arc::clone(&metrics),
+                        Arc::clone(&stage_waiting),
+                    ),
                     sinks,
                     stopping,
+                    waiting: stage_waiting,
                 };
                 stage.run(&queue);
                 stage.stop();
@@ -159,15 +172,24 @@ impl Enrich {
             })?;
         Ok(Self {
             jobs,
+            waiting,
             overflowed: Arc::default(),
         })
     }
 
     /// Hands a job over without waiting. A full queue gives the job back.
     pub fn send(&self, job: Job) -> Result<(), Job> {
+        let tick = matches!(job, Job::Tick(_));
+        if tick {
+            // Counted before the send, so that the stage never sees it negative.
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+        }
         match self.jobs.try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                if tick {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                }
                 self.overflowed.fetch_add(1, Ordering::Relaxed);
                 Err(job)
             }
@@ -179,6 +201,8 @@ struct Stage {
     reports: report::Reports,
     sinks: Sinks,
     stopping: Arc<AtomicBool>,
+    /// The detection thread's count of ticks handed over and not yet taken.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl Stage {
@@ -187,7 +211,10 @@ impl Stage {
         for job in queue {
             let stopping = self.stopping.load(Ordering::Relaxed);
             match job {
-                Job::Tick(tick) => self.tick(&tick, stopping),
+                Job::Tick(tick) => {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    self.tick(&tick, stopping);
+                }
                 Job::ParkChecks(checks) => self.reports.park_checks(checks, stopping),
                 Job::Stacks(job) => self.reports.answer_stacks(job, stopping),
             }
@@ -198,15 +225,19 @@ impl Stage {
         let started = Instant::now();
         let behind = started.duration_since(tick.at) >= BACKLOG;
         for (i, transition) in tick.transitions.iter().enumerate() {
-            let due = match (behind, i < ALWAYS_READ) {
-                (true, _) => started,
-                (false, true) => started + REPORT_HARD_DUE,
-                (false, false) => started + REPORT_DUE,
+            // The first reports of a tick read their stacks (up to the hard due); the rest
+            // of a large tick reads until `REPORT_DUE`, giving way to a newer tick.
+            let budget = match (behind, i < ALWAYS_READ) {
+                (true, _) => stacks::Budget::until(started, stopping),
+                (false, true) => stacks::Budget::until(started + REPORT_HARD_DUE, stopping),
+                (false, false) => {
+                    stacks::Budget::until(started + REPORT_DUE, stopping).yielding(&self.waiting)
+                }
             };
             let started = Instant::now();
             // A report that panics (a bug) costs that report, not the stage.
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.reports.build(transition, tick, due, stopping)
+                self.reports.build(transition, tick, &budget, stopping)
             }));
             self.sinks.hub.metrics.report(started.elapsed());
             match built {

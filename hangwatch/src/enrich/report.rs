@@ -3,14 +3,14 @@
 //! stall, a stuck exit's threads), and the `resolved` event that repeats the last report.
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{Arc, atomic::AtomicUsize},
     time::{Duration, Instant},
 };
 
 use hangwatch_ebpf::StackRecord;
 
 use super::{
-    MAX_EXIT_STACKS, ParkChecks, ParkVerdict, REPORT_DUE, StacksJob, Tick,
+    MAX_EXIT_STACKS, MAX_HOLDER_STACKS, ParkChecks, ParkVerdict, REPORT_DUE, StacksJob, Tick,
     cmdline::CmdlineCache,
     stacks::{Budget, StackReader},
 };
@@ -41,16 +41,19 @@ pub struct Reports {
     metrics: Arc<Metrics>,
     /// The daemon is stopping: no target is read (its command line included).
     stopping: bool,
+    /// Ticks waiting for the stage: the reads a report can do without give way to them.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl Reports {
-    pub fn new(reader: StackReader, metrics: Arc<Metrics>) -> Self {
+    pub fn new(reader: StackReader, metrics: Arc<Metrics>, waiting: Arc<AtomicUsize>) -> Self {
         Self {
             reader,
             cmdlines: CmdlineCache::default(),
             open: HashMap::new(),
             metrics,
             stopping: false,
+            waiting,
         }
     }
 
@@ -59,14 +62,13 @@ impl Reports {
         &mut self,
         transition: &Transition,
         tick: &Tick,
-        due: Instant,
+        budget: &Budget,
         stopping: bool,
     ) -> Option<HangEvent> {
-        let budget = Budget::until(due, stopping);
         self.stopping = stopping;
         let event = match transition {
-            Transition::Opened(episode) => self.report(EventType::Hang, episode, tick, &budget),
-            Transition::Updated(episode) => self.report(EventType::Update, episode, tick, &budget),
+            Transition::Opened(episode) => self.report(EventType::Hang, episode, tick, budget),
+            Transition::Updated(episode) => self.report(EventType::Update, episode, tick, budget),
             Transition::Ended(episode) => return self.resolve(episode, tick),
         }?;
         self.open.insert(key_of(transition), event.clone());
@@ -150,7 +152,8 @@ impl Reports {
             }
         }
         let blocked_on = if tick.owners.contains_key(&sample.key) {
-            self.blocked_on(sample, tick)
+            // The holders' stacks come after the report's own: they give way to newer hangs.
+            self.blocked_on(sample, tick, &budget.yielding(&self.waiting))
         } else {
             Vec::new()
         };
@@ -233,6 +236,8 @@ impl Reports {
         // The signalled thread first, so that it is among those with stacks.
         tids.sort_unstable_by_key(|&tid| (tid != request.target.tid, tid));
         let total = tids.len();
+        // The signalled thread's stack is the report's; the others' give way to newer hangs.
+        let others = budget.yielding(&self.waiting);
         let mut threads = Vec::new();
         let mut main = None;
         for (i, tid) in tids.into_iter().enumerate() {
@@ -244,12 +249,19 @@ impl Reports {
                 ThreadStacks::failed(format!(
                     "not captured: a stuck_exit report carries the stacks of {MAX_EXIT_STACKS} of the process's {total} threads"
                 ))
-            } else if t.state == 'R' {
-                self.reader
-                    .running(tgid, tid, by_tid.get(&tid).copied(), budget)
             } else {
-                self.reader
-                    .blocked(tgid, by_tid.get(&tid).copied(), false, budget)
+                let budget = if tid == request.target.tid {
+                    budget
+                } else {
+                    &others
+                };
+                if t.state == 'R' {
+                    self.reader
+                        .running(tgid, tid, by_tid.get(&tid).copied(), budget)
+                } else {
+                    self.reader
+                        .blocked(tgid, by_tid.get(&tid).copied(), false, budget)
+                }
             };
             if tid == request.target.tid {
                 main = Some((t.name.clone(), wait.clone(), thread_stacks.clone()));
@@ -293,7 +305,7 @@ impl Reports {
 
     /// The owners from the lock `start` waits on: each owner, what it waits on, and so on
     /// until a thread not in a lock wait, or one already in the chain.
-    fn blocked_on(&mut self, start: &ThreadSample, tick: &Tick) -> Vec<BlockedOn> {
+    fn blocked_on(&mut self, start: &ThreadSample, tick: &Tick, budget: &Budget) -> Vec<BlockedOn> {
         let tgid = start.tgid;
         let by_tid: HashMap<u32, &ThreadSample> = tick
             .samples
@@ -301,6 +313,8 @@ impl Reports {
             .filter(|s| s.tgid == tgid)
             .map(|s| (s.key.tid, s))
             .collect();
+        let records: HashMap<u32, &StackRecord> =
+            tick.stacks.values().map(|r| (r.tid, r)).collect();
         let mut chain = Vec::new();
         let mut seen = HashSet::from([start.key.tid]);
         let mut next = tick.owners.get(&start.key).copied();
@@ -320,6 +334,7 @@ impl Reports {
                         futex_op: wait.futex.map(|f| f.op),
                         owner_tid: tick.owners.get(&s.key).copied(),
                         cycle,
+                        ..BlockedOn::default()
                     }
                 }
                 // Not a candidate: running, or in a wait the scan does not report.
@@ -331,7 +346,7 @@ impl Reports {
                             // The lock word is in the process's memory: on the reader.
                             Some(call) => self
                                 .reader
-                                .read(tgid, super::READ_DEADLINE, move |_| {
+                                .read_memory(tgid, super::READ_DEADLINE, move || {
                                     futex_owner::read_owner(tgid, &call)
                                 })
                                 .ok()
@@ -355,12 +370,29 @@ impl Reports {
                             }),
                             owner_tid,
                             cycle,
+                            ..BlockedOn::default()
                         }
                     }
                     None => break, // exited meanwhile
                 },
             };
             next = if cycle { None } else { link.owner_tid };
+            // Where the holder is stuck: its stacks, like a cycle member's.
+            let link = if cycle {
+                link
+            } else if chain.len() >= MAX_HOLDER_STACKS {
+                link.with_stacks(ThreadStacks::failed(format!(
+                    "not read: a report carries the stacks of the first {MAX_HOLDER_STACKS} holders"
+                )))
+            } else {
+                let record = records.get(&tid).copied();
+                let stacks = match by_tid.get(&tid) {
+                    Some(s) => self.stacks_of(s, record, budget),
+                    None if link.state == 'R' => self.reader.running(tgid, tid, record, budget),
+                    None => self.reader.blocked(tgid, record, false, budget),
+                };
+                link.with_stacks(stacks)
+            };
             chain.push(link);
         }
         chain
@@ -430,15 +462,11 @@ impl Reports {
     /// Reads the stacks of loop threads in a futex wait, once per wait, to tell a parked
     /// worker from a stuck one; the verdicts go back to the detection thread.
     pub fn park_checks(&mut self, checks: ParkChecks, stopping: bool) {
-        let budget = Budget::until(Instant::now() + REPORT_DUE, stopping);
+        let budget = Budget::until(Instant::now() + REPORT_DUE, stopping).yielding(&self.waiting);
         for (thread, tgid, since_ns, record) in checks.threads {
             let stacks = self.reader.blocked(tgid, record.as_ref(), false, &budget);
-            // Not read yet for slowness (a cold cache): no verdict, asked again later.
-            if stacks
-                .user_stack_error
-                .as_deref()
-                .is_some_and(|e| e.contains("still working on it"))
-            {
+            // Not read yet (a cold cache, a spent budget): no verdict, asked again later.
+            if stacks.user_stack_later {
                 continue;
             }
             // A stack that cannot be read cannot tell: quiet by default, as parked.
@@ -467,7 +495,7 @@ impl Reports {
         let mut answer = Vec::with_capacity(records.len());
         for record in &records {
             let budget = match Budget::until(due, stopping).check() {
-                Ok(()) => Budget::Until(due),
+                Ok(()) => Budget::Until(due).yielding(&self.waiting),
                 Err(_) if stopping => Budget::Skip("not read: the daemon is stopping".into()),
                 Err(_) => Budget::Skip(format!(
                     "not read: the request's {STACKS_BUDGET:?} were spent on other threads"

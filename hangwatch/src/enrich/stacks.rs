@@ -1,10 +1,14 @@
 //! Stacks for reports: the kernel stack is symbolized here (it needs nothing from the
 //! watched process); the user stack needs its memory, its maps and its binaries, so it is
-//! unwound and symbolized on a reader worker (`meta::reader`) that owns the unwind and
-//! symbol caches, under `READ_DEADLINE`. A miss marks the process as resisting and the
-//! report says why its user stack is missing.
+//! unwound and symbolized by the unwinder process (`stack::unwinder`, `meta::helper`) that
+//! owns the unwind and symbol caches, under `READ_DEADLINE`. A miss marks the process (or
+//! the module file it was reading) as resisting and the report says why its user stack is
+//! missing.
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -12,12 +16,16 @@ use hangwatch_ebpf::StackRecord;
 
 use super::READ_DEADLINE;
 use crate::{
-    meta::reader::{FileId, ReadError, Resisting, Worker},
+    meta::{
+        helper::Helper,
+        reader::{FileId, ReadError, Resisting, Worker},
+    },
     metrics::Metrics,
     stack::{
-        KernelSymbolizer, ThreadStacks, UserStacks,
-        on_cpu::{self, SampleError},
-        taker::{UnwoundSample, blocked_stacks, sampled_stacks, unwind_sample},
+        KernelSymbolizer, ThreadStacks, UserRegisters, on_cpu,
+        taker::{NotRead, blocked_stacks, sampled_stacks},
+        unwinder::{self, Sampled},
+        user::UserStack,
     },
 };
 
@@ -26,7 +34,22 @@ use crate::{
 #[derive(Debug, Clone)]
 pub enum Budget {
     Until(Instant),
+    /// Until `due`, and only while no newer tick waits for the stage (`waiting` counts
+    /// them): the reads a report can do without (a stuck exit's other threads, the tail
+    /// of a mass hang, a `threads --stacks` answer) give way to the first report of a hang
+    /// that came after, so that one slow report never delays the detection of another.
+    Yielding {
+        due: Instant,
+        waiting: Arc<AtomicUsize>,
+    },
     Skip(String),
+}
+
+/// Why a read was not started: the reason for the report, and the limit it counts.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    pub why: String,
+    pub limit: Option<&'static str>,
 }
 
 impl Budget {
@@ -39,22 +62,57 @@ impl Budget {
         }
     }
 
-    /// Whether a read may start now, or why not.
-    pub fn check(&self) -> Result<(), String> {
+    /// The same budget, giving way to newer ticks.
+    pub fn yielding(&self, waiting: &Arc<AtomicUsize>) -> Self {
         match self {
-            Self::Until(due) if Instant::now() < *due => Ok(()),
-            Self::Until(_) => Err(format!(
+            Self::Until(due) | Self::Yielding { due, .. } => Self::Yielding {
+                due: *due,
+                waiting: Arc::clone(waiting),
+            },
+            Self::Skip(why) => Self::Skip(why.clone()),
+        }
+    }
+
+    /// Whether a read may start now, or why not.
+    pub fn check(&self) -> Result<(), Skipped> {
+        let due = match self {
+            Self::Skip(why) => {
+                return Err(Skipped {
+                    why: why.clone(),
+                    limit: None,
+                });
+            }
+            Self::Until(due) => due,
+            Self::Yielding { due, waiting } => {
+                if waiting.load(Ordering::Relaxed) > 0 {
+                    return Err(Skipped {
+                        why: "not read: newer hangs were waiting to be reported (`hangwatch threads PID --stacks` reads it)".into(),
+                        limit: Some("report_yielded"),
+                    });
+                }
+                due
+            }
+        };
+        if Instant::now() < *due {
+            return Ok(());
+        }
+        Err(Skipped {
+            why: format!(
                 "not read: the report was due (more stacks at once than can be unwound within {:?}; `hangwatch threads PID --stacks` reads it)",
                 super::REPORT_DUE
-            )),
-            Self::Skip(why) => Err(why.clone()),
-        }
+            ),
+            limit: Some("report_due"),
+        })
     }
 }
 
 pub struct StackReader {
     kernel: KernelSymbolizer,
-    user: Worker<UserStacks>,
+    /// The unwinder process: user stacks (their files may block uninterruptibly).
+    unwinder: Helper<unwinder::Request, unwinder::Reply>,
+    /// Reads of a process's memory and /proc files (a command line, a lock word): their
+    /// waits are killable, so a worker thread serves.
+    memory: Worker<()>,
     pub resisting: Resisting,
     /// Module files whose read missed its deadline (a stalled mount): not read again for a
     /// while, in any process, while the rest of each process is.
@@ -62,10 +120,6 @@ pub struct StackReader {
     metrics: Arc<Metrics>,
     /// Kernel symbolization figures already in the metrics.
     kernel_published: (Duration, u64),
-    /// Sections refused for their size, already in the metrics.
-    sections_published: u64,
-    /// Symbolizer paths evicted and rebuilds, already in the metrics.
-    symbolizer_published: (u64, u64),
 }
 
 impl StackReader {
@@ -75,13 +129,17 @@ impl StackReader {
             // ~12 MiB of RSS, which a daemon that never reports should not carry (measured:
             // 72 MiB with it at start, against a 64 MiB budget with 10,000 idle threads).
             kernel: KernelSymbolizer::default(),
-            user: Worker::spawn("hangwatch-unwind", UserStacks::new)?,
+            // The same binary (`/proc/self/exe` even if replaced on disk since), started
+            // at the first user stack.
+            unwinder: Helper::new("/proc/self/exe", &["unwinder"]).env(
+                crate::logging::FORMAT_ENV,
+                crate::logging::format_for_helpers(),
+            ),
+            memory: Worker::spawn("hangwatch-read", || ())?,
             resisting: Resisting::default(),
             resisting_files: Resisting::default(),
             metrics,
             kernel_published: (Duration::ZERO, 0),
-            sections_published: 0,
-            symbolizer_published: (0, 0),
         })
     }
 
@@ -100,49 +158,76 @@ impl StackReader {
             stuck,
             self.resisting.marked + self.resisting_files.marked,
         );
-        let refused = crate::stack::user::sections_refused();
-        self.metrics.limit(
-            "section_too_large",
-            refused.saturating_sub(self.sections_published),
-        );
-        self.sections_published = refused;
-        let symbolizer = crate::stack::user::symbolizer::evictions();
-        self.metrics.limit(
-            "symbolizer_paths",
-            symbolizer.0.saturating_sub(self.symbolizer_published.0),
-        );
-        self.metrics.limit(
-            "symbolizer_files",
-            symbolizer.1.saturating_sub(self.symbolizer_published.1),
-        );
-        self.symbolizer_published = symbolizer;
     }
 
-    /// Runs `task` on the user-stack worker for process `pid`, unless it resists; a miss
-    /// marks it.
-    pub fn read<R: Send + 'static>(
+    /// Runs `task` (a read of process `pid`'s memory or /proc files) on the memory worker,
+    /// unless the process resists; a miss marks it.
+    pub fn read_memory<R: Send + 'static>(
         &mut self,
         pid: u32,
         deadline: Duration,
-        task: impl FnOnce(&mut UserStacks) -> R + Send + 'static,
+        task: impl FnOnce() -> R + Send + 'static,
     ) -> Result<R, ReadError> {
-        read(
-            &mut self.user,
-            (&mut self.resisting, &mut self.resisting_files),
-            &self.metrics,
-            pid,
-            deadline,
-            task,
-        )
+        let now = Instant::now();
+        self.resisting.check(&pid, now)?;
+        let result = self.memory.call(deadline, move |()| task());
+        if let Err(err @ ReadError::Missed { .. }) = &result {
+            self.resisting.mark(pid, err.to_string(), now);
+        }
+        result
     }
 
-    /// Workers given up on, and those still stuck in the kernel.
-    pub fn abandoned(&self) -> (u64, usize) {
+    /// Asks the unwinder `task` about process `pid` unless it resists, telling it which
+    /// module files resist (it reads around them); a miss marks the file it was reading,
+    /// or else the process. Folds what it spent and counted into the metrics.
+    fn unwind(
+        &mut self,
+        pid: u32,
+        deadline: Duration,
+        task: unwinder::Task,
+    ) -> Result<unwinder::Answer, ReadError> {
+        let now = Instant::now();
+        self.resisting.check(&pid, now)?;
+        let request = unwinder::Request {
+            avoid: self.resisting_files.current(now).into_iter().collect(),
+            task,
+        };
+        match self.unwinder.call(deadline, &request) {
+            Ok(reply) => {
+                let f = reply.figures;
+                self.metrics.symbolized("user", f.spent, 0);
+                self.metrics
+                    .user_stacks(f.captured, f.module_hits, f.module_misses);
+                self.metrics.limit("section_too_large", f.sections_refused);
+                self.metrics
+                    .limit("symbolizer_paths", f.symbolizer_paths_evicted);
+                self.metrics
+                    .limit("symbolizer_files", f.symbolizer_rebuilds);
+                Ok(reply.answer)
+            }
+            Err(err) => {
+                match &err {
+                    ReadError::Missed {
+                        file: Some(file), ..
+                    } => self
+                        .resisting_files
+                        .mark(file.clone(), err.to_string(), now),
+                    ReadError::Missed { file: None, .. } => {
+                        self.resisting.mark(pid, err.to_string(), now);
+                    }
+                    _ => {}
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Readers given up on (unwinder processes and memory threads), and those still stuck
+    /// in the kernel.
+    pub fn abandoned(&mut self) -> (u64, usize) {
         (
-            self.user
-                .abandoned
-                .load(std::sync::atomic::Ordering::Relaxed),
-            self.user.stuck(),
+            self.unwinder.abandoned + self.memory.abandoned.load(Ordering::Relaxed),
+            self.unwinder.stuck() + self.memory.stuck(),
         )
     }
 
@@ -154,36 +239,55 @@ impl StackReader {
         kernel_thread: bool,
         budget: &Budget,
     ) -> ThreadStacks {
-        let Self {
-            kernel,
-            user,
-            resisting,
-            resisting_files,
-            metrics,
-            kernel_published: _,
-            sections_published: _,
-            symbolizer_published: _,
-        } = self;
-        blocked_stacks(kernel, record, kernel_thread, |tid, regs| {
-            match budget.check() {
-                Err(why) => {
-                    metrics.limit("report_due", 1);
-                    Err(why)
-                }
-                Ok(()) => read(
-                    user,
-                    (resisting, resisting_files),
-                    metrics,
-                    pid,
-                    READ_DEADLINE,
-                    move |user| user.capture(pid, tid, regs),
-                )
-                .map_err(|err| err.to_string()),
-            }
+        // The user stack first (the record says where it is), then both stacks together.
+        let user = record
+            .filter(|r| !kernel_thread && r.user_ip != 0)
+            .map(|r| self.user_stack(pid, r.tid, UserRegisters::of(r), budget));
+        blocked_stacks(&mut self.kernel, record, kernel_thread, |_, _| {
+            user.unwrap_or_else(|| {
+                Err(NotRead {
+                    why: "no user registers".into(),
+                    later: false,
+                })
+            })
         })
     }
 
-    /// The stacks of a thread that runs: one perf sample of it on a CPU (on the worker:
+    /// The user stack of blocked thread `tid` of `pid`, within the budget.
+    fn user_stack(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        regs: UserRegisters,
+        budget: &Budget,
+    ) -> Result<UserStack, NotRead> {
+        if let Err(skipped) = budget.check() {
+            if let Some(limit) = skipped.limit {
+                self.metrics.limit(limit, 1);
+            }
+            return Err(NotRead {
+                why: skipped.why,
+                later: true,
+            });
+        }
+        match self.unwind(
+            pid,
+            READ_DEADLINE,
+            unwinder::Task::Capture { pid, tid, regs },
+        ) {
+            Ok(unwinder::Answer::Stack(stack)) => Ok(stack),
+            Ok(other) => Err(NotRead {
+                why: format!("the unwinder answered {other:?} to a capture"),
+                later: false,
+            }),
+            Err(err) => Err(NotRead {
+                later: matches!(err, ReadError::Slow { .. }),
+                why: err.to_string(),
+            }),
+        }
+    }
+
+    /// The stacks of a thread that runs: one perf sample of it on a CPU (by the unwinder:
     /// the unwinding reads the process); if it went off-CPU meanwhile, from its record
     /// like a blocked one.
     pub fn running(
@@ -193,70 +297,32 @@ impl StackReader {
         record: Option<&StackRecord>,
         budget: &Budget,
     ) -> ThreadStacks {
-        if let Err(why) = budget.check() {
-            self.metrics.limit("report_due", 1);
-            return ThreadStacks::failed(format!("the thread runs; its stack was {why}"));
+        if let Err(skipped) = budget.check() {
+            if let Some(limit) = skipped.limit {
+                self.metrics.limit(limit, 1);
+            }
+            return ThreadStacks::failed(format!("the thread runs; its stack was {}", skipped.why));
         }
-        let sampled = self.read(
+        let task = unwinder::Task::Sample {
             pid,
-            READ_DEADLINE + on_cpu::SAMPLE_TIMEOUT,
-            move |user| -> Result<UnwoundSample, SampleError> {
-                let sample = on_cpu::sample_running(tid, on_cpu::SAMPLE_TIMEOUT)?;
-                Ok(unwind_sample(user, pid, sample))
-            },
-        );
-        match sampled {
-            Ok(Ok(sample)) => sampled_stacks(&mut self.kernel, sample),
-            Ok(Err(SampleError::NoSample { .. })) => self.blocked(pid, record, false, budget),
-            Ok(Err(err)) => {
+            tid,
+            timeout: on_cpu::SAMPLE_TIMEOUT,
+        };
+        match self.unwind(pid, READ_DEADLINE + on_cpu::SAMPLE_TIMEOUT, task) {
+            Ok(unwinder::Answer::Sampled(Sampled::Unwound(sample))) => {
+                sampled_stacks(&mut self.kernel, sample)
+            }
+            Ok(unwinder::Answer::Sampled(Sampled::NotRunning)) => {
+                self.blocked(pid, record, false, budget)
+            }
+            Ok(unwinder::Answer::Sampled(Sampled::Failed(err))) => {
                 tracing::debug!("no on-CPU sample of thread {tid}: {err}");
                 ThreadStacks::failed(format!("the thread runs and could not be sampled: {err}"))
             }
-            Err(err) => ThreadStacks::failed(format!("the thread runs; its stack was {err}")),
-        }
-    }
-}
-
-/// Runs `task` on the user-stack worker for `pid` unless it resists, telling it which
-/// module files resist (it reads around them); a miss marks the file it was reading, or
-/// else the process. Folds what the task spent unwinding into the metrics.
-fn read<R: Send + 'static>(
-    user: &mut Worker<UserStacks>,
-    (resisting, resisting_files): (&mut Resisting, &mut Resisting<FileId>),
-    metrics: &Metrics,
-    pid: u32,
-    deadline: Duration,
-    task: impl FnOnce(&mut UserStacks) -> R + Send + 'static,
-) -> Result<R, ReadError> {
-    let now = Instant::now();
-    resisting.check(&pid, now)?;
-    let avoid = resisting_files.current(now);
-    let result = user.call(deadline, move |user| {
-        user.avoid_files(avoid);
-        let before = (user.spent, user.captured, user.module_cache());
-        let result = task(user);
-        let after = (user.spent, user.captured, user.module_cache());
-        (result, before, after)
-    });
-    match result {
-        Ok((result, before, after)) => {
-            metrics.symbolized("user", after.0.saturating_sub(before.0), 0);
-            metrics.user_stacks(
-                after.1 - before.1,
-                after.2.0 - before.2.0,
-                after.2.1 - before.2.1,
-            );
-            Ok(result)
-        }
-        Err(err) => {
-            match &err {
-                ReadError::Missed {
-                    file: Some(file), ..
-                } => resisting_files.mark(file.clone(), err.to_string(), now),
-                ReadError::Missed { file: None, .. } => resisting.mark(pid, err.to_string(), now),
-                _ => {}
+            Ok(other) => {
+                ThreadStacks::failed(format!("the unwinder answered {other:?} to a sample"))
             }
-            Err(err)
+            Err(err) => ThreadStacks::failed(format!("the thread runs; its stack was {err}")),
         }
     }
 }

@@ -72,7 +72,7 @@ pub enum ReadError {
 
 /// A file, by device and inode (as `/proc/PID/maps` names them): the same binary in
 /// every process that maps it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct FileId {
     pub dev: String,
     pub inode: u64,
@@ -144,7 +144,7 @@ impl<K: std::hash::Hash + Eq + fmt::Debug + Clone> Resisting<K> {
 type Task<S> = Box<dyn FnOnce(&mut S) + Send>;
 
 /// What a task reads when nothing more precise was said.
-const READING_MEMORY: &str = "memory of the process";
+pub const READING_MEMORY: &str = "memory of the process";
 
 /// What the task running on a worker thread reads right now, shared with the caller so
 /// that a miss can say what blocked (its memory, or a module file on a stalled mount).
@@ -168,12 +168,28 @@ pub fn reading_file(what: impl Into<Cow<'static, str>>, file: FileId) {
     say_reading(what.into(), Some(file));
 }
 
+/// Where a process that reads on its main thread (the helper process, `helper.rs`) says
+/// what it reads, instead of a worker's shared slot.
+static NOTE_READING: std::sync::OnceLock<fn(&str, Option<&FileId>)> = std::sync::OnceLock::new();
+
+/// Sends what this process's reads say ([`reading`]) to `note` (a helper process: to its
+/// daemon).
+pub fn note_reading_with(note: fn(&str, Option<&FileId>)) {
+    let _ = NOTE_READING.set(note);
+}
+
 fn say_reading(what: Cow<'static, str>, file: Option<FileId>) {
-    READING.with_borrow(|reading| {
+    let told = READING.with_borrow(|reading| {
         if let Some(reading) = reading {
-            *reading.lock().unwrap_or_else(|e| e.into_inner()) = Some((what, file));
+            *reading.lock().unwrap_or_else(|e| e.into_inner()) = Some((what.clone(), file.clone()));
+            true
+        } else {
+            false
         }
     });
+    if !told && let Some(note) = NOTE_READING.get() {
+        note(&what, file.as_ref());
+    }
 }
 
 /// A worker thread owning state `S` (caches), replaced when a task overruns its deadline.
@@ -221,6 +237,13 @@ impl<S: 'static> Worker<S> {
             stuck,
             abandoned: Arc::default(),
         })
+    }
+
+    /// The current worker works (on a CPU, or runnable and waiting for one: a machine
+    /// saturated by other work) rather than waits in the kernel: an overdue task of such
+    /// a worker is late, not stuck on its target.
+    pub fn working(&self) -> bool {
+        self.current.running()
     }
 
     /// Workers abandoned and still stuck in the kernel.
@@ -371,30 +394,39 @@ impl<S: 'static> Thread<S> {
             .unwrap_or((Cow::Borrowed(READING_MEMORY), None))
     }
 
-    /// The thread works rather than waits: on a CPU or runnable (`R`), or it used CPU
-    /// time in the last few milliseconds (reading a binary from disk alternates short
-    /// sleeps in D with work; a thread stuck on a lock uses none).
+    /// The thread works rather than waits (see [`works`]).
     fn running(&self) -> bool {
-        let tid = self.tid.load(Ordering::Relaxed);
-        let sample = || -> Option<(char, u64)> {
-            let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-            let rest = stat.get(stat.rfind(')')? + 2..)?;
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?.chars().next()?;
-            // utime and stime: fields 14 and 15 of stat (the state is field 3).
-            let mut fields = fields.skip(10);
-            let cpu = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
-            Some((state, cpu))
-        };
-        let Some((state, before)) = sample() else {
-            return false;
-        };
-        if state == 'R' {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(30));
-        sample().is_some_and(|(state, after)| state == 'R' || after > before)
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        works(
+            pid.cast_unsigned(),
+            self.tid.load(Ordering::Relaxed).cast_unsigned(),
+        )
     }
+}
+
+/// Thread `tid` of process `pid` works rather than waits: on a CPU or runnable (`R`), or it
+/// used CPU time in the last few milliseconds (reading a binary from disk alternates short
+/// sleeps in D with work; a thread stuck on a lock uses none).
+pub fn works(pid: u32, tid: u32) -> bool {
+    let sample = || -> Option<(char, u64)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+        let rest = stat.get(stat.rfind(')')? + 2..)?;
+        let mut fields = rest.split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        // utime and stime: fields 14 and 15 of stat (the state is field 3).
+        let mut fields = fields.skip(10);
+        let cpu = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+        Some((state, cpu))
+    };
+    let Some((state, before)) = sample() else {
+        return false;
+    };
+    if state == 'R' {
+        return true;
+    }
+    thread::sleep(Duration::from_millis(30));
+    sample().is_some_and(|(state, after)| state == 'R' || after > before)
 }
 
 #[cfg(test)]

@@ -131,7 +131,7 @@ impl Workload {
 }
 
 /// One owner in a `blocked_on` chain.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BlockedOn {
     pub tid: u32,
     pub thread_name: String,
@@ -147,6 +147,30 @@ pub struct BlockedOn {
     /// The chain came back to a thread already in it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub cycle: bool,
+    /// Where the holder is stuck: its first application frame, and its stacks (for the
+    /// first `enrich::MAX_HOLDER_STACKS` holders of the chain; not for a link back into a
+    /// cycle, whose stacks are above).
+    pub blocked_here: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub user_stack: Vec<crate::stack::Frame>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_stack: Vec<crate::stack::Frame>,
+    /// Why its stacks are missing or partial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacks_error: Option<String>,
+}
+
+impl BlockedOn {
+    /// Adds the holder's stacks.
+    pub fn with_stacks(self, stacks: ThreadStacks) -> Self {
+        Self {
+            stacks_error: stacks.kernel_stack_error.or(stacks.user_stack_error),
+            blocked_here: stacks.blocked_here,
+            user_stack: stacks.user_stack,
+            kernel_stack: stacks.kernel_stack,
+            ..self
+        }
+    }
 }
 
 /// What a stalled event-loop thread is doing.

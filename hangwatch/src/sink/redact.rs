@@ -57,6 +57,9 @@ pub fn strip_kernel_addresses(event: &mut HangEvent) {
         strip_frames(&mut member.kernel_stack);
         strip_wchan(&mut member.wait);
     }
+    for holder in &mut event.blocked_on {
+        strip_frames(&mut holder.kernel_stack);
+    }
 }
 
 /// Keeps argv[0] (what runs) and replaces each argument by [`REDACTED`].

@@ -120,9 +120,14 @@ pub fn render(e: &HangEvent) -> String {
             .as_deref()
             .map(|op| format!(" {op}"))
             .unwrap_or_default();
+        let at = link
+            .blocked_here
+            .as_deref()
+            .map(|here| format!(", at {here}"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  held by  tid {} '{}' {} in {}{op}{again}",
+            "  held by  tid {} '{}' {} in {}{op}{again}{at}",
             link.tid, link.thread_name, link.state, link.syscall
         );
     }
@@ -299,11 +304,13 @@ mod tests {
             futex_op: None,
             owner_tid: None,
             cycle: false,
+            blocked_here: Some("load at holder.c:12".into()),
+            ..BlockedOn::default()
         }];
         let text = render(&event);
         assert!(text.contains(", lock held by tid 12"), "{text}");
         assert!(
-            text.contains("held by  tid 12 'holder' S in read\n"),
+            text.contains("held by  tid 12 'holder' S in read, at load at holder.c:12\n"),
             "{text}"
         );
 

@@ -1,9 +1,9 @@
 //! Which frames are the program's own. A raw stack of a hung thread is mostly the runtime
 //! (libc's futex wrapper, the Rust std, tokio, the CPython interpreter loop); the frame a
 //! person wants is the first one of the application (seed 001's lesson).
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FrameTag {
     Kernel,

@@ -37,6 +37,11 @@ pub struct ThreadStacks {
     /// Why the user stack is missing or partial.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_stack_error: Option<String>,
+    /// The user stack was not read for a reason of the moment (a spent budget, a cold read
+    /// still going on): asking again later may read it. A loop's park check then waits
+    /// for a verdict instead of taking the empty stack as an answer.
+    #[serde(skip)]
+    pub user_stack_later: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_stack_unwind: Option<UnwindInfo>,
     /// The first application frame: "function at file:line".
@@ -64,6 +69,13 @@ impl StackTaker {
     }
 }
 
+/// Why a user stack was not read, and whether asking again later may read it.
+#[derive(Debug, Clone)]
+pub struct NotRead {
+    pub why: String,
+    pub later: bool,
+}
+
 /// A blocked thread's stacks from its `dump_stacks` record: the kernel stack symbolized
 /// here, the user stack from `user` (given the saved registers; `Err` says why it was not
 /// read). A kernel thread has no user stack and that is no error.
@@ -71,18 +83,14 @@ pub fn blocked_stacks(
     kernel: &mut KernelSymbolizer,
     record: Option<&StackRecord>,
     kernel_thread: bool,
-    user: impl FnOnce(u32, UserRegisters) -> Result<UserStack, String>,
+    user: impl FnOnce(u32, UserRegisters) -> Result<UserStack, NotRead>,
 ) -> ThreadStacks {
     let Some(record) = record else {
         // Both stacks say why: a report never has an empty stack without a reason.
         return ThreadStacks::failed("the thread was gone before its stack was read".into());
     };
     let depth = (record.kernel_depth as usize).min(record.kernel_stack.len());
-    let user_registers = (!kernel_thread && record.user_ip != 0).then_some(UserRegisters {
-        ip: record.user_ip,
-        sp: record.user_sp,
-        fp: record.user_fp,
-    });
+    let user_registers = (!kernel_thread && record.user_ip != 0).then(|| UserRegisters::of(record));
     let user = user_registers.map(|regs| user(record.tid, regs));
     let mut stacks = ThreadStacks {
         source: StackSource::Blocked,
@@ -94,7 +102,10 @@ pub fn blocked_stacks(
     };
     match user {
         Some(Ok(user)) => stacks.set_user(user),
-        Some(Err(why)) => stacks.user_stack_error = Some(why),
+        Some(Err(not_read)) => {
+            stacks.user_stack_error = Some(not_read.why);
+            stacks.user_stack_later = not_read.later;
+        }
         None if kernel_thread => {}
         None => {
             stacks.user_stack_error =
@@ -106,6 +117,7 @@ pub fn blocked_stacks(
 
 /// What a reader made of a sample of a running thread: the user stack unwound (where the
 /// process's memory and files are read), the kernel callchain still to symbolize.
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct UnwoundSample {
     pub regs: Option<UserRegisters>,
     pub user: Option<UserStack>,

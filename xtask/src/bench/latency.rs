@@ -14,7 +14,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::frozen::{Ext4Mount, Frozen};
+use super::{
+    compile,
+    frozen::{Ext4Mount, Frozen},
+    variants::Tools,
+};
 
 /// Hangs per run.
 pub const HANGS: usize = 50;
@@ -222,4 +226,46 @@ fn measure_with(
         threshold: THRESHOLD,
         samples,
     })
+}
+
+/// Detection latency, from threads that hang at random moments; a failure is a note.
+pub fn detection_latency(
+    tools: &Tools,
+    out_dir: &Path,
+    notes: &mut Vec<String>,
+) -> Vec<(HangKind, Latency)> {
+    let program = match compile(out_dir, "hang_at_random", include_str!("hang_at_random.c")) {
+        Ok(p) => p,
+        Err(err) => {
+            notes.push(format!("detection latency not measured: {err:#}"));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for kind in [HangKind::Futex, HangKind::DState] {
+        match measure(
+            &tools.daemon,
+            &tools.daemon_run_args,
+            &program,
+            kind,
+            out_dir,
+        ) {
+            Ok(l) => {
+                if l.reported < l.hangs {
+                    notes.push(format!(
+                        "detection latency, {}: only {} of {} hangs were reported",
+                        kind.name(),
+                        l.reported,
+                        l.hangs
+                    ));
+                }
+                out.push((kind, l));
+            }
+            Err(err) => notes.push(format!(
+                "detection latency, {}, not measured: {err:#}",
+                kind.name()
+            )),
+        }
+    }
+    out
 }

@@ -33,7 +33,7 @@ pub fn sections_refused() -> u64 {
 }
 
 /// How a user stack was obtained, to judge it by.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct UnwindInfo {
     /// Frames the DWARF unwinder found.
     pub frames: usize,
@@ -43,11 +43,11 @@ pub struct UnwindInfo {
     /// Bytes of stack copied.
     pub stack_bytes: usize,
     /// Modules on the stack's path that could not be read (their frames are unnamed).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreadable_modules: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct UserStack {
     pub frames: Vec<Frame>,
     /// Why the stack is missing or partial.
