@@ -502,6 +502,7 @@ impl Scanner {
             self.table.ticked_samples()
         };
         self.read_lock_owners(&sample_list, now_ns);
+        meta::pi_park::close_cycles(&sample_list, &mut self.locks);
         let exits = self.exits.requests();
         let detection = self.config.detectors.detect(
             &sample_list,

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     clock,
-    detect::{HangKind, loop_stall::is_parked},
+    detect::{HangKind, lock_wait::Ownerless, loop_stall::is_parked},
     episode::{Episode, EpisodeKey, Transition},
     meta::{ProcessInfo, ThreadProc, futex_owner, thread_proc, wchan},
     metrics::Metrics,
@@ -112,6 +112,21 @@ impl Reports {
             ThreadProc::Gone => None,
         };
         let thread_stacks = self.stacks_of(sample, tick.stacks.get(&sample.key), budget);
+        // A lock wait without an owner is reported only when its stack shows a lock.
+        let owner = tick.owners.get(&sample.key).copied();
+        let symbols = thread_stacks
+            .user_stack
+            .iter()
+            .filter_map(|f| f.symbol.as_deref());
+        let lock = match Ownerless::of(episode.key.kind, sample, owner, symbols) {
+            Ownerless::NotALock => return None,
+            verdict => verdict.lock(),
+        };
+        // The first report of an episode is its `hang`, even at an update.
+        let event = match self.open.contains_key(&episode.key) {
+            false if event == EventType::Update => EventType::Hang,
+            _ => event,
+        };
         let with_owner = |s: &ThreadSample| Wait {
             owner_tid: tick.owners.get(&s.key).copied(),
             wchan: wchan(s.tgid, s.key.tid),
@@ -183,6 +198,7 @@ impl Reports {
             blocked_on,
             cycle,
             stall,
+            lock,
             ..base
         })
     }
@@ -436,6 +452,8 @@ impl Reports {
             stall: None,
             exit: None,
             threads: Vec::new(),
+            reason: episode.reason.as_deref().cloned(),
+            lock: None,
             stacks,
             resolution: None,
         }

@@ -6,6 +6,7 @@ pub mod container;
 pub mod futex_owner;
 pub mod helper;
 pub mod memory;
+pub mod pi_park;
 pub mod pods;
 mod process;
 pub mod reader;

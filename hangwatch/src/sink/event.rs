@@ -2,7 +2,12 @@
 //! carries"). This is the JSON line schema of `--output json`.
 use serde::Serialize;
 
-use crate::{detect::HangKind, meta::ProcessInfo, stack::ThreadStacks, state::Wait};
+use crate::{
+    detect::{HangKind, lock_wait::OwnerlessLock, reason::DeadlockReason},
+    meta::ProcessInfo,
+    stack::ThreadStacks,
+    state::Wait,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -74,6 +79,14 @@ pub struct HangEvent {
     /// threads: the others say so in `kernel_stack_error`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub threads: Vec<CycleMember>,
+    /// For a `lock_wait` on a lock that keeps no owner (`wait.owner_tid` null): the
+    /// implementation its stack shows and the lock's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<OwnerlessLock>,
+    /// For a deadlock: the rule that fired (`lock_cycle`, `pi_park`, `whole_process`) and
+    /// the facts it relied on (docs/detection.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DeadlockReason>,
     /// `kernel_stack`, `user_stack`, `blocked_here` and the rest, at the top level.
     #[serde(flatten)]
     pub stacks: ThreadStacks,
@@ -248,6 +261,8 @@ pub(crate) fn example(event: EventType, id: &str, tid: u32, duration_ms: u64) ->
         stall: None,
         exit: None,
         threads: Vec::new(),
+        reason: None,
+        lock: None,
         stacks: ThreadStacks {
             blocked_here: Some("worker at abba.c:30".into()),
             ..ThreadStacks::default()

@@ -2,7 +2,10 @@
 use std::fmt::Write;
 
 use super::{EventType, HangEvent};
-use crate::stack::{Frame, FrameTag, StackSource};
+use crate::{
+    detect::reason::DeadlockRule,
+    stack::{Frame, FrameTag, StackSource},
+};
 
 fn write_frames(out: &mut String, frames: &[Frame]) {
     let first_app = frames.iter().position(|f| f.tag == FrameTag::Application);
@@ -100,6 +103,15 @@ pub fn render(e: &HangEvent) -> String {
     if let Some(owner) = e.wait.owner_tid {
         let _ = write!(wait, ", lock held by tid {owner}");
     }
+    if let Some(lock) = &e.lock {
+        let at = lock
+            .address
+            .as_deref()
+            .map(|a| format!(" at {a}"))
+            .unwrap_or_default();
+        let name = lock.implementation.name();
+        let _ = write!(wait, ", {name} lock{at} that names no owner");
+    }
     let _ = writeln!(out, "  wait     {wait}");
     for link in &e.blocked_on {
         let again = if link.cycle { " (again: cycle)" } else { "" };
@@ -121,19 +133,32 @@ pub fn render(e: &HangEvent) -> String {
     }
     if !e.cycle.is_empty() {
         let tids: Vec<String> = e.cycle.iter().map(|m| m.tid.to_string()).collect();
-        let _ = writeln!(out, "  cycle    {} -> {}", tids.join(" -> "), tids[0]);
+        let whole = e
+            .reason
+            .as_ref()
+            .is_some_and(|r| r.rule == DeadlockRule::WholeProcess);
+        if whole {
+            let _ = writeln!(out, "  stuck    every thread: {}", tids.join(", "));
+        } else {
+            let _ = writeln!(out, "  cycle    {} -> {}", tids.join(" -> "), tids[0]);
+        }
         for m in &e.cycle {
             let _ = writeln!(
                 out,
                 "    tid {} '{}' waits for {}, blocked here: {}",
                 m.tid,
                 m.thread_name,
-                m.wait.owner_tid.map_or_else(
-                    || "a lock copied or never released".to_owned(),
-                    |o| format!("tid {o}")
-                ),
+                m.wait
+                    .owner_tid
+                    .map_or_else(|| "no known owner".to_owned(), |o| format!("tid {o}")),
                 m.blocked_here.as_deref().unwrap_or("?")
             );
+        }
+    }
+    if let Some(reason) = &e.reason {
+        let _ = writeln!(out, "  why      {}", reason.rule.name());
+        for fact in &reason.evidence {
+            let _ = writeln!(out, "    {fact}");
         }
     }
     if let Some(stall) = &e.stall {
@@ -306,6 +331,17 @@ mod tests {
         event.cycle = vec![member(11, 12), member(12, 11)];
         let text = render(&event);
         assert!(text.contains("cycle    11 -> 12 -> 11"), "{text}");
+        let mut whole = event.clone();
+        whole.reason = Some(crate::detect::reason::DeadlockReason {
+            rule: DeadlockRule::WholeProcess,
+            evidence: vec!["tid 11 joins tid 12".into()],
+        });
+        let text = render(&whole);
+        assert!(text.contains("stuck    every thread: 11, 12\n"), "{text}");
+        assert!(
+            text.contains("why      whole_process\n    tid 11 joins tid 12\n"),
+            "{text}"
+        );
         assert!(
             text.contains("tid 12 'w12' waits for tid 11, blocked here: w12 at abba.c:12"),
             "{text}"
