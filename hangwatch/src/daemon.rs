@@ -38,7 +38,7 @@ use crate::{
 
 /// The share of one core the full walks may take; beyond it they are spaced out. With the
 /// ticks' own ~0.1 % this keeps the daemon within 0.5 % of a core on a machine with 10,000
-/// idle threads (README, "Performance"); a walk costs about 2 µs per thread it returns.
+/// idle threads (docs/benchmarks.md); a walk costs about 2 µs per thread it returns.
 const WALK_CPU_SHARE: f64 = 0.003;
 
 /// `sys_enter_loop` stays attached this long after the last loop thread that needed it, so

@@ -30,6 +30,17 @@ pub enum Resolution {
     DaemonStopped,
 }
 
+impl Resolution {
+    /// The name the JSON events use, for the text output to say the same.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Exited => "exited",
+            Self::DaemonStopped => "daemon_stopped",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct HangEvent {
     pub event: EventType,

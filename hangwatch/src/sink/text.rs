@@ -52,7 +52,7 @@ pub fn render(e: &HangEvent) -> String {
     let _ = writeln!(out, "  id       {}", e.id);
     let _ = writeln!(out, "  since    {}", e.started_at);
     if let Some(resolution) = e.resolution {
-        let _ = writeln!(out, "  ended    {resolution:?}");
+        let _ = writeln!(out, "  ended    {}", resolution.as_str());
     }
     let _ = writeln!(out, "  exe      {}", e.exe.as_deref().unwrap_or("?"));
     let cmdline = e.cmdline.join(" ").replace('\n', "\\n");
@@ -220,6 +220,29 @@ pub fn render(e: &HangEvent) -> String {
 mod tests {
     use super::*;
     use crate::{detect::HangKind, stack::ThreadStacks, state::Wait};
+
+    #[test]
+    fn an_ended_episode_says_how_in_the_words_of_the_json() {
+        use crate::sink::Resolution;
+        for resolution in [
+            Resolution::Running,
+            Resolution::Exited,
+            Resolution::DaemonStopped,
+        ] {
+            let mut event =
+                crate::sink::event::example(EventType::Resolved, "d_state-11-0", 11, 2_000);
+            event.resolution = Some(resolution);
+            let json = serde_json::to_value(resolution).expect("json");
+            let text = render(&event);
+            assert!(
+                text.contains(&format!(
+                    "  ended    {}\n",
+                    json.as_str().expect("a string")
+                )),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn a_report_names_the_thread_the_wait_and_the_stack() {
