@@ -4,7 +4,6 @@
 use anyhow::Result;
 
 use super::{
-    load,
     load::Sizes,
     sys::BpfStats,
     variants::{self, ProgramCost, Tools, Variant},
