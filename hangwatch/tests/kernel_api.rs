@@ -584,7 +584,8 @@ fn threads_lists_every_thread_of_a_process_with_its_state() {
         .unwrap_or_default();
     assert!(
         frames.contains(&"locker"),
-        "locker's user stack: {frames:?}"
+        "locker's user stack: {frames:?} (why, if empty: {})",
+        locker["user_stack_error"]
     );
     let text = cli_ok(&ep, &["threads", &pid.to_string(), "--stacks"]);
     assert!(text.stdout.contains("user stack:"), "{}", text.stdout);
