@@ -384,7 +384,7 @@ fn module_on_a_stalled_fuse_mount(stall: Stall) {
             let stuck: Vec<u32> = helpers
                 .iter()
                 .copied()
-                .filter(|&pid| state_of(pid) == Some('D'))
+                .filter(|&pid| task_state(pid) == Some('D'))
                 .collect();
             eprintln!("unwinder processes of the daemon: {helpers:?}, in D: {stuck:?}");
             assert!(
@@ -410,63 +410,19 @@ fn module_on_a_stalled_fuse_mount(stall: Stall) {
             // The abort of the connection frees the stuck unwinder; it is gone then (init
             // reaps it: the daemon is gone).
             drop(fuse);
-            let until = Instant::now() + Duration::from_secs(5);
-            while stuck
-                .iter()
-                .any(|&pid| state_of(pid).is_some_and(|s| s != 'Z'))
-                && Instant::now() < until
-            {
-                thread::sleep(Duration::from_millis(50));
-            }
+            wait_until(Duration::from_secs(5), || {
+                stuck
+                    .iter()
+                    .all(|&pid| task_state(pid).is_none_or(|s| s == 'Z'))
+            });
             for &pid in &stuck {
                 assert!(
-                    state_of(pid).is_none_or(|s| s == 'Z'),
+                    task_state(pid).is_none_or(|s| s == 'Z'),
                     "unwinder {pid} ends once the connection is aborted"
                 );
             }
         }
     }
-}
-
-/// The CPU time of the daemon and of its unwinder processes (its work too).
-fn daemon_cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // cutime and cstime (fields 16 and 17 of stat, 13 and 14 after the state): the
-    // unwinders it reaped.
-    let reaped = Duration::from_millis((ticks(13) + ticks(14)) * 10);
-    cpu_time(pid) + reaped + children_of(pid).into_iter().map(cpu_time).sum::<Duration>()
-}
-
-/// The children of every thread of `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|c| {
-            c.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
-}
-
-/// The state letter of process `pid`, if it exists.
-fn state_of(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.get(stat.rfind(')')? + 2..)?.chars().next()
 }
 
 /// The BPF objects (programs, maps, links) among `pid`'s open fds.
@@ -540,7 +496,7 @@ fn a_mass_hang_is_reported_whole_and_detection_goes_on() {
     let mut mass = Program::start(&compile("mass_d"), &[&dir, &count]);
     let pid = u32::try_from(mass.expect_number("pid", Duration::from_secs(5))).expect("pid");
     fs.freeze();
-    let cpu_before = daemon_cpu_time(daemon.pid);
+    let cpu_before = cpu_time_with_helpers(daemon.pid);
     let started = Instant::now();
     mass.send("go");
     mass.expect_line("started", Duration::from_secs(30));
@@ -559,7 +515,7 @@ fn a_mass_hang_is_reported_whole_and_detection_goes_on() {
     };
     let all_reported = wait_until(Duration::from_secs(20), || reported_all() >= THREADS);
     let window = started.elapsed();
-    let cpu = daemon_cpu_time(daemon.pid).saturating_sub(cpu_before);
+    let cpu = cpu_time_with_helpers(daemon.pid).saturating_sub(cpu_before);
     let reported = reported_all();
     eprintln!(
         "mass hang: {reported} of {THREADS} threads reported; unrelated deadlock reported {latency:?} after it formed (1 s threshold); daemon CPU {cpu:?} over {window:?} ({:.2} of a core)",

@@ -43,22 +43,53 @@ pub fn task_state(pid: u32) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
+/// The numeric fields of /proc/PID/stat after the state (index 0 is field 4), 0 if absent.
+fn stat_fields(pid: u32) -> Vec<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(1)
+                .map(|v| v.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Clock ticks (USER_HZ) to a duration.
+fn ticks(n: u64) -> Duration {
+    Duration::from_millis(n * 1000 / 100)
+}
+
 /// A process's CPU time so far (user + system), from /proc/PID/stat.
 pub fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
+    let f = stat_fields(pid);
+    // utime and stime are fields 14 and 15 of stat.
+    ticks(f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0))
+}
+
+/// The CPU time of a process and of its helper processes (the daemon's unwinders): its
+/// own, its children's it reaped (cutime, cstime: fields 16 and 17), its live children's.
+pub fn cpu_time_with_helpers(pid: u32) -> Duration {
+    let f = stat_fields(pid);
+    let reaped = ticks(f.get(12).copied().unwrap_or(0) + f.get(13).copied().unwrap_or(0));
+    cpu_time(pid) + reaped + children_of(pid).into_iter().map(cpu_time).sum::<Duration>()
+}
+
+/// The children of every thread of `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
     };
-    // utime and stime are fields 14 and 15 of stat: 11 and 12 after the state.
-    let hz = 100; // USER_HZ
-    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// The kernel stack of a task from /proc/PID/stack (root only), for failure messages.
