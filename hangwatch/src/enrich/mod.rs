@@ -20,7 +20,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{self, Receiver, SyncSender, TrySendError},
     },
     thread,
@@ -37,6 +37,7 @@ use crate::{
     sink::{HangEvent, Hub, Resolution, StdoutSink},
     state::{ThreadKey, ThreadSample},
 };
+use stacks::NewerHangs;
 
 /// A command line is cut at this many bytes in events (`cmdline_truncated` says so).
 pub const MAX_CMDLINE_BYTES: usize = 4096;
@@ -54,9 +55,10 @@ pub const REPORT_DUE: Duration = Duration::from_secs(1);
 /// all: the stage catches up at the speed of kernel symbolization.
 pub const BACKLOG: Duration = Duration::from_secs(2);
 /// The first reports of a tick get their user stacks even past `REPORT_DUE` (a cold cache
-/// or a large binary can take a second: the ordinary case of one or two hangs must not
-/// lose stacks to it), up to `REPORT_HARD_DUE`.
-pub const ALWAYS_READ: usize = 4;
+/// or a large binary can take a second: the ordinary case of a few hangs at once, such as
+/// the loops of several servers stalled by one dependency, must not lose stacks to it), up
+/// to `REPORT_HARD_DUE`.
+pub const ALWAYS_READ: usize = 8;
 pub const REPORT_HARD_DUE: Duration = Duration::from_secs(3);
 /// One read of a watched process (its stack and the files to unwind and symbolize it, its
 /// command line) may take this long; past it the process is marked as resisting.
@@ -85,6 +87,15 @@ pub struct Tick {
     pub now_wall: SystemTime,
     /// When the tick handed this over.
     pub at: Instant,
+}
+
+impl Tick {
+    /// Whether a hang opens at this tick (its first report waits for the stage).
+    pub fn opens_a_hang(&self) -> bool {
+        self.transitions
+            .iter()
+            .any(|t| matches!(t, Transition::Opened(_)))
+    }
 }
 
 /// Futex waits of loop threads whose stack tells a parked worker from a stuck one.
@@ -125,9 +136,9 @@ pub struct Sinks {
 /// The detection thread's end of the stage.
 pub struct Enrich {
     jobs: SyncSender<Job>,
-    /// Ticks handed over and not yet taken by the stage: the reads a report can do without
-    /// give way while there are any (`stacks::Budget::Yielding`).
-    waiting: Arc<AtomicUsize>,
+    /// Ticks opening a hang handed over and not yet taken by the stage: the reads a report
+    /// can do without give way to them (`stacks::Budget::Yielding`).
+    newer: NewerHangs,
     /// Ticks handed over without enrichment because the queue was full.
     pub overflowed: Arc<AtomicU64>,
 }
@@ -143,8 +154,8 @@ impl Enrich {
     ) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
         let metrics = Arc::clone(&sinks.hub.metrics);
-        let waiting = Arc::new(AtomicUsize::new(0));
-        let stage_waiting = Arc::clone(&waiting);
+        let newer = NewerHangs::default();
+        let stage_newer = newer.clone();
         thread::Builder::new()
             .name("hangwatch-enrich".into())
             .spawn(move || {
@@ -160,11 +171,11 @@ impl Enrich {
                     reports: report::Reports::new(
                         reader,
                         Arc::clone(&metrics),
-                        Arc::clone(&stage_waiting),
+                        stage_newer.clone(),
                     ),
                     sinks,
                     stopping,
-                    waiting: stage_waiting,
+                    newer: stage_newer,
                 };
                 stage.run(&queue);
                 stage.stop();
@@ -172,23 +183,23 @@ impl Enrich {
             })?;
         Ok(Self {
             jobs,
-            waiting,
+            newer,
             overflowed: Arc::default(),
         })
     }
 
     /// Hands a job over without waiting. A full queue gives the job back.
     pub fn send(&self, job: Job) -> Result<(), Job> {
-        let tick = matches!(job, Job::Tick(_));
-        if tick {
-            // Counted before the send, so that the stage never sees it negative.
-            self.waiting.fetch_add(1, Ordering::Relaxed);
+        let opens = matches!(&job, Job::Tick(tick) if tick.opens_a_hang());
+        if opens {
+            // Counted before the send, so that the stage never takes one not counted.
+            self.newer.handed(Instant::now());
         }
         match self.jobs.try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                if tick {
-                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                if opens {
+                    self.newer.withdrawn();
                 }
                 self.overflowed.fetch_add(1, Ordering::Relaxed);
                 Err(job)
@@ -201,8 +212,8 @@ struct Stage {
     reports: report::Reports,
     sinks: Sinks,
     stopping: Arc<AtomicBool>,
-    /// The detection thread's count of ticks handed over and not yet taken.
-    waiting: Arc<AtomicUsize>,
+    /// The detection thread's ticks opening a hang, handed over and not yet taken.
+    newer: NewerHangs,
 }
 
 impl Stage {
@@ -212,7 +223,9 @@ impl Stage {
             let stopping = self.stopping.load(Ordering::Relaxed);
             match job {
                 Job::Tick(tick) => {
-                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    if tick.opens_a_hang() {
+                        self.newer.taken();
+                    }
                     self.tick(&tick, stopping);
                 }
                 Job::ParkChecks(checks) => self.reports.park_checks(checks, stopping),
@@ -231,7 +244,7 @@ impl Stage {
                 (true, _) => stacks::Budget::until(started, stopping),
                 (false, true) => stacks::Budget::until(started + REPORT_HARD_DUE, stopping),
                 (false, false) => {
-                    stacks::Budget::until(started + REPORT_DUE, stopping).yielding(&self.waiting)
+                    stacks::Budget::until(started + REPORT_DUE, stopping).yielding(&self.newer)
                 }
             };
             let started = Instant::now();

@@ -3,7 +3,7 @@
 //! stall, a stuck exit's threads), and the `resolved` event that repeats the last report.
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, atomic::AtomicUsize},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -12,7 +12,7 @@ use hangwatch_ebpf::StackRecord;
 use super::{
     MAX_EXIT_STACKS, MAX_HOLDER_STACKS, ParkChecks, ParkVerdict, REPORT_DUE, StacksJob, Tick,
     cmdline::CmdlineCache,
-    stacks::{Budget, StackReader},
+    stacks::{Budget, NewerHangs, StackReader},
 };
 use crate::{
     clock,
@@ -41,19 +41,20 @@ pub struct Reports {
     metrics: Arc<Metrics>,
     /// The daemon is stopping: no target is read (its command line included).
     stopping: bool,
-    /// Ticks waiting for the stage: the reads a report can do without give way to them.
-    waiting: Arc<AtomicUsize>,
+    /// Ticks opening a hang waiting for the stage: the reads a report can do without give
+    /// way to them.
+    newer: NewerHangs,
 }
 
 impl Reports {
-    pub fn new(reader: StackReader, metrics: Arc<Metrics>, waiting: Arc<AtomicUsize>) -> Self {
+    pub fn new(reader: StackReader, metrics: Arc<Metrics>, newer: NewerHangs) -> Self {
         Self {
             reader,
             cmdlines: CmdlineCache::default(),
             open: HashMap::new(),
             metrics,
             stopping: false,
-            waiting,
+            newer,
         }
     }
 
@@ -153,7 +154,7 @@ impl Reports {
         }
         let blocked_on = if tick.owners.contains_key(&sample.key) {
             // The holders' stacks come after the report's own: they give way to newer hangs.
-            self.blocked_on(sample, tick, &budget.yielding(&self.waiting))
+            self.blocked_on(sample, tick, &budget.yielding(&self.newer))
         } else {
             Vec::new()
         };
@@ -237,7 +238,7 @@ impl Reports {
         tids.sort_unstable_by_key(|&tid| (tid != request.target.tid, tid));
         let total = tids.len();
         // The signalled thread's stack is the report's; the others' give way to newer hangs.
-        let others = budget.yielding(&self.waiting);
+        let others = budget.yielding(&self.newer);
         let mut threads = Vec::new();
         let mut main = None;
         for (i, tid) in tids.into_iter().enumerate() {
@@ -462,7 +463,7 @@ impl Reports {
     /// Reads the stacks of loop threads in a futex wait, once per wait, to tell a parked
     /// worker from a stuck one; the verdicts go back to the detection thread.
     pub fn park_checks(&mut self, checks: ParkChecks, stopping: bool) {
-        let budget = Budget::until(Instant::now() + REPORT_DUE, stopping).yielding(&self.waiting);
+        let budget = Budget::until(Instant::now() + REPORT_DUE, stopping).yielding(&self.newer);
         for (thread, tgid, since_ns, record) in checks.threads {
             let stacks = self.reader.blocked(tgid, record.as_ref(), false, &budget);
             // Not read yet (a cold cache, a spent budget): no verdict, asked again later.
@@ -495,7 +496,7 @@ impl Reports {
         let mut answer = Vec::with_capacity(records.len());
         for record in &records {
             let budget = match Budget::until(due, stopping).check() {
-                Ok(()) => Budget::Until(due).yielding(&self.waiting),
+                Ok(()) => Budget::Until(due).yielding(&self.newer),
                 Err(_) if stopping => Budget::Skip("not read: the daemon is stopping".into()),
                 Err(_) => Budget::Skip(format!(
                     "not read: the request's {STACKS_BUDGET:?} were spent on other threads"

@@ -5,10 +5,8 @@
 //! the module file it was reading) as resisting and the report says why its user stack is
 //! missing.
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    collections::VecDeque,
+    sync::{Arc, Mutex, PoisonError, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -34,13 +32,13 @@ use crate::{
 #[derive(Debug, Clone)]
 pub enum Budget {
     Until(Instant),
-    /// Until `due`, and only while no newer tick waits for the stage (`waiting` counts
-    /// them): the reads a report can do without (a stuck exit's other threads, the tail
-    /// of a mass hang, a `threads --stacks` answer) give way to the first report of a hang
+    /// Until `due`, and only until a newer hang has waited `YIELD_AFTER` for the stage:
+    /// the reads a report can do without (a stuck exit's other threads, the tail of a
+    /// mass hang, a `threads --stacks` answer) give way to the first report of a hang
     /// that came after, so that one slow report never delays the detection of another.
     Yielding {
         due: Instant,
-        waiting: Arc<AtomicUsize>,
+        newer: NewerHangs,
     },
     Skip(String),
 }
@@ -62,12 +60,12 @@ impl Budget {
         }
     }
 
-    /// The same budget, giving way to newer ticks.
-    pub fn yielding(&self, waiting: &Arc<AtomicUsize>) -> Self {
+    /// The same budget, giving way to newer hangs.
+    pub fn yielding(&self, newer: &NewerHangs) -> Self {
         match self {
             Self::Until(due) | Self::Yielding { due, .. } => Self::Yielding {
                 due: *due,
-                waiting: Arc::clone(waiting),
+                newer: newer.clone(),
             },
             Self::Skip(why) => Self::Skip(why.clone()),
         }
@@ -83,10 +81,12 @@ impl Budget {
                 });
             }
             Self::Until(due) => due,
-            Self::Yielding { due, waiting } => {
-                if waiting.load(Ordering::Relaxed) > 0 {
+            Self::Yielding { due, newer } => {
+                if newer.waited().is_some_and(|waited| waited >= YIELD_AFTER) {
                     return Err(Skipped {
-                        why: "not read: newer hangs were waiting to be reported (`hangwatch threads PID --stacks` reads it)".into(),
+                        why: format!(
+                            "not read: a newer hang had waited {YIELD_AFTER:?} to be reported (`hangwatch threads PID --stacks` reads it)"
+                        ),
                         limit: Some("report_yielded"),
                     });
                 }
@@ -103,6 +103,43 @@ impl Budget {
             ),
             limit: Some("report_due"),
         })
+    }
+}
+
+/// How long a newer hang may wait for the reads a report can do without: about one scan,
+/// so that a burst of hangs at once keeps its stacks while a hang that comes after is still
+/// reported within its threshold and a scan.
+pub const YIELD_AFTER: Duration = Duration::from_millis(250);
+
+/// The ticks that open a hang, handed to the stage and not yet taken, by when each was
+/// handed over (the queue's order). Ticks that only update or end episodes are not
+/// counted: nothing new waits in them.
+#[derive(Debug, Clone, Default)]
+pub struct NewerHangs(Arc<Mutex<VecDeque<Instant>>>);
+
+impl NewerHangs {
+    fn with<R>(&self, f: impl FnOnce(&mut VecDeque<Instant>) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// A tick opening a hang was handed over `at`.
+    pub fn handed(&self, at: Instant) {
+        self.with(|q| q.push_back(at));
+    }
+
+    /// The last one handed over did not go (the queue was full).
+    pub fn withdrawn(&self) {
+        self.with(|q| q.pop_back());
+    }
+
+    /// The stage took the oldest one.
+    pub fn taken(&self) {
+        self.with(|q| q.pop_front());
+    }
+
+    /// How long the oldest one has waited, if any waits.
+    pub fn waited(&self) -> Option<Duration> {
+        self.with(|q| q.front().map(Instant::elapsed))
     }
 }
 
@@ -180,11 +217,13 @@ impl StackReader {
     /// Asks the unwinder `task` about process `pid` unless it resists, telling it which
     /// module files resist (it reads around them); a miss marks the file it was reading,
     /// or else the process. Folds what it spent and counted into the metrics.
+    /// An unwinder still working past `deadline` is waited for while `budget` allows.
     fn unwind(
         &mut self,
         pid: u32,
         deadline: Duration,
         task: unwinder::Task,
+        budget: &Budget,
     ) -> Result<unwinder::Answer, ReadError> {
         let now = Instant::now();
         self.resisting.check(&pid, now)?;
@@ -192,7 +231,10 @@ impl StackReader {
             avoid: self.resisting_files.current(now).into_iter().collect(),
             task,
         };
-        match self.unwinder.call(deadline, &request) {
+        match self
+            .unwinder
+            .call(deadline, &request, || budget.check().is_ok())
+        {
             Ok(reply) => {
                 let f = reply.figures;
                 self.metrics.symbolized("user", f.spent, 0);
@@ -274,6 +316,7 @@ impl StackReader {
             pid,
             READ_DEADLINE,
             unwinder::Task::Capture { pid, tid, regs },
+            budget,
         ) {
             Ok(unwinder::Answer::Stack(stack)) => Ok(stack),
             Ok(other) => Err(NotRead {
@@ -308,7 +351,7 @@ impl StackReader {
             tid,
             timeout: on_cpu::SAMPLE_TIMEOUT,
         };
-        match self.unwind(pid, READ_DEADLINE + on_cpu::SAMPLE_TIMEOUT, task) {
+        match self.unwind(pid, READ_DEADLINE + on_cpu::SAMPLE_TIMEOUT, task, budget) {
             Ok(unwinder::Answer::Sampled(Sampled::Unwound(sample))) => {
                 sampled_stacks(&mut self.kernel, sample)
             }
@@ -324,5 +367,39 @@ impl StackReader {
             }
             Err(err) => ThreadStacks::failed(format!("the thread runs; its stack was {err}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_yielding_budget_gives_way_once_a_newer_hang_has_waited() {
+        let newer = NewerHangs::default();
+        let budget = Budget::Until(Instant::now() + Duration::from_secs(60)).yielding(&newer);
+        assert!(budget.check().is_ok(), "nothing waits");
+        newer.handed(Instant::now());
+        assert!(
+            budget.check().is_ok(),
+            "a newer hang that just came may wait a moment"
+        );
+        newer.taken();
+        newer.handed(Instant::now() - YIELD_AFTER);
+        let skipped = budget.check().expect_err("a newer hang waited long enough");
+        assert_eq!(skipped.limit, Some("report_yielded"));
+        assert!(
+            skipped.why.contains("a newer hang had waited"),
+            "{}",
+            skipped.why
+        );
+        newer.taken();
+        assert!(budget.check().is_ok(), "taken: nothing waits");
+        newer.handed(Instant::now() - YIELD_AFTER);
+        newer.withdrawn();
+        assert!(
+            budget.check().is_ok(),
+            "withdrawn (the queue was full): nothing waits"
+        );
     }
 }

@@ -101,12 +101,19 @@ impl<Q: Serialize, A: DeserializeOwned> Helper<Q, A> {
         self.stuck.len()
     }
 
-    /// Asks `request` and waits for the reply at most `deadline` (plus up to `CPU_GRACE`
-    /// while the helper works on a CPU rather than waits). A helper that waits in the
-    /// kernel past the deadline is killed and `Missed` says what it was reading; one still
-    /// working is left to finish in the background (`Slow`: its caches warm up for the
-    /// next call).
-    pub fn call(&mut self, deadline: Duration, request: &Q) -> Result<A, ReadError> {
+    /// Asks `request` and waits for the reply at most `deadline`, and past it while the
+    /// helper works on a CPU rather than waits (a cold cache, a large binary: the
+    /// daemon's own work, not a wait on a target), for up to `CPU_GRACE` or as long as
+    /// `may_work` says the caller can wait. A helper that waits in the kernel past the
+    /// deadline is killed and `Missed` says what it was reading; one still working at the
+    /// end is left to finish in the background (`Slow`: its caches warm up for the next
+    /// call).
+    pub fn call(
+        &mut self,
+        deadline: Duration,
+        request: &Q,
+        may_work: impl Fn() -> bool,
+    ) -> Result<A, ReadError> {
         let stuck = self.stuck();
         if stuck >= MAX_STUCK_WORKERS {
             return Err(ReadError::TooManyStuck(stuck));
@@ -146,7 +153,7 @@ impl<Q: Serialize, A: DeserializeOwned> Helper<Q, A> {
             let now = Instant::now();
             if now >= until {
                 let pid = running.child.id();
-                if !busy && started.elapsed() < CPU_GRACE && works(pid, pid) {
+                if !busy && (started.elapsed() < CPU_GRACE || may_work()) && works(pid, pid) {
                     until = now + Duration::from_millis(20);
                     continue;
                 }
@@ -400,8 +407,8 @@ mod tests {
         let mut helper = sh(
             r#"while read n; do echo '{"reading":{"what":"x","file":null}}'; echo "{\"reply\":$((n + 1))}"; done"#,
         );
-        assert_eq!(helper.call(Duration::from_secs(5), &41), Ok(42));
-        assert_eq!(helper.call(Duration::from_secs(5), &1), Ok(2));
+        assert_eq!(helper.call(Duration::from_secs(5), &41, || false), Ok(42));
+        assert_eq!(helper.call(Duration::from_secs(5), &1, || false), Ok(2));
         assert_eq!(helper.started, 1, "one helper answers every call");
     }
 
@@ -422,7 +429,7 @@ mod tests {
         );
         let mut helper = sh(&script);
         let started = Instant::now();
-        let got = helper.call(Duration::from_secs(1), &1);
+        let got = helper.call(Duration::from_secs(1), &1, || false);
         assert!(started.elapsed() < Duration::from_secs(3), "no long wait");
         let Err(ReadError::Missed { what, file, .. }) = got.clone() else {
             panic!("a miss, not {got:?}");
@@ -437,7 +444,7 @@ mod tests {
         );
         assert_eq!(helper.abandoned, 1);
         // The next call gets a fresh helper (this one waits again, and is killed again).
-        let _ = helper.call(Duration::from_millis(100), &2);
+        let _ = helper.call(Duration::from_millis(100), &2, || false);
         assert_eq!(helper.started, 2);
         // Killed helpers are reaped (killable waits end at SIGKILL).
         let until = Instant::now() + Duration::from_secs(5);
@@ -451,12 +458,12 @@ mod tests {
     #[test]
     fn a_helper_that_dies_is_replaced() {
         let mut helper = sh(r#"read n; exit 3"#);
-        let got = helper.call(Duration::from_secs(5), &1);
+        let got = helper.call(Duration::from_secs(5), &1, || false);
         assert!(
             matches!(&got, Err(ReadError::Missed { why, .. }) if why.starts_with("the reader failed")),
             "{got:?}"
         );
-        let _ = helper.call(Duration::from_secs(5), &1);
+        let _ = helper.call(Duration::from_secs(5), &1, || false);
         assert_eq!(helper.started, 2);
     }
 
@@ -470,10 +477,39 @@ mod tests {
             r#"while read n; do while [ ! -e {} ]; do :; done; echo "{{\"reply\":$n}}"; done"#,
             done.display()
         ));
-        let got = helper.call(Duration::from_millis(100), &1);
+        let got = helper.call(Duration::from_millis(100), &1, || false);
         assert!(matches!(got, Err(ReadError::Slow { .. })), "{got:?}");
         std::fs::write(&done, b"").expect("flag");
-        assert_eq!(helper.call(Duration::from_secs(10), &2), Ok(2));
+        assert_eq!(helper.call(Duration::from_secs(10), &2, || false), Ok(2));
+        assert_eq!(helper.abandoned, 0);
+        let _ = std::fs::remove_file(&done);
+    }
+
+    #[test]
+    fn a_helper_that_works_is_waited_for_while_the_caller_may_wait() {
+        // Busy on a CPU past the deadline and the grace: a caller whose budget allows (a
+        // cold cache under a report's own due) gets the answer rather than `Slow`.
+        let done = std::env::temp_dir().join(format!("hangwatch-work-{}", std::process::id()));
+        let _ = std::fs::remove_file(&done);
+        let mut helper = sh(&format!(
+            r#"while read n; do while [ ! -e {} ]; do :; done; echo "{{\"reply\":$n}}"; done"#,
+            done.display()
+        ));
+        let flag = done.clone();
+        let wait = CPU_GRACE + Duration::from_millis(500);
+        let flagger = std::thread::spawn(move || {
+            std::thread::sleep(wait);
+            std::fs::write(&flag, b"").expect("flag");
+        });
+        let started = Instant::now();
+        let until = started + Duration::from_secs(20);
+        let got = helper.call(Duration::from_millis(100), &7, || Instant::now() < until);
+        assert_eq!(got, Ok(7));
+        assert!(
+            started.elapsed() >= wait,
+            "answered only once the flag was set"
+        );
+        flagger.join().expect("flagger");
         assert_eq!(helper.abandoned, 0);
         let _ = std::fs::remove_file(&done);
     }
