@@ -16,7 +16,7 @@ use super::READ_DEADLINE;
 use crate::{
     meta::{
         helper::Helper,
-        reader::{FileId, ReadError, Resisting, Worker},
+        reader::{CPU_GRACE, FileId, ReadError, Resisting, Worker},
     },
     metrics::Metrics,
     stack::{
@@ -221,8 +221,8 @@ impl StackReader {
     /// Asks the unwinder `task` about process `pid` unless it resists, telling it which
     /// module files resist (it reads around them); a miss marks the file it was reading,
     /// or else the process. Folds what it spent and counted into the metrics.
-    /// An unwinder still working past `deadline` (and its `CPU_GRACE`) is waited for while
-    /// `budget` allows and no newer hang has waited `YIELD_AFTER`.
+    /// An unwinder still working past `deadline` is waited for up to `CPU_GRACE`, and past
+    /// it while `budget` allows, unless a newer hang has waited `YIELD_AFTER`.
     fn unwind(
         &mut self,
         pid: u32,
@@ -237,8 +237,9 @@ impl StackReader {
             task,
         };
         let newer = self.newer.clone();
-        let may_work = move || {
-            budget.check().is_ok() && newer.waited().is_none_or(|waited| waited < YIELD_AFTER)
+        let may_work = move |elapsed: Duration| {
+            newer.waited().is_none_or(|waited| waited < YIELD_AFTER)
+                && (elapsed < CPU_GRACE || budget.check().is_ok())
         };
         match self.unwinder.call(deadline, &request, may_work) {
             Ok(reply) => {
