@@ -44,6 +44,10 @@ pub const MAX_CMDLINE_BYTES: usize = 4096;
 /// A `stuck_exit` report carries the stacks of at most this many of the process's threads
 /// (its signalled thread first); the others are listed with their wait only.
 pub const MAX_EXIT_STACKS: usize = 16;
+/// A `stuck_exit` report spends at most this long on the stacks of threads other than the
+/// signalled one: sampling a running thread waits for it to get a CPU, and 15 spinning
+/// threads of a busy process took 1.2 s in one run, while a newer hang waited.
+pub const EXIT_OTHERS_DUE: Duration = Duration::from_millis(500);
 /// The first this many holders of a `blocked_on` chain carry their stacks (the tick takes
 /// their records too).
 pub const MAX_HOLDER_STACKS: usize = 4;
