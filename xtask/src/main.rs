@@ -8,6 +8,7 @@ mod image;
 mod run;
 mod setup;
 mod test;
+mod vmtest;
 
 use std::{
     env,
@@ -45,6 +46,10 @@ enum Task {
     /// Set up, build (release), then build the container image of deploy/Containerfile with
     /// Podman on a base made by debootstrap, and check that it runs (as root).
     Image,
+    /// Set up, build the kernel tests (release), then boot Debian's packaged kernel of a
+    /// series (6.1, 6.12, host) under QEMU with virtme-ng and run them inside (as root).
+    /// See docs/kernels.md.
+    Vmtest(vmtest::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::test(&args),
         Task::Bench(args) => bench::bench(&args),
         Task::Image => image::image(),
+        Task::Vmtest(args) => vmtest::vmtest(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

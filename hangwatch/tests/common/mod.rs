@@ -25,8 +25,36 @@ pub use serde_json::Value;
 /// The daemon binary under test.
 pub const HANGWATCH: &str = env!("CARGO_BIN_EXE_hangwatch");
 
-/// How long the daemon may take to print "attached".
+/// How long the daemon may take to print "attached" (times [`time_scale`]).
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The environment variable that says how many times slower than native this run is.
+pub const TIME_SCALE_VAR: &str = "HANGWATCH_TEST_TIME_SCALE";
+
+/// How many times longer than on real hardware the harness waits for what must happen:
+/// `HANGWATCH_TEST_TIME_SCALE`, a whole number, 1 when unset. `cargo xtask vmtest` sets it
+/// for kernels booted under QEMU's TCG, where CPU-bound work (the verifier loading the
+/// probes, the daemon's walks, symbolization, gcc) runs about ten times slower: the daemon
+/// there takes ~11 s to attach, where 10 s is the native limit.
+///
+/// Only the harness's timeouts (waits that end as soon as the awaited thing happens) are
+/// scaled, so a passing run costs no more time; fixed sleeps and quiet windows in the
+/// tests are not, and no threshold given to the daemon is.
+pub fn time_scale() -> u32 {
+    static SCALE: OnceLock<u32> = OnceLock::new();
+    *SCALE.get_or_init(|| match std::env::var(TIME_SCALE_VAR) {
+        Err(_) => 1,
+        Ok(text) => match text.trim().parse::<u32>() {
+            Ok(n) if n >= 1 => n,
+            _ => panic!("{TIME_SCALE_VAR}={text:?}: expected a whole number >= 1"),
+        },
+    })
+}
+
+/// `timeout` times [`time_scale`].
+pub fn scaled(timeout: Duration) -> Duration {
+    timeout.saturating_mul(time_scale())
+}
 
 /// Panics unless the test runs as root: these tests load BPF programs.
 pub fn require_root() {
@@ -181,8 +209,13 @@ impl Program {
         }
     }
 
-    /// The next stdout line; panics on timeout or end of output.
+    /// The next stdout line; panics on timeout (scaled, see [`time_scale`]) or end of output.
     pub fn next_line(&mut self, timeout: Duration) -> String {
+        self.read_line(scaled(timeout))
+    }
+
+    /// [`Program::next_line`] with a timeout taken as it is.
+    fn read_line(&mut self, timeout: Duration) -> String {
         match self.lines.recv_timeout(timeout) {
             Ok(line) => {
                 self.seen.push(line.clone());
@@ -206,10 +239,10 @@ impl Program {
 
     /// Reads lines until one is `<key> <value>` and returns the value.
     pub fn expect_field(&mut self, key: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.next_line(left);
+            let line = self.read_line(left);
             if let Some(value) = line
                 .strip_prefix(key)
                 .and_then(|rest| rest.strip_prefix(' '))
@@ -229,8 +262,8 @@ impl Program {
 
     /// Reads lines until one equals `line`.
     pub fn expect_line(&mut self, line: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.next_line(deadline.saturating_duration_since(Instant::now())) != line {}
+        let deadline = Instant::now() + scaled(timeout);
+        while self.read_line(deadline.saturating_duration_since(Instant::now())) != line {}
     }
 
     /// Writes one line to the program's stdin (the "go" of the test programs).
@@ -251,6 +284,7 @@ impl Program {
 
     /// Waits for the process to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let timeout = scaled(timeout);
         wait_bounded(&mut self.child, timeout).unwrap_or_else(|| {
             panic!(
                 "{} (pid {}) did not exit within {timeout:?}",
@@ -303,9 +337,9 @@ pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
     }
 }
 
-/// Polls `done` every 20 ms until it returns true or `timeout` passes.
+/// Polls `done` every 20 ms until it returns true or `timeout` (scaled) passes.
 pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + scaled(timeout);
     loop {
         if done() {
             return true;
@@ -499,7 +533,8 @@ impl Daemon {
     /// Waits for the daemon to report its probes attached; panics if it exits or times out.
     pub fn wait_attached(&self) {
         let (lock, cv) = &*self.output;
-        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let limit = scaled(ATTACH_TIMEOUT);
+        let deadline = Instant::now() + limit;
         let mut out = lock.lock().unwrap_or_else(|e| e.into_inner());
         while !out.attached {
             assert!(
@@ -510,7 +545,7 @@ impl Daemon {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
-                "hangwatch did not print \"attached\" within {ATTACH_TIMEOUT:?}"
+                "hangwatch did not print \"attached\" within {limit:?}"
             );
             out = cv
                 .wait_timeout(out, left.min(Duration::from_millis(100)))
@@ -525,7 +560,7 @@ impl Daemon {
     /// "listening on" log line; panics if it never logs one.
     pub fn endpoint(&self) -> String {
         let (lock, cv) = &*self.output;
-        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let deadline = Instant::now() + scaled(ATTACH_TIMEOUT);
         let mut out = lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(url) = out
@@ -596,14 +631,14 @@ impl Daemon {
     }
 
     /// Waits for the first event (from the start of the run) that `matches`; returns it,
-    /// or None on timeout.
+    /// or None on timeout (scaled, see [`time_scale`]).
     pub fn find_event(
         &self,
         timeout: Duration,
         matches: impl Fn(&Value) -> bool,
     ) -> Option<Received> {
         let (lock, cv) = &*self.output;
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         let mut out = lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(found) = out.events.iter().find(|r| matches(&r.value)) {
@@ -628,6 +663,7 @@ impl Daemon {
         matches: impl Fn(&Value) -> bool,
     ) -> Received {
         self.find_event(timeout, matches).unwrap_or_else(|| {
+            let timeout = scaled(timeout);
             panic!("no event {what} within {timeout:?} (events are printed below)")
         })
     }
@@ -648,7 +684,7 @@ impl Daemon {
     /// Stops the daemon with SIGTERM and checks a clean end: exit 0 within 1 s, every
     /// stdout line JSON, no panic on stderr.
     pub fn stop(&mut self) {
-        let limit = Duration::from_secs(1);
+        let limit = scaled(Duration::from_secs(1));
         let Some((status, took)) = self.signal_and_wait(libc::SIGTERM, limit) else {
             panic!("hangwatch did not exit within {limit:?} of SIGTERM");
         };
@@ -925,11 +961,11 @@ pub struct Answer {
     pub json: Value,
 }
 
-/// `method` `url` with a 10 s limit; panics when the server cannot be reached.
+/// `method` `url` with a 10 s limit (scaled); panics when the server cannot be reached.
 pub fn http(method: &str, url: &str) -> Answer {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
+        .timeout_global(Some(scaled(Duration::from_secs(10))))
         .build()
         .into();
     let response = match method {
@@ -974,7 +1010,7 @@ impl CliRun {
 }
 
 /// Runs `hangwatch <args>` against `endpoint` (through HANGWATCH_ENDPOINT), with a time
-/// limit of 20 s.
+/// limit of 20 s (scaled).
 pub fn cli(endpoint: &str, args: &[&str]) -> CliRun {
     let child = Command::new(HANGWATCH)
         .args(args)
@@ -989,11 +1025,12 @@ pub fn cli(endpoint: &str, args: &[&str]) -> CliRun {
     thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let output = match rx.recv_timeout(Duration::from_secs(20)) {
+    let limit = scaled(Duration::from_secs(20));
+    let output = match rx.recv_timeout(limit) {
         Ok(output) => output.unwrap_or_else(|e| panic!("hangwatch {args:?}: {e}")),
         Err(_) => {
             signal(pid, libc::SIGKILL);
-            panic!("hangwatch {args:?} did not finish within 20 s");
+            panic!("hangwatch {args:?} did not finish within {limit:?}");
         }
     };
     let run = CliRun {
@@ -1072,10 +1109,10 @@ impl WebhookReceiver {
             .clone()
     }
 
-    /// Waits until `done` holds for the bodies received; false on timeout.
+    /// Waits until `done` holds for the bodies received; false on timeout (scaled).
     pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[Received]) -> bool) -> bool {
         let (lock, cv) = &*self.bodies;
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         let mut bodies = lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if done(&bodies) {
