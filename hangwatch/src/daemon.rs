@@ -236,7 +236,7 @@ impl Scanner {
             reports: HashMap::new(),
             table: ThreadTable::default(),
             next_walk: None,
-            per_thread_reads: true,
+            per_thread_reads: crate::probe::thread_pidfds(),
             walks_stretched: false,
             scans: 0,
             walks: 0,

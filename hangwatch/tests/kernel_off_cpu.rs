@@ -69,7 +69,10 @@ fn abba_case(extra: &[&str]) {
         let v = &hang.value;
         eprintln!("hang for {thread_name} arrived {arrival:?} after the deadlock: {v}");
         assert!(
-            arrival <= Duration::from_millis(THRESHOLD_MS + DETECTION_BUDGET_MS) + ARRIVAL_SLACK,
+            arrival
+                <= scaled(
+                    Duration::from_millis(THRESHOLD_MS + DETECTION_BUDGET_MS) + ARRIVAL_SLACK
+                ),
             "hang for {thread_name} arrived {arrival:?} after the deadlock; budget is threshold + 0.5 s (+ {ARRIVAL_SLACK:?} slack)"
         );
 

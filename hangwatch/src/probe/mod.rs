@@ -15,7 +15,7 @@ use aya::{
 use hangwatch_ebpf::{Counter, ExitSignal, ScanConfig, StackRecord, ThreadRecord, names};
 
 pub use attach::{Degraded, LOOP_PROBE, PROBES, ProbeSelection};
-pub use thread_state::{Lookup, StateReader, ThreadHandle};
+pub use thread_state::{Lookup, StateReader, ThreadHandle, thread_pidfds};
 
 /// The eBPF object built from `hangwatch-ebpf` by build.rs.
 static EBPF_OBJECT: &[u8] =

@@ -324,6 +324,21 @@ pub fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
+/// Whether this kernel has thread pidfds (`PIDFD_THREAD`, Linux 6.9), which the daemon
+/// reads per-thread probe state by; older kernels refuse the flag with EINVAL.
+pub fn has_thread_pidfds() -> bool {
+    const PIDFD_THREAD: libc::c_int = libc::O_EXCL;
+    let pid = libc::pid_t::try_from(std::process::id()).expect("pid fits pid_t");
+    // SAFETY: plain syscall with integer arguments; the fd it may return is closed below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, PIDFD_THREAD) };
+    if fd >= 0 {
+        // SAFETY: a new fd nothing else owns.
+        unsafe { libc::close(fd as libc::c_int) };
+        return true;
+    }
+    std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+}
+
 /// Polls `try_wait` until the child exits or `timeout` passes.
 pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;

@@ -73,11 +73,7 @@ fn host(cache: &Path) -> Result<Kernel> {
             image,
         });
     }
-    let series = release
-        .split('.')
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(".");
+    let series = release.split('.').take(2).collect::<Vec<_>>().join(".");
     eprintln!(
         "xtask vmtest: the running kernel {release} has no {} here: booting Debian's {series} instead",
         image.display()
@@ -200,11 +196,15 @@ fn download(package: &str, version: &str, dir: &Path) -> Result<PathBuf> {
     let have = |dir: &Path| -> Option<PathBuf> {
         // apt names the file PACKAGE_VERSION_ARCH.deb with the epoch's colon escaped.
         let stem = format!("{package}_{}_", version.replace(':', "%3a"));
-        fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&stem) && n.ends_with(".deb"))
-        })
+        fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&stem) && n.ends_with(".deb"))
+            })
     };
     if let Some(deb) = have(dir) {
         return Ok(deb);
@@ -253,7 +253,10 @@ fn install_modules(root: &Path, release: &str) -> Result<()> {
     fs::create_dir_all(MODULES).with_context(|| format!("creating {MODULES}"))?;
     let partial = Path::new(MODULES).join(format!(".{release}.partial"));
     let _ = fs::remove_dir_all(&partial);
-    eprintln!("xtask vmtest: installing {release}'s modules in {}", target.display());
+    eprintln!(
+        "xtask vmtest: installing {release}'s modules in {}",
+        target.display()
+    );
     crate::status(Command::new("cp").arg("-a").arg(&source).arg(&partial))
         .with_context(|| format!("copying {} to {}", source.display(), partial.display()))?;
     let _ = fs::remove_dir_all(&target);

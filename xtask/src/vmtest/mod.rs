@@ -104,7 +104,10 @@ fn guest_script(args: &Args, binaries: &[suite::TestBinary], results: &Path) -> 
         .collect::<Result<_>>()?;
     let mut s = String::new();
     let _ = writeln!(s, "#!/bin/sh");
-    let _ = writeln!(s, "# Written by `cargo xtask vmtest`; run as root in the guest.");
+    let _ = writeln!(
+        s,
+        "# Written by `cargo xtask vmtest`; run as root in the guest."
+    );
     let _ = writeln!(
         s,
         "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -158,10 +161,7 @@ fn report(
 ) -> Result<()> {
     let log = fs::read_to_string(results.join("log")).unwrap_or_default();
     let status = fs::read_to_string(results.join("status")).unwrap_or_default();
-    let codes: Vec<(&str, &str)> = status
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .collect();
+    let codes: Vec<(&str, &str)> = status.lines().filter_map(|l| l.split_once(' ')).collect();
     let failed_files: Vec<&str> = codes
         .iter()
         .filter(|(_, code)| *code != "0")

@@ -68,10 +68,9 @@ pub fn run(run: &Run<'_>) -> Result<()> {
 
     let bin = run.venv.join("bin");
     // vng starts virtme-run by name: the venv's bin must be on PATH.
-    let path = std::env::join_paths(
-        std::iter::once(bin.clone())
-            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
-    )?;
+    let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
     let mut cmd = Command::new(bin.join("vng"));
     cmd.env("PATH", path)
         .arg("--run")
