@@ -42,6 +42,14 @@ pub fn resolve(which: &str, cache: &Path) -> Result<Kernel> {
     debian(&series, cache)
 }
 
+/// Refuses a `--kernel` argument that names no kernel, before anything is installed.
+pub fn check_arg(which: &str) -> Result<()> {
+    if which != "host" {
+        parse_series(which)?;
+    }
+    Ok(())
+}
+
 /// `6.1` or `6.12` (a major.minor series); a full release such as `6.1.0-56` is refused,
 /// since the archive only keeps the newest few of each series.
 fn parse_series(text: &str) -> Result<String> {

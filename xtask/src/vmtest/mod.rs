@@ -59,6 +59,7 @@ pub fn vmtest(args: &Args) -> Result<()> {
              as root: run it as root"
         );
     }
+    kernel::check_arg(&args.kernel)?;
     crate::setup::setup()?;
     crate::setup::install_missing(vm::PACKAGES)?;
     let cache = crate::target_dir().join("vmtest");
