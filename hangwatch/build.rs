@@ -2,7 +2,7 @@
 //! puts the object at `$OUT_DIR/hangwatch-ebpf.o`, where `src/` embeds it with
 //! `aya::include_bytes_aligned!`.
 //!
-//! Two toolchains can build it (README.md, "Building"):
+//! Two toolchains can build it (docs/building.md):
 //! 1. Debian's `rustc-web` + `libstd-rust-web-dev-bpf`, which ship a prebuilt `core` for BPF:
 //!    `/usr/bin/cargo` with `RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1`, no `build-std`.
 //! 2. rustup `nightly` with the `rust-src` component: `-Z build-std=core`.

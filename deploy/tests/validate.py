@@ -5,18 +5,22 @@
 - Renders the kustomization tree (the subset of kustomize that deploy/ uses: resources,
   images, configMapGenerator; any other field is refused, so that this rendering cannot
   silently drift from kustomize's) or, with --rendered, reads `kubectl kustomize` output.
+  A generated ConfigMap with a hash suffix gets one from its content here too (not
+  kustomize's exact encoding: what matters is that the name changes with the content),
+  and the pod templates' references to it follow, as kustomize's do.
 - Built-in kinds: kubernetes-validate's bundled JSON schemas, strict (unknown fields are
   errors), for every Kubernetes version from MIN_VERSION to the newest it ships.
 - ServiceMonitor, PrometheusRule: the models generated from the Prometheus Operator's
   CRDs (cloudcoil-models-prometheus-operator); a field the model does not know is dropped
   by pydantic, so the object must survive a round trip unchanged.
 - Every `hangwatch_*` metric that the alerts and the dashboard query is one the daemon
-  exports (README.md's metric table is the list; a unit test keeps it in step with the code).
+  exports (docs/metrics.md's table is the list; a unit test keeps it in step with the code).
 
 Run by hangwatch/tests/deploy.rs with the venv `cargo xtask setup` makes.
 """
 
 import argparse
+import hashlib
 import json
 import pathlib
 import re
@@ -65,15 +69,19 @@ def render(directory: pathlib.Path) -> list:
         if unknown:
             raise Invalid(f"{path}: configMapGenerator fields not rendered: {sorted(unknown)}")
         options = generator.get("options", {})
-        if not options.get("disableNameSuffixHash"):
-            raise Invalid(f"{path}: {generator['name']}: a hash suffix is not rendered here")
         data = {}
         for spec in generator.get("files", []):
             key, _, file = spec.partition("=")
             file = file or key
             key = pathlib.Path(key).name
             data[key] = (directory / file).read_text()
-        metadata = {"name": generator["name"], "labels": options.get("labels", {})}
+        name = generator["name"]
+        if not options.get("disableNameSuffixHash"):
+            name = f"{name}-{content_suffix(data)}"
+            renamed = [o for _, o in objects if rename_config_map(o, generator["name"], name)]
+            if not renamed:
+                raise Invalid(f"{path}: nothing here mounts the ConfigMap {generator['name']}")
+        metadata = {"name": name, "labels": options.get("labels", {})}
         if "namespace" in generator:
             metadata["namespace"] = generator["namespace"]
         objects.append(
@@ -88,6 +96,23 @@ def render(directory: pathlib.Path) -> list:
         for obj in uses:
             set_image(obj, image)
     return objects
+
+
+def content_suffix(data: dict) -> str:
+    """Ten characters that change with the ConfigMap's data."""
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return digest[:10]
+
+
+def rename_config_map(obj: dict, old: str, new: str) -> bool:
+    """Points the pod template's configMap volumes named `old` at `new`; whether any was."""
+    spec = obj.get("spec", {}).get("template", {}).get("spec", {})
+    renamed = False
+    for volume in spec.get("volumes", []):
+        if volume.get("configMap", {}).get("name") == old:
+            volume["configMap"]["name"] = new
+            renamed = True
+    return renamed
 
 
 def containers(obj: dict) -> list:
@@ -159,7 +184,9 @@ def queried_metrics(objects: list) -> set:
         texts = []
         if obj.get("kind") == "PrometheusRule":
             texts = [r["expr"] for g in obj["spec"]["groups"] for r in g["rules"]]
-        elif obj.get("kind") == "ConfigMap":
+        elif obj.get("kind") == "ConfigMap" and "grafana_dashboard" in obj["metadata"].get(
+            "labels", {}
+        ):
             for value in obj.get("data", {}).values():
                 dashboard = json.loads(value)
                 texts = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
@@ -183,7 +210,7 @@ def main() -> int:
         kube_versions = versions()
         for source, obj in objects:
             print(validate(source, obj, kube_versions))
-        readme = (args.deploy.parent / "README.md").read_text()
+        readme = (args.deploy.parent / "docs" / "metrics.md").read_text()
         documented = set(re.findall(r"^\| `(hangwatch_[a-z_]+)`", readme, re.M))
         unknown = queried_metrics(objects) - documented
         if unknown:

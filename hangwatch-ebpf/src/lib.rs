@@ -26,6 +26,9 @@ pub mod names {
     pub const PROG_SIGNAL_GENERATE: &str = "signal_generate";
     /// `tp_btf/sched_switch` doing nothing: the benchmark's floor, never attached by the daemon.
     pub const PROG_FLOOR_SCHED_SWITCH: &str = "floor_sched_switch";
+    /// `iter/task`: one [`crate::ClockSample`] (jiffies and CLOCK_MONOTONIC read together),
+    /// from which the daemon derives [`crate::JiffiesClock`].
+    pub const PROG_SAMPLE_CLOCKS: &str = "sample_clocks";
     /// `iter/task`: one [`crate::ThreadRecord`] per thread worth a look.
     pub const PROG_SCAN_THREADS: &str = "scan_threads";
     /// `iter/task`: one [`crate::StackRecord`] per thread named in `STACK_REQUESTS`.
@@ -46,6 +49,11 @@ pub mod names {
     pub const MAP_LOOP_TGIDS: &str = "LOOP_TGIDS";
     /// LRU hash tgid -> [`crate::ExitSignal`]: processes asked to exit, drained by the daemon.
     pub const MAP_EXIT_SIGNALS: &str = "EXIT_SIGNALS";
+    /// Array of u64 words, one bit per tid: the threads whose switch-ins `sched_switch`
+    /// records (see [`crate::followed_word`]).
+    pub const MAP_FOLLOWED_TIDS: &str = "FOLLOWED_TIDS";
+    /// Array of one [`crate::JiffiesClock`]: how the probes read the time.
+    pub const MAP_CLOCK: &str = "CLOCK";
     /// `.rodata` global: the [`crate::TaskOffsets`] of this kernel, set at load time.
     pub const GLOBAL_TASK_OFFSETS: &str = "TASK_OFFSETS";
 }
@@ -59,6 +67,29 @@ pub const MAX_STACK_REQUESTS: u32 = 1024;
 pub const MAX_EXIT_SIGNALS: u32 = 4096;
 /// Capacity of `LOOP_TGIDS`: processes with an event-loop thread (LRU beyond it).
 pub const MAX_LOOP_TGIDS: u32 = 8192;
+/// Words of `FOLLOWED_TIDS` in the object: enough for `PID_MAX_LIMIT` (4,194,304 tids) on
+/// 64-bit kernels. The daemon sizes the map from `/proc/sys/kernel/pid_max` at load
+/// ([`followed_words`]); a tid past the end (pid_max raised later) is treated as followed.
+pub const MAX_FOLLOWED_WORDS: u32 = (1 << 22) / 64;
+
+/// The word of `FOLLOWED_TIDS` that holds `tid`'s bit, and the bit.
+#[inline(always)]
+pub const fn followed_word(tid: u32) -> (u32, u64) {
+    (tid / 64, 1 << (tid % 64))
+}
+
+/// Words of `FOLLOWED_TIDS` for tids below `pid_max`.
+pub const fn followed_words(pid_max: u32) -> u32 {
+    let words = pid_max.div_ceil(64);
+    if words == 0 {
+        1
+    } else if words > MAX_FOLLOWED_WORDS {
+        MAX_FOLLOWED_WORDS
+    } else {
+        words
+    }
+}
+
 /// Kernel stack depth captured per thread.
 pub const MAX_KERNEL_STACK_DEPTH: usize = 64;
 
@@ -69,6 +100,13 @@ pub const FLAG_FUTEX_TIMEOUT: u32 = 1 << 1;
 
 /// What the probes keep per thread, in task-local storage. The hot path writes it in place;
 /// the kernel frees it with the task, so thread exit needs no cleanup of ours.
+///
+/// Every switch-out is recorded. Switch-ins (`on_cpu_at_ns`, `runnable_since_ns`,
+/// `loop_left_at_ns`, `futex_left_at_ns`) are recorded only for *followed* threads: those
+/// whose bit a walk set in `FOLLOWED_TIDS` (the candidates it returned and the loop
+/// candidates), or every thread while an `on_cpu` rule has targets. For the others a
+/// reader must take "switched in since" from the live task state (`__state` running): the
+/// walk does, and catches the fields up when it starts following a thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadState {
@@ -77,7 +115,7 @@ pub struct ThreadState {
     /// CLOCK_MONOTONIC ns of the last switch-out; the thread is off-CPU iff this is greater
     /// than `on_cpu_at_ns`.
     pub off_cpu_at_ns: u64,
-    /// CLOCK_MONOTONIC ns of the last switch-in.
+    /// CLOCK_MONOTONIC ns of the last recorded switch-in (followed threads, see above).
     pub on_cpu_at_ns: u64,
     /// The last switch-out inside an event-loop wait; the thread is in its loop wait iff
     /// this equals `off_cpu_at_ns` (and it is off-CPU).
@@ -126,6 +164,42 @@ pub struct ThreadState {
     pub syscall_nr: u32,
     /// For futex: the op word (command and flags), as passed by the caller.
     pub futex_op: u32,
+}
+
+/// How the probes tell the time without a helper call: `jiffies` (a load the verifier
+/// inlines) turned into CLOCK_MONOTONIC ns, `ns0 + (jiffies - jiffies0) * tick_ns`. The
+/// kernel advances jiffies from the monotonic clock, one per `tick_ns` (1/HZ s), so this
+/// never drifts; it is up to one tick early (4 ms at HZ=250), which thresholds of seconds
+/// do not notice. `bpf_ktime_get_ns` cost ~70 ns per context switch on the project's
+/// machine (docs/design.md, "The per-switch cost"). `tick_ns == 0`: not calibrated, the
+/// probes read the monotonic clock instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JiffiesClock {
+    pub jiffies0: u64,
+    pub ns0: u64,
+    pub tick_ns: u64,
+    pub _reserved: u64,
+}
+
+impl JiffiesClock {
+    /// `jiffies` as CLOCK_MONOTONIC ns (wrapping, as jiffies start near the 32-bit wrap).
+    #[inline(always)]
+    pub const fn ns(&self, jiffies: u64) -> u64 {
+        self.ns0.wrapping_add(
+            jiffies
+                .wrapping_sub(self.jiffies0)
+                .wrapping_mul(self.tick_ns),
+        )
+    }
+}
+
+/// One record of `sample_clocks`: both clocks, read one after the other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockSample {
+    pub jiffies: u64,
+    pub ns: u64,
 }
 
 /// What userspace asks of the `scan_threads` iterator: which off-CPU threads to emit.
@@ -310,6 +384,8 @@ pub const PF_KTHREAD: u32 = 0x0020_0000;
 
 const _: () = assert!(core::mem::size_of::<ThreadState>() == 128);
 const _: () = assert!(core::mem::size_of::<ScanConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<JiffiesClock>() == 32);
+const _: () = assert!(core::mem::size_of::<ClockSample>() == 16);
 const _: () = assert!(core::mem::size_of::<ExitSignal>() == 64);
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<ThreadRecord>() == 224);
@@ -317,11 +393,22 @@ const _: () = assert!(core::mem::size_of::<StackRecord>() == 40 + 8 * MAX_KERNEL
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain `#[repr(C)]` integers with no padding (sizes asserted above).
+    // Each: plain `#[repr(C)]` integers with no padding (sizes asserted above), so every
+    // bit pattern the kernel writes is a valid value.
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ThreadState {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ScanConfig {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::TaskOffsets {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ThreadRecord {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::StackRecord {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ExitSignal {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::JiffiesClock {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::ClockSample {}
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use hangwatch_ebpf::{
-    Counter, ExitSignal, MAX_EXIT_SIGNALS, MAX_LOOP_TGIDS, MAX_STACK_REQUESTS, MAX_WATCHED_TGIDS,
-    ScanConfig, StackRecord, ThreadState,
+    Counter, ExitSignal, JiffiesClock, MAX_EXIT_SIGNALS, MAX_FOLLOWED_WORDS, MAX_LOOP_TGIDS,
+    MAX_STACK_REQUESTS, MAX_WATCHED_TGIDS, ScanConfig, StackRecord, ThreadState, followed_word,
 };
 
 use crate::task::Task;
@@ -70,6 +70,9 @@ pub static COUNTERS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray
 pub static SCAN_CONFIG: Array<ScanConfig, 1> = Array::new();
 
 #[btf_map]
+pub static CLOCK: Array<JiffiesClock, 1> = Array::new();
+
+#[btf_map]
 pub static WATCHED_TGIDS: HashMap<u32, u32, { MAX_WATCHED_TGIDS as usize }> = HashMap::new();
 
 #[btf_map]
@@ -87,6 +90,43 @@ pub static LOOP_TGIDS: LruHashMap<u32, u32, { MAX_LOOP_TGIDS as usize }> = LruHa
 #[btf_map]
 pub static EXIT_SIGNALS: LruHashMap<u32, ExitSignal, { MAX_EXIT_SIGNALS as usize }> =
     LruHashMap::new();
+
+/// One bit per tid: the threads whose switch-ins `sched_switch` records. Only the
+/// `scan_threads` walk writes it (one writer, so plain read-modify-write of a word is
+/// safe); the probe only tests a bit, an array lookup the verifier inlines (no helper
+/// call). The daemon sizes it to `pid_max` at load. A stale bit (the thread exited, its tid
+/// reused) costs the new thread a storage lookup per switch-in until the next walk clears
+/// it; it never changes what is recorded, since storage is per task.
+#[btf_map]
+pub static FOLLOWED_TIDS: Array<u64, { MAX_FOLLOWED_WORDS as usize }> = Array::new();
+
+/// Whether `tid`'s switch-ins are recorded. A tid past the map's end (pid_max raised since
+/// the daemon started) counts as followed: the old cost for it, never a missed switch-in.
+#[inline(always)]
+pub fn followed(tid: u32) -> bool {
+    let (word, bit) = followed_word(tid);
+    match FOLLOWED_TIDS.get(word) {
+        Some(bits) => *bits & bit != 0,
+        None => true,
+    }
+}
+
+/// Sets or clears `tid`'s bit; returns whether it was set before. Called by the walk only.
+#[inline(always)]
+pub fn set_followed(tid: u32, follow: bool) -> bool {
+    let (word, bit) = followed_word(tid);
+    let Some(bits) = FOLLOWED_TIDS.get_ptr_mut(word) else {
+        return true;
+    };
+    // SAFETY: a value of an array map, valid while the program runs; the walk is its only
+    // writer (see above).
+    let bits = unsafe { &mut *bits };
+    let was = *bits & bit != 0;
+    if follow != was {
+        *bits ^= bit;
+    }
+    was
+}
 
 /// Scratch space for one `StackRecord`, too large for the 512-byte BPF stack.
 #[btf_map]

@@ -21,6 +21,8 @@ pub enum WaitKind {
 /// cheap enough for the scheduler's hot path.
 #[inline(always)]
 pub fn saved_syscall_nr(task: Task) -> i64 {
+    // SAFETY: `task` is a trusted task pointer (the tracepoint's or the iterator's); the
+    // helper returns its saved registers or null, checked below.
     let regs = unsafe { bpf_task_pt_regs(task.as_ptr()) } as *const u8;
     if regs.is_null() {
         return -1;
@@ -38,6 +40,8 @@ pub struct SavedRegs(*const u8);
 impl SavedRegs {
     #[inline(always)]
     pub fn of(task: Task) -> Self {
+        // SAFETY: `task` is a trusted task pointer from the iterator; the result is only read
+        // through bpf_probe_read_kernel, which tolerates any address.
         Self(unsafe { bpf_task_pt_regs(task.as_ptr()) } as *const u8)
     }
 

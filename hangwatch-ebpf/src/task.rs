@@ -1,6 +1,7 @@
 //! Reading `task_struct` fields without CO-RE: offsets come from the running kernel's BTF,
 //! filled in by the daemon before load (`TaskOffsets`), and each read is a
-//! `bpf_probe_read_kernel`. Only the iterators read fields; the per-event programs never do.
+//! `bpf_probe_read_kernel` in the iterators; the scheduler probe reads the one field it
+//! needs (`pid`) with a direct load from its trusted BTF pointer (`Task::field`).
 use aya_ebpf::{bindings::task_struct, helpers::bpf_probe_read_kernel};
 use hangwatch_ebpf::TaskOffsets;
 
@@ -22,6 +23,14 @@ pub fn offsets() -> TaskOffsets {
     // SAFETY: a static; the volatile read keeps the compiler from folding the zero
     // initialiser, since the loader rewrites `.rodata` before the program is loaded.
     unsafe { core::ptr::read_volatile(&TASK_OFFSETS) }
+}
+
+/// `task_struct::pid`'s offset alone: the scheduler probe needs no other, and a volatile
+/// read of the whole table would be eight loads per switch.
+#[inline(always)]
+pub fn pid_offset() -> u32 {
+    // SAFETY: as in `offsets`.
+    unsafe { core::ptr::read_volatile(&TASK_OFFSETS.pid) }
 }
 
 /// A `task_struct` pointer the kernel handed to a program.
@@ -49,6 +58,21 @@ impl Task {
             .cast::<T>();
         // SAFETY: probe_read_kernel checks the address and fails instead of faulting.
         unsafe { bpf_probe_read_kernel(field) }.unwrap_or_default()
+    }
+
+    /// Loads the field at byte `offset` directly, no helper call: for the task pointers a
+    /// BTF tracepoint hands over (PTR_TO_BTF_ID). The offset comes from the frozen
+    /// `.rodata`, so the verifier knows it and checks the load against `task_struct`'s BTF;
+    /// a faulting load reads zero.
+    #[inline(always)]
+    pub fn field<T: Copy>(self, offset: u32) -> T {
+        let field = self
+            .0
+            .cast::<u8>()
+            .wrapping_add(offset as usize)
+            .cast::<T>();
+        // SAFETY: see above: the verifier rewrites it as a load that cannot fault.
+        unsafe { core::ptr::read_volatile(field) }
     }
 
     #[inline(always)]

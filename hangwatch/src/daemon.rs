@@ -1,11 +1,15 @@
 //! The pipeline, in one place:
 //!
 //! probes (BPF task storage) -> scan (task iterator) -> thread samples -> detectors
-//!   -> episodes -> enrich (stacks, process) -> sinks
+//!   -> episodes -> enrich (stacks, process; `enrich/`, on its own thread) -> sinks
 //!
-//! The scan loop runs on its own thread; `run` waits for SIGTERM/SIGINT on the calling
-//! thread and returns within a second of it, whatever the scan is doing (a read of /proc
-//! can block on a hung process; the kernel detaches our fd-based links when we exit).
+//! This file is the detection loop: it runs on its own thread and never reads what a
+//! watched process could block (its memory, its command line, its files): those reads
+//! happen in the enrich stage and on reader workers under deadlines (`meta::reader`), so
+//! a process stuck in the kernel costs its own report some detail, never the detection
+//! of other hangs. `run` waits for SIGTERM/SIGINT on the calling thread and returns
+//! within a second of it whatever any thread is doing: every read of a target is killable,
+//! so the process exits and the kernel detaches the probes.
 use std::{
     collections::{HashMap, HashSet},
     sync::{
@@ -18,42 +22,35 @@ use std::{
 };
 
 use anyhow::Context as _;
-use hangwatch_ebpf::StackRecord;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::{
     api, clock,
-    detect::{
-        Detectors, Facts, HangKind, LockFacts, LoopFacts, Targets, Watch, loop_stall::is_parked,
-    },
-    episode::{Episode, EpisodeKey, Tracker, Transition},
-    meta::{self, OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc, wchan},
+    config::{ReloadSource, reload::Reload},
+    detect::{Detectors, Facts, HangKind, LockFacts, LoopFacts, Targets, Watch},
+    enrich::{Enrich, Job, MAX_EXIT_STACKS, ParkChecks, ParkVerdict, Sinks, StacksJob, Tick},
+    episode::{Episode, Tracker, Transition},
+    meta::{self, OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc},
     probe::{Lookup, PROBES, ProbeSelection, Probes, ThreadHandle, preflight},
-    sink::{
-        BlockedOn, CycleMember, EventType, ExitInfo, HangEvent, LoopStallInfo, OutputFormat,
-        Resolution, StdoutSink, Workload,
-    },
-    stack::{StackTaker, ThreadStacks, on_cpu::SampleError},
-    state::{
-        ExitTable, FutexCall, Refresh, ThreadKey, ThreadSample, ThreadTable, Wait, futex_op_name,
-        syscall_name,
-    },
+    sink::{OutputFormat, Resolution, StdoutSink},
+    state::{ExitTable, Refresh, ThreadKey, ThreadSample, ThreadTable},
 };
-
-/// A `blocked_on` chain stops after this many owners.
-const MAX_CHAIN: usize = 16;
 
 /// The share of one core the full walks may take; beyond it they are spaced out. With the
 /// ticks' own ~0.1 % this keeps the daemon within 0.5 % of a core on a machine with 10,000
-/// idle threads (README, "Performance"); a walk costs about 2 µs per thread it returns.
+/// idle threads (docs/benchmarks.md); a walk costs about 2 µs per thread it returns.
 const WALK_CPU_SHARE: f64 = 0.003;
 
 /// `sys_enter_loop` stays attached this long after the last loop thread that needed it, so
 /// that a busy loop does not make the daemon attach and detach it at every tick.
 const LOOP_PROBE_LINGER: Duration = Duration::from_secs(1);
 
-/// How long shutdown waits for the scan thread before exiting anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// How long shutdown waits for the detection loop and the sinks before exiting anyway:
+/// with the time to get here, SIGTERM to exit stays under a second.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(700);
+
+/// A park check not answered within this long is asked again.
+const PARK_CHECK_RETRY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -63,10 +60,16 @@ pub struct Config {
     pub config_file: Option<String>,
     pub scan_interval: Duration,
     pub output: OutputFormat,
-    /// Where the HTTP API and `/metrics` listen; `None` for off.
+    /// Where `/metrics` and `/healthz` listen; `None` for off.
     pub listen: Option<std::net::SocketAddr>,
-    /// Where events are POSTed, if anywhere.
-    pub webhook: Option<crate::sink::WebhookUrl>,
+    /// Where the per-process API is served, and what the outputs leave out.
+    pub expose: crate::api::options::Exposure,
+    /// Where events are POSTed, if anywhere, and how.
+    pub webhook: Option<crate::sink::WebhookConfig>,
+    /// The format of the daemon's own log on stderr.
+    pub log_format: crate::logging::LogFormat,
+    /// The `--config` file and the flags this came from, read again on SIGHUP.
+    pub reload: Option<ReloadSource>,
     /// The optional probe groups to attach besides `sched_switch`.
     pub probes: ProbeSelection,
     /// The Kubernetes node this daemon runs on: when set, its pods are watched to name the
@@ -78,45 +81,67 @@ fn enabled_probes(selection: ProbeSelection) -> usize {
     PROBES.iter().filter(|p| selection.enabled(p.group)).count()
 }
 
-/// Runs until SIGTERM or SIGINT. Start-up failures are returned before anything runs.
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads the rules (`config/reload.rs`). Start-up
+/// failures are returned before anything runs.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let preflight = preflight::check()?;
     if preflight.mounted_tracefs {
         tracing::info!("mounted tracefs at /sys/kernel/tracing");
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // Set with `stop`: the enrich stage reads no more targets and flushes.
+    let stopping = Arc::new(AtomicBool::new(false));
     let (wake_tx, wake_rx) = mpsc::channel::<()>();
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let (flushed_tx, flushed_rx) = mpsc::channel::<()>();
 
     // Signals first, so that a SIGTERM during load is not lost.
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("cannot install signal handlers")?;
 
     // The HTTP server first: a taken port fails the start before the probes load, and
     // /healthz answers 503 until they are attached.
-    let surfaces = api::Surfaces::start(&config)?;
+    let mut surfaces = api::Surfaces::start(&config)?;
+    let reload = Reload::new(&config, &surfaces);
+    let scan_reload = Arc::clone(&reload);
     let pods = match &config.node_name {
         Some(node) => Some(meta::pods::watch_node(node.clone())?),
         None => None,
     };
+    let stdout = StdoutSink::spawn(config.output).context("cannot start the output thread")?;
+    let enrich = Enrich::spawn(
+        Sinks {
+            stdout,
+            hub: surfaces.take_hub(),
+        },
+        Arc::clone(&stopping),
+        flushed_tx,
+    )
+    .context("cannot start the enrich stage")?;
 
     let scan_stop = stop.clone();
     thread::Builder::new()
         .name("hangwatch-scan".into())
         .spawn(move || {
-            let result = Scanner::start(config, surfaces, pods);
+            let result = Scanner::start(config, surfaces, pods, enrich);
             match result {
                 Ok(mut scanner) => {
                     let _ = ready_tx.send(Ok(()));
-                    scanner.run(&scan_stop, &wake_rx);
+                    // A panic here is a bug in detection: the daemon must not stay up
+                    // blind, answering /healthz. Exit non-zero; the DaemonSet restarts it.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        scanner.run(&scan_stop, &wake_rx, &scan_reload);
+                    }));
+                    if ran.is_err() {
+                        tracing::error!("the detection loop panicked: exiting");
+                        std::process::exit(70);
+                    }
                     scanner.log_summary();
                 }
                 Err(err) => {
                     let _ = ready_tx.send(Err(err));
                 }
             }
-            let _ = done_tx.send(());
         })
         .context("cannot start the scan thread")?;
 
@@ -126,7 +151,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Ok(Ok(())) => break,
             Ok(Err(err)) => return Err(err),
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if signals.pending().next().is_some() {
+                if signals.pending().any(|signal| !reload.on_signal(signal)) {
                     return Ok(());
                 }
             }
@@ -136,30 +161,41 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let signal = signals.forever().next();
+    let signal = signals.forever().find(|&signal| !reload.on_signal(signal));
+    let signalled = Instant::now();
     tracing::info!("received signal {}, detaching", signal.unwrap_or_default());
+    stopping.store(true, Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
     let _ = wake_tx.send(());
-    if done_rx.recv_timeout(SHUTDOWN_GRACE).is_err() {
-        tracing::warn!("the scan is stuck; exiting without it (the kernel detaches the probes)");
+    // The detection loop ends at once (its thread drops the probes and the enrich queue);
+    // the enrich stage then ends the open episodes (`daemon_stopped`) and flushes stdout
+    // and the webhook. Whatever is stuck past the grace is left to the exit: every read of
+    // a target is killable, so nothing keeps this process (and its BPF links) alive.
+    if flushed_rx.recv_timeout(SHUTDOWN_GRACE).is_err() {
+        tracing::warn!(
+            "not flushed within {SHUTDOWN_GRACE:?}; exiting anyway (the kernel detaches the probes)"
+        );
     }
+    tracing::debug!("stopped {:?} after the signal", signalled.elapsed());
     Ok(())
 }
 
-/// The scan loop's state: everything that lives from one scan to the next.
+/// The detection loop's state: everything that lives from one scan to the next.
 struct Scanner {
     probes: Probes,
     config: Config,
     targets: Targets,
     tracker: Tracker,
     processes: ProcessCache,
-    stacks: StackTaker,
-    /// Lock owners read from the waiters' processes, per wait.
+    /// Lock owners read from the waiters' processes, per wait (on a reader worker).
     owners: OwnerCache,
     /// This scan's lock owners.
     locks: LockFacts,
     /// Event-loop threads: the on-demand probe and the verdicts on their futex waits.
     loops: LoopFacts,
+    /// Park checks handed to the enrich stage and not answered yet, by wait.
+    park_checks: HashMap<(ThreadKey, u64), Instant>,
+    park_verdicts: (mpsc::SyncSender<ParkVerdict>, mpsc::Receiver<ParkVerdict>),
     /// When a loop thread last needed `sys_enter_loop`.
     loop_probe_wanted_at: Option<Instant>,
     loop_probe_attaches: u64,
@@ -168,11 +204,10 @@ struct Scanner {
     /// The last walk's candidates that involve walk-only threads, carried to the ticks
     /// until the next walk.
     carried: Vec<crate::detect::Candidate>,
-    sink: StdoutSink,
+    /// The next stage: turns transitions into events, off this thread.
+    enrich: Enrich,
     /// The other outputs: the API store, the metrics, the webhook.
     surfaces: api::Surfaces,
-    /// The last report of each open episode, which its `resolved` event repeats.
-    reports: HashMap<EpisodeKey, HangEvent>,
     /// Threads that may cross a threshold before the next full walk.
     table: ThreadTable<ThreadHandle>,
     walk_interval: Duration,
@@ -181,6 +216,8 @@ struct Scanner {
     per_thread_reads: bool,
     /// Walks were spaced out beyond `walk_interval` (logged once).
     walks_stretched: bool,
+    /// Test hook (`HANGWATCH_TEST_STALL_FILE`): while this file exists, the loop stalls.
+    stall_file: Option<std::path::PathBuf>,
     scans: u64,
     walks: u64,
     walk_time: Duration,
@@ -192,6 +229,7 @@ impl Scanner {
         config: Config,
         mut surfaces: api::Surfaces,
         pods: Option<Arc<meta::pods::PodIndex>>,
+        enrich: Enrich,
     ) -> anyhow::Result<Self> {
         let mut probes = Probes::load(config.probes)?;
         for d in &probes.degraded {
@@ -203,7 +241,6 @@ impl Scanner {
             );
         }
         probes.set_scan_config(config.detectors.scan_config())?;
-        let sink = StdoutSink::spawn(config.output).context("cannot start the output thread")?;
         surfaces.probes_attached(&probes);
         tracing::info!(
             "probes attached ({} of {} asked for); scanning every {:?}; {}{}",
@@ -223,21 +260,22 @@ impl Scanner {
             config,
             tracker: Tracker::default(),
             processes: ProcessCache::with_pods(pods),
-            stacks: StackTaker::default(),
-            owners: OwnerCache::default(),
+            owners: OwnerCache::new().context("cannot start the lock owner reader")?,
             locks: LockFacts::default(),
             loops: LoopFacts::default(),
+            park_checks: HashMap::new(),
+            park_verdicts: mpsc::sync_channel(1024),
             loop_probe_wanted_at: None,
             loop_probe_attaches: 0,
             exits: ExitTable::default(),
             carried: Vec::new(),
-            sink,
+            enrich,
             surfaces,
-            reports: HashMap::new(),
             table: ThreadTable::default(),
             next_walk: None,
             per_thread_reads: crate::probe::thread_pidfds(),
             walks_stretched: false,
+            stall_file: std::env::var_os("HANGWATCH_TEST_STALL_FILE").map(Into::into),
             scans: 0,
             walks: 0,
             walk_time: Duration::ZERO,
@@ -245,8 +283,20 @@ impl Scanner {
         })
     }
 
-    fn run(&mut self, stop: &AtomicBool, wake: &mpsc::Receiver<()>) {
+    fn run(&mut self, stop: &AtomicBool, wake: &mpsc::Receiver<()>, reload: &Reload) {
         while !stop.load(Ordering::SeqCst) {
+            if reload.apply_pending(
+                &mut self.config.detectors,
+                &mut self.targets,
+                &mut self.probes,
+            ) {
+                self.walk_interval = self
+                    .config
+                    .detectors
+                    .walk_interval(self.config.scan_interval);
+                self.next_walk = None; // a walk now, under the new rules' kernel-side filter
+            }
+            self.test_stall(stop);
             let started = Instant::now();
             if let Err(err) = self.scan_once(started) {
                 tracing::error!("scan failed: {err:#}");
@@ -260,6 +310,16 @@ impl Scanner {
                 Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
+        }
+    }
+
+    /// The test hook: a scan stalled from outside, for the `/healthz` test.
+    fn test_stall(&self, stop: &AtomicBool) {
+        let Some(file) = &self.stall_file else {
+            return;
+        };
+        while file.exists() && !stop.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -358,16 +418,27 @@ impl Scanner {
         Ok(())
     }
 
-    /// Watches loop threads closer where the detector asks: reads the stack of one in a
-    /// futex wait (once per wait) to tell a parked worker from a stuck one, and keeps
-    /// `sys_enter_loop` attached while one runs away from its wait.
+    /// Watches loop threads closer where the detector asks: has the enrich stage read the
+    /// stack of one in a futex wait (once per wait) to tell a parked worker from a stuck
+    /// one, and keeps `sys_enter_loop` attached while one runs away from its wait.
     fn follow_loops(&mut self, watch: &[(ThreadKey, Watch)], samples: &[ThreadSample]) {
+        let now = Instant::now();
+        while let Ok(v) = self.park_verdicts.1.try_recv() {
+            self.park_checks.remove(&(v.thread, v.since_ns));
+            self.loops.parked.insert(v.thread, (v.since_ns, v.parked));
+            if v.seen_parked {
+                self.loops.parkers.insert(v.thread);
+            }
+        }
+        self.park_checks
+            .retain(|_, asked| now.duration_since(*asked) < PARK_CHECK_RETRY);
         let by_key: HashMap<ThreadKey, &ThreadSample> =
             samples.iter().map(|s| (s.key, s)).collect();
         let checks: Vec<&ThreadSample> = watch
             .iter()
             .filter(|(_, w)| *w == Watch::CheckPark)
             .filter_map(|(k, _)| by_key.get(k).copied())
+            .filter(|s| !self.park_checks.contains_key(&(s.key, s.off_cpu_at_ns)))
             .collect();
         if !checks.is_empty() {
             let tids: Vec<u32> = checks.iter().map(|s| s.key.tid).collect();
@@ -375,24 +446,29 @@ impl Scanner {
                 tracing::debug!("cannot read stacks of parked loop threads: {err}");
                 Vec::new()
             });
-            for s in checks {
-                let record = records
-                    .iter()
-                    .find(|r| r.tid == s.key.tid && r.start_boottime_ns == s.key.start_boottime_ns);
-                let stacks = self.stacks.take(s.tgid, record, s.kernel_thread);
-                // A stack that cannot be read cannot tell: quiet by default, as parked.
-                let parked = stacks.user_stack.is_empty()
-                    || is_parked(stacks.user_stack.iter().filter_map(|f| f.symbol.as_deref()));
-                self.loops.parked.insert(s.key, (s.off_cpu_at_ns, parked));
-                if parked && !stacks.user_stack.is_empty() {
-                    self.loops.parkers.insert(s.key);
+            let threads = checks
+                .iter()
+                .map(|s| {
+                    let record = records.iter().find(|r| {
+                        r.tid == s.key.tid && r.start_boottime_ns == s.key.start_boottime_ns
+                    });
+                    (s.key, s.tgid, s.off_cpu_at_ns, record.copied())
+                })
+                .collect();
+            let job = Job::ParkChecks(ParkChecks {
+                threads,
+                verdicts: self.park_verdicts.0.clone(),
+            });
+            // A full queue: asked again at the next tick.
+            if self.enrich.send(job).is_ok() {
+                for s in &checks {
+                    self.park_checks.insert((s.key, s.off_cpu_at_ns), now);
                 }
             }
         }
         self.loops.parked.retain(|k, _| by_key.contains_key(k));
         self.loops.parkers.retain(|k| by_key.contains_key(k));
 
-        let now = Instant::now();
         if watch.iter().any(|(_, w)| *w == Watch::Probe) {
             self.loop_probe_wanted_at = Some(now);
         }
@@ -426,6 +502,7 @@ impl Scanner {
             self.table.ticked_samples()
         };
         self.read_lock_owners(&sample_list, now_ns);
+        meta::pi_park::close_cycles(&sample_list, &mut self.locks);
         let exits = self.exits.requests();
         let detection = self.config.detectors.detect(
             &sample_list,
@@ -436,7 +513,7 @@ impl Scanner {
                 exits: &exits,
             },
             &mut self.targets.lookup(&mut self.processes, started),
-            &mut confirm_deadlock,
+            &mut meta::confirm::deadlock,
             now_ns,
         );
         self.follow_loops(&detection.watch, &sample_list);
@@ -481,77 +558,163 @@ impl Scanner {
         self.emit(transitions, now_ns)
     }
 
-    /// Reports the episodes that opened, grew or ended at this tick.
+    /// Hands the episodes that opened, grew or ended at this tick to the enrich stage, with
+    /// what only this tick knows: the samples, the lock owners, and the kernel stacks and
+    /// user registers of the threads while they are still blocked.
     fn emit(&mut self, transitions: Vec<Transition>, now_ns: u64) -> anyhow::Result<()> {
         if transitions.is_empty() {
             return Ok(());
         }
-        // Every candidate, walk-only ones too (an episode may be one of theirs).
-        let all = self.table.samples();
-        let samples: HashMap<ThreadKey, &ThreadSample> = all.iter().map(|s| (s.key, s)).collect();
-        let wanted: Vec<u32> = transitions
-            .iter()
-            .flat_map(|t| match t {
+        let tgids: HashSet<u32> = transitions.iter().map(|t| episode_of(t).tgid).collect();
+        // Every candidate of those processes, walk-only ones too (an episode may be one of
+        // theirs, and a lock chain may run through them).
+        let samples: HashMap<ThreadKey, ThreadSample> = self
+            .table
+            .samples()
+            .into_iter()
+            .filter(|s| tgids.contains(&s.tgid))
+            .map(|s| (s.key, s))
+            .collect();
+        let mut exits = HashMap::new();
+        let mut wanted: HashSet<u32> = HashSet::new();
+        for t in &transitions {
+            match t {
                 Transition::Opened(e) | Transition::Updated(e)
                     if e.key.kind == HangKind::StuckExit =>
                 {
-                    futex_owner::task_ids(e.tgid)
+                    if let Some(request) = self.exits.get(e.tgid) {
+                        // The signalled thread first: the report's stacks are capped.
+                        let mut tids = futex_owner::task_ids(e.tgid);
+                        tids.sort_unstable_by_key(|&tid| (tid != request.target.tid, tid));
+                        let capped = tids.len().saturating_sub(MAX_EXIT_STACKS);
+                        self.surfaces.metrics().limit("exit_stacks", capped as u64);
+                        wanted.extend(tids.into_iter().take(MAX_EXIT_STACKS));
+                        exits.insert(e.tgid, request.clone());
+                    }
                 }
-                Transition::Opened(e) | Transition::Updated(e) => std::iter::once(e.key.thread.tid)
-                    .chain(e.members.iter().map(|m| m.tid))
-                    .collect(),
-                Transition::Ended(_) => Vec::new(),
-            })
-            .collect::<HashSet<u32>>()
-            .into_iter()
-            .collect();
-        let stacks: HashMap<ThreadKey, StackRecord> = self
-            .probes
-            .dump_stacks(&wanted)?
-            .into_iter()
-            .map(|s| {
+                Transition::Opened(e) | Transition::Updated(e) => {
+                    wanted.extend(
+                        std::iter::once(e.key.thread.tid).chain(e.members.iter().map(|m| m.tid)),
+                    );
+                    wanted.extend(self.holders_of(e.key.thread, &samples));
+                }
+                Transition::Ended(_) => {}
+            }
+        }
+        let wanted: Vec<u32> = wanted.into_iter().collect();
+        let mut stacks = HashMap::new();
+        // The iterator takes `MAX_STACK_REQUESTS` threads a run; a mass hang takes more runs.
+        for chunk in wanted.chunks(hangwatch_ebpf::MAX_STACK_REQUESTS as usize) {
+            for s in self.probes.dump_stacks(chunk)? {
                 let key = ThreadKey {
                     tid: s.tid,
                     start_boottime_ns: s.start_boottime_ns,
                 };
-                (key, s)
+                stacks.insert(key, s);
+            }
+        }
+        let ended = transitions
+            .iter()
+            .filter_map(|t| match t {
+                Transition::Ended(e) => Some((e.key, self.resolution(e, &samples, now_ns))),
+                _ => None,
             })
             .collect();
-
-        let now_wall = SystemTime::now();
-        for transition in transitions {
-            let reported = Instant::now();
-            let event = match transition {
-                Transition::Opened(episode) => self.report(
-                    EventType::Hang,
-                    &episode,
-                    &samples,
-                    &stacks,
-                    now_ns,
-                    now_wall,
-                ),
-                Transition::Updated(episode) => self.report(
-                    EventType::Update,
-                    &episode,
-                    &samples,
-                    &stacks,
-                    now_ns,
-                    now_wall,
-                ),
-                Transition::Ended(episode) => self.resolve(&episode, &samples, now_ns),
-            };
-            self.surfaces.metrics().report(reported.elapsed());
-            if let Some(event) = event {
-                self.surfaces.hub.publish(&event);
-                self.sink.send(event);
-            }
+        let processes = tgids
+            .iter()
+            .filter_map(|&tgid| Some((tgid, self.processes.get(tgid)?)))
+            .collect();
+        let owners = self
+            .locks
+            .owners
+            .iter()
+            .filter(|(k, _)| samples.contains_key(k))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        let tick = Tick {
+            transitions,
+            samples,
+            owners,
+            stacks,
+            exits,
+            processes,
+            parkers: self.loops.parkers.clone(),
+            ended,
+            now_ns,
+            now_wall: SystemTime::now(),
+            at: Instant::now(),
+        };
+        if let Err(Job::Tick(tick)) = self.enrich.send(Job::Tick(Box::new(tick))) {
+            // The stage is far behind: these episodes are still reported, without what
+            // the stage would add, rather than not at all.
+            self.surfaces.metrics().limit("enrich_queue_full", 1);
+            tracing::warn!(
+                "the enrich queue is full: {} transitions reported without stacks",
+                tick.transitions.len()
+            );
+            self.surfaces.unenriched(&tick);
         }
         Ok(())
     }
 
-    /// Reads the owner of the lock each futex waiter waits on (cached per wait).
+    /// The first `MAX_HOLDER_STACKS` holders of the lock chain from `thread` (their stacks
+    /// go in the report's `blocked_on`), as far as the lock owners known at this tick go.
+    fn holders_of(
+        &self,
+        thread: ThreadKey,
+        samples: &HashMap<ThreadKey, ThreadSample>,
+    ) -> Vec<u32> {
+        let mut holders = Vec::new();
+        let mut current = thread;
+        while holders.len() < crate::enrich::MAX_HOLDER_STACKS {
+            let Some(&owner) = self.locks.owners.get(&current) else {
+                break;
+            };
+            if owner == thread.tid || holders.contains(&owner) {
+                break; // a cycle: its members are taken already
+            }
+            holders.push(owner);
+            match samples.values().find(|s| s.key.tid == owner) {
+                Some(s) => current = s.key,
+                None => break, // not a candidate: its own owner is read by the report
+            }
+        }
+        holders
+    }
+
+    /// How an episode ended, and when (the switch-in that ended the wait when the last
+    /// read saw it, else now: an exit or a wakeup between two ticks is known only to the
+    /// tick).
+    fn resolution(
+        &self,
+        episode: &Episode,
+        samples: &HashMap<ThreadKey, ThreadSample>,
+        now_ns: u64,
+    ) -> (Resolution, u64) {
+        // Still in the scan (a new wait, or woken) or still in /proc: it moved on, unless
+        // it was woken to die (a killed process's threads run their exit).
+        let tid = episode.key.thread.tid;
+        let resolution = if ((episode.key.kind != HangKind::StuckExit
+            && samples.contains_key(&episode.key.thread))
+            || thread_proc(episode.tgid, episode.key.thread) != ThreadProc::Gone)
+            && !meta::exiting(episode.tgid, tid)
+        {
+            Resolution::Running
+        } else {
+            Resolution::Exited
+        };
+        let ended_ns = self
+            .table
+            .wait_end(&episode.key.thread, episode.key.since_ns)
+            .unwrap_or(now_ns);
+        (resolution, ended_ns)
+    }
+
+    /// Reads the owner of the lock each futex waiter waits on (cached per wait; the reads
+    /// themselves run on a reader worker, and their answers arrive by the next tick).
     fn read_lock_owners(&mut self, samples: &[ThreadSample], now_ns: u64) {
         self.locks.owners.clear();
+        self.owners.collect(now_ns);
         if !self.config.detectors.wants_futex_waits() {
             return;
         }
@@ -573,290 +736,31 @@ impl Scanner {
         self.owners.retain(|k| live.contains(k));
     }
 
-    /// The owners from the lock `start` waits on: each owner, what it waits on, and so on
-    /// until a thread not in a lock wait, or one already in the chain.
-    fn blocked_on(
-        &self,
-        tgid: u32,
-        start: &ThreadSample,
-        samples: &HashMap<ThreadKey, &ThreadSample>,
-    ) -> Vec<BlockedOn> {
-        let by_tid: HashMap<u32, &ThreadSample> = samples
-            .values()
-            .filter(|s| s.tgid == tgid)
-            .map(|s| (s.key.tid, *s))
-            .collect();
-        let mut chain = Vec::new();
-        let mut seen = HashSet::from([start.key.tid]);
-        let mut next = self.locks.owners.get(&start.key).copied();
-        while let Some(tid) = next {
-            if chain.len() >= MAX_CHAIN {
-                break;
-            }
-            let cycle = !seen.insert(tid);
-            let link = match by_tid.get(&tid) {
-                Some(s) => {
-                    let wait = s.wait();
-                    BlockedOn {
-                        tid,
-                        thread_name: s.thread_name.to_string(),
-                        state: wait.state.letter(),
-                        syscall: wait.syscall.clone().unwrap_or_else(|| "running".into()),
-                        futex_op: wait.futex.map(|f| f.op),
-                        owner_tid: self.locks.owners.get(&s.key).copied(),
-                        cycle,
-                    }
-                }
-                // Not a candidate: running, or in a wait the scan does not report.
-                None => match futex_owner::proc_thread(tgid, tid) {
-                    Some(t) => {
-                        let syscall = t.syscall.filter(|_| t.state != 'R');
-                        let call = syscall.as_ref().and_then(FutexCall::from_syscall);
-                        BlockedOn {
-                            tid,
-                            thread_name: t.name,
-                            state: t.state,
-                            syscall: syscall
-                                .map_or_else(|| "running".into(), |s| syscall_name(s.nr)),
-                            futex_op: syscall.filter(|_| call.is_some()).map(|s| {
-                                let op = if s.nr == libc::SYS_futex {
-                                    s.args[1]
-                                } else {
-                                    s.args[3]
-                                };
-                                futex_op_name(s.nr, op as u32)
-                            }),
-                            owner_tid: call
-                                .filter(|_| !cycle)
-                                .and_then(|c| futex_owner::read_owner(tgid, &c)),
-                            cycle,
-                        }
-                    }
-                    None => break, // exited meanwhile
-                },
-            };
-            next = if cycle { None } else { link.owner_tid };
-            chain.push(link);
-        }
-        chain
-    }
-
-    fn report(
-        &mut self,
-        event: EventType,
-        episode: &Episode,
-        samples: &HashMap<ThreadKey, &ThreadSample>,
-        stacks: &HashMap<ThreadKey, StackRecord>,
-        now_ns: u64,
-        now_wall: SystemTime,
-    ) -> Option<HangEvent> {
-        if episode.key.kind == HangKind::StuckExit {
-            return self.report_exit(event, episode, stacks, now_ns, now_wall);
-        }
-        let sample = samples.get(&episode.key.thread)?;
-        let thread = thread_proc(sample.tgid, sample.key);
-        let syscall = match thread {
-            ThreadProc::Alive { syscall } => syscall,
-            ThreadProc::Gone => None,
-        };
-        let process = self.processes.get(sample.tgid);
-        let thread_stacks = self.stacks_of(sample, stacks.get(&sample.key));
-        let with_owner = |s: &ThreadSample, locks: &LockFacts| Wait {
-            owner_tid: locks.owners.get(&s.key).copied(),
-            wchan: wchan(s.tgid, s.key.tid),
-            ..s.wait()
-        };
-        let mut cycle = Vec::new();
-        if episode.key.kind == HangKind::Deadlock {
-            for member in &episode.members {
-                let Some(m) = samples.get(member) else {
-                    continue;
-                };
-                let member_stacks = if *member == sample.key {
-                    thread_stacks.clone()
-                } else {
-                    self.stacks_of(m, stacks.get(member))
-                };
-                cycle.push(CycleMember {
-                    tid: member.tid,
-                    thread_name: m.thread_name.to_string(),
-                    wait: with_owner(m, &self.locks),
-                    blocked_here: member_stacks.blocked_here,
-                    user_stack: member_stacks.user_stack,
-                    kernel_stack: member_stacks.kernel_stack,
-                });
-            }
-        }
-        let blocked_on = if self.locks.owners.contains_key(&sample.key) {
-            self.blocked_on(sample.tgid, sample, samples)
-        } else {
-            Vec::new()
-        };
-        let stall = (episode.key.kind == HangKind::LoopStall)
-            .then_some(sample.event_loop)
-            .flatten()
-            .map(|lp| {
-                let blocked = !sample.not_blocked() && !sample.woken;
-                let syscall = blocked
-                    .then(|| syscall.map(|s| syscall_name(s.nr)))
-                    .flatten()
-                    .or_else(|| blocked.then(|| sample.wait().syscall).flatten());
-                LoopStallInfo {
-                    doing: match (&syscall, blocked) {
-                        (Some(name), _) => format!("blocked in {name}"),
-                        (None, true) => "blocked".to_owned(),
-                        (None, false) => "running on CPU".to_owned(),
-                    },
-                    on_cpu: !blocked,
-                    syscall,
-                    last_return_at: clock::rfc3339(clock::wall_time_of(
-                        episode.key.since_ns,
-                        now_ns,
-                        now_wall,
-                    )),
-                    loop_waits: lp.waits,
-                    parking_worker: self.loops.parkers.contains(&sample.key),
-                }
-            });
-        let report = HangEvent {
-            blocked_since_before_start: sample.blocked_before_attach,
-            blocked_on,
-            cycle,
-            stall,
-            ..event_of(
-                event,
-                episode,
-                (sample.key.tid, sample.thread_name.to_string()),
-                process.as_ref(),
-                with_owner(sample, &self.locks).with_proc_syscall(syscall),
-                thread_stacks,
-                (now_ns, now_wall),
-            )
-        };
-        self.reports.insert(episode.key, report.clone());
-        Some(report)
-    }
-
-    /// The stacks of a thread: from the `dump_stacks` record while it is blocked; while it
-    /// runs, its saved registers are stale and its stack is sampled on CPU.
-    fn stacks_of(&mut self, sample: &ThreadSample, record: Option<&StackRecord>) -> ThreadStacks {
-        if sample.not_blocked() && !sample.kernel_thread {
-            return self.running_stacks(sample.tgid, sample.key.tid, record);
-        }
-        self.stacks.take(sample.tgid, record, sample.kernel_thread)
-    }
-
-    /// The stacks of a running thread, from one perf sample of it on CPU (`stack/on_cpu.rs`);
-    /// if it went off-CPU meanwhile, from its `dump_stacks` record like a blocked one.
-    fn running_stacks(&mut self, pid: u32, tid: u32, record: Option<&StackRecord>) -> ThreadStacks {
-        match self.stacks.take_running(pid, tid) {
-            Ok(stacks) => stacks,
-            Err(SampleError::NoSample { .. }) => self.stacks.take(pid, record, false),
-            Err(err) => {
-                tracing::debug!("no on-CPU sample of thread {tid}: {err}");
-                let why = format!("the thread runs and could not be sampled: {err}");
-                ThreadStacks {
-                    kernel_stack_error: Some(why.clone()),
-                    user_stack_error: Some(why),
-                    ..ThreadStacks::default()
-                }
-            }
-        }
-    }
-
-    /// A `stuck_exit` report: the process, the signal, and every thread with its stack.
-    fn report_exit(
-        &mut self,
-        event: EventType,
-        episode: &Episode,
-        stacks: &HashMap<ThreadKey, StackRecord>,
-        now_ns: u64,
-        now_wall: SystemTime,
-    ) -> Option<HangEvent> {
-        let request = self.exits.get(episode.tgid)?.clone();
-        let tgid = request.tgid;
-        let process = self.processes.get(tgid);
-        let by_tid: HashMap<u32, &StackRecord> = stacks.values().map(|r| (r.tid, r)).collect();
-        let mut threads = Vec::new();
-        let mut main = None;
-        for tid in futex_owner::task_ids(tgid) {
-            let Some(t) = futex_owner::proc_thread(tgid, tid) else {
-                continue; // exited meanwhile
-            };
-            let wait = Wait::from_proc(t.state, t.syscall);
-            let thread_stacks = if t.state == 'R' {
-                self.running_stacks(tgid, tid, by_tid.get(&tid).copied())
-            } else {
-                self.stacks.take(tgid, by_tid.get(&tid).copied(), false)
-            };
-            if tid == request.target.tid {
-                main = Some((t.name.clone(), wait.clone(), thread_stacks.clone()));
-            }
-            threads.push(CycleMember {
-                tid,
-                thread_name: t.name,
-                wait,
-                blocked_here: thread_stacks.blocked_here,
-                user_stack: thread_stacks.user_stack,
-                kernel_stack: thread_stacks.kernel_stack,
-            });
-        }
-        let (thread_name, wait, thread_stacks) = main?;
-        let report = HangEvent {
-            exit: Some(ExitInfo {
-                signal: request.signal_name(),
-                sender_pid: request.sender_pid,
-                sender_comm: request.sender_comm.clone(),
-                signals: request.signals,
-            }),
-            threads,
-            ..event_of(
-                event,
-                episode,
-                (request.target.tid, thread_name),
-                process.as_ref(),
-                wait,
-                thread_stacks,
-                (now_ns, now_wall),
-            )
-        };
-        self.reports.insert(episode.key, report.clone());
-        Some(report)
-    }
-
-    fn resolve(
-        &mut self,
-        episode: &Episode,
-        samples: &HashMap<ThreadKey, &ThreadSample>,
-        now_ns: u64,
-    ) -> Option<HangEvent> {
-        let mut report = self.reports.remove(&episode.key)?;
-        // Still in the scan (a new wait, or woken) or still in /proc: it moved on.
-        let resolution = if (episode.key.kind != HangKind::StuckExit
-            && samples.contains_key(&episode.key.thread))
-            || thread_proc(episode.tgid, episode.key.thread) != ThreadProc::Gone
-        {
-            Resolution::Running
-        } else {
-            Resolution::Exited
-        };
-        report.event = EventType::Resolved;
-        // The switch-in that ended the wait when the last read saw it, else now: an exit
-        // or a wakeup between two ticks is known only to the tick.
-        let ended_ns = self
-            .table
-            .wait_end(&episode.key.thread, episode.key.since_ns)
-            .unwrap_or(now_ns);
-        report.duration_ms = millis(episode.duration(ended_ns));
-        report.resolution = Some(resolution);
-        Some(report)
-    }
-
-    /// Hands this scan's figures to the status and the metrics, and answers the API's
-    /// stack requests (this thread owns the iterators).
+    /// Hands this scan's figures to the status and the metrics, and passes at most one of
+    /// the API's stack requests on to the enrich stage (the iterator is this thread's).
     fn publish_figures(&mut self, took: Duration) {
-        self.surfaces
-            .answer_stack_requests(&mut self.probes, &mut self.stacks);
+        if let Some(request) = self.surfaces.next_stack_request() {
+            let records = self
+                .probes
+                .dump_stacks(&request.tids)
+                .map_err(|err| err.to_string());
+            match records {
+                Ok(records) => {
+                    if let Err(Job::Stacks(job)) = self
+                        .enrich
+                        .send(Job::Stacks(StacksJob { request, records }))
+                    {
+                        let _ = job
+                            .request
+                            .reply
+                            .send(Err("the daemon is busy reporting hangs; try again".into()));
+                    }
+                }
+                Err(err) => {
+                    let _ = request.reply.send(Err(err));
+                }
+            }
+        }
         let figures = api::ScanFigures {
             took,
             scans: self.scans,
@@ -866,10 +770,6 @@ impl Scanner {
             tracked_threads: self.table.len(),
             watched_processes: self.targets.selected().len(),
             bpf_counters: self.probes.counters().unwrap_or_default(),
-            kernel_symbolize: (self.stacks.kernel.spent, self.stacks.kernel.failures),
-            user_stacks: (self.stacks.user.spent, self.stacks.user.captured),
-            module_cache: self.stacks.user.module_cache(),
-            stdout_dropped: self.sink.dropped.load(Ordering::Relaxed),
         };
         self.surfaces.after_scan(&figures);
     }
@@ -887,20 +787,17 @@ impl Scanner {
             .unwrap_or_else(|e| format!("unreadable: {e}"));
         let mean = |total: Duration, n: u64| total.checked_div(n.max(1) as u32).unwrap_or_default();
         tracing::info!(
-            "detached after {} scans (mean {:?}) and {} full walks (mean {:?}, every {:?}), {} candidate threads at the end; counters: {counters}; events dropped: {}; processes vanished: {}; kernel symbolization {:?}; user stacks: {} in {:?}, module cache {:?} (hits, misses); lock owner reads: {}; sys_enter_loop attached {} times; processes asked to exit and still there: {}",
+            "detached after {} scans (mean {:?}) and {} full walks (mean {:?}, every {:?}), {} candidate threads at the end; counters: {counters}; processes vanished: {}; lock owner reads: {} ({} missed their deadline); ticks not enriched: {}; sys_enter_loop attached {} times; processes asked to exit and still there: {}",
             self.scans,
             mean(self.scan_time, self.scans),
             self.walks,
             mean(self.walk_time, self.walks),
             self.walk_interval,
             self.table.len(),
-            self.sink.dropped.load(Ordering::Relaxed),
             self.processes.vanished,
-            self.stacks.kernel.spent,
-            self.stacks.user.captured,
-            self.stacks.user.spent,
-            self.stacks.user.module_cache(),
             self.owners.reads_done,
+            self.owners.abandoned(),
+            self.enrich.overflowed.load(Ordering::Relaxed),
             self.loop_probe_attaches,
             self.exits.len(),
         );
@@ -910,68 +807,8 @@ impl Scanner {
     }
 }
 
-/// A deadlock seen in the samples, checked against /proc now: every member still alive,
-/// in the same futex wait, with no kill pending; for a whole process, no other thread.
-fn confirm_deadlock(members: &[&ThreadSample], whole_process: bool) -> bool {
-    let Some(tgid) = members.first().map(|m| m.tgid) else {
-        return false;
-    };
-    if whole_process && futex_owner::thread_count(tgid) != Some(members.len()) {
-        return false;
-    }
-    members.iter().all(|m| {
-        let Some(now) = futex_owner::proc_thread(tgid, m.key.tid) else {
-            return false;
-        };
-        let same_wait = match (
-            now.syscall.as_ref().and_then(FutexCall::from_syscall),
-            m.futex_wait(),
-        ) {
-            (Some(now), Some(then)) => now.uaddr == then.uaddr,
-            _ => false,
-        };
-        same_wait && now.state == 'S' && !futex_owner::kill_pending(tgid, m.key.tid)
-    })
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// An event of `episode` with what every kind fills the same way (the episode, the thread,
-/// its process, its wait and stacks); the kind-specific parts are left empty.
-fn event_of(
-    event: EventType,
-    episode: &Episode,
-    (tid, thread_name): (u32, String),
-    process: Option<&meta::ProcessInfo>,
-    wait: Wait,
-    stacks: ThreadStacks,
-    (now_ns, now_wall): (u64, SystemTime),
-) -> HangEvent {
-    HangEvent {
-        event,
-        id: episode.id.clone(),
-        kind: episode.key.kind,
-        pid: episode.tgid,
-        tid,
-        comm: process.map_or_else(|| thread_name.clone(), |p| p.comm.clone()),
-        thread_name,
-        exe: process.and_then(|p| p.exe.clone()),
-        cmdline: process.map(|p| p.cmdline.clone()).unwrap_or_default(),
-        cgroup: process.and_then(|p| p.cgroup.clone()),
-        workload: Workload::of(process),
-        started_at: clock::rfc3339(clock::wall_time_of(episode.key.since_ns, now_ns, now_wall)),
-        duration_ms: millis(episode.duration(now_ns)),
-        threshold_ms: millis(episode.threshold),
-        blocked_since_before_start: false,
-        wait,
-        blocked_on: Vec::new(),
-        cycle: Vec::new(),
-        stall: None,
-        exit: None,
-        threads: Vec::new(),
-        stacks,
-        resolution: None,
+fn episode_of(transition: &Transition) -> &Episode {
+    match transition {
+        Transition::Opened(e) | Transition::Updated(e) | Transition::Ended(e) => e,
     }
 }

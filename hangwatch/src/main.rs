@@ -5,7 +5,9 @@ mod clock;
 mod config;
 mod daemon;
 mod detect;
+mod enrich;
 mod episode;
+mod logging;
 mod meta;
 mod metrics;
 mod probe;
@@ -13,35 +15,30 @@ mod sink;
 mod stack;
 mod state;
 
-use std::{io::IsTerminal, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            // kube's client logs every non-2xx answer at ERROR (a pod proxy's 503, a watch's
-            // expiry), which hangwatch reports itself in context.
-            EnvFilter::try_from_env("HANGWATCH_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,kube_client=off")),
-        )
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-
+    // The daemon sets up its log once its configuration is read (the format may come from
+    // its file); the other commands log as text.
+    match cli.command {
+        cli::Command::Run(_) => {}
+        // The daemon's helper logs like the daemon, into the same stderr.
+        cli::Command::Unwinder => logging::init(logging::format_of_helper()),
+        _ => logging::init(logging::LogFormat::Text),
+    }
     let result = match cli.command {
-        cli::Command::Run(args) => args
-            .into_config()
-            .map_err(anyhow::Error::from)
-            .and_then(daemon::run),
+        cli::Command::Run(args) => return run_daemon(*args),
         cli::Command::CheckConfig(args) => return cli::check_config::run(&args),
+        cli::Command::Completions(args) => cli::completions::run(&args),
+        cli::Command::GenerateMan(args) => cli::completions::man(&args),
         cli::Command::BenchFloor => cli::bench_floor::run(),
         cli::Command::BenchLoopProbe => cli::bench_loop_probe::run(),
         cli::Command::BenchStack(args) => cli::bench_stack::run(args),
         cli::Command::SampleStack(args) => cli::sample_stack::run(args),
+        cli::Command::Unwinder => stack::unwinder::serve(),
         cli::Command::Client(command) => {
             return command.run().unwrap_or_else(|err| {
                 eprintln!("hangwatch: error: {}", one_line(&err));
@@ -53,6 +50,28 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("hangwatch: error: {}", one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `hangwatch run`: the configuration is read before logging starts, since the log format
+/// may come from its file.
+fn run_daemon(args: cli::run::RunArgs) -> ExitCode {
+    let flag = args.log_format.unwrap_or_default();
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(err) => {
+            logging::fatal(flag, &one_line(&err.into()));
+            return ExitCode::FAILURE;
+        }
+    };
+    let format = config.log_format;
+    logging::init(format);
+    match daemon::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            logging::fatal(format, &one_line(&err));
             ExitCode::FAILURE
         }
     }

@@ -11,310 +11,14 @@
 
 mod common;
 
-use std::{
-    fs,
-    io::{BufRead, BufReader, Read as _, Write as _},
-    net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::Command,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread,
-    time::Duration,
-};
+use std::{fs, process::Command, time::Duration};
 
-use common::*;
+use common::{kube::*, *};
 
 /// The pods of node-1, as `GET /api/v1/pods?fieldSelector=spec.nodeName=node-1` answers.
 const NODE_PODS: &str = include_str!("fixtures/pods-node-1.json");
 /// The DaemonSet's pods, as `GET /api/v1/namespaces/hangwatch/pods?labelSelector=...` answers.
 const HANGWATCH_PODS: &str = include_str!("fixtures/hangwatch-pods.json");
-
-/// What the test API server answers.
-#[derive(Clone, Default)]
-struct Routes {
-    /// `/api/v1/pods`: the node watch (list, then a watch held open).
-    node_pods: Option<&'static str>,
-    /// `/api/v1/namespaces/hangwatch/pods`: the DaemonSet's pods.
-    hangwatch_pods: Option<&'static str>,
-    /// Pod proxy: pod name -> the daemon its `NAME:9924/proxy/...` reaches (`None`: the
-    /// API server cannot reach the pod and answers 503, as it does when the dial fails).
-    proxies: Vec<(&'static str, Option<String>)>,
-}
-
-/// A minimal API server for the routes above. Records each request line and its
-/// Authorization header.
-struct ApiServer {
-    url: String,
-    requests: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl ApiServer {
-    fn start(routes: Routes) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        listener.set_nonblocking(true).expect("nonblocking");
-        {
-            let requests = Arc::clone(&requests);
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            let requests = Arc::clone(&requests);
-                            let stop = Arc::clone(&stop);
-                            let routes = routes.clone();
-                            thread::spawn(move || serve(stream, &routes, &requests, &stop));
-                        }
-                        Err(_) => thread::sleep(Duration::from_millis(20)),
-                    }
-                }
-            });
-        }
-        Self {
-            url,
-            requests,
-            stop,
-        }
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// A kubeconfig for this server, with a bearer token, written into `dir`.
-    fn kubeconfig(&self, dir: &Path) -> String {
-        let path = dir.join("kubeconfig");
-        fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n\
-                 users:\n- name: test\n  user:\n    token: test-token\n\
-                 contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
-                 current-context: test\n",
-                self.url
-            ),
-        )
-        .expect("write kubeconfig");
-        path.to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-fn respond(out: &mut TcpStream, status: &str, body: &str) {
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = out.flush();
-}
-
-fn status_json(code: u16, reason: &str, message: &str) -> String {
-    serde_json::json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code,
-    })
-    .to_string()
-}
-
-/// One connection: HTTP/1.1 keep-alive, GETs only.
-fn serve(stream: TcpStream, routes: &Routes, requests: &Mutex<Vec<String>>, stop: &AtomicBool) {
-    stream.set_nonblocking(false).ok();
-    let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
-    let mut out = stream;
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut authorization = String::new();
-        let mut length = 0usize;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let lower = header.to_ascii_lowercase();
-            if lower.starts_with("authorization:") {
-                authorization = header["authorization:".len()..].trim().to_owned();
-            } else if let Some(n) = lower.strip_prefix("content-length:") {
-                length = n.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let request_line = request_line.trim_end().to_owned();
-        requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(format!("{request_line} [{authorization}]"));
-        let target = request_line.split(' ').nth(1).unwrap_or("").to_owned();
-        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        let watch = query
-            .split('&')
-            .any(|p| p == "watch=true" || p == "watch=1");
-        let proxied = path
-            .strip_prefix("/api/v1/namespaces/hangwatch/pods/")
-            .and_then(|rest| rest.split_once(":9924/proxy"));
-        if let (Some(pods), "/api/v1/pods", false) = (routes.node_pods, path, watch) {
-            respond(&mut out, "200 OK", pods);
-        } else if let (Some(_), "/api/v1/pods", true) = (routes.node_pods, path, watch) {
-            // No change to report: hold the stream open (as the API server does until its
-            // timeout) and end it when the test is done.
-            let _ = write!(
-                out,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-            );
-            let _ = out.flush();
-            while !stop.load(Ordering::SeqCst) {
-                thread::sleep(Duration::from_millis(50));
-            }
-            let _ = write!(out, "0\r\n\r\n");
-            return;
-        } else if let (Some(pods), "/api/v1/namespaces/hangwatch/pods") =
-            (routes.hangwatch_pods, path)
-        {
-            respond(&mut out, "200 OK", pods);
-        } else if let Some((pod, rest)) = proxied {
-            match routes.proxies.iter().find(|(name, _)| *name == pod) {
-                Some((_, Some(daemon))) => {
-                    let url = if query.is_empty() {
-                        format!("{daemon}{rest}")
-                    } else {
-                        format!("{daemon}{rest}?{query}")
-                    };
-                    let answer = http("GET", &url);
-                    respond(&mut out, &format!("{} OK", answer.status), &answer.text);
-                }
-                Some((_, None)) => respond(
-                    &mut out,
-                    "503 Service Unavailable",
-                    &status_json(
-                        503,
-                        "ServiceUnavailable",
-                        "error trying to reach service: dial tcp 10.244.2.7:9924: connect: connection refused",
-                    ),
-                ),
-                None => respond(
-                    &mut out,
-                    "404 Not Found",
-                    &status_json(404, "NotFound", &format!("pods \"{pod}\" not found")),
-                ),
-            }
-        } else {
-            respond(
-                &mut out,
-                "404 Not Found",
-                &status_json(
-                    404,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                ),
-            );
-        }
-    }
-}
-
-/// The mount point of a cgroup hierarchy: cgroup2, or the v1 one with `option` (e.g.
-/// `name=systemd`).
-fn cgroup_mount(fstype: &str, option: Option<&str>) -> Option<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let (point, kind, options) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
-        let matches = *kind == fstype && option.is_none_or(|o| options.split(',').any(|x| x == o));
-        matches.then(|| PathBuf::from(point))
-    })
-}
-
-/// Cgroups made by the test under `<mount>/<top>`, removed on drop: any process still in
-/// them is moved back to the hierarchy's root first, then the directories are removed
-/// deepest first.
-struct TestCgroups {
-    tops: Vec<(PathBuf, PathBuf)>,
-}
-
-impl TestCgroups {
-    /// Makes `<mount>/<relative>` (and its parents), returns its path.
-    fn make(&mut self, mount: &Path, top: &str, relative: &str) -> PathBuf {
-        let top_dir = mount.join(top);
-        if !self.tops.iter().any(|(_, t)| *t == top_dir) {
-            self.tops.push((mount.to_path_buf(), top_dir.clone()));
-        }
-        let dir = top_dir.join(relative.trim_start_matches('/'));
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        dir
-    }
-
-    fn enter(dir: &Path, pid: u32) {
-        fs::write(dir.join("cgroup.procs"), pid.to_string())
-            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", dir.display()));
-    }
-}
-
-impl Drop for TestCgroups {
-    fn drop(&mut self) {
-        for (mount, top) in self.tops.drain(..) {
-            let mut dirs = Vec::new();
-            collect_dirs(&top, &mut dirs);
-            // Deepest first.
-            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-            for dir in &dirs {
-                if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-                    for pid in procs.split_whitespace() {
-                        let _ = fs::write(mount.join("cgroup.procs"), pid);
-                    }
-                }
-                let mut removed = false;
-                for _ in 0..50 {
-                    if fs::remove_dir(dir).is_ok() || !dir.exists() {
-                        removed = true;
-                        break;
-                    }
-                    thread::sleep(Duration::from_millis(20));
-                }
-                if !removed {
-                    eprintln!(
-                        "warning: could not remove the test cgroup {}",
-                        dir.display()
-                    );
-                }
-            }
-        }
-    }
-}
-
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    if !dir.is_dir() {
-        return;
-    }
-    out.push(dir.to_path_buf());
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            collect_dirs(&entry.path(), out);
-        }
-    }
-}
 
 /// One workload of the fixture, the cgroup shape it is placed in, and what the event must
 /// say about it.
@@ -379,7 +83,7 @@ fn events_name_the_container_and_pod_of_real_cgroups() {
 
     // Declared before the programs, so dropped after them: the processes are dead when the
     // cgroups are removed.
-    let mut cgroups = TestCgroups { tops: Vec::new() };
+    let mut cgroups = TestCgroups::default();
     let mut running = Vec::new();
     for (case, mount) in &cases {
         let cgroup = cgroups.make(mount, &top, &case.path);
@@ -480,7 +184,16 @@ fn events_name_the_container_and_pod_of_real_cgroups() {
 fn list_all_nodes_merges_the_daemonset_pods_through_the_pod_proxy() {
     require_root();
     let mut abba = Abba::start();
-    let daemon = Daemon::start(&[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("token");
+    fs::write(&token_file, CLUSTER_TOKEN).expect("token file");
+    let token_path = token_file.to_string_lossy().into_owned();
+    let daemon = Daemon::start(&[
+        "--cluster-api-listen",
+        "127.0.0.1:0",
+        "--cluster-api-token-file",
+        &token_path,
+    ]);
     abba.deadlock();
     let pid = abba.pid();
     let hang = daemon.wait_for_event("deadlock for abba", Duration::from_secs(5), |v| {
@@ -491,20 +204,21 @@ fn list_all_nodes_merges_the_daemonset_pods_through_the_pod_proxy() {
     let id = str_of(&hang.value, "/id").to_owned();
     let api = ApiServer::start(Routes {
         hangwatch_pods: Some(HANGWATCH_PODS),
+        readers: vec![READER],
         proxies: vec![
-            ("hangwatch-7xk2p", Some(daemon.endpoint())),
+            ("hangwatch-7xk2p", Some(daemon.cluster_endpoint())),
             ("hangwatch-m9q4d", None),
         ],
         ..Routes::default()
     });
-    let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = api.kubeconfig(dir.path());
-    let list = |extra: &[&str]| {
+    let denied_kubeconfig = api.kubeconfig_for(dir.path(), "denied-token");
+    let list_as = |kubeconfig: &str, extra: &[&str]| {
         let mut command = Command::new(HANGWATCH);
         command
             .args(["list", "--all-nodes", "--kind", "deadlock"])
             .args(extra)
-            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             // Nothing listens there: every answer must come through the API server.
             .env("HANGWATCH_ENDPOINT", "http://127.0.0.1:9");
         let out = command.output().expect("run hangwatch list");
@@ -516,6 +230,7 @@ fn list_all_nodes_merges_the_daemonset_pods_through_the_pod_proxy() {
         );
         (out.status.code(), stdout, stderr)
     };
+    let list = |extra: &[&str]| list_as(&kubeconfig, extra);
 
     let (code, stdout, _) = list(&["--json"]);
     assert_eq!(code, Some(0));
@@ -576,8 +291,91 @@ fn list_all_nodes_merges_the_daemonset_pods_through_the_pod_proxy() {
     );
     assert!(
         requests.iter().any(|r| r.contains(
-            "/api/v1/namespaces/hangwatch/pods/hangwatch-7xk2p:9924/proxy/api/v1/hangs?kind=deadlock"
+            "/api/v1/namespaces/hangwatch/pods/hangwatch-7xk2p:9925/proxy/api/v1/hangs?kind=deadlock"
         ) && r.contains("[Bearer test-token]")),
         "{requests:?}"
+    );
+
+    // One node's daemon: `show` and `threads` with --node ask only that node's pod.
+    let on_node = |args: &[&str]| {
+        let out = Command::new(HANGWATCH)
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HANGWATCH_ENDPOINT", "http://127.0.0.1:9")
+            .output()
+            .expect("run hangwatch");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("$ hangwatch {args:?} -> {:?}\n{stdout}{stderr}", out.status);
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, stdout, _) = on_node(&["show", &id, "--node", "node-1", "--json"]);
+    assert_eq!(code, Some(0));
+    let shown: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(str_of(&shown, "/id"), id, "{shown}");
+    assert_eq!(str_of(&shown, "/kind"), "deadlock", "{shown}");
+    let pid_arg = pid.to_string();
+    let (code, stdout, _) = on_node(&["threads", &pid_arg, "--node", "node-1", "--json"]);
+    assert_eq!(code, Some(0));
+    let dump: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(u64_of(&dump, "/pid"), u64::from(pid), "{dump}");
+    assert!(
+        dump["threads"].as_array().is_some_and(|t| t.len() >= 3),
+        "abba's threads: {dump}"
+    );
+    let requests = api.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-1")),
+        "--node asks the API server for that node's pod: {requests:?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.contains(&format!(
+            "/pods/hangwatch-7xk2p:9925/proxy/api/v1/threads/{pid}"
+        ))),
+        "{requests:?}"
+    );
+    // A node without a hangwatch pod is named as such; one whose pod is unreachable says so.
+    let (code, _, stderr) = on_node(&["show", &id, "--node", "node-9"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("runs on node node-9"), "{stderr}");
+    let (code, _, stderr) = on_node(&["show", &id, "--node", "node-2"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("node node-2 (pod hangwatch-m9q4d) did not answer"),
+        "{stderr}"
+    );
+
+    // A user RBAC does not grant the reader Role: refused by the API server (403), and the
+    // CLI says which grant is missing.
+    let (code, stdout, stderr) = list_as(&denied_kubeconfig, &["--json"]);
+    assert_ne!(code, Some(0), "a denied user listed hangs: {stdout}");
+    assert!(!stdout.contains(&id), "{stdout}");
+    assert!(
+        stderr.contains("refused") && stderr.contains("hangwatch-reader"),
+        "the CLI does not say what is missing: {stderr}"
+    );
+    // The cluster listener itself, reached without the API server: nothing without the
+    // token, 401; with it, the hang.
+    let cluster = daemon.cluster_endpoint();
+    let bare = http("GET", &format!("{cluster}/api/v1/hangs"));
+    assert_eq!(bare.status, 401, "{}", bare.text);
+    let wrong = http_with(
+        "GET",
+        &format!("{cluster}/api/v1/threads/1"),
+        &[("X-Hangwatch-Token", "not-the-token-not-the-token")],
+    );
+    assert_eq!(wrong.status, 401, "{}", wrong.text);
+    let right = http_with(
+        "GET",
+        &format!("{cluster}/api/v1/hangs"),
+        &[("X-Hangwatch-Token", CLUSTER_TOKEN)],
+    );
+    assert!(right.text.contains(&id), "{}", right.text);
+    assert!(
+        !right.text.contains("0xffffffff"),
+        "a cluster caller got a kernel address: {}",
+        right.text
     );
 }

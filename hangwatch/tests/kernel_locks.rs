@@ -4,7 +4,8 @@
 //! - ABBA on two glibc mutexes: one `deadlock` episode naming both workers (the cycle),
 //!   no `lock_wait` for them.
 //! - A thread holding a mutex while blocked in `read()`, another waiting for the mutex:
-//!   `lock_wait` for the waiter, `blocked_on` showing the holder in `read`.
+//!   `lock_wait` for the waiter, `blocked_on` showing the holder in `read`, with its
+//!   stacks and where in its code it is (`blocked_here`).
 //! - Seed 003 made deterministic (Python: a thread holds a logging handler's lock while
 //!   main forks; the child logs): the child is a `deadlock` within the default 1 s.
 //! - Controls, silent: a 16-worker pool idle on a condvar, an idle Python
@@ -125,6 +126,32 @@ fn lock_wait_names_the_holder_blocked_in_read() {
     assert_eq!(str_of(&chain[0], "/thread_name"), "holder", "{v}");
     assert_eq!(str_of(&chain[0], "/syscall"), "read", "{v}");
     assert!(str_of(v, "/blocked_here").contains("lock_read.c"), "{v}");
+    // Where the holder is stuck: in read(), called from its function in lock_read.c.
+    let holder_here = str_of(&chain[0], "/blocked_here");
+    assert!(
+        holder_here.starts_with("holder at ") && holder_here.contains("lock_read.c:24"),
+        "the holder's own frame: {v}"
+    );
+    let kernel: Vec<&str> = chain[0]["kernel_stack"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the holder's kernel stack: {v}"))
+        .iter()
+        .filter_map(|f| f["symbol"].as_str())
+        .collect();
+    assert!(
+        kernel.iter().any(|s| s.contains("pipe_read")),
+        "the holder sleeps in pipe_read: {kernel:?}"
+    );
+    let user: Vec<&str> = chain[0]["user_stack"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the holder's user stack: {v}"))
+        .iter()
+        .filter_map(|f| f["symbol"].as_str())
+        .collect();
+    assert!(
+        user.contains(&"holder") && user.iter().any(|s| s.contains("read")),
+        "the holder's user stack: read called by holder(): {user:?}"
+    );
     thread::sleep(Duration::from_millis(500));
     let events = daemon.events_for(pid);
     assert!(

@@ -172,7 +172,7 @@ fn deadlock_alert_fires_in_prometheus() {
     let caps = daemonset_capabilities();
     eprintln!("daemon capabilities (from the DaemonSet): {caps:?}");
     let daemon = Daemon::start_with_capabilities(&caps, &[]);
-    let endpoint = daemon.endpoint();
+    let endpoint = daemon.metrics_endpoint();
     let target = endpoint.trim_start_matches("http://");
     let prometheus = Prometheus::start(target, &prometheus_rules_file(Some("1s")));
 

@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod image;
+mod man;
 mod run;
 mod setup;
 mod test;
@@ -40,8 +41,9 @@ enum Task {
     /// Set up, then run the whole test suite (release); kernel tests run only as root.
     Test(test::Args),
     /// Set up, build (release), then measure what hangwatch costs: throughput beside bare, the
-    /// floor program and bpftrace; ns/run per program; the daemon's CPU and RSS (as root).
-    /// Writes target/bench/report.{json,md}.
+    /// floor program and bpftrace; ns/run per program; the daemon's CPU and RSS; detection
+    /// latency, also beside a mass hang and an mm-lock stall (as root). Writes
+    /// target/bench/report.{json,md}.
     Bench(bench::Args),
     /// Set up, build (release), then build the container image of deploy/Containerfile with
     /// Podman on a base made by debootstrap, and check that it runs (as root).
@@ -50,6 +52,9 @@ enum Task {
     /// series (6.1, 6.12, host) under QEMU with virtme-ng and run them inside (as root).
     /// See docs/kernels.md.
     Vmtest(vmtest::Args),
+    /// Set up, build (release), then write the man pages into target/man/ (hangwatch.1 and
+    /// one page per subcommand).
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +67,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::bench(&args),
         Task::Image => image::image(),
         Task::Vmtest(args) => vmtest::vmtest(&args),
+        Task::Man => man::man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

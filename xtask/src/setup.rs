@@ -2,7 +2,7 @@
 //! Idempotent, and quick when everything is there (it runs before every build, run and test).
 //!
 //! - Debian packages: Rust 1.96 with a prebuilt `core` for BPF and LLVM 22 (the eBPF toolchain,
-//!   see README.md "Building"), the tools the tests and the benchmark use, and, when the
+//!   see docs/building.md), the tools the tests and the benchmark use, and, when the
 //!   distribution has them, the benchmark's optional bpftrace and bpftool.
 //! - bpf-linker 0.13, built against Debian's LLVM 22.
 //! - A Python venv under target/ with the deploy/ validators from PyPI (kubernetes-validate,
@@ -29,7 +29,10 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 /// binutils (objcopy, strip, readelf: a stripped binary with a separate debug file),
 /// python3, mkfs.ext4, fsfreeze, losetup, setpriv, unshare, mount; for deploy/: prometheus
 /// and promtool (alert rules checked, unit-tested, and evaluated end to end), python3-venv
-/// (the validators' venv).
+/// (the validators' venv); an idle JVM and an idle Go program are controls that the
+/// deadlock rules must leave quiet (tests/kernel_ownerless.rs): default-jre-headless
+/// (OpenJDK 17: 44 MB to download, 188 MB installed) and golang-go (Go 1.19, 81 MB to download, 464 MB
+/// installed).
 const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
@@ -40,6 +43,8 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "mount",
     "prometheus",
+    "default-jre-headless",
+    "golang-go",
 ];
 /// What `cargo xtask bench` runs: perf (`perf bench sched pipe|messaging`).
 const BENCH_PACKAGES: &[&str] = &["linux-perf"];
@@ -52,6 +57,8 @@ const TEST_TOOLS: &[&str] = &[
     "perf",
     "gcc",
     "python3",
+    "java",
+    "go",
     "mkfs.ext4",
     "fsfreeze",
     "losetup",
@@ -160,7 +167,7 @@ fn apt_install() -> Result<()> {
         install.extend(&missing);
         apt(&install).context(
             "installing the packages failed; on a release without rustc-web or llvm-22-dev use \
-             rustup nightly instead (README.md, \"Building\")",
+             rustup nightly instead (docs/building.md)",
         )?;
     }
     if !optional.is_empty() {

@@ -40,11 +40,14 @@ fn current_state() -> Option<&'static mut ThreadState> {
 #[inline(always)]
 fn enter(ctx: &TracePointContext, uaddr: u64, op: u32, timeout: u64) -> u32 {
     count(Counter::FutexSyscallEvents);
+    // SAFETY: NR_OFFSET is the `__syscall_nr` field of every sys_enter tracepoint's record
+    // (format files); read_at goes through bpf_probe_read, a bad offset is an error.
     let nr = unsafe { ctx.read_at::<i32>(NR_OFFSET) }.unwrap_or(-1) as u32;
     if let Some(state) = current_state() {
         state.syscall_nr = nr;
         state.futex_uaddr = uaddr;
         state.futex_op = op;
+        // SAFETY: a helper without arguments or preconditions.
         state.syscall_entered_at_ns = unsafe { bpf_ktime_get_ns() };
         let timeout_flag = if timeout != 0 { FLAG_FUTEX_TIMEOUT } else { 0 };
         state.flags = (state.flags & !FLAG_FUTEX_TIMEOUT) | FLAG_IN_SYSCALL | timeout_flag;
@@ -79,7 +82,10 @@ pub fn sys_enter_futex_wait(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_futex_waitv(ctx: TracePointContext) -> u32 {
     let waiters = arg(&ctx, 0);
     // struct futex_waitv { u64 val; u64 uaddr; u32 flags; u32 __reserved; }
+    // SAFETY: bpf_probe_read_user takes any user address: a bad one is an error (0 here),
+    // never a fault.
     let first = unsafe { bpf_probe_read_user((waiters + 8) as *const u64) }.unwrap_or(0);
+    // SAFETY: as above.
     let flags = unsafe { bpf_probe_read_user((waiters + 16) as *const u32) }.unwrap_or(0);
     enter(&ctx, first, flags, arg(&ctx, 3))
 }

@@ -5,7 +5,7 @@
 //!
 //! Any syscall tracepoint sends every syscall of every thread through the kernel's slow
 //! syscall path, so the daemon attaches this only while some loop thread has been away
-//! from its wait for half its threshold, and detaches it when none is (README, "Event
+//! from its wait for half its threshold, and detaches it when none is (docs/detection.md, "Event
 //! loops").
 use aya_ebpf::{
     helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns},
@@ -36,6 +36,7 @@ pub fn sys_enter_loop(ctx: BtfTracePointContext) -> i32 {
     if let Some(state) = THREAD_STATE.get(task)
         && state.loop_waits >= MIN_LOOP_WAITS
     {
+        // SAFETY: a helper without arguments or preconditions.
         state.loop_entered_at_ns = unsafe { bpf_ktime_get_ns() };
     }
     0

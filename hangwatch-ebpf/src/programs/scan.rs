@@ -4,22 +4,27 @@
 //!
 //! `scan_threads` emits a `ThreadRecord` for each thread off-CPU longer than the thresholds
 //! of `SCAN_CONFIG`; `dump_stacks` emits a `StackRecord` (kernel stack, user registers) for
-//! each thread the daemon named in `STACK_REQUESTS`, i.e. only for threads being reported.
+//! each thread the daemon named in `STACK_REQUESTS`, i.e. only for threads being reported;
+//! `sample_clocks` emits one `ClockSample`, from which the daemon calibrates `CLOCK` at
+//! start.
 use aya_ebpf::{
     bindings::{seq_file, task_struct},
     helpers::{
-        bpf_ktime_get_ns,
+        bpf_jiffies64, bpf_ktime_get_ns,
         generated::{bpf_get_task_stack, bpf_seq_write},
     },
 };
 use hangwatch_ebpf::{
-    Counter, MAX_KERNEL_STACK_DEPTH, MIN_LOOP_WAITS, PF_KTHREAD, ThreadRecord, ThreadState,
-    task_state,
+    ClockSample, Counter, MAX_KERNEL_STACK_DEPTH, MIN_LOOP_WAITS, PF_KTHREAD, ThreadRecord,
+    ThreadState, task_state,
 };
 
+use super::sched::switched_in;
 use crate::{
+    clock,
     maps::{
         LOOP_TGIDS, SCAN_CONFIG, STACK_REQUESTS, STACK_SCRATCH, THREAD_STATE, WATCHED_TGIDS, count,
+        followed, set_followed,
     },
     syscalls::{SavedRegs, is_futex_wait, is_loop_wait},
     task::{Task, offsets},
@@ -61,11 +66,14 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
     if off.valid == 0 {
         return 0;
     }
+    let tid: u32 = task.read(off.pid);
     let exit_state: u32 = task.read(off.exit_state);
     if exit_state != 0 {
+        set_followed(tid, false);
         return 0; // a zombie or dead thread: it waits for nothing
     }
     let task_state: u32 = task.read(off.state);
+    // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
 
     let state = match THREAD_STATE.get(task) {
@@ -74,9 +82,10 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
         // blocked since before then. Start its clock now and say so.
         None if task_state != task_state::RUNNING => match THREAD_STATE.get_or_create(task) {
             Some(state) => {
-                state.off_cpu_at_ns = now;
+                let stamp = clock::now();
+                state.off_cpu_at_ns = stamp;
                 state.state_at_switch = task_state;
-                state.first_seen_blocked_ns = now;
+                state.first_seen_blocked_ns = stamp;
                 count(Counter::BlockedBeforeAttach);
                 state
             }
@@ -85,13 +94,22 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
                 return 0;
             }
         },
-        None => return 0,
+        None => {
+            set_followed(tid, false);
+            return 0;
+        }
     };
     let Some(config) = SCAN_CONFIG.get(0) else {
         return 0;
     };
+    let follow_all = config.on_cpu_min_ns != u64::MAX;
     let tgid: u32 = task.read(off.tgid);
-    let on_cpu = state.off_cpu_at_ns <= state.on_cpu_at_ns;
+    // The probe records the switch-ins of followed threads only (see `ThreadState`): for
+    // one it did not follow, "switched in since its last switch-out" is the live state's
+    // running (woken, on a CPU or waiting for one).
+    let was_followed = follow_all || followed(tid);
+    let on_cpu = state.off_cpu_at_ns <= state.on_cpu_at_ns
+        || (!was_followed && task_state == task_state::RUNNING);
     mark_loop_candidate(task, tgid, state, on_cpu);
     // Running, or runnable after a preemption: not blocked, whatever the clock says.
     let not_blocked = on_cpu || state.state_at_switch == 0;
@@ -120,29 +138,46 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
             off_cpu_for >= config.futex_min_ns,
         )
     };
-    if !wanted && !maybe_futex {
-        return 0;
-    }
-    let task_flags: u32 = task.read(off.flags);
+    // Only threads worth a look pay for the flags read.
+    let task_flags: u32 = if wanted || maybe_futex {
+        task.read(off.flags)
+    } else {
+        0
+    };
     // A running thread's saved registers are those of its last kernel entry, stale: it is
     // in no syscall.
-    let (syscall_nr, syscall_args) = if task_flags & PF_KTHREAD == 0 && !on_cpu {
+    let emit = if !wanted && !maybe_futex {
+        None
+    } else if task_flags & PF_KTHREAD == 0 && !on_cpu {
         let regs = SavedRegs::of(task);
         let nr = regs.syscall_nr();
-        if !wanted && !is_futex_wait(nr) {
-            return 0;
-        }
-        (nr, regs.syscall_args())
+        (wanted || is_futex_wait(nr)).then(|| (nr, regs.syscall_args()))
     } else if wanted {
-        (-1, [0; 5])
+        Some((-1, [0; 5]))
     } else {
+        None
+    };
+    // The threads the daemon will follow between walks (the candidates, re-read every
+    // tick) and the loop candidates: their switch-ins must be recorded from now on.
+    let follow = emit.is_some() || state.loop_candidate != 0;
+    let caught_up =
+        !follow_all && follow && !set_followed(tid, true) && { catch_up_switch_in(task, state) };
+    if !follow && !follow_all {
+        set_followed(tid, false);
+    }
+    let Some((syscall_nr, syscall_args)) = emit else {
         return 0;
+    };
+    let (task_state, syscall_nr, syscall_args) = if caught_up {
+        (task_state::RUNNING, -1, [0; 5])
+    } else {
+        (task_state, syscall_nr, syscall_args)
     };
     let record = ThreadRecord {
         state: *state,
         start_boottime_ns: task.read(off.start_boottime),
         seen_at_ns: now,
-        tid: task.read(off.pid),
+        tid,
         tgid,
         task_state,
         task_flags,
@@ -151,6 +186,50 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
         syscall_args,
     };
     write(ctx, &record);
+    0
+}
+
+/// A thread the walk starts following (its bit just set): if it runs or was woken since
+/// its last switch-out, which the probe did not record, record that switch-in now, as the
+/// probe would have. `__state` is read after the bit was set, so a switch-in after this
+/// read is the probe's to record. Returns whether it caught up.
+#[inline(always)]
+fn catch_up_switch_in(task: Task, state: &mut ThreadState) -> bool {
+    let switched_out_at = state.off_cpu_at_ns;
+    if switched_out_at <= state.on_cpu_at_ns {
+        return false;
+    }
+    let now = clock::now();
+    let task_state: u32 = task.read(offsets().state);
+    if task_state != task_state::RUNNING {
+        return false;
+    }
+    switched_in(state, now);
+    // A switch-out between the read of `__state` and the stores above read the old
+    // `on_cpu_at_ns`, and its stamp may not be later than ours: the thread is off-CPU
+    // again, say so. (It cannot have switched in again already: that takes microseconds.)
+    // SAFETY: a field of the task's storage, valid while the program runs; volatile so
+    // that the probe's store is seen rather than the value loaded above.
+    let off_cpu_at = unsafe { core::ptr::read_volatile(&state.off_cpu_at_ns) };
+    if off_cpu_at != switched_out_at {
+        state.on_cpu_at_ns = off_cpu_at.wrapping_sub(1);
+    }
+    true
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+pub extern "C" fn sample_clocks(ctx: *mut IterTaskContext) -> i32 {
+    // SAFETY: ctx and meta are valid for the duration of the program (verifier-checked).
+    if unsafe { (*(*ctx).meta).seq_num } != 0 {
+        return 0;
+    }
+    // SAFETY: helpers without arguments or preconditions, read back to back.
+    let sample = ClockSample {
+        jiffies: unsafe { bpf_jiffies64() },
+        ns: unsafe { bpf_ktime_get_ns() },
+    };
+    write(ctx, &sample);
     0
 }
 
@@ -193,6 +272,8 @@ pub extern "C" fn dump_stacks(ctx: *mut IterTaskContext) -> i32 {
 
     let size = (MAX_KERNEL_STACK_DEPTH * 8) as u32;
     let stack = record.kernel_stack.as_mut_ptr().cast();
+    // SAFETY: `task` is the iterator's trusted task; `stack` points at `size` bytes of
+    // `record.kernel_stack`, which the helper never writes past.
     let len = unsafe { bpf_get_task_stack(task.as_ptr(), stack, size, 0) };
     record.kernel_depth = if len > 0 { (len / 8) as u32 } else { 0 };
     if len <= 0 {

@@ -49,6 +49,7 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
     }
     count(Counter::ExitSignals);
     let tgid: u32 = task.read(off.tgid);
+    // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a pointer into the map's value, used before any other update of the map.
     if let Some(known) = EXIT_SIGNALS.get_ptr_mut(tgid) {

@@ -4,10 +4,16 @@ use std::{sync::Arc, time::SystemTime};
 use axum::{Json, extract::State};
 use serde_json::{Value, json};
 
-use super::{Api, ApiError, Params, RawParams};
+use super::{Api, ApiError, Params, RawParams, access::Caller};
 use crate::{clock, sink::started_at};
 
-pub async fn status(State(api): State<Arc<Api>>, raw: RawParams) -> Result<Json<Value>, ApiError> {
+/// The daemon's own figures are every caller's; the webhook URL (it may carry a secret in
+/// its path or query) only a privileged caller's.
+pub async fn status(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    raw: RawParams,
+) -> Result<Json<Value>, ApiError> {
     Params::check(raw, &[])?;
     let status = api.store.status();
     let started = started_at();
@@ -25,6 +31,12 @@ pub async fn status(State(api): State<Arc<Api>>, raw: RawParams) -> Result<Json<
         (&mut body, serde_json::to_value(&status))
     {
         body.extend(status);
+    }
+    if !caller.is_privileged()
+        && let Some(webhook) = body.pointer_mut("/config/webhook")
+        && !webhook.is_null()
+    {
+        *webhook = Value::from("<set; shown to root only>");
     }
     Ok(Json(body))
 }

@@ -11,13 +11,13 @@ use std::{
 use hangwatch_ebpf::Counter;
 use serde_json::json;
 
-use super::{Api, ServeError, StackRequest, serve, threads};
+use super::{Api, Bound, Listeners, ServeError, StackRequest, serve, threads};
 use crate::{
+    config::Rules,
     daemon::Config,
     metrics::Metrics,
     probe::{PROBES, Probes},
     sink::{Hub, ProbeStatus, Store, WebhookError, WebhookSink, ms},
-    stack::StackTaker,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -40,53 +40,70 @@ pub struct ScanFigures {
     pub tracked_threads: usize,
     pub watched_processes: usize,
     pub bpf_counters: Vec<(Counter, u64)>,
-    /// Kernel symbolization: time spent, failures.
-    pub kernel_symbolize: (Duration, u64),
-    /// User stacks: time spent capturing and symbolizing, stacks captured.
-    pub user_stacks: (Duration, u64),
-    /// The user unwinder's per-file cache: hits, misses.
-    pub module_cache: (u64, u64),
-    pub stdout_dropped: u64,
 }
 
 pub struct Surfaces {
-    pub hub: Hub,
+    /// The sinks the enrich stage publishes to, until it takes them.
+    hub: Option<Hub>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
     api: Arc<Api>,
     stack_requests: mpsc::Receiver<StackRequest>,
-    stack_sender: Option<mpsc::Sender<StackRequest>>,
+    stack_sender: Option<mpsc::SyncSender<StackRequest>>,
     /// The figures of the previous scan, to compute increments.
     last: ScanFigures,
 }
 
 impl Surfaces {
-    /// Starts the HTTP server (unless `--listen off`) and the webhook (if any).
+    /// Starts the HTTP server's listeners (metrics, the API socket, the cluster API: those
+    /// not turned off) and the webhook (if any).
     pub fn start(config: &Config) -> Result<Self, SurfacesError> {
         let metrics = Arc::new(Metrics::new());
         let webhook = config
             .webhook
             .clone()
-            .map(|url| WebhookSink::spawn(url, Arc::clone(&metrics)))
+            .map(|webhook| WebhookSink::spawn(webhook, Arc::clone(&metrics)))
             .transpose()?;
         let store = Arc::new(Store::new(serde_json::Value::Null));
-        let api = Api::new(Arc::clone(&store), Arc::clone(&metrics));
-        let listening = match config.listen {
-            Some(addr) => {
-                let bound = serve(addr, Arc::clone(&api))?;
-                // The tests parse this line for the port of `--listen 127.0.0.1:0`.
-                tracing::info!("HTTP API listening on http://{bound}");
-                Some(bound)
-            }
-            None => None,
-        };
-        store.update_status(|s| s.config = effective_config(config, listening));
-        let (stack_sender, stack_requests) = mpsc::channel();
+        let api = Api::new(
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            config.scan_interval,
+        );
+        let expose = &config.expose;
+        let listening = serve(
+            Listeners {
+                metrics: config.listen,
+                socket: expose.socket.clone(),
+                socket_group: expose.socket_group.clone(),
+                cluster: expose.cluster.clone(),
+                limits: super::listeners::Limits::default(),
+            },
+            Arc::clone(&api),
+        )?;
+        // The tests parse these lines for the port of `--metrics-listen 127.0.0.1:0`.
+        if let Some(addr) = listening.metrics {
+            tracing::info!("metrics listening on http://{addr}");
+        }
+        if let Some(path) = &listening.socket {
+            tracing::info!("API socket listening on unix:{}", path.display());
+        }
+        if let Some(addr) = listening.cluster {
+            tracing::info!("cluster API (token required) listening on http://{addr}");
+        }
+        store.update_status(|s| s.config = effective_config(config, &listening));
+        // Bounded: a flood of `threads?stacks` requests gets 503s, not a queue of work.
+        let (stack_sender, stack_requests) = mpsc::sync_channel(threads::STACK_QUEUE);
         started_now();
         Ok(Self {
-            hub: Hub {
-                store,
-                metrics,
+            hub: Some(Hub {
+                store: Arc::clone(&store),
+                metrics: Arc::clone(&metrics),
                 webhook,
-            },
+                redaction: expose.redaction,
+            }),
+            store,
+            metrics,
             api,
             stack_requests,
             stack_sender: Some(stack_sender),
@@ -95,11 +112,53 @@ impl Surfaces {
     }
 
     pub fn metrics(&self) -> &Metrics {
-        &self.hub.metrics
+        &self.metrics
+    }
+
+    /// The metrics and the store, for what reports outside the scan (a SIGHUP reload).
+    pub fn shared(&self) -> (Arc<Metrics>, Arc<Store>) {
+        (Arc::clone(&self.metrics), Arc::clone(&self.store))
+    }
+
+    /// The sinks, for the enrich stage (once).
+    pub fn take_hub(&mut self) -> Hub {
+        self.hub.take().expect("the hub is taken once, at start")
+    }
+
+    /// The next `threads?stacks` request whose caller still waits.
+    pub fn next_stack_request(&mut self) -> Option<StackRequest> {
+        while let Ok(request) = self.stack_requests.try_recv() {
+            if request.reply.is_closed() {
+                self.metrics.dropped("stack_requests", "caller_gone", 1);
+                continue;
+            }
+            return Some(request);
+        }
+        None
+    }
+
+    /// A tick the enrich stage could not take (its queue of 1,024 ticks full: it has been
+    /// stuck for minutes, which its deadlines should make impossible): each transition is
+    /// logged, so that it is not lost silently; counted in `hangwatch_limits_total`.
+    pub fn unenriched(&self, tick: &crate::enrich::Tick) {
+        for transition in &tick.transitions {
+            let episode = match transition {
+                crate::episode::Transition::Opened(e)
+                | crate::episode::Transition::Updated(e)
+                | crate::episode::Transition::Ended(e) => e,
+            };
+            tracing::warn!(
+                "not reported in full (enrich queue full): {} of thread {} in process {}",
+                episode.key.kind.as_str(),
+                episode.key.thread.tid,
+                episode.tgid
+            );
+        }
     }
 
     /// The probes are attached: `/healthz` turns ready, the status lists them.
     pub fn probes_attached(&mut self, probes: &Probes) {
+        let metrics = Arc::clone(&self.metrics);
         let mut statuses = Vec::with_capacity(PROBES.len());
         for spec in PROBES {
             let degraded = probes
@@ -108,7 +167,7 @@ impl Surfaces {
                 .find(|d| d.spec.program == spec.program);
             let enabled = probes.selection.enabled(spec.group);
             let attached = enabled && degraded.is_none();
-            self.hub.metrics.probe(spec.program, attached);
+            metrics.probe(spec.program, attached);
             statuses.push(ProbeStatus {
                 program: spec.program,
                 enabled,
@@ -123,7 +182,7 @@ impl Surfaces {
                 },
             });
         }
-        self.hub.store.update_status(|s| {
+        self.store.update_status(|s| {
             s.ready = true;
             s.probes = statuses;
         });
@@ -136,17 +195,12 @@ impl Surfaces {
         }
     }
 
-    /// Captures the stacks the API asked for since the last scan.
-    pub fn answer_stack_requests(&mut self, probes: &mut Probes, stacks: &mut StackTaker) {
-        while let Ok(request) = self.stack_requests.try_recv() {
-            threads::answer(request, probes, stacks);
-        }
-    }
-
     pub fn after_scan(&mut self, now: &ScanFigures) {
-        let metrics = &self.hub.metrics;
+        let metrics = &self.metrics;
         let last = &self.last;
         metrics.scan(now.took);
+        metrics.scan_completed();
+        self.api.scan_completed();
         if now.walks > last.walks {
             let walks = u32::try_from(now.walks - last.walks).unwrap_or(u32::MAX);
             let took = now.walk_time.saturating_sub(last.walk_time);
@@ -154,32 +208,8 @@ impl Surfaces {
         }
         metrics.threads(now.tracked_threads, now.watched_processes);
         metrics.bpf_counters(&now.bpf_counters);
-        metrics.symbolized(
-            "kernel",
-            now.kernel_symbolize
-                .0
-                .saturating_sub(last.kernel_symbolize.0),
-            now.kernel_symbolize
-                .1
-                .saturating_sub(last.kernel_symbolize.1),
-        );
-        metrics.symbolized(
-            "user",
-            now.user_stacks.0.saturating_sub(last.user_stacks.0),
-            0,
-        );
-        metrics.user_stacks(
-            now.user_stacks.1.saturating_sub(last.user_stacks.1),
-            now.module_cache.0.saturating_sub(last.module_cache.0),
-            now.module_cache.1.saturating_sub(last.module_cache.1),
-        );
-        metrics.dropped(
-            "stdout",
-            "queue_full",
-            now.stdout_dropped.saturating_sub(last.stdout_dropped),
-        );
         let mean = |total: Duration, n: u64| ms(total) / n.max(1) as f64;
-        self.hub.store.update_status(|s| {
+        self.store.update_status(|s| {
             s.scans = now.scans;
             s.full_walks = now.walks;
             s.last_scan_ms = ms(now.took);
@@ -219,28 +249,53 @@ fn counter_name(counter: Counter) -> &'static str {
 }
 
 /// The configuration as the daemon runs it, for `status`.
-fn effective_config(config: &Config, listening: Option<std::net::SocketAddr>) -> serde_json::Value {
+fn effective_config(config: &Config, listening: &Bound) -> serde_json::Value {
+    let (thresholds, rules) = rules_status(config.detectors.rules());
+    json!({
+        "scan_interval": humantime::format_duration(config.scan_interval).to_string(),
+        "config_file": config.config_file,
+        "thresholds": thresholds,
+        "rules": rules,
+        "metrics_listen": listening.metrics.map(|a| a.to_string()),
+        "api_socket": listening.socket.as_ref().map(|p| p.display().to_string()),
+        "api_socket_group": config.expose.socket_group,
+        "cluster_api_listen": listening.cluster.map(|a| a.to_string()),
+        "redact_kernel_addresses": config.expose.redaction.kernel_addresses,
+        "redact_cmdline": config.expose.redaction.cmdline,
+        "webhook": config.webhook.as_ref().map(|w| w.url.to_string()),
+    })
+}
+
+/// Shows `rules` in `status` once a reload has put them in force.
+pub fn show_rules(store: &Store, rules: &Rules) {
+    let (thresholds, list) = rules_status(rules);
+    store.update_status(|s| {
+        if let Some(config) = s.config.as_object_mut() {
+            config.insert("thresholds".to_owned(), thresholds);
+            config.insert("rules".to_owned(), list);
+        }
+    });
+}
+
+/// Each kind's threshold for every process before rules ("off": only where a rule turns
+/// it on), and the rules in order.
+fn rules_status(rules: &Rules) -> (serde_json::Value, serde_json::Value) {
     let duration = |d: Option<Duration>| {
         d.map_or_else(
             || "off".to_owned(),
             |d| humantime::format_duration(d).to_string(),
         )
     };
-    let rules = config.detectors.rules();
-    json!({
-        "scan_interval": duration(Some(config.scan_interval)),
-        "config_file": config.config_file,
-        // Each kind's threshold for every process before rules ("off": only where a rule
-        // turns it on).
-        "thresholds": rules
-            .base
-            .iter()
-            .map(|(kind, t)| (kind.as_str().to_owned(), json!(duration(*t))))
-            .collect::<serde_json::Map<_, _>>(),
-        "rules": rules
-            .rules
-            .iter()
-            .map(|r| json!({
+    let thresholds = rules
+        .base
+        .iter()
+        .map(|(kind, t)| (kind.as_str().to_owned(), json!(duration(*t))))
+        .collect::<serde_json::Map<_, _>>();
+    let list = rules
+        .rules
+        .iter()
+        .map(|r| {
+            json!({
                 "origin": r.origin,
                 "selector": r.selector.to_string(),
                 "set": r
@@ -248,9 +303,8 @@ fn effective_config(config: &Config, listening: Option<std::net::SocketAddr>) ->
                     .iter()
                     .filter_map(|(kind, s)| Some((kind.as_str().to_owned(), json!(s.as_ref()?.to_string()))))
                     .collect::<serde_json::Map<_, _>>(),
-            }))
-            .collect::<Vec<_>>(),
-        "listen": listening.map(|a| a.to_string()),
-        "webhook": config.webhook.as_ref().map(ToString::to_string),
-    })
+            })
+        })
+        .collect::<Vec<_>>();
+    (json!(thresholds), json!(list))
 }

@@ -18,12 +18,13 @@ use hangwatch_ebpf::{MAX_STACK_REQUESTS, ThreadRecord, ThreadState, task_state};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::{Api, ApiError, Params, RawParams};
+use super::{Api, ApiError, Params, RawParams, access::Caller, peer};
 use crate::{
     clock,
     meta::ProcSyscall,
-    probe::{Lookup, Probes, StateReader},
-    stack::{StackTaker, ThreadStacks},
+    probe::{Lookup, StateReader},
+    sink::redact,
+    stack::ThreadStacks,
     state::{ThreadSample, Wait},
 };
 
@@ -35,6 +36,13 @@ const PROC_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the scan thread may take to answer a stack request (it answers after its
 /// current tick).
 const STACKS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `threads` requests read at once; more get 503 at once, before anything is read (a dump
+/// reads /proc for every thread of the process, and with `stacks` costs walks of the stack
+/// iterator and an unwind per thread: a flood of them must not become a queue of work).
+pub const THREAD_DUMPS: usize = 4;
+/// `threads?stacks` requests waiting for the scan thread: never more than `THREAD_DUMPS`.
+pub const STACK_QUEUE: usize = THREAD_DUMPS;
 
 /// A request to the scan thread for the stacks of `tids`.
 pub struct StackRequest {
@@ -50,25 +58,6 @@ pub struct ThreadStacksOf {
     pub tid: u32,
     #[serde(flatten)]
     pub stacks: ThreadStacks,
-}
-
-/// Answers one stack request; runs on the scan thread, between two ticks.
-pub fn answer(request: StackRequest, probes: &mut Probes, stacks: &mut StackTaker) {
-    let result = probes
-        .dump_stacks(&request.tids)
-        .map(|records| {
-            records
-                .iter()
-                .map(|record| ThreadStacksOf {
-                    tid: record.tid,
-                    // Kernel threads have no user registers; `take` then says so.
-                    stacks: stacks.take(request.pid, Some(record), false),
-                })
-                .collect()
-        })
-        .map_err(|err| err.to_string());
-    // The requester may have timed out meanwhile.
-    let _ = request.reply.send(result);
 }
 
 #[derive(Debug, Serialize)]
@@ -108,9 +97,11 @@ pub struct ThreadView {
     pub stacks: Option<ThreadStacks>,
 }
 
-/// `GET /api/v1/threads/{pid}[?stacks=true]`.
+/// `GET /api/v1/threads/{pid}[?stacks=true]`, for a caller that may read the process
+/// (403 otherwise, before anything of it is read).
 pub async fn threads(
     State(api): State<Arc<Api>>,
+    caller: Caller,
     Path(pid): Path<String>,
     raw: RawParams,
 ) -> Result<Json<ThreadDump>, ApiError> {
@@ -125,13 +116,31 @@ pub async fn threads(
                 "`{pid}` is not a pid (an integer from 1 to {PID_MAX})"
             ))
         })?;
+    let _reading = Arc::clone(&api.thread_dumps)
+        .try_acquire_owned()
+        .map_err(|_| {
+            api.metrics.limit("thread_dumps", 1);
+            ApiError::unavailable(format!(
+                "busy: {THREAD_DUMPS} thread dumps are being read; try again"
+            ))
+        })?;
     let access = api.probes.get();
     let reader = access.and_then(|a| a.reader.clone());
     let attached = access.is_some();
-    let read = tokio::task::spawn_blocking(move || read_dump(pid, reader.as_ref(), attached));
-    let mut dump = match tokio::time::timeout(PROC_TIMEOUT, read).await {
-        Ok(Ok(Some(dump))) => dump,
-        Ok(Ok(None)) => return Err(ApiError::not_found(format!("no process with pid {pid}"))),
+    let asking = caller.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let owner = peer::owner_of(tgid_of(pid)?);
+        Some(match asking.may_read(owner.as_ref()) {
+            Ok(()) => Ok(read_dump(pid, reader.as_ref(), attached).map(|dump| (dump, owner))),
+            Err(denied) => Err(denied),
+        })
+    });
+    let (mut dump, owner) = match tokio::time::timeout(PROC_TIMEOUT, read).await {
+        Ok(Ok(Some(Ok(Some(read))))) => read,
+        Ok(Ok(Some(Err(denied)))) => return Err(ApiError::forbidden(&denied)),
+        Ok(Ok(None | Some(Ok(None)))) => {
+            return Err(ApiError::not_found(format!("no process with pid {pid}")));
+        }
         Ok(Err(join)) => {
             return Err(ApiError::new(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -150,31 +159,63 @@ pub async fn threads(
     if stacks {
         match access {
             None => dump.stacks_error = Some("the probes are not loaded yet".into()),
-            Some(access) => add_stacks(&mut dump, &access.stacks).await,
+            Some(access) => add_stacks(&mut dump, &access.stacks, &api.metrics).await?,
+        }
+    }
+    // The process may have changed hands while it was read (an exec of a setuid program,
+    // or its pid reused by another user's process): then nothing of it goes out.
+    if let Some(now) = peer::owner_of(dump.pid)
+        && Some(now) != owner
+    {
+        caller
+            .may_read(Some(&now))
+            .map_err(|denied| ApiError::forbidden(&denied))?;
+    }
+    if !caller.sees_kernel_addresses() {
+        for thread in &mut dump.threads {
+            if let Some(stacks) = &mut thread.stacks {
+                redact::strip_stacks(stacks);
+            }
+            if let Some(wait) = &mut thread.wait {
+                redact::strip_wchan(wait);
+            }
         }
     }
     Ok(Json(dump))
 }
 
-async fn add_stacks(dump: &mut ThreadDump, scan: &std::sync::mpsc::Sender<StackRequest>) {
+async fn add_stacks(
+    dump: &mut ThreadDump,
+    scan: &std::sync::mpsc::SyncSender<StackRequest>,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), ApiError> {
     let tids: Vec<u32> = dump.threads.iter().map(|t| t.tid).collect();
     let (reply, answer) = oneshot::channel();
     let pid = dump.pid;
-    if scan.send(StackRequest { pid, tids, reply }).is_err() {
-        dump.stacks_error = Some("the scan has stopped".into());
-        return;
+    match scan.try_send(StackRequest { pid, tids, reply }) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::TrySendError::Full(_)) => {
+            metrics.limit("thread_dumps", 1);
+            return Err(ApiError::unavailable(format!(
+                "busy: {STACK_QUEUE} stack requests are already waiting; try again"
+            )));
+        }
+        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+            dump.stacks_error = Some("the scan has stopped".into());
+            return Ok(());
+        }
     }
     let stacks = match tokio::time::timeout(STACKS_TIMEOUT, answer).await {
         Ok(Ok(Ok(stacks))) => stacks,
         Ok(Ok(Err(err))) => {
             dump.stacks_error = Some(format!("cannot capture stacks: {err}"));
-            return;
+            return Ok(());
         }
         Ok(Err(_)) | Err(_) => {
             dump.stacks_error = Some(format!(
                 "the scan did not capture the stacks within {STACKS_TIMEOUT:?}"
             ));
-            return;
+            return Ok(());
         }
     };
     let mut by_tid: HashMap<u32, ThreadStacks> =
@@ -189,6 +230,7 @@ async fn add_stacks(dump: &mut ThreadDump, scan: &std::sync::mpsc::Sender<StackR
             ..ThreadStacks::default()
         }));
     }
+    Ok(())
 }
 
 /// Reads every thread of the process `pid` (or of the process that thread `pid` belongs
@@ -263,9 +305,13 @@ fn view(
 ) -> ThreadView {
     let bits = state_bits(letter);
     let task = crate::state::TaskState::from_bits(bits);
-    let on_cpu = state.map(|s| s.on_cpu_at_ns >= s.off_cpu_at_ns);
+    // The probe records switch-ins only for the threads the daemon follows (see
+    // `ThreadState`): a thread /proc shows running or runnable is past its last switch-out
+    // whatever the storage says.
+    let runnable = bits == task_state::RUNNING;
+    let on_cpu = state.map(|s| s.on_cpu_at_ns >= s.off_cpu_at_ns || runnable);
     let off_cpu_at = state
-        .filter(|s| s.off_cpu_at_ns > s.on_cpu_at_ns)
+        .filter(|s| s.off_cpu_at_ns > s.on_cpu_at_ns && !runnable)
         .map(|s| s.off_cpu_at_ns);
     let mut comm = [0u8; 16];
     for (dst, src) in comm.iter_mut().zip(name.bytes().take(15)) {
@@ -394,6 +440,20 @@ mod tests {
             wait.futex.map(|f| f.op).as_deref(),
             Some("FUTEX_WAIT_PRIVATE")
         );
+        // Its switch-in was not recorded (a thread the daemon does not follow): /proc's
+        // letter says it runs.
+        let unfollowed = view(
+            1,
+            2,
+            "worker".into(),
+            'R',
+            Some(state),
+            None,
+            3_500_000_000,
+            SystemTime::now(),
+        );
+        assert_eq!(unfollowed.on_cpu, Some(true));
+        assert_eq!(unfollowed.off_cpu_ms, None);
         let running = view(1, 3, "spin".into(), 'R', None, None, 1, SystemTime::now());
         assert!(running.wait.is_none());
         assert!(!running.blocked_since_before_start);

@@ -1,7 +1,8 @@
 //! `hangwatch bench-stack --pid P` (hidden): what one user stack costs to unwind and
 //! symbolize, cold (first time for those binaries: unwind tables and debug info read and
-//! parsed) and warm (from the caches), on a real blocked thread. Prints one JSON object;
-//! `cargo xtask bench` runs it.
+//! parsed) and warm (from the caches), on a real blocked thread. For a CPython thread the
+//! share of the Python frames (interpreter found, frames read and merged) is given apart.
+//! Prints one JSON object; `cargo xtask bench` runs it.
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -44,16 +45,21 @@ pub fn run(args: BenchStackArgs) -> anyhow::Result<()> {
     };
     let mut stacks = UserStacks::new();
     let started = Instant::now();
-    let cold = stacks.capture(args.pid, regs);
+    let cold = stacks.capture(args.pid, tid, regs);
     let cold_time = started.elapsed();
-    let mut warm: Vec<Duration> = (0..args.repeat.max(1))
+    let python_cold = stacks.python.spent;
+    let (mut warm, mut python_warm): (Vec<Duration>, Vec<Duration>) = (0..args.repeat.max(1))
         .map(|_| {
+            let python_before = stacks.python.spent;
             let started = Instant::now();
-            let _ = stacks.capture(args.pid, regs);
-            started.elapsed()
+            let _ = stacks.capture(args.pid, tid, regs);
+            (started.elapsed(), stacks.python.spent - python_before)
         })
-        .collect();
+        .unzip();
     warm.sort_unstable();
+    python_warm.sort_unstable();
+    let median = |d: &[Duration]| d[d.len() / 2];
+    let p99 = |d: &[Duration]| d[(d.len() * 99 / 100).min(d.len() - 1)];
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let report = serde_json::json!({
         "pid": args.pid,
@@ -61,9 +67,13 @@ pub fn run(args: BenchStackArgs) -> anyhow::Result<()> {
         "frames": cold.frames.len(),
         "error": cold.error,
         "cold_us": us(cold_time),
-        "warm_us_median": us(warm[warm.len() / 2]),
-        "warm_us_p99": us(warm[(warm.len() * 99 / 100).min(warm.len() - 1)]),
+        "warm_us_median": us(median(&warm)),
+        "warm_us_p99": us(p99(&warm)),
         "warm_repetitions": warm.len(),
+        "python_frames": cold.frames.iter().filter(|f| f.python).count(),
+        "python_cold_us": us(python_cold),
+        "python_warm_us_median": us(median(&python_warm)),
+        "python_warm_us_p99": us(p99(&python_warm)),
     });
     println!("{report}");
     Ok(())

@@ -70,8 +70,49 @@ fn render(config: &Config, output_set: bool) -> String {
                 .as_ref()
                 .map_or("none".to_owned(), ToString::to_string),
         ),
+        (
+            "log_format",
+            format!("{:?}", config.log_format).to_lowercase(),
+        ),
         ("wakeup_probe", config.probes.wakeup.to_string()),
         ("futex_probes", config.probes.futex.to_string()),
+        (
+            "api.socket",
+            config
+                .expose
+                .socket
+                .as_ref()
+                .map_or("off".to_owned(), |p| p.display().to_string()),
+        ),
+        (
+            "api.socket_group",
+            config.expose.socket_group.clone().unwrap_or("none".into()),
+        ),
+        (
+            "api.cluster_listen",
+            config
+                .expose
+                .cluster
+                .as_ref()
+                .map_or("off".to_owned(), |c| c.addr.to_string()),
+        ),
+        (
+            "api.cluster_token_file",
+            config
+                .expose
+                .cluster
+                .as_ref()
+                .and_then(|c| c.token_file.as_ref())
+                .map_or("none".to_owned(), |p| p.display().to_string()),
+        ),
+        (
+            "api.redact_kernel_addresses",
+            config.expose.redaction.kernel_addresses.to_string(),
+        ),
+        (
+            "api.redact_cmdline",
+            config.expose.redaction.cmdline.to_string(),
+        ),
     ] {
         let _ = writeln!(out, "  {key:<14} {value}");
     }
@@ -94,19 +135,7 @@ fn render(config: &Config, output_set: bool) -> String {
         "\nrules, in order (for each kind, the last rule matching a process wins):"
     );
     for (i, rule) in rules.rules.iter().enumerate() {
-        let set: Vec<String> = rule
-            .set
-            .iter()
-            .filter_map(|(kind, s)| Some(format!("{kind} {}", s.as_ref()?)))
-            .collect();
-        let _ = writeln!(
-            out,
-            "  {:>2}. {}: {} -> {}",
-            i + 1,
-            rule.origin,
-            rule.selector,
-            set.join(", ")
-        );
+        let _ = writeln!(out, "  {:>2}. {}: {}", i + 1, rule.origin, rule.describe());
     }
     out
 }

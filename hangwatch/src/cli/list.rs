@@ -1,5 +1,5 @@
 //! `hangwatch list`: the threads hung right now, longest first; of one daemon, or of every
-//! node of a cluster (`--all-nodes`).
+//! node of a cluster (`--all-nodes`), or of one node's (`--node`).
 use std::process::ExitCode;
 
 use clap::Args;
@@ -49,7 +49,10 @@ pub fn run(args: &ListArgs) -> anyhow::Result<ExitCode> {
     if args.cluster.all_nodes {
         return all_nodes(args, &path);
     }
-    let answer = Client::new(&args.client)?.get(&path)?;
+    let answer = match &args.cluster.node.node {
+        Some(node) => cluster::get_one(&args.cluster.node.kube, node, &path)?,
+        None => Client::new(&args.client)?.get(&path)?,
+    };
     let hangs = answer["hangs"].as_array().cloned().unwrap_or_default();
     if args.client.json {
         print_json(&answer);
@@ -62,7 +65,7 @@ pub fn run(args: &ListArgs) -> anyhow::Result<ExitCode> {
 /// Every node's hangs, each with its `node`, longest first; the nodes that did not answer
 /// are listed under `errors` (JSON) or on stderr (table).
 fn all_nodes(args: &ListArgs, path: &str) -> anyhow::Result<ExitCode> {
-    let answers = cluster::get_all(&args.cluster, path)?;
+    let answers = cluster::get_all(&args.cluster.node.kube, None, path)?;
     let mut hangs = Vec::new();
     let mut errors = Vec::new();
     for a in &answers {

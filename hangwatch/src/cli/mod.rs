@@ -6,6 +6,7 @@ pub mod bench_stack;
 pub mod check_config;
 mod client;
 mod cluster;
+pub mod completions;
 mod history;
 mod list;
 pub mod run;
@@ -35,12 +36,17 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach the probes and report hangs until SIGTERM or SIGINT (needs root).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Check a config file: print the effective settings and rules, or each problem as
     /// FILE:LINE:COL: reason (and exit 1).
     CheckConfig(check_config::CheckConfigArgs),
     #[command(flatten)]
     Client(ClientCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages into DIR (`cargo xtask man`).
+    #[command(hide = true)]
+    GenerateMan(completions::GenerateManArgs),
     /// Attach only an empty sched_switch program (the benchmark's floor) until SIGTERM.
     #[command(hide = true)]
     BenchFloor,
@@ -53,6 +59,10 @@ pub enum Command {
     /// Print the stacks of a thread running on a CPU, from one perf sample (needs root).
     #[command(hide = true)]
     SampleStack(sample_stack::SampleStackArgs),
+    /// The daemon's unwinder process: answers its requests on stdin (see
+    /// `stack::unwinder`); not for people.
+    #[command(hide = true)]
+    Unwinder,
 }
 
 /// The subcommands that ask a running daemon, through its HTTP API.

@@ -4,20 +4,22 @@ use std::{io::IsTerminal, path::PathBuf, time::Duration};
 use clap::Args;
 
 use crate::{
+    config::ReloadSource,
     config::{
         ConfigError, ConfigFile, Listen, Pattern, Rule, Rules, Selector, Setting, parse_duration,
         parse_listen, parse_scan_interval, parse_setting, parse_webhook,
     },
     daemon::Config,
     detect::{Detectors, HangKind, PerKind},
+    logging::LogFormat,
     probe::ProbeSelection,
-    sink::{OutputFormat, WebhookUrl},
+    sink::{OutputFormat, WebhookConfig, WebhookUrl},
 };
 
 /// Every flag but `--config` has a twin key in the config file; a flag given here wins over
 /// its key, and a key over the default. So the defaults are applied after the merge, and
 /// each field is `None` (or empty) when the flag was not given.
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct RunArgs {
     /// Read the settings and rules from this TOML file (see `hangwatch check-config`);
     /// flags given on the command line override its keys
@@ -79,15 +81,43 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub output: Option<OutputFormat>,
 
-    /// Address of the HTTP API and /metrics, or "off"; port 0 picks a free port (logged)
-    /// [default: 127.0.0.1:9924]
-    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    /// Address of /metrics and /healthz (aggregates only: the per-process API is on
+    /// --api-socket), or "off"; port 0 picks a free port (logged) [default: 127.0.0.1:9924]
+    #[arg(long = "metrics-listen", visible_alias = "listen", value_name = "ADDR", value_parser = parse_listen)]
     pub listen: Option<Listen>,
 
-    /// POST every event (JSON) to this http:// URL; a slow or down receiver never delays
+    #[command(flatten)]
+    pub expose: crate::api::options::ExposeArgs,
+
+    /// POST every event (JSON) to this http:// or https:// URL; a slow or down receiver never delays
     /// detection (bounded queue and retries, drops counted in the metrics)
     #[arg(long, value_name = "URL", value_parser = parse_webhook)]
     pub webhook: Option<WebhookUrl>,
+
+    /// Trust the CA certificates of this PEM file for an https:// webhook, instead of the
+    /// system's (/etc/ssl/certs; SSL_CERT_FILE and SSL_CERT_DIR are honoured)
+    #[arg(long, value_name = "FILE")]
+    pub webhook_ca: Option<PathBuf>,
+
+    /// Send `Authorization: Bearer TOKEN` to the webhook, TOKEN being this file's content
+    /// (read again for each event, so that a rotated secret is used)
+    #[arg(long, value_name = "FILE")]
+    pub webhook_token_file: Option<PathBuf>,
+
+    /// Follow the webhook's redirects (up to 5; the token is not sent to another host).
+    /// Without it a 3xx answer fails the delivery
+    #[arg(long)]
+    pub webhook_follow_redirects: bool,
+
+    /// Reach the webhook through the environment's proxy (HTTPS_PROXY, HTTP_PROXY,
+    /// ALL_PROXY, NO_PROXY); without it the daemon connects directly
+    #[arg(long)]
+    pub webhook_env_proxy: bool,
+
+    /// Format of the daemon's own log on stderr: text lines, or one JSON object per line
+    /// (docs/operations.md lists the fields) [default: text]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 
     /// Also attach sched_wakeup, to tell a thread that was woken and waits for a CPU from a
     /// blocked one between full walks (costs about 70 ns per wakeup)
@@ -108,7 +138,7 @@ pub struct RunArgs {
     pub node_name: Option<String>,
 }
 
-/// Where the HTTP API listens unless told otherwise: loopback only.
+/// Where /metrics listens unless told otherwise: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9924";
 const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -124,6 +154,8 @@ impl RunArgs {
 
     /// The flags given over `file`'s keys over the defaults.
     pub fn merge(self, file: ConfigFile) -> Config {
+        // Kept to merge them again over the file when it is reloaded (SIGHUP).
+        let flags = self.clone();
         let Self {
             config,
             pids,
@@ -138,7 +170,13 @@ impl RunArgs {
             scan_interval,
             output,
             listen,
+            expose,
             webhook,
+            webhook_ca,
+            webhook_token_file,
+            webhook_follow_redirects,
+            webhook_env_proxy,
+            log_format,
             wakeup_probe,
             futex_probes,
             node_name,
@@ -222,18 +260,28 @@ impl RunArgs {
         let default_listen = parse_listen(DEFAULT_LISTEN).expect("the default address parses");
         Config {
             detectors: Detectors::new(rules),
-            config_file: config.map(|p| p.display().to_string()),
+            config_file: config.as_ref().map(|p| p.display().to_string()),
             scan_interval: scan_interval
                 .or(file.scan_interval)
                 .unwrap_or(DEFAULT_SCAN_INTERVAL),
             output,
             listen: listen.or(file.listen).unwrap_or(default_listen).0,
-            webhook: webhook.or(file.webhook),
+            expose: expose.merge(file.api.unwrap_or_default()),
+            webhook: webhook.or(file.webhook).map(|url| WebhookConfig {
+                url,
+                ca_file: webhook_ca.or(file.webhook_ca),
+                token_file: webhook_token_file.or(file.webhook_token_file),
+                follow_redirects: webhook_follow_redirects
+                    || file.webhook_follow_redirects.unwrap_or(false),
+                env_proxy: webhook_env_proxy || file.webhook_env_proxy.unwrap_or(false),
+            }),
+            log_format: log_format.or(file.log_format).unwrap_or_default(),
             probes: ProbeSelection {
                 wakeup: wakeup_probe || file.wakeup_probe.unwrap_or(false),
                 futex: futex_probes || file.futex_probes.unwrap_or(false),
             },
             node_name: node_name.filter(|n| !n.is_empty()),
+            reload: config.map(|path| ReloadSource { path, flags }),
         }
     }
 }
@@ -253,7 +301,7 @@ mod tests {
     fn run_args(args: &[&str]) -> Result<super::RunArgs, clap::Error> {
         let cli = Cli::try_parse_from(["hangwatch", "run"].iter().chain(args))?;
         match cli.command {
-            Command::Run(args) => Ok(args),
+            Command::Run(args) => Ok(*args),
             other => panic!("parsed as {other:?}"),
         }
     }
@@ -299,17 +347,39 @@ mod tests {
         );
         assert!(config.listen.is_none());
         assert_eq!(
-            config.webhook.map(|w| w.to_string()).as_deref(),
+            config.webhook.map(|w| w.url.to_string()).as_deref(),
             Some("http://127.0.0.1:1/x")
         );
         let err = run_args(&["--listen", "localhost"])
             .expect_err("rejected")
             .to_string();
         assert!(err.contains("IP:PORT"), "{err}");
-        let err = run_args(&["--webhook", "https://x/"])
+        let err = run_args(&["--webhook", "ftp://x/"])
             .expect_err("rejected")
             .to_string();
-        assert!(err.contains("https is not supported"), "{err}");
+        assert!(err.contains("http:// or https://"), "{err}");
+        let https = self::config(
+            &[
+                "--webhook",
+                "https://x/",
+                "--webhook-ca",
+                "/ca.pem",
+                "--log-format",
+                "json",
+            ],
+            "webhook_token_file = \"/token\"\nwebhook_env_proxy = true\n",
+        );
+        let webhook = https.webhook.expect("a webhook");
+        assert_eq!(
+            webhook.ca_file.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
+        assert_eq!(
+            webhook.token_file.as_deref(),
+            Some(std::path::Path::new("/token"))
+        );
+        assert!(webhook.env_proxy && !webhook.follow_redirects);
+        assert_eq!(https.log_format, crate::logging::LogFormat::Json);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::{
     client::{Client, ClientArgs, encode, print_json},
+    cluster::{self, NodeArgs},
     table,
 };
 
@@ -16,11 +17,17 @@ pub struct ShowArgs {
 
     #[command(flatten)]
     pub client: ClientArgs,
+
+    #[command(flatten)]
+    pub cluster: NodeArgs,
 }
 
 pub fn run(args: &ShowArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
-    let e = client.get(&format!("/api/v1/hangs/{}", encode(&args.id)))?;
+    let path = format!("/api/v1/hangs/{}", encode(&args.id));
+    let e = match &args.cluster.node {
+        Some(node) => cluster::get_one(&args.cluster.kube, node, &path)?,
+        None => Client::new(&args.client)?.get(&path)?,
+    };
     if args.client.json {
         print_json(&e);
     } else {

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::{
     client::{Client, ClientArgs, print_json},
+    cluster::{self, NodeArgs},
     show, table,
 };
 
@@ -22,12 +23,18 @@ pub struct ThreadsArgs {
 
     #[command(flatten)]
     pub client: ClientArgs,
+
+    #[command(flatten)]
+    pub cluster: NodeArgs,
 }
 
 pub fn run(args: &ThreadsArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
     let stacks = if args.stacks { "?stacks=true" } else { "" };
-    let dump = client.get(&format!("/api/v1/threads/{}{stacks}", args.pid))?;
+    let path = format!("/api/v1/threads/{}{stacks}", args.pid);
+    let dump = match &args.cluster.node {
+        Some(node) => cluster::get_one(&args.cluster.kube, node, &path)?,
+        None => Client::new(&args.client)?.get(&path)?,
+    };
     if args.client.json {
         print_json(&dump);
         return Ok(ExitCode::SUCCESS);

@@ -1,7 +1,11 @@
 //! The config file: TOML, one key per flag of `hangwatch run` (`--d-state-threshold` is
 //! `d_state_threshold`) and `[[rule]]` tables. Unknown keys are refused; every error names
 //! `FILE:LINE:COL` and the reason (toml's errors carry the byte span of the bad key or value).
-use std::{fmt, path::Path, time::Duration};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::{
     Deserialize, Deserializer,
@@ -14,6 +18,7 @@ use super::{
 };
 use crate::{
     detect::{HangKind, PerKind},
+    logging::LogFormat,
     sink::{OutputFormat, WebhookUrl},
 };
 
@@ -50,8 +55,18 @@ pub struct ConfigFile {
     pub listen: Option<Listen>,
     #[serde(default, deserialize_with = "webhook")]
     pub webhook: Option<WebhookUrl>,
+    /// `--webhook-ca`: the CA certificates (PEM) an https webhook is checked against.
+    pub webhook_ca: Option<PathBuf>,
+    /// `--webhook-token-file`: the bearer token sent to the webhook.
+    pub webhook_token_file: Option<PathBuf>,
+    pub webhook_follow_redirects: Option<bool>,
+    pub webhook_env_proxy: Option<bool>,
+    /// `--log-format`: the daemon's own log on stderr.
+    pub log_format: Option<LogFormat>,
     pub wakeup_probe: Option<bool>,
     pub futex_probes: Option<bool>,
+    /// `[api]`: the per-process API's socket, the cluster listener, redaction.
+    pub api: Option<crate::api::options::ExposeFile>,
     /// `[[rule]]` tables, in file order.
     #[serde(default, rename = "rule")]
     pub rules: Vec<toml::Spanned<RuleTable>>,
@@ -117,7 +132,7 @@ fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Listen>, D::Error> {
 }
 
 fn webhook<'de, D: Deserializer<'de>>(d: D) -> Result<Option<WebhookUrl>, D::Error> {
-    from_str_with(d, "an http:// URL", parse_webhook).map(Some)
+    from_str_with(d, "an http:// or https:// URL", parse_webhook).map(Some)
 }
 
 /// One `[[rule]]` table: selector keys and hang-kind keys side by side,
@@ -429,7 +444,12 @@ deadlock_threshold = "500ms"
 scan_interval = "100ms"
 output = "json"
 listen = "off"
-webhook = "http://127.0.0.1:9/hook"
+webhook = "https://127.0.0.1:9/hook"
+webhook_ca = "/etc/hangwatch/ca.pem"
+webhook_token_file = "/run/secrets/token"
+webhook_follow_redirects = true
+webhook_env_proxy = false
+log_format = "json"
 wakeup_probe = true
 futex_probes = false
 
@@ -459,15 +479,28 @@ deadlock = "2s"
         assert_eq!(file.scan_interval, Some(Duration::from_millis(100)));
         assert_eq!(file.output, Some(OutputFormat::Json));
         assert_eq!(file.listen, Some(Listen(None)));
-        assert!(file.webhook.is_some());
+        assert!(file.webhook.as_ref().is_some_and(WebhookUrl::is_https));
+        assert_eq!(
+            file.webhook_ca.as_deref(),
+            Some(Path::new("/etc/hangwatch/ca.pem"))
+        );
+        assert_eq!(
+            file.webhook_token_file.as_deref(),
+            Some(Path::new("/run/secrets/token"))
+        );
+        assert_eq!(
+            (file.webhook_follow_redirects, file.webhook_env_proxy),
+            (Some(true), Some(false))
+        );
+        assert_eq!(file.log_format, Some(LogFormat::Json));
         assert_eq!(
             (file.wakeup_probe, file.futex_probes),
             (Some(true), Some(false))
         );
         let rules = file.rules();
         assert_eq!(rules.len(), 2);
-        assert_eq!(rules[0].origin, "t.toml:15");
-        assert_eq!(rules[1].origin, "t.toml:21");
+        assert_eq!(rules[0].origin, "t.toml:20");
+        assert_eq!(rules[1].origin, "t.toml:26");
         assert_eq!(
             rules[0].set[HangKind::OffCpu],
             Some(Setting::After(Duration::from_secs(30)))

@@ -273,6 +273,18 @@ pub struct Rule {
     pub origin: String,
 }
 
+impl Rule {
+    /// What the rule does, without its origin: `comm = "app*" -> off_cpu 30s, lock_wait off`.
+    pub fn describe(&self) -> String {
+        let set: Vec<String> = self
+            .set
+            .iter()
+            .filter_map(|(kind, s)| Some(format!("{kind} {}", s.as_ref()?)))
+            .collect();
+        format!("{} -> {}", self.selector, set.join(", "))
+    }
+}
+
 /// The base thresholds and the rules, as the detectors ask them.
 #[derive(Debug, Clone)]
 pub struct Rules {

@@ -113,6 +113,7 @@ impl LoopStall {
                 threshold: self.threshold,
                 since_ns: back,
                 members: Vec::new(),
+                reason: None,
             });
         }
         if blocked {

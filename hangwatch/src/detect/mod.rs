@@ -2,10 +2,11 @@
 //! One file per hang kind; each is a pure function of the samples, the rules and `now`.
 mod d_state;
 pub mod deadlock;
-mod lock_wait;
+pub mod lock_wait;
 pub mod loop_stall;
 mod off_cpu;
 mod on_cpu;
+pub mod reason;
 pub mod stuck_exit;
 mod targets;
 
@@ -169,6 +170,8 @@ pub struct Candidate {
     pub since_ns: u64,
     /// For a deadlock, every thread of it (the cycle in order); empty otherwise.
     pub members: Vec<ThreadKey>,
+    /// For a deadlock, the rule that fired and the facts it saw.
+    pub reason: Option<std::sync::Arc<reason::DeadlockReason>>,
 }
 
 /// What the daemon read about the locks the sampled threads wait on.
@@ -177,6 +180,20 @@ pub struct LockFacts {
     /// The owner tid of the lock a thread waits on, when known (a live thread of its
     /// process).
     pub owners: HashMap<ThreadKey, u32>,
+    /// Threads that glibc parks for ever after the kernel refused them a PI lock
+    /// (EDEADLK), by tid (`meta::pi_park` recognizes them).
+    pub parked: HashMap<u32, deadlock::PiPark>,
+}
+
+impl LockFacts {
+    /// `sample` waits on a lock whose owner is parked for ever in a cycle that is known
+    /// (the lock the parked thread asked for has a known owner): the deadlock's.
+    pub fn behind_a_park(&self, sample: &ThreadSample) -> bool {
+        self.owners
+            .get(&sample.key)
+            .and_then(|owner| self.parked.get(owner))
+            .is_some_and(|park| park.asked_owner.is_some())
+    }
 }
 
 /// Everything the detectors need besides the samples: the rules, and for each kind the
@@ -284,18 +301,30 @@ impl Detectors {
             if sample.paused() {
                 continue; // stopped by a signal or a debugger: not the program's hang
             }
-            if sample.uninterruptible()
-                && let Some(threshold) = past(HangKind::DState, sample, thresholds)
-            {
-                out.extend(DState { threshold }.check(sample, now_ns));
-            }
-            if selected.contains(&sample.tgid)
-                && let Some(threshold) = past(HangKind::OffCpu, sample, thresholds)
-            {
+            let off_cpu = selected
+                .contains(&sample.tgid)
+                .then(|| past(HangKind::OffCpu, sample, thresholds))
+                .flatten();
+            if sample.uninterruptible() {
+                // The kind says what it is: a thread in D is `d_state`, also in a selected
+                // process, and there as soon as its off-CPU threshold says so.
+                let d_state = past(HangKind::DState, sample, thresholds);
+                if let Some(threshold) = d_state.into_iter().chain(off_cpu).min() {
+                    out.extend(DState { threshold }.check(sample, now_ns));
+                }
+            } else if let Some(threshold) = off_cpu {
                 out.extend(OffCpu { threshold }.check(sample, selected, now_ns));
             }
-            if locks.owners.contains_key(&sample.key)
+            // With a known owner, or in the shape of an ownerless lock's slow path (the
+            // report reads the stack and drops the wait if it shows no lock).
+            let lock_shaped = || sample.futex_wait().is_some_and(|c| c.lock_shaped());
+            if (locks.owners.contains_key(&sample.key) || lock_shaped())
                 && !deadlocked.contains(&sample.key)
+                // Behind a thread parked for ever: the deadlock's, reported as that (between
+                // walks the parked thread is not sampled and the deadlock is carried).
+                && !(locks.behind_a_park(sample)
+                    && self.smallest(HangKind::Deadlock).is_some()
+                    && thresholds.of(HangKind::Deadlock, sample.tgid).is_some())
                 && let Some(threshold) = past(HangKind::LockWait, sample, thresholds)
             {
                 out.extend(LockWait { threshold }.check(sample, locks, now_ns));
@@ -423,6 +452,7 @@ fn candidate(sample: &ThreadSample, kind: HangKind, threshold: Duration) -> Cand
         threshold,
         since_ns: sample.off_cpu_at_ns,
         members: Vec::new(),
+        reason: None,
     }
 }
 
@@ -544,12 +574,21 @@ mod tests {
         let quiet_d = blocked(202, 200, hangwatch_ebpf::task_state::UNINTERRUPTIBLE, 0);
         let loud_waiter = blocked_in_futex(301, 300, 0, 2, false);
         let loud_d = blocked(302, 300, hangwatch_ebpf::task_state::UNINTERRUPTIBLE, 0);
-        let samples = [watched, quiet_waiter, quiet_d, loud_waiter, loud_d];
+        // In D in the selected process: `d_state` (what it is) at off_cpu's 1 s.
+        let watched_d = blocked(102, 100, hangwatch_ebpf::task_state::UNINTERRUPTIBLE, 0);
+        let samples = [
+            watched,
+            quiet_waiter,
+            quiet_d,
+            loud_waiter,
+            loud_d,
+            watched_d,
+        ];
         let mut locks = LockFacts::default();
         locks.owners.insert(samples[1].key, 203); // running owners, no cycle
         locks.owners.insert(samples[3].key, 303);
         let selected: Selected = [100].into_iter().collect();
-        let mut no = |_: &[&ThreadSample], _| false;
+        let mut no = |_: &[&ThreadSample], _| None;
         let loops = LoopFacts::default();
         let f = Facts {
             selected: &selected,
@@ -569,6 +608,7 @@ mod tests {
             got,
             vec![
                 (101, HangKind::OffCpu, 1),
+                (102, HangKind::DState, 1),
                 (301, HangKind::LockWait, 5),
                 (302, HangKind::DState, 10),
             ]
@@ -594,7 +634,7 @@ mod tests {
         locks.owners.insert(a.key, 102);
         locks.owners.insert(b.key, 101);
         let samples = [a, b];
-        let mut yes = |_: &[&ThreadSample], _| true;
+        let mut yes = |_: &[&ThreadSample], _| Some(Vec::new());
         let none = Selected::default();
         let loops = LoopFacts::default();
         let f = Facts {

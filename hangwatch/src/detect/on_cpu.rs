@@ -33,6 +33,7 @@ impl OnCpu {
                 threshold: self.threshold,
                 since_ns: since,
                 members: Vec::new(),
+                reason: None,
             })
     }
 }

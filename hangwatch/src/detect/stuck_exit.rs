@@ -55,6 +55,7 @@ impl StuckExit {
             threshold: self.grace,
             since_ns: request.first_at_ns,
             members: Vec::new(),
+            reason: None,
         })
     }
 }

@@ -5,11 +5,12 @@ mod schedule;
 
 use std::{
     collections::{BTreeMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
 use crate::{
-    detect::{Candidate, HangKind},
+    detect::{Candidate, HangKind, reason::DeadlockReason},
     state::ThreadKey,
 };
 
@@ -35,6 +36,8 @@ pub struct Episode {
     pub next_update_ns: u64,
     /// For a deadlock, its threads (the cycle in order); empty otherwise.
     pub members: Vec<ThreadKey>,
+    /// For a deadlock, why it was reported.
+    pub reason: Option<Arc<DeadlockReason>>,
 }
 
 impl Episode {
@@ -65,7 +68,14 @@ impl Tracker {
     pub fn step(&mut self, candidates: &[Candidate], now_ns: u64) -> Vec<Transition> {
         let mut transitions = Vec::new();
         let mut present = HashSet::with_capacity(candidates.len());
+        // A thread of a deadlock is the deadlock's: between two walks a deadlock is carried
+        // from the last one while its members' lock waits are seen afresh, and those are
+        // not episodes of their own.
+        let deadlocked: HashSet<ThreadKey> = crate::detect::deadlock::members(candidates);
         for c in candidates {
+            if c.kind == HangKind::LockWait && deadlocked.contains(&c.thread) {
+                continue;
+            }
             let key = EpisodeKey {
                 thread: c.thread,
                 since_ns: c.since_ns,
@@ -75,6 +85,7 @@ impl Tracker {
             match self.open.get_mut(&key) {
                 Some(episode) if now_ns >= episode.next_update_ns => {
                     episode.members.clone_from(&c.members);
+                    episode.reason.clone_from(&c.reason);
                     episode.updates += 1;
                     episode.next_update_ns =
                         key.since_ns + next_update_after(c.threshold, episode.updates);
@@ -90,6 +101,7 @@ impl Tracker {
                         updates: 0,
                         next_update_ns: key.since_ns + next_update_after(c.threshold, 0),
                         members: c.members.clone(),
+                        reason: c.reason.clone(),
                     };
                     self.open.insert(key, episode.clone());
                     transitions.push(Transition::Opened(episode));
@@ -139,6 +151,7 @@ mod tests {
             threshold: Duration::from_secs(1),
             since_ns,
             members: Vec::new(),
+            reason: None,
         }
     }
 
@@ -202,5 +215,24 @@ mod tests {
         reused.thread.start_boottime_ns = 43;
         let t = tracker.step(&[reused], 2 * SEC);
         assert_eq!(kinds(&t), vec!["opened", "ended"]);
+    }
+
+    #[test]
+    fn a_member_of_a_deadlock_gets_no_lock_wait_episode() {
+        let mut lock_wait = candidate(5, 0);
+        lock_wait.kind = HangKind::LockWait;
+        let mut deadlock = candidate(4, 0);
+        deadlock.kind = HangKind::Deadlock;
+        deadlock.members = vec![deadlock.thread, lock_wait.thread];
+        let mut t = Tracker::default();
+        let opened = t.step(&[lock_wait.clone(), deadlock], SEC);
+        assert_eq!(kinds(&opened), vec!["opened"]);
+        assert_eq!(
+            t.open_episodes().map(|e| e.key.kind).collect::<Vec<_>>(),
+            [HangKind::Deadlock]
+        );
+        // Alone (no deadlock around it), the same lock wait is an episode.
+        let alone = Tracker::default().step(&[lock_wait], SEC);
+        assert_eq!(kinds(&alone), vec!["opened"]);
     }
 }

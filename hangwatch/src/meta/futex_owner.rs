@@ -1,24 +1,101 @@
 //! Lock owners: for a thread in a futex wait, read the lock beside the futex word from its
-//! process (`process_vm_readv`, 20 bytes) and check that the owner it names is a live
+//! process (`/proc/PID/mem`, 20 bytes, on a reader worker) and check that the owner it names is a live
 //! thread of the same process. Each wait is read once per `REREAD_AFTER_NS` at most: a
 //! mutex can change hands while a waiter that was not woken stays blocked.
-use std::{collections::HashMap, fs, path::Path};
+use std::{
+    collections::HashMap,
+    fs,
+    path::Path,
+    sync::mpsc::{Receiver, SyncSender},
+    time::{Duration, Instant},
+};
+
+use super::reader::{Resisting, Worker};
 
 use crate::state::{FutexCall, FutexCmd, MUTEX_PREFIX_BYTES, ThreadKey, owner_candidate};
 
 /// How long an owner read stays good for the same wait.
 const REREAD_AFTER_NS: u64 = 1_000_000_000;
+/// An owner read not answered within this long means the reader is stuck on that process.
+const READ_DEADLINE: Duration = Duration::from_millis(200);
+/// A read overdue while its worker runs is waited for up to this long.
+const LATE_LIMIT: Duration = Duration::from_secs(2);
 
-/// Owner reads by wait: (thread, start of its wait) -> (read at, owner).
-#[derive(Debug, Default)]
+/// Owner reads by wait: (thread, start of its wait) -> (read at, owner). The reads run on a
+/// reader worker: the detection thread asks, and takes the answers at its next tick, so a
+/// process whose memory cannot be read costs nothing but its own owners.
+#[derive(Debug)]
 pub struct OwnerCache {
     reads: HashMap<(ThreadKey, u64), (u64, Option<u32>)>,
+    /// Reads asked and not answered: the process, and when.
+    pending: HashMap<(ThreadKey, u64), (u32, Instant)>,
+    worker: Worker<()>,
+    answers: (SyncSender<Answer>, Receiver<Answer>),
+    resisting: Resisting,
     /// Reads done, for the summary.
     pub reads_done: u64,
 }
 
+/// One read's answer: the wait, when it was read, and the owner found.
+type Answer = ((ThreadKey, u64), u64, Option<u32>);
+
 impl OwnerCache {
-    /// The owner of the lock `tid` of `tgid` waits on in `call`, if it is known.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            reads: HashMap::new(),
+            pending: HashMap::new(),
+            worker: Worker::spawn("hangwatch-owners", || ())?,
+            answers: std::sync::mpsc::sync_channel(4096),
+            resisting: Resisting::default(),
+            reads_done: 0,
+        })
+    }
+
+    /// Reads abandoned because a process did not answer in time.
+    pub fn abandoned(&self) -> u64 {
+        self.worker
+            .abandoned
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes the answers that arrived since the last tick; a read overdue means the worker
+    /// is stuck on that process: it is marked as resisting and the worker replaced (the
+    /// reads queued behind it are asked again).
+    pub fn collect(&mut self, _now_ns: u64) {
+        while let Ok((wait, at, owner)) = self.answers.1.try_recv() {
+            if self.pending.remove(&wait).is_some() {
+                self.reads.insert(wait, (at, owner));
+            }
+        }
+        let now = Instant::now();
+        let overdue = self
+            .pending
+            .values()
+            .filter(|(_, asked)| now.duration_since(*asked) >= READ_DEADLINE)
+            .min_by_key(|(_, asked)| *asked)
+            .copied();
+        // A worker that runs (or waits for a CPU: hundreds of spinning threads beside it)
+        // is late, not stuck on the process: holding that against the process would blind
+        // its deadlock detection for `RESIST_FOR`. Up to `LATE_LIMIT`.
+        if let Some((_, asked)) = overdue
+            && now.duration_since(asked) < LATE_LIMIT
+            && self.worker.working()
+        {
+            return;
+        }
+        if let Some((tgid, _)) = overdue {
+            self.resisting.mark(
+                tgid,
+                format!("a lock owner read took longer than {READ_DEADLINE:?}"),
+                now,
+            );
+            self.worker.abandon();
+            self.pending.clear();
+        }
+    }
+
+    /// The owner of the lock `tid` of `tgid` waits on in `call`, if it is known (a read is
+    /// asked for when it is not, answered by a later tick).
     pub fn owner(
         &mut self,
         tgid: u32,
@@ -27,24 +104,38 @@ impl OwnerCache {
         call: &FutexCall,
         now_ns: u64,
     ) -> Option<u32> {
-        if let Some(&(at, owner)) = self.reads.get(&(thread, since_ns))
+        let wait = (thread, since_ns);
+        let cached = self.reads.get(&wait).copied();
+        if let Some((at, owner)) = cached
             && now_ns.saturating_sub(at) < REREAD_AFTER_NS
         {
             return owner;
         }
-        let owner = if could_name_an_owner(call) {
+        if !could_name_an_owner(call) {
+            self.reads.insert(wait, (now_ns, None));
+            return None;
+        }
+        if self.pending.contains_key(&wait) || self.resisting.check(&tgid, Instant::now()).is_err()
+        {
+            return cached.and_then(|(_, owner)| owner);
+        }
+        let call = *call;
+        let answers = self.answers.0.clone();
+        let asked = self.worker.submit(move |()| {
+            let owner = read_owner(tgid, &call);
+            let _ = answers.try_send((wait, crate::clock::monotonic_ns(), owner));
+        });
+        if asked.is_ok() {
             self.reads_done += 1;
-            read_owner(tgid, call)
-        } else {
-            None
-        };
-        self.reads.insert((thread, since_ns), (now_ns, owner));
-        owner
+            self.pending.insert(wait, (tgid, Instant::now()));
+        }
+        cached.and_then(|(_, owner)| owner)
     }
 
     /// Forgets the waits not in `live`.
     pub fn retain(&mut self, live: impl Fn(&(ThreadKey, u64)) -> bool) {
         self.reads.retain(|k, _| live(k));
+        self.pending.retain(|k, _| live(k));
     }
 }
 
@@ -69,17 +160,7 @@ pub fn read_owner(tgid: u32, call: &FutexCall) -> Option<u32> {
 /// The first five 32-bit words at `address` in process `tgid`.
 fn read_words(tgid: u32, address: u64) -> Option<[u32; 5]> {
     let mut bytes = [0u8; MUTEX_PREFIX_BYTES];
-    let local = libc::iovec {
-        iov_base: bytes.as_mut_ptr().cast(),
-        iov_len: bytes.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: address as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: `local` points to `bytes`, which we own; the kernel checks `remote`.
-    let read = unsafe { libc::process_vm_readv(tgid as libc::pid_t, &local, 1, &remote, 1, 0) };
-    if read != bytes.len() as isize {
+    if super::memory::read(tgid, address, &mut bytes).ok()? != bytes.len() {
         return None;
     }
     let mut words = [0u32; 5];
@@ -172,6 +253,7 @@ mod tests {
         assert!(!is_thread_of(me, u32::MAX - 1));
         assert!(!kill_pending(me, me));
         assert!(kill_pending(me, u32::MAX - 1), "gone");
+        // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
         let t = proc_thread(me, tid).expect("ourselves");
         assert_eq!(t.state, 'R');
@@ -180,7 +262,9 @@ mod tests {
     #[test]
     fn reads_a_held_mutex_of_our_own() {
         // A glibc mutex held by this thread: owner is our tid.
+        // SAFETY: an all-zero pthread_mutex_t is valid storage; init follows.
         let mut m: libc::pthread_mutex_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `m` lives until the end of the test and is unlocked before.
         unsafe {
             libc::pthread_mutex_init(&mut m, std::ptr::null());
             libc::pthread_mutex_lock(&mut m);
@@ -192,8 +276,10 @@ mod tests {
             private: true,
             timed: false,
         };
+        // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
         assert_eq!(read_owner(std::process::id(), &call), Some(tid));
+        // SAFETY: this thread locked `m` above.
         unsafe { libc::pthread_mutex_unlock(&mut m) };
         assert_eq!(read_owner(std::process::id(), &call), None);
     }

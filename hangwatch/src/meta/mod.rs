@@ -1,10 +1,17 @@
 //! What a report says about the process around a thread: read from /proc once per process
 //! and cached, checked against the thread's start time so a reused pid is never confused
 //! with the process that had it before.
+pub mod confirm;
 pub mod container;
 pub mod futex_owner;
+pub mod helper;
+pub mod memory;
+pub mod pi_park;
 pub mod pods;
 mod process;
+pub mod reader;
 
 pub use futex_owner::OwnerCache;
-pub use process::{ProcSyscall, ProcessCache, ProcessInfo, ThreadProc, thread_proc, wchan};
+pub use process::{
+    ProcSyscall, ProcessCache, ProcessInfo, ThreadProc, exiting, thread_proc, wchan,
+};

@@ -173,21 +173,16 @@ fn read_process(tgid: u32) -> Option<ProcessInfo> {
     let exe = fs::read_link(dir.join("exe"))
         .ok()
         .map(|p| p.to_string_lossy().into_owned());
-    let cmdline = fs::read(dir.join("cmdline"))
-        .map(|raw| {
-            raw.split(|&b| b == 0)
-                .filter(|arg| !arg.is_empty())
-                .map(|arg| String::from_utf8_lossy(arg).into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    // No `cmdline` here: reading it takes the process's mm lock, which a hung process may
+    // hold forever, and this runs on the detection thread. The reports read it on a
+    // reader worker under a deadline (`crate::enrich::cmdline`).
     let cgroup_text = fs::read_to_string(dir.join("cgroup")).ok();
     let cgroup = cgroup_text.as_deref().and_then(unified_cgroup);
     let container = cgroup_text.as_deref().and_then(container::from_proc_cgroup);
     Some(ProcessInfo {
         comm,
         exe,
-        cmdline,
+        cmdline: Vec::new(),
         cgroup,
         container,
         pod: None,
@@ -234,6 +229,24 @@ pub fn thread_proc(tgid: u32, key: ThreadKey) -> ThreadProc {
         .ok()
         .and_then(|text| ProcSyscall::parse(&text));
     ThreadProc::Alive { syscall }
+}
+
+/// The thread is on its way out: its exit has begun (`PF_EXITING` in the flags of
+/// `/proc/TGID/task/TID/stat`) or a SIGKILL is pending for it. A killed thread is woken
+/// from its wait and runs its exit: its episode ends `exited`, not `running`. Neither file
+/// takes the process's mm lock.
+pub fn exiting(tgid: u32, tid: u32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/stat")) else {
+        return true; // gone
+    };
+    let flags = stat
+        .rfind(')')
+        .and_then(|end| stat.get(end + 2..))
+        .and_then(|rest| rest.split_whitespace().nth(6))
+        .and_then(|flags| flags.parse::<u64>().ok());
+    flags.is_some_and(|flags| flags & PF_EXITING != 0)
+        || super::futex_owner::kill_pending(tgid, tid)
 }
 
 /// The wait channel of a thread (`/proc/TGID/task/TID/wchan`): the kernel function it
@@ -299,6 +312,13 @@ fn clock_ticks() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_thread_is_not_exiting() {
+        let pid = std::process::id();
+        assert!(!exiting(pid, pid));
+        assert!(exiting(pid, u32::MAX), "a thread that is not there");
+    }
 
     #[test]
     fn cgroup_v2_preferred() {
@@ -380,7 +400,10 @@ mod tests {
         let mut cache = ProcessCache::default();
         let info = cache.get(pid).expect("our own process");
         assert!(info.exe.is_some());
-        assert!(!info.cmdline.is_empty());
+        assert!(
+            info.cmdline.is_empty(),
+            "read by the reports, off the detection path"
+        );
         assert!(start_ticks(pid, pid).is_some());
         assert!(cache.get(u32::MAX - 1).is_none());
         assert_eq!(cache.vanished, 1);

@@ -2,7 +2,7 @@
 //! (`hangwatch_` prefix, base units, `_total` counters; sizes are gauges). The scan thread
 //! and the sinks update them; the HTTP server renders them on `/metrics`.
 //!
-//! README.md ("## Metrics") documents each one; a unit test below checks that every metric
+//! docs/metrics.md documents each one; a unit test below checks that every metric
 //! registered here is named there.
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -27,8 +27,9 @@ const WORK_BUCKETS: &[f64] = &[
 
 /// Every way an event can fail to reach a sink: full queues (stdout, webhook, a `watch`
 /// client that fell behind) and webhook deliveries given up after their retries.
-const DROP_REASONS: [(&str, &str); 4] = [
+const DROP_REASONS: [(&str, &str); 5] = [
     ("stdout", "queue_full"),
+    ("stack_requests", "caller_gone"),
     ("watch", "queue_full"),
     ("webhook", "queue_full"),
     ("webhook", "failed"),
@@ -81,14 +82,58 @@ pub struct Metrics {
     unwind_cache: IntCounterVec,
     candidate_threads: IntGauge,
     watched_processes: IntGauge,
+    last_scan: prometheus::Gauge,
+    limits: IntCounterVec,
+    reads_abandoned: IntCounter,
+    readers_stuck: IntGauge,
+    processes_resisting: IntCounter,
+    report_panics: IntCounter,
     sink_dropped: IntCounterVec,
     webhook_requests: IntCounterVec,
     http_requests: IntCounterVec,
+    config_reloads: IntCounterVec,
     /// The last BPF counter values seen, to turn totals into increments.
     last_bpf: Mutex<HashMap<u32, u64>>,
-    /// The label sets of `hung_threads` set at the last update, to remove the stale ones.
-    last_hung: Mutex<HashMap<HungLabels, i64>>,
+    /// The open episodes' labels in `hung_threads`, by episode id, and how many episodes
+    /// each label set has: kept per event (O(1)), never rebuilt from every open episode.
+    hung: Mutex<HungCounts>,
+    /// The reader figures last published, to turn totals into increments.
+    last_readers: Mutex<(u64, u64)>,
 }
+
+#[derive(Debug, Default)]
+struct HungCounts {
+    by_episode: HashMap<String, HungLabels>,
+    by_labels: HashMap<HungLabels, i64>,
+}
+
+/// Every limit the daemon enforces and counts in `hangwatch_limits_total` when it bites
+/// (docs/design.md, "Never blind": why each exists).
+pub const LIMITS: [&str; 11] = [
+    // A tick's transitions found the enrich queue full: reported without stacks.
+    "enrich_queue_full",
+    // A report was past due: its user stacks were not read.
+    "report_due",
+    // A read a report can do without gave way to a newer tick waiting for the stage.
+    "report_yielded",
+    // A report of a tick's tail (a mass hang) went without user stacks: the stage had
+    // spent its share of a CPU on them (enrich::TAIL_SHARE).
+    "tail_share",
+    // A stuck_exit report listed threads beyond MAX_EXIT_STACKS without stacks.
+    "exit_stacks",
+    // A `threads` request beyond THREAD_DUMPS being read at once (503).
+    "thread_dumps",
+    // A listener refused a connection beyond its limit (api::listeners::MAX_CONNECTIONS).
+    "http_connections",
+    // A `watch` stream was refused beyond the limit of concurrent streams.
+    "watch_streams",
+    // A module's section was larger than the unwinder reads.
+    "section_too_large",
+    // Paths evicted from blazesym's cache beyond stack::user::symbolizer::MAX_PATHS.
+    "symbolizer_paths",
+    // The symbolizer rebuilt empty after MAX_FILES distinct module files.
+    "symbolizer_files",
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -282,8 +327,50 @@ impl Metrics {
                 &["route", "code"],
             )
             .expect("valid metric"),
+            config_reloads: IntCounterVec::new(
+                opts(
+                    "config_reloads_total",
+                    "Reloads of the --config file on SIGHUP, by result (ok: its rules are in force; error: refused, the previous rules kept).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            last_scan: prometheus::Gauge::with_opts(opts(
+                "last_scan_timestamp_seconds",
+                "When the detection loop last completed a scan (Unix time): /healthz fails when it is older than a few scan intervals.",
+            ))
+            .expect("valid metric"),
+            limits: IntCounterVec::new(
+                opts(
+                    "limits_total",
+                    "Times a limit of the daemon bit (queue full, report past due, caps per report, HTTP connections...), by limit.",
+                ),
+                &["limit"],
+            )
+            .expect("valid metric"),
+            reads_abandoned: IntCounter::with_opts(opts(
+                "reads_abandoned_total",
+                "Reads of a watched process (memory, command line, binaries) that missed their deadline; their reader thread was replaced.",
+            ))
+            .expect("valid metric"),
+            readers_stuck: IntGauge::with_opts(opts(
+                "readers_stuck",
+                "Abandoned reader threads still blocked in the kernel on a watched process.",
+            ))
+            .expect("valid metric"),
+            processes_resisting: IntCounter::with_opts(opts(
+                "processes_resisting_total",
+                "Times a process was marked as resisting reads (not read again for a while).",
+            ))
+            .expect("valid metric"),
+            report_panics: IntCounter::with_opts(opts(
+                "report_panics_total",
+                "Reports whose building panicked (a bug): each cost that report only.",
+            ))
+            .expect("valid metric"),
             last_bpf: Mutex::default(),
-            last_hung: Mutex::default(),
+            hung: Mutex::default(),
+            last_readers: Mutex::default(),
             registry: registry.clone(),
         };
         for c in m.collectors() {
@@ -301,6 +388,12 @@ impl Metrics {
         }
         for (sink, reason) in DROP_REASONS {
             m.sink_dropped.with_label_values(&[sink, reason]);
+        }
+        for result in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        for limit in LIMITS {
+            m.limits.with_label_values(&[limit]);
         }
         m
     }
@@ -328,11 +421,19 @@ impl Metrics {
             unwind_cache,
             candidate_threads,
             watched_processes,
+            last_scan,
+            limits,
+            reads_abandoned,
+            readers_stuck,
+            processes_resisting,
+            report_panics,
             sink_dropped,
             webhook_requests,
             http_requests,
+            config_reloads,
             last_bpf: _,
-            last_hung: _,
+            hung: _,
+            last_readers: _,
         } = self;
         vec![
             Box::new(hangs.clone()),
@@ -354,10 +455,17 @@ impl Metrics {
             Box::new(user_stacks.clone()),
             Box::new(unwind_cache.clone()),
             Box::new(candidate_threads.clone()),
+            Box::new(last_scan.clone()),
+            Box::new(limits.clone()),
+            Box::new(reads_abandoned.clone()),
+            Box::new(readers_stuck.clone()),
+            Box::new(processes_resisting.clone()),
+            Box::new(report_panics.clone()),
             Box::new(watched_processes.clone()),
             Box::new(sink_dropped.clone()),
             Box::new(webhook_requests.clone()),
             Box::new(http_requests.clone()),
+            Box::new(config_reloads.clone()),
         ]
     }
 
@@ -388,23 +496,78 @@ impl Metrics {
         }
     }
 
-    /// Sets `hangwatch_hung_threads` to the open episodes, removing label sets that have
-    /// none left (so the series count stays bounded by the live episodes).
-    pub fn set_hung(&self, open: impl IntoIterator<Item = HungLabels>) {
-        let mut counts: HashMap<HungLabels, i64> = HashMap::new();
-        for labels in open {
-            *counts.entry(labels).or_default() += 1;
+    /// An episode opened (or was reported again): its thread counts in
+    /// `hangwatch_hung_threads` under `labels` until `hung_ended`.
+    pub fn hung_open(&self, id: &str, labels: HungLabels) {
+        let mut hung = self.hung.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(before) = hung.by_episode.insert(id.to_owned(), labels.clone()) {
+            if before == labels {
+                return;
+            }
+            self.hung_less(&mut hung, &before);
         }
-        let mut last = self.last_hung.lock().unwrap_or_else(|e| e.into_inner());
-        for gone in last.keys().filter(|l| !counts.contains_key(*l)) {
-            let _ = self.hung_threads.remove_label_values(&gone.values());
+        let n = hung.by_labels.entry(labels.clone()).or_default();
+        *n += 1;
+        self.hung_threads
+            .with_label_values(&labels.values())
+            .set(*n);
+    }
+
+    /// An episode ended: one thread fewer under its labels (the label set goes when its
+    /// last episode does, so the series stay bounded by the live episodes).
+    pub fn hung_ended(&self, id: &str) {
+        let mut hung = self.hung.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(labels) = hung.by_episode.remove(id) {
+            self.hung_less(&mut hung, &labels);
         }
-        for (labels, n) in &counts {
+    }
+
+    fn hung_less(&self, hung: &mut HungCounts, labels: &HungLabels) {
+        let Some(n) = hung.by_labels.get_mut(labels) else {
+            return;
+        };
+        *n -= 1;
+        if *n <= 0 {
+            hung.by_labels.remove(labels);
+            let _ = self.hung_threads.remove_label_values(&labels.values());
+        } else {
             self.hung_threads
                 .with_label_values(&labels.values())
                 .set(*n);
         }
-        *last = counts;
+    }
+
+    /// A scan completed now.
+    pub fn scan_completed(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_scan.set(now.as_secs_f64());
+    }
+
+    /// A limit bit (one of `LIMITS`) `n` times.
+    pub fn limit(&self, limit: &'static str, n: u64) {
+        debug_assert!(LIMITS.contains(&limit), "{limit} is declared in LIMITS");
+        if n > 0 {
+            self.limits.with_label_values(&[limit]).inc_by(n);
+        }
+    }
+
+    /// The reader workers' totals: reads abandoned, readers still stuck, processes marked
+    /// as resisting.
+    pub fn readers(&self, abandoned: u64, stuck: usize, resisting: u64) {
+        let mut last = self.last_readers.lock().unwrap_or_else(|e| e.into_inner());
+        self.reads_abandoned
+            .inc_by(abandoned.saturating_sub(last.0));
+        self.processes_resisting
+            .inc_by(resisting.saturating_sub(last.1));
+        *last = (abandoned.max(last.0), resisting.max(last.1));
+        self.readers_stuck
+            .set(i64::try_from(stuck).unwrap_or(i64::MAX));
+    }
+
+    pub fn report_panicked(&self) {
+        self.report_panics.inc();
     }
 
     /// Folds the probes' counter totals in (they only grow while the probes are loaded).
@@ -517,6 +680,12 @@ impl Metrics {
         self.webhook_requests.with_label_values(&[result]).inc();
     }
 
+    /// A SIGHUP reload of the config file: `ok` once its rules are in force, else refused.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads.with_label_values(&[result]).inc();
+    }
+
     pub fn http_request(&self, route: &str, code: u16) {
         self.http_requests
             .with_label_values(&[route, &code.to_string()])
@@ -566,13 +735,18 @@ mod tests {
     #[test]
     fn hung_threads_follow_the_open_episodes() {
         let m = Metrics::new();
-        m.set_hung([labels("off_cpu", "abba"), labels("off_cpu", "abba")]);
+        m.hung_open("a", labels("off_cpu", "abba"));
+        m.hung_open("b", labels("off_cpu", "abba"));
+        m.hung_open("b", labels("off_cpu", "abba")); // an update: counted once
         let s = parse(&m.render());
         assert_eq!(
             value(&s, "hangwatch_hung_threads", &[("comm", "abba")]),
             2.0
         );
-        m.set_hung([labels("d_state", "dd")]);
+        m.hung_open("c", labels("d_state", "dd"));
+        m.hung_ended("a");
+        m.hung_ended("a"); // ended twice: no effect
+        m.hung_ended("b");
         let text = m.render();
         assert!(
             !text.contains("comm=\"abba\""),
@@ -642,11 +816,11 @@ mod tests {
     }
 
     #[test]
-    fn every_metric_is_documented_in_the_readme() {
-        let readme = include_str!("../../../README.md");
+    fn every_metric_is_documented_in_docs_metrics() {
+        let readme = include_str!("../../../docs/metrics.md");
         let m = Metrics::new();
         // Touch the vectors so that every family appears in the exposition.
-        m.set_hung([labels("off_cpu", "x")]);
+        m.hung_open("x", labels("off_cpu", "x"));
         m.probe("sched_switch", true);
         m.bpf_counters(&[(Counter::SchedSwitchEvents, 1)]);
         m.event(
@@ -664,7 +838,7 @@ mod tests {
             }
             assert!(
                 readme.contains(&format!("`{name}`")),
-                "{name} is not documented in README.md"
+                "{name} is not documented in docs/metrics.md"
             );
         }
     }

@@ -26,7 +26,7 @@ pub enum ProbeGroup {
     /// matters.
     Exit,
     /// `sched_wakeup`: tells a woken thread waiting for a CPU from a blocked one between
-    /// full walks. Measured at about 70 ns per wakeup (README, "What the probes cost").
+    /// full walks. Measured at about 70 ns per wakeup (docs/benchmarks.md, "What the probes cost").
     Wakeup,
     /// The futex syscall tracepoints. Enabling any syscall tracepoint sends every syscall
     /// of every task through the kernel's slow syscall path, which costs more than the

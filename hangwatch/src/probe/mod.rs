@@ -1,6 +1,7 @@
 //! The kernel side as the daemon sees it: load the eBPF object, attach the probes, and read
 //! the per-thread state back through the task iterators.
 mod attach;
+mod clock;
 mod offsets;
 pub mod preflight;
 mod thread_state;
@@ -12,7 +13,9 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::Iter,
 };
-use hangwatch_ebpf::{Counter, ExitSignal, ScanConfig, StackRecord, ThreadRecord, names};
+use hangwatch_ebpf::{
+    ClockSample, Counter, ExitSignal, JiffiesClock, ScanConfig, StackRecord, ThreadRecord, names,
+};
 
 pub use attach::{Degraded, LOOP_PROBE, PROBES, ProbeSelection};
 pub use thread_state::{Lookup, StateReader, ThreadHandle, thread_pidfds};
@@ -86,7 +89,11 @@ impl Probes {
         let (mut ebpf, btf) = load_object()?;
 
         // Iterators are loaded once and attached per scan.
-        for name in [names::PROG_SCAN_THREADS, names::PROG_DUMP_STACKS] {
+        for name in [
+            names::PROG_SCAN_THREADS,
+            names::PROG_DUMP_STACKS,
+            names::PROG_SAMPLE_CLOCKS,
+        ] {
             let program: &mut Iter = ebpf
                 .program_mut(name)
                 .ok_or(attach::AttachError::MissingProgram(name))?
@@ -100,7 +107,12 @@ impl Probes {
                 source: e.into(),
             })?;
         }
+        // The probes stamp switches with the monotonic clock until the calibration below
+        // is written, then with jiffies: the two mix safely (`hangwatch-ebpf/src/clock.rs`
+        // keeps each thread's stamps ordered).
+        let calibration = sample_clocks(&mut ebpf).map(clock::Calibration::start);
         let mut degraded = attach::attach_all(&mut ebpf, &btf, selection)?;
+        calibrate(&mut ebpf, calibration)?;
         let loop_probe = match attach::load_detached(&mut ebpf, &btf, &LOOP_PROBE) {
             Ok(()) => Ok(None),
             Err(err) => {
@@ -298,18 +310,76 @@ impl Probes {
     }
 }
 
+/// One reading of jiffies and the monotonic clock, taken together in the kernel.
+fn sample_clocks(ebpf: &mut Ebpf) -> Result<ClockSample, ProbeError> {
+    read_iterator::<ClockSample>(ebpf, names::PROG_SAMPLE_CLOCKS)?
+        .first()
+        .copied()
+        .ok_or(ProbeError::Iter {
+            name: names::PROG_SAMPLE_CLOCKS,
+            source: "no sample".into(),
+        })
+}
+
+/// Finishes the clock calibration begun before the probes were attached (waiting out the
+/// rest of `clock::SPAN`) and hands the probes their clock. If it cannot be had the probes
+/// keep reading the monotonic clock: correct, only dearer per switch; the log says so.
+fn calibrate(
+    ebpf: &mut Ebpf,
+    calibration: Result<clock::Calibration, ProbeError>,
+) -> Result<(), ProbeError> {
+    let derived = calibration.and_then(|mut calibration| {
+        std::thread::sleep(calibration.remaining());
+        calibration.add(sample_clocks(ebpf)?);
+        calibration.clock().map_err(|err| ProbeError::Iter {
+            name: names::PROG_SAMPLE_CLOCKS,
+            source: err.into(),
+        })
+    });
+    let clock = match derived {
+        Ok(clock) => clock,
+        Err(err) => {
+            tracing::warn!(
+                "the probes read the monotonic clock at every switch (about 70 ns more each):                  cannot calibrate jiffies: {err}"
+            );
+            return Ok(());
+        }
+    };
+    let mut map: Array<MapData, JiffiesClock> = take_map(ebpf, names::MAP_CLOCK)?;
+    map.set(0, clock, 0).map_err(|source| ProbeError::Map {
+        name: names::MAP_CLOCK,
+        source,
+    })?;
+    tracing::debug!("probe clock: {clock:?}");
+    Ok(())
+}
+
 /// Loads the object (maps created, programs not yet loaded) for the running kernel.
 fn load_object() -> Result<(Ebpf, Btf), ProbeError> {
     let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
     let offsets = offsets::task_offsets(Path::new(preflight::VMLINUX_BTF))?;
     let ebpf = EbpfLoader::new()
         .btf(Some(&btf))
+        .map_max_entries(
+            names::MAP_FOLLOWED_TIDS,
+            hangwatch_ebpf::followed_words(pid_max()),
+        )
         // aya has no typed wrapper for task storage; userspace never touches that map.
         .allow_unsupported_maps()
         .override_global(names::GLOBAL_TASK_OFFSETS, &offsets, true)
         .load(EBPF_OBJECT)
         .map_err(ProbeError::Load)?;
     Ok((ebpf, btf))
+}
+
+/// `kernel.pid_max`, which bounds the tids `FOLLOWED_TIDS` must hold (512 KiB at the
+/// 64-bit limit of 4,194,304, 4 KiB at the old default of 32,768). Unreadable: the limit.
+fn pid_max() -> u32 {
+    const PID_MAX_LIMIT: u32 = 1 << 22;
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(PID_MAX_LIMIT)
 }
 
 /// The benchmark's floor: only the empty `sched_switch` program, attached.

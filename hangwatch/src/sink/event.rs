@@ -2,7 +2,12 @@
 //! carries"). This is the JSON line schema of `--output json`.
 use serde::Serialize;
 
-use crate::{detect::HangKind, meta::ProcessInfo, stack::ThreadStacks, state::Wait};
+use crate::{
+    detect::{HangKind, lock_wait::OwnerlessLock, reason::DeadlockReason},
+    meta::ProcessInfo,
+    stack::ThreadStacks,
+    state::Wait,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -20,6 +25,20 @@ pub enum Resolution {
     Running,
     /// The thread (or its whole process) exited.
     Exited,
+    /// The daemon stopped (SIGTERM) while the episode was open: whether it ended is not
+    /// known.
+    DaemonStopped,
+}
+
+impl Resolution {
+    /// The name the JSON events use, for the text output to say the same.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Exited => "exited",
+            Self::DaemonStopped => "daemon_stopped",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -33,7 +52,14 @@ pub struct HangEvent {
     pub comm: String,
     pub thread_name: String,
     pub exe: Option<String>,
+    /// The command line, at most `enrich::MAX_CMDLINE_BYTES` of it (`cmdline_truncated`).
     pub cmdline: Vec<String>,
+    /// The command line was longer than `enrich::MAX_CMDLINE_BYTES` and is cut there.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cmdline_truncated: bool,
+    /// Why `cmdline` is empty: it could not be read in time (the process resists reads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline_error: Option<String>,
     pub cgroup: Option<String>,
     /// `container_id`, `pod_uid`, `namespace`, `pod`, `container`, at the top level.
     #[serde(flatten)]
@@ -60,9 +86,18 @@ pub struct HangEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitInfo>,
     /// For `stuck_exit`: every thread of the process with its wait and stack, so the one
-    /// that holds up the shutdown shows.
+    /// that holds up the shutdown shows (stacks for at most `enrich::MAX_EXIT_STACKS`
+    /// threads: the others say so in `kernel_stack_error`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub threads: Vec<CycleMember>,
+    /// For a `lock_wait` on a lock that keeps no owner (`wait.owner_tid` null): the
+    /// implementation its stack shows and the lock's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<OwnerlessLock>,
+    /// For a deadlock: the rule that fired (`lock_cycle`, `pi_park`, `whole_process`) and
+    /// the facts it relied on (docs/detection.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DeadlockReason>,
     /// `kernel_stack`, `user_stack`, `blocked_here` and the rest, at the top level.
     #[serde(flatten)]
     pub stacks: ThreadStacks,
@@ -107,7 +142,7 @@ impl Workload {
 }
 
 /// One owner in a `blocked_on` chain.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BlockedOn {
     pub tid: u32,
     pub thread_name: String,
@@ -123,6 +158,30 @@ pub struct BlockedOn {
     /// The chain came back to a thread already in it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub cycle: bool,
+    /// Where the holder is stuck: its first application frame, and its stacks (for the
+    /// first `enrich::MAX_HOLDER_STACKS` holders of the chain; not for a link back into a
+    /// cycle, whose stacks are above).
+    pub blocked_here: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub user_stack: Vec<crate::stack::Frame>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_stack: Vec<crate::stack::Frame>,
+    /// Why its stacks are missing or partial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacks_error: Option<String>,
+}
+
+impl BlockedOn {
+    /// Adds the holder's stacks.
+    pub fn with_stacks(self, stacks: ThreadStacks) -> Self {
+        Self {
+            stacks_error: stacks.kernel_stack_error.or(stacks.user_stack_error),
+            blocked_here: stacks.blocked_here,
+            user_stack: stacks.user_stack,
+            kernel_stack: stacks.kernel_stack,
+            ..self
+        }
+    }
 }
 
 /// What a stalled event-loop thread is doing.
@@ -165,6 +224,24 @@ pub struct CycleMember {
     pub user_stack: Vec<crate::stack::Frame>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kernel_stack: Vec<crate::stack::Frame>,
+    /// Why its stacks are missing or partial (not read in time, not sampled, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacks_error: Option<String>,
+}
+
+impl CycleMember {
+    /// A thread of a report with its wait and stacks.
+    pub fn of(tid: u32, thread_name: String, wait: Wait, stacks: ThreadStacks) -> Self {
+        Self {
+            tid,
+            thread_name,
+            wait,
+            stacks_error: stacks.kernel_stack_error.or(stacks.user_stack_error),
+            blocked_here: stacks.blocked_here,
+            user_stack: stacks.user_stack,
+            kernel_stack: stacks.kernel_stack,
+        }
+    }
 }
 
 /// A synthetic report, for tests of the sinks, the store and the API.
@@ -181,6 +258,8 @@ pub(crate) fn example(event: EventType, id: &str, tid: u32, duration_ms: u64) ->
         thread_name: "worker".into(),
         exe: Some("/tmp/abba".into()),
         cmdline: vec!["/tmp/abba".into()],
+        cmdline_truncated: false,
+        cmdline_error: None,
         cgroup: Some("/".into()),
         workload: Workload::default(),
         started_at: "2026-01-01T00:00:00.000Z".into(),
@@ -193,6 +272,8 @@ pub(crate) fn example(event: EventType, id: &str, tid: u32, duration_ms: u64) ->
         stall: None,
         exit: None,
         threads: Vec::new(),
+        reason: None,
+        lock: None,
         stacks: ThreadStacks {
             blocked_here: Some("worker at abba.c:30".into()),
             ..ThreadStacks::default()

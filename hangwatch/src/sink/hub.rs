@@ -1,29 +1,53 @@
 //! Where each event goes besides stdout: the API store (and through it `watch`), the
-//! metrics, and the webhook. The scan calls `publish` once per event; nothing here blocks.
+//! metrics, and the webhook. The enrich stage calls `publish` once per event; nothing here blocks.
 use std::{sync::Arc, time::Duration};
 
-use super::{HangEvent, Store, WebhookSink};
-use crate::metrics::{HungLabels, Metrics};
+use super::{EventType, HangEvent, Store, WebhookSink, redact::Redaction};
+use crate::{
+    api::peer,
+    metrics::{HungLabels, Metrics},
+};
 
 pub struct Hub {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub webhook: Option<WebhookSink>,
+    /// What the outputs leave out (`--redact-*`).
+    pub redaction: Redaction,
 }
 
 impl Hub {
-    pub fn publish(&self, event: &HangEvent) {
+    /// Hands `event` to the store, the metrics and the webhook; returns it as stdout must
+    /// print it (redacted as the flags say).
+    pub fn publish(&self, mut event: HangEvent) -> HangEvent {
+        self.redaction.everywhere(&mut event);
         self.metrics.event(
             event.event,
             event.kind,
             Duration::from_millis(event.duration_ms),
         );
-        self.store.record(event);
-        self.metrics
-            .set_hung(self.store.current().iter().map(|e| hung_labels(e)));
+        // Who may read the episode in the API: its process's owner, read once while the
+        // process is there (a read of its credentials, which never waits on the process).
+        let owner = match event.event {
+            EventType::Hang | EventType::Update if self.store.owner(&event.id).is_none() => {
+                peer::owner_of(event.pid)
+            }
+            _ => None,
+        };
+        // The store keeps kernel addresses: the API strips them per caller.
+        self.store.record(&event, owner);
+        // Per event, O(1): a mass hang of thousands of threads must not cost N² here.
+        match event.event {
+            EventType::Hang | EventType::Update => {
+                self.metrics.hung_open(&event.id, hung_labels(&event));
+            }
+            EventType::Resolved => self.metrics.hung_ended(&event.id),
+        }
+        self.redaction.outbound(&mut event);
         if let Some(webhook) = &self.webhook {
             webhook.send(event.clone());
         }
+        event
     }
 }
 

@@ -3,6 +3,7 @@
 //! stalled detector.
 mod event;
 mod hub;
+pub mod redact;
 pub(crate) mod store;
 mod text;
 mod webhook;
@@ -22,7 +23,7 @@ pub use event::{
 };
 pub use hub::Hub;
 pub use store::{HISTORY_CAPACITY, ProbeStatus, Store, ms, started_at};
-pub use webhook::{WebhookError, WebhookSink, WebhookUrl};
+pub use webhook::{WebhookConfig, WebhookError, WebhookSink, WebhookUrl};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -38,14 +39,18 @@ const QUEUE: usize = 4096;
 pub struct StdoutSink {
     queue: SyncSender<HangEvent>,
     pub dropped: Arc<AtomicU64>,
+    /// Told when the writer has written everything queued (its queue closed).
+    flushed: mpsc::Receiver<()>,
 }
 
 impl StdoutSink {
     pub fn spawn(format: OutputFormat) -> std::io::Result<Self> {
         let (queue, events) = mpsc::sync_channel::<HangEvent>(QUEUE);
+        let (flushed_tx, flushed) = mpsc::channel();
         thread::Builder::new()
             .name("hangwatch-out".into())
             .spawn(move || {
+                let _flushed = Flushed(flushed_tx);
                 let stdout = std::io::stdout();
                 for event in events {
                     let rendered = match format {
@@ -71,7 +76,16 @@ impl StdoutSink {
         Ok(Self {
             queue,
             dropped: Arc::new(AtomicU64::new(0)),
+            flushed,
         })
+    }
+
+    /// Closes the queue and waits until everything queued is written, or `until`.
+    /// Returns whether it was.
+    pub fn finish(self, until: std::time::Instant) -> bool {
+        let Self { queue, flushed, .. } = self;
+        drop(queue);
+        wait_flushed(&flushed, until)
     }
 
     pub fn send(&self, event: HangEvent) {
@@ -82,4 +96,19 @@ impl StdoutSink {
             }
         }
     }
+}
+
+/// Tells its channel when dropped: a writer thread holds one, so that its end (all written,
+/// or the output gone) is seen with a timeout.
+pub(crate) struct Flushed(pub(crate) mpsc::Sender<()>);
+
+impl Drop for Flushed {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+pub(crate) fn wait_flushed(flushed: &mpsc::Receiver<()>, until: std::time::Instant) -> bool {
+    let left = until.saturating_duration_since(std::time::Instant::now());
+    flushed.recv_timeout(left).is_ok()
 }

@@ -3,7 +3,7 @@
 //! `hangwatch watch`. The scan thread writes it (one short lock per event); the HTTP
 //! server reads it.
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{Arc, RwLock},
     time::{Duration, SystemTime},
 };
@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::{EventType, HangEvent};
+use crate::api::access::Owner;
 
 /// Ended episodes kept for `history` (with their stacks: a few KiB each).
 pub const HISTORY_CAPACITY: usize = 256;
@@ -28,6 +29,9 @@ struct State {
     current: BTreeMap<String, Arc<HangEvent>>,
     /// Ended episodes, oldest first: their `resolved` event.
     history: VecDeque<Arc<HangEvent>>,
+    /// The owner of each episode's process (current and history), read when it was first
+    /// reported: who may see the episode (`api::access`), also after the process is gone.
+    owners: HashMap<String, Owner>,
     status: Status,
 }
 
@@ -80,6 +84,7 @@ impl Store {
             state: RwLock::new(State {
                 current: BTreeMap::new(),
                 history: VecDeque::new(),
+                owners: HashMap::new(),
                 status: Status {
                     config,
                     ..Status::default()
@@ -90,10 +95,14 @@ impl Store {
     }
 
     /// Takes one event: opens, updates or ends its episode, and tells `watch` clients.
-    pub fn record(&self, event: &HangEvent) {
+    /// `owner` is its process's owner, when known (kept from the episode's first event on).
+    pub fn record(&self, event: &HangEvent, owner: Option<Owner>) {
         let event = Arc::new(event.clone());
         {
             let mut state = self.write();
+            if let Some(owner) = owner {
+                state.owners.entry(event.id.clone()).or_insert(owner);
+            }
             let counts = &mut state.status.events;
             match event.event {
                 EventType::Hang => counts.hang += 1,
@@ -106,8 +115,11 @@ impl Store {
                 }
                 EventType::Resolved => {
                     state.current.remove(&event.id);
-                    if state.history.len() == HISTORY_CAPACITY {
-                        state.history.pop_front();
+                    if state.history.len() == HISTORY_CAPACITY
+                        && let Some(old) = state.history.pop_front()
+                        && !state.current.contains_key(&old.id)
+                    {
+                        state.owners.remove(&old.id);
                     }
                     state.history.push_back(Arc::clone(&event));
                 }
@@ -158,6 +170,11 @@ impl Store {
             .map(|e| e.id.clone())
     }
 
+    /// The owner of episode `id`'s process, when it was known.
+    pub fn owner(&self, id: &str) -> Option<Owner> {
+        self.read().owners.get(id).copied()
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<HangEvent>> {
         self.events.subscribe()
     }
@@ -200,16 +217,24 @@ pub(crate) mod tests {
 
     pub(crate) use crate::sink::event::example as event;
 
+    const OWNER: Owner = Owner {
+        uids: [1000; 3],
+        gids: [1000; 3],
+        dumpable: true,
+    };
+
     #[test]
     fn episodes_move_from_current_to_history() {
         let store = Store::new(serde_json::Value::Null);
         let mut watch = store.subscribe();
-        store.record(&event(EventType::Hang, "a", 1, 1000));
-        store.record(&event(EventType::Hang, "b", 2, 3000));
-        store.record(&event(EventType::Update, "a", 1, 5000));
+        store.record(&event(EventType::Hang, "a", 1, 1000), Some(OWNER));
+        store.record(&event(EventType::Hang, "b", 2, 3000), None);
+        store.record(&event(EventType::Update, "a", 1, 5000), None);
         let ids: Vec<_> = store.current().iter().map(|e| e.id.clone()).collect();
         assert_eq!(ids, ["a", "b"], "longest first");
-        store.record(&event(EventType::Resolved, "a", 1, 6000));
+        store.record(&event(EventType::Resolved, "a", 1, 6000), None);
+        assert_eq!(store.owner("a"), Some(OWNER), "kept from the first event");
+        assert_eq!(store.owner("b"), None);
         assert_eq!(store.current().len(), 1);
         assert_eq!(store.history(10)[0].id, "a");
         assert_eq!(
@@ -230,10 +255,15 @@ pub(crate) mod tests {
     fn history_is_bounded() {
         let store = Store::new(serde_json::Value::Null);
         for i in 0..HISTORY_CAPACITY + 10 {
-            store.record(&event(EventType::Resolved, &format!("e{i}"), 1, 1));
+            store.record(
+                &event(EventType::Resolved, &format!("e{i}"), 1, 1),
+                Some(OWNER),
+            );
         }
         let all = store.history(usize::MAX);
         assert_eq!(all.len(), HISTORY_CAPACITY);
+        assert_eq!(store.owner("e0"), None, "forgotten with its episode");
+        assert_eq!(store.read().owners.len(), HISTORY_CAPACITY);
         assert_eq!(
             all[0].id,
             format!("e{}", HISTORY_CAPACITY + 9),

@@ -2,7 +2,10 @@
 use std::fmt::Write;
 
 use super::{EventType, HangEvent};
-use crate::stack::{Frame, FrameTag, StackSource};
+use crate::{
+    detect::reason::DeadlockRule,
+    stack::{Frame, FrameTag, StackSource},
+};
 
 fn write_frames(out: &mut String, frames: &[Frame]) {
     let first_app = frames.iter().position(|f| f.tag == FrameTag::Application);
@@ -49,7 +52,7 @@ pub fn render(e: &HangEvent) -> String {
     let _ = writeln!(out, "  id       {}", e.id);
     let _ = writeln!(out, "  since    {}", e.started_at);
     if let Some(resolution) = e.resolution {
-        let _ = writeln!(out, "  ended    {resolution:?}");
+        let _ = writeln!(out, "  ended    {}", resolution.as_str());
     }
     let _ = writeln!(out, "  exe      {}", e.exe.as_deref().unwrap_or("?"));
     let cmdline = e.cmdline.join(" ").replace('\n', "\\n");
@@ -100,6 +103,15 @@ pub fn render(e: &HangEvent) -> String {
     if let Some(owner) = e.wait.owner_tid {
         let _ = write!(wait, ", lock held by tid {owner}");
     }
+    if let Some(lock) = &e.lock {
+        let at = lock
+            .address
+            .as_deref()
+            .map(|a| format!(" at {a}"))
+            .unwrap_or_default();
+        let name = lock.implementation.name();
+        let _ = write!(wait, ", {name} lock{at} that names no owner");
+    }
     let _ = writeln!(out, "  wait     {wait}");
     for link in &e.blocked_on {
         let again = if link.cycle { " (again: cycle)" } else { "" };
@@ -108,27 +120,45 @@ pub fn render(e: &HangEvent) -> String {
             .as_deref()
             .map(|op| format!(" {op}"))
             .unwrap_or_default();
+        let at = link
+            .blocked_here
+            .as_deref()
+            .map(|here| format!(", at {here}"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  held by  tid {} '{}' {} in {}{op}{again}",
+            "  held by  tid {} '{}' {} in {}{op}{again}{at}",
             link.tid, link.thread_name, link.state, link.syscall
         );
     }
     if !e.cycle.is_empty() {
         let tids: Vec<String> = e.cycle.iter().map(|m| m.tid.to_string()).collect();
-        let _ = writeln!(out, "  cycle    {} -> {}", tids.join(" -> "), tids[0]);
+        let whole = e
+            .reason
+            .as_ref()
+            .is_some_and(|r| r.rule == DeadlockRule::WholeProcess);
+        if whole {
+            let _ = writeln!(out, "  stuck    every thread: {}", tids.join(", "));
+        } else {
+            let _ = writeln!(out, "  cycle    {} -> {}", tids.join(" -> "), tids[0]);
+        }
         for m in &e.cycle {
             let _ = writeln!(
                 out,
                 "    tid {} '{}' waits for {}, blocked here: {}",
                 m.tid,
                 m.thread_name,
-                m.wait.owner_tid.map_or_else(
-                    || "a lock copied or never released".to_owned(),
-                    |o| format!("tid {o}")
-                ),
+                m.wait
+                    .owner_tid
+                    .map_or_else(|| "no known owner".to_owned(), |o| format!("tid {o}")),
                 m.blocked_here.as_deref().unwrap_or("?")
             );
+        }
+    }
+    if let Some(reason) = &e.reason {
+        let _ = writeln!(out, "  why      {}", reason.rule.name());
+        for fact in &reason.evidence {
+            let _ = writeln!(out, "    {fact}");
         }
     }
     if let Some(stall) = &e.stall {
@@ -192,6 +222,29 @@ mod tests {
     use crate::{detect::HangKind, stack::ThreadStacks, state::Wait};
 
     #[test]
+    fn an_ended_episode_says_how_in_the_words_of_the_json() {
+        use crate::sink::Resolution;
+        for resolution in [
+            Resolution::Running,
+            Resolution::Exited,
+            Resolution::DaemonStopped,
+        ] {
+            let mut event =
+                crate::sink::event::example(EventType::Resolved, "d_state-11-0", 11, 2_000);
+            event.resolution = Some(resolution);
+            let json = serde_json::to_value(resolution).expect("json");
+            let text = render(&event);
+            assert!(
+                text.contains(&format!(
+                    "  ended    {}\n",
+                    json.as_str().expect("a string")
+                )),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn a_report_names_the_thread_the_wait_and_the_stack() {
         let mut event = crate::sink::event::example(EventType::Hang, "d_state-11-0", 11, 12_345);
         event.kind = HangKind::DState;
@@ -211,6 +264,7 @@ mod tests {
                 file: None,
                 line: None,
                 inlined: false,
+                python: false,
                 tag: FrameTag::Kernel,
             }],
             user_stack: vec![Frame {
@@ -221,6 +275,7 @@ mod tests {
                 file: Some("src/io.rs".into()),
                 line: Some(42),
                 inlined: false,
+                python: false,
                 tag: FrameTag::Application,
             }],
             blocked_here: Some("write_all at src/io.rs:42".into()),
@@ -272,11 +327,13 @@ mod tests {
             futex_op: None,
             owner_tid: None,
             cycle: false,
+            blocked_here: Some("load at holder.c:12".into()),
+            ..BlockedOn::default()
         }];
         let text = render(&event);
         assert!(text.contains(", lock held by tid 12"), "{text}");
         assert!(
-            text.contains("held by  tid 12 'holder' S in read\n"),
+            text.contains("held by  tid 12 'holder' S in read, at load at holder.c:12\n"),
             "{text}"
         );
 
@@ -292,10 +349,22 @@ mod tests {
             blocked_here: Some(format!("w{tid} at abba.c:{tid}")),
             user_stack: Vec::new(),
             kernel_stack: Vec::new(),
+            stacks_error: None,
         };
         event.cycle = vec![member(11, 12), member(12, 11)];
         let text = render(&event);
         assert!(text.contains("cycle    11 -> 12 -> 11"), "{text}");
+        let mut whole = event.clone();
+        whole.reason = Some(crate::detect::reason::DeadlockReason {
+            rule: DeadlockRule::WholeProcess,
+            evidence: vec!["tid 11 joins tid 12".into()],
+        });
+        let text = render(&whole);
+        assert!(text.contains("stuck    every thread: 11, 12\n"), "{text}");
+        assert!(
+            text.contains("why      whole_process\n    tid 11 joins tid 12\n"),
+            "{text}"
+        );
         assert!(
             text.contains("tid 12 'w12' waits for tid 11, blocked here: w12 at abba.c:12"),
             "{text}"
@@ -338,6 +407,7 @@ mod tests {
             blocked_here: Some(here.into()),
             user_stack: Vec::new(),
             kernel_stack: Vec::new(),
+            stacks_error: None,
         };
         exit.threads = vec![
             thread(7, Some("futex"), "save_state at stuck.c:30"),

@@ -69,6 +69,7 @@ impl KernelSymbolizer {
                         file: None,
                         line: None,
                         inlined: false,
+                        python: false,
                         tag: FrameTag::Kernel,
                         module: Some(sym.and_then(|s| s.module.as_ref()).map_or_else(
                             || "kernel".to_owned(),

@@ -1,9 +1,9 @@
 //! Which frames are the program's own. A raw stack of a hung thread is mostly the runtime
 //! (libc's futex wrapper, the Rust std, tokio, the CPython interpreter loop); the frame a
 //! person wants is the first one of the application (seed 001's lesson).
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FrameTag {
     Kernel,
@@ -111,6 +111,21 @@ pub fn classify(module: Option<&str>, symbol: Option<&str>) -> FrameTag {
     }
 }
 
+/// A Python frame is the application's unless its file is the interpreter's own standard
+/// library (`.../lib/python3.X/`, outside `site-packages`) or frozen into it: so
+/// `blocked_here` names the program's function that called `threading.py`, not
+/// `Condition.wait`.
+pub fn classify_python(file: &str) -> FrameTag {
+    let stdlib = file.contains("/lib/python3.")
+        && !file.contains("/site-packages/")
+        && !file.contains("/dist-packages/");
+    if stdlib || file.starts_with("<frozen ") {
+        FrameTag::Runtime
+    } else {
+        FrameTag::Application
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +152,26 @@ mod tests {
         // Static programs carry libc inside the executable.
         assert_eq!(classify(app, Some("__lll_lock_wait")), FrameTag::Runtime);
         assert_eq!(classify(app, None), FrameTag::Application);
+    }
+
+    #[test]
+    fn python_files_of_the_program_and_of_the_standard_library() {
+        assert_eq!(classify_python("/srv/app/server.py"), FrameTag::Application);
+        assert_eq!(
+            classify_python("/usr/lib/python3.11/threading.py"),
+            FrameTag::Runtime
+        );
+        assert_eq!(
+            classify_python("/root/.pyenv/versions/3.12.1/lib/python3.12/asyncio/events.py"),
+            FrameTag::Runtime
+        );
+        assert_eq!(
+            classify_python("/venv/lib/python3.11/site-packages/gevent/hub.py"),
+            FrameTag::Application
+        );
+        assert_eq!(
+            classify_python("<frozen importlib._bootstrap>"),
+            FrameTag::Runtime
+        );
     }
 }

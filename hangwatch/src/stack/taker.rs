@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{
     Frame, KernelSymbolizer, UserRegisters, UserStacks,
-    on_cpu::{self, RunningSample, SampleError},
+    on_cpu::RunningSample,
     user::{UnwindInfo, UserStack},
 };
 
@@ -37,13 +37,24 @@ pub struct ThreadStacks {
     /// Why the user stack is missing or partial.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_stack_error: Option<String>,
+    /// The user stack was not read for a reason of the moment (a spent budget, a cold read
+    /// still going on): asking again later may read it. A loop's park check then waits
+    /// for a verdict instead of taking the empty stack as an answer.
+    #[serde(skip)]
+    pub user_stack_later: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_stack_unwind: Option<UnwindInfo>,
     /// The first application frame: "function at file:line".
     pub blocked_here: Option<String>,
+    /// A CPython thread running an asyncio task: the qualified name of the task's
+    /// coroutine (the outermost of the innermost chain of coroutine frames).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python_task: Option<String>,
 }
 
-/// The symbolizers and caches that turn captured stacks into frames.
+/// The symbolizers and caches that turn captured stacks into frames, all on the calling
+/// thread: for the command-line tools (`sample-stack`, `bench-stack`). The daemon reads
+/// user stacks on a reader worker under a deadline instead (`crate::enrich::stacks`).
 #[derive(Default)]
 pub struct StackTaker {
     pub kernel: KernelSymbolizer,
@@ -51,79 +62,118 @@ pub struct StackTaker {
 }
 
 impl StackTaker {
-    /// The stacks of a thread of process `pid`, from its `dump_stacks` record (`None` when
-    /// the iterator did not find it). A kernel thread has no user stack and that is no error.
-    pub fn take(
-        &mut self,
-        pid: u32,
-        record: Option<&StackRecord>,
-        kernel_thread: bool,
-    ) -> ThreadStacks {
-        let Some(record) = record else {
-            return ThreadStacks {
-                kernel_stack_error: Some("the thread was gone before its stack was read".into()),
-                ..ThreadStacks::default()
-            };
-        };
-        let depth = (record.kernel_depth as usize).min(record.kernel_stack.len());
-        let user_registers = (!kernel_thread && record.user_ip != 0).then_some(UserRegisters {
-            ip: record.user_ip,
-            sp: record.user_sp,
-            fp: record.user_fp,
-        });
-        let user = user_registers.map(|regs| self.user.capture(pid, regs));
-        ThreadStacks {
-            source: StackSource::Blocked,
-            kernel_stack: self.kernel.symbolize(&record.kernel_stack[..depth]),
-            kernel_stack_error: (depth == 0)
-                .then(|| "the kernel could not walk this thread's stack".into()),
-            user_registers,
-            blocked_here: user
-                .as_ref()
-                .and_then(|u| u.blocked_here())
-                .map(Frame::location),
-            user_stack_error: match &user {
-                Some(u) => u.error.clone(),
-                None if kernel_thread => None,
-                None => Some("no user registers: the thread was not in the kernel".into()),
-            },
-            user_stack_unwind: user.as_ref().and_then(|u| u.info.clone()),
-            user_stack: user.map(|u| u.frames).unwrap_or_default(),
-        }
-    }
-
-    /// The stacks of thread `tid` of process `pid` while it runs on a CPU, from one perf
-    /// sample (`on_cpu::sample_running`, waiting at most `on_cpu::SAMPLE_TIMEOUT`). The
-    /// kernel stack is the sample's kernel callchain: empty, and no error, when the sample
-    /// interrupted user code. `Err(SampleError::NoSample)` means the thread stayed off-CPU:
-    /// take its stacks as a blocked thread's (`take`) instead.
-    pub fn take_running(&mut self, pid: u32, tid: u32) -> Result<ThreadStacks, SampleError> {
-        let sample = on_cpu::sample_running(tid, on_cpu::SAMPLE_TIMEOUT)?;
-        Ok(self.take_sampled(pid, sample))
-    }
-
     /// The stacks of a thread of process `pid` from a sample of it running.
     pub fn take_sampled(&mut self, pid: u32, sample: RunningSample) -> ThreadStacks {
-        let user = sample
-            .regs
-            .map(|regs| self.user.capture_from_copy(pid, regs, sample.stack));
-        let kernel_stack = self.kernel.symbolize(&sample.kernel_callchain);
-        ThreadStacks {
-            source: StackSource::OnCpuSample,
-            kernel_stack_error: (sample.in_kernel && kernel_stack.is_empty())
-                .then(|| "the sample has no kernel callchain".into()),
-            kernel_stack,
-            user_registers: sample.regs,
-            blocked_here: user
-                .as_ref()
-                .and_then(UserStack::blocked_here)
-                .map(Frame::location),
-            user_stack_error: match &user {
-                Some(u) => u.error.clone(),
-                None => Some("no user registers in the sample: a kernel thread".into()),
-            },
-            user_stack_unwind: user.as_ref().and_then(|u| u.info.clone()),
-            user_stack: user.map(|u| u.frames).unwrap_or_default(),
+        let unwound = unwind_sample(&mut self.user, pid, sample);
+        sampled_stacks(&mut self.kernel, unwound)
+    }
+}
+
+/// Why a user stack was not read, and whether asking again later may read it.
+#[derive(Debug, Clone)]
+pub struct NotRead {
+    pub why: String,
+    pub later: bool,
+}
+
+/// A blocked thread's stacks from its `dump_stacks` record: the kernel stack symbolized
+/// here, the user stack from `user` (given the saved registers; `Err` says why it was not
+/// read). A kernel thread has no user stack and that is no error.
+pub fn blocked_stacks(
+    kernel: &mut KernelSymbolizer,
+    record: Option<&StackRecord>,
+    kernel_thread: bool,
+    user: impl FnOnce(u32, UserRegisters) -> Result<UserStack, NotRead>,
+) -> ThreadStacks {
+    let Some(record) = record else {
+        // Both stacks say why: a report never has an empty stack without a reason.
+        return ThreadStacks::failed("the thread was gone before its stack was read".into());
+    };
+    let depth = (record.kernel_depth as usize).min(record.kernel_stack.len());
+    let user_registers = (!kernel_thread && record.user_ip != 0).then(|| UserRegisters::of(record));
+    let user = user_registers.map(|regs| user(record.tid, regs));
+    let mut stacks = ThreadStacks {
+        source: StackSource::Blocked,
+        kernel_stack: kernel.symbolize(&record.kernel_stack[..depth]),
+        kernel_stack_error: (depth == 0)
+            .then(|| "the kernel could not walk this thread's stack".into()),
+        user_registers,
+        ..ThreadStacks::default()
+    };
+    match user {
+        Some(Ok(user)) => stacks.set_user(user),
+        Some(Err(not_read)) => {
+            stacks.user_stack_error = Some(not_read.why);
+            stacks.user_stack_later = not_read.later;
         }
+        None if kernel_thread => {}
+        None => {
+            stacks.user_stack_error =
+                Some("no user registers: the thread was not in the kernel".into());
+        }
+    }
+    stacks
+}
+
+/// What a reader made of a sample of a running thread: the user stack unwound (where the
+/// process's memory and files are read), the kernel callchain still to symbolize.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct UnwoundSample {
+    pub regs: Option<UserRegisters>,
+    pub user: Option<UserStack>,
+    pub kernel_callchain: Vec<u64>,
+    pub in_kernel: bool,
+}
+
+/// Unwinds the user stack of a sample of a running thread of `pid`.
+pub fn unwind_sample(user: &mut UserStacks, pid: u32, sample: RunningSample) -> UnwoundSample {
+    UnwoundSample {
+        user: sample
+            .regs
+            .map(|regs| user.capture_from_copy(pid, sample.tid, regs, sample.stack)),
+        regs: sample.regs,
+        kernel_callchain: sample.kernel_callchain,
+        in_kernel: sample.in_kernel,
+    }
+}
+
+/// A running thread's stacks from its unwound sample; the kernel callchain is symbolized
+/// here: empty, and no error, when the sample interrupted user code.
+pub fn sampled_stacks(kernel: &mut KernelSymbolizer, sample: UnwoundSample) -> ThreadStacks {
+    let kernel_stack = kernel.symbolize(&sample.kernel_callchain);
+    let mut stacks = ThreadStacks {
+        source: StackSource::OnCpuSample,
+        kernel_stack_error: (sample.in_kernel && kernel_stack.is_empty())
+            .then(|| "the sample has no kernel callchain".into()),
+        kernel_stack,
+        user_registers: sample.regs,
+        ..ThreadStacks::default()
+    };
+    match sample.user {
+        Some(user) => stacks.set_user(user),
+        None => {
+            stacks.user_stack_error =
+                Some("no user registers in the sample: a kernel thread".into());
+        }
+    }
+    stacks
+}
+
+impl ThreadStacks {
+    /// Only why both stacks are missing.
+    pub fn failed(why: String) -> Self {
+        Self {
+            kernel_stack_error: Some(why.clone()),
+            user_stack_error: Some(why),
+            ..Self::default()
+        }
+    }
+
+    fn set_user(&mut self, user: UserStack) {
+        self.blocked_here = user.blocked_here().map(Frame::location);
+        self.user_stack_error = user.error;
+        self.user_stack_unwind = user.info;
+        self.python_task = user.python_task;
+        self.user_stack = user.frames;
     }
 }

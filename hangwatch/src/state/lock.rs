@@ -10,6 +10,8 @@ const SYS_FUTEX_WAIT: i64 = 455;
 const FUTEX_PRIVATE_FLAG: u64 = 128;
 const FUTEX_CLOCK_REALTIME: u64 = 256;
 const FUTEX2_PRIVATE: u64 = 128;
+/// The largest tid the kernel hands out (`PID_MAX_LIMIT` on 64-bit).
+const PID_MAX_LIMIT: u32 = 4 * 1024 * 1024;
 
 /// What a futex wait is, as far as the lock logic cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,10 +103,25 @@ impl FutexCall {
         }
     }
 
-    /// An untimed wait on a private futex: only another thread of the same process can
-    /// end it (or a signal).
-    pub fn untimed_private(&self) -> bool {
-        self.private && !self.timed
+    /// The shape of a lock's slow path that keeps no owner beside the word: glibc's
+    /// `__lll_lock_wait` and Rust std's futex mutex wait untimed, privately, for 2
+    /// ("locked, with waiters"); parking_lot parks on its thread's own word for 1. Only
+    /// the stack tells whether it is one (`detect::lock_wait::lock_path`).
+    pub fn lock_shaped(&self) -> bool {
+        self.cmd == FutexCmd::Wait && self.private && !self.timed && matches!(self.val, Some(1 | 2))
+    }
+
+    /// The tid this wait joins, if it has the shape of glibc's `pthread_join` (which Rust's
+    /// `JoinHandle::join` calls too): an untimed plain wait on a *shared* futex (the word
+    /// is the joined thread's `tid`, which the kernel clears and wakes, not privately, when
+    /// that thread exits: CLONE_CHILD_CLEARTID) for a positive value, the tid the word
+    /// holds while the thread lives. Whether that tid is a thread of the same process is
+    /// the caller's to check.
+    pub fn joined_tid(&self) -> Option<u32> {
+        if self.cmd != FutexCmd::Wait || self.private || self.timed {
+            return None;
+        }
+        self.val.filter(|&v| v > 0 && v <= PID_MAX_LIMIT)
     }
 }
 
@@ -182,7 +199,7 @@ mod tests {
         };
         let call = FutexCall::from_syscall(&lock_wait).expect("futex");
         assert_eq!(call, wait(2).with_uaddr(0x5000));
-        assert!(call.untimed_private());
+        assert!(call.private && !call.timed);
         let timed_bitset = ProcSyscall {
             nr: libc::SYS_futex,
             args: [0x5000, 0x189, 0, 0x7ffc, 0, 0],
@@ -225,6 +242,30 @@ mod tests {
         assert_eq!(owner_candidate(&wait(0), [2, 0, 4242, 1, 0]), None);
         // No owner written.
         assert_eq!(owner_candidate(&wait(2), [2, 0, 0, 1, 0]), None);
+    }
+
+    #[test]
+    fn a_join_is_a_shared_untimed_wait_for_a_tid() {
+        // pthread_join as glibc 2.36 makes it: FUTEX_WAIT_BITSET|FUTEX_CLOCK_REALTIME, not
+        // private, no timeout, for the joined thread's tid.
+        let join = ProcSyscall {
+            nr: libc::SYS_futex,
+            args: [0x7f00_0990, 0x109, 31042, 0, 0, 0xffff_ffff],
+        };
+        let call = FutexCall::from_syscall(&join).expect("futex");
+        assert_eq!(call.joined_tid(), Some(31042));
+        assert!(!call.private && !call.timed);
+        // The same word waited on privately, or with a timeout, or for 0: no join.
+        assert_eq!(wait(31042).joined_tid(), None, "private");
+        let mut timed = call;
+        timed.timed = true;
+        assert_eq!(timed.joined_tid(), None);
+        let mut zero = call;
+        zero.val = Some(0);
+        assert_eq!(zero.joined_tid(), None);
+        let mut pi = call;
+        pi.cmd = FutexCmd::LockPi;
+        assert_eq!(pi.joined_tid(), None);
     }
 
     #[test]

@@ -14,6 +14,12 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use super::{
+    compile,
+    frozen::{Ext4Mount, Frozen},
+    variants::Tools,
+};
+
 /// Hangs per run.
 pub const HANGS: usize = 50;
 const THRESHOLD: Duration = Duration::from_secs(1);
@@ -85,88 +91,6 @@ impl HangKind {
     }
 }
 
-/// A loop-mounted ext4 image, frozen; thawed, unmounted and detached on drop.
-struct FrozenFs {
-    dir: std::path::PathBuf,
-    mountpoint: std::path::PathBuf,
-    image: std::path::PathBuf,
-    mounted: bool,
-    frozen: bool,
-}
-
-impl FrozenFs {
-    fn new(parent: &Path) -> Result<Self> {
-        let dir = parent.join(format!("frozen-fs-{}", std::process::id()));
-        let mountpoint = dir.join("mnt");
-        let image = dir.join("fs.img");
-        std::fs::create_dir_all(&mountpoint)?;
-        std::fs::File::create(&image)?.set_len(64 << 20)?;
-        let mut fs = Self {
-            dir,
-            mountpoint,
-            image,
-            mounted: false,
-            frozen: false,
-        };
-        run(Command::new("mkfs.ext4").arg("-q").arg(&fs.image))?;
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&fs.image)
-            .arg(&fs.mountpoint))?;
-        fs.mounted = true;
-        run(Command::new("fsfreeze").arg("-f").arg(&fs.mountpoint))?;
-        fs.frozen = true;
-        Ok(fs)
-    }
-}
-
-impl Drop for FrozenFs {
-    fn drop(&mut self) {
-        if self.frozen {
-            let _ = Command::new("fsfreeze")
-                .arg("-u")
-                .arg(&self.mountpoint)
-                .status();
-        }
-        if self.mounted {
-            // The writers finish once thawed; retry until they have let go.
-            let unmounted = (0..30).any(|_| {
-                let ok = Command::new("umount")
-                    .arg(&self.mountpoint)
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if !ok {
-                    thread::sleep(Duration::from_millis(100));
-                }
-                ok
-            });
-            if !unmounted {
-                let _ = Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.mountpoint)
-                    .status();
-            }
-        }
-        if let Ok(out) = Command::new("losetup").arg("-j").arg(&self.image).output() {
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some((device, _)) = line.split_once(':') {
-                    let _ = Command::new("losetup").arg("-d").arg(device).status();
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    anyhow::ensure!(status.success(), "{cmd:?} failed: {status}");
-    Ok(())
-}
-
 pub fn measure(
     daemon: &Path,
     daemon_args: &[String],
@@ -174,14 +98,15 @@ pub fn measure(
     kind: HangKind,
     scratch: &Path,
 ) -> Result<Latency> {
-    let frozen = match kind {
-        HangKind::DState => Some(FrozenFs::new(scratch)?),
+    let mount = match kind {
+        HangKind::DState => Some(Ext4Mount::mount(scratch)?),
         HangKind::Futex => None,
     };
+    let frozen = mount.as_ref().map(Ext4Mount::freeze).transpose()?;
     let mut command = Command::new(hang_program);
     command.arg(HANGS.to_string());
-    if let Some(fs) = &frozen {
-        command.arg(&fs.mountpoint);
+    if let Some(mount) = &mount {
+        command.arg(mount.mountpoint());
     }
     measure_with(daemon, daemon_args, command, kind, frozen)
 }
@@ -191,7 +116,7 @@ fn measure_with(
     daemon_args: &[String],
     mut command: Command,
     kind: HangKind,
-    frozen: Option<FrozenFs>,
+    frozen: Option<Frozen<'_>>,
 ) -> Result<Latency> {
     let mut program = Killed(
         command
@@ -301,4 +226,46 @@ fn measure_with(
         threshold: THRESHOLD,
         samples,
     })
+}
+
+/// Detection latency, from threads that hang at random moments; a failure is a note.
+pub fn detection_latency(
+    tools: &Tools,
+    out_dir: &Path,
+    notes: &mut Vec<String>,
+) -> Vec<(HangKind, Latency)> {
+    let program = match compile(out_dir, "hang_at_random", include_str!("hang_at_random.c")) {
+        Ok(p) => p,
+        Err(err) => {
+            notes.push(format!("detection latency not measured: {err:#}"));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for kind in [HangKind::Futex, HangKind::DState] {
+        match measure(
+            &tools.daemon,
+            &tools.daemon_run_args,
+            &program,
+            kind,
+            out_dir,
+        ) {
+            Ok(l) => {
+                if l.reported < l.hangs {
+                    notes.push(format!(
+                        "detection latency, {}: only {} of {} hangs were reported",
+                        kind.name(),
+                        l.reported,
+                        l.hangs
+                    ));
+                }
+                out.push((kind, l));
+            }
+            Err(err) => notes.push(format!(
+                "detection latency, {}, not measured: {err:#}",
+                kind.name()
+            )),
+        }
+    }
+    out
 }

@@ -12,16 +12,37 @@ use super::proc::Proc;
 pub const MESSAGING_GROUPS: u64 = 10;
 const MESSAGING_FDS: u64 = 20;
 
-/// How many pipe round trips and messaging loops make one run of about the wanted length.
+/// The SCHED_FIFO priority of the ping-pong with `--realtime`: above every normal task, so
+/// that other work on CPU 0 (a shared machine's compiles) cannot preempt it, below the
+/// kernel's own real-time threads (50 is where threaded interrupts run).
+pub const REALTIME_PRIORITY: u32 = 40;
+
+/// How many pipe round trips and messaging loops make one run of about the wanted length,
+/// and how the ping-pong runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Sizes {
     pub pipe_loops: u64,
     pub messaging_loops: u64,
+    /// Run the ping-pong as SCHED_FIFO at [`REALTIME_PRIORITY`] (`--realtime`).
+    pub realtime: bool,
 }
 
 impl Sizes {
     pub fn pipe_command(&self) -> String {
-        format!("taskset -c 0 perf bench sched pipe -l {}", self.pipe_loops)
+        format!(
+            "{}taskset -c 0 perf bench sched pipe -l {}",
+            if self.realtime {
+                format!("chrt -f {REALTIME_PRIORITY} ")
+            } else {
+                String::new()
+            },
+            self.pipe_loops
+        )
+    }
+
+    /// One ping-pong run of `pipe_loops`.
+    pub fn pipe(&self) -> Result<f64> {
+        pipe(self.pipe_loops, self.realtime)
     }
 
     pub fn messaging_command(&self) -> String {
@@ -34,8 +55,14 @@ impl Sizes {
 
 /// Both tasks of the ping-pong pinned to CPU 0: every operation is two context switches on
 /// the same CPU, the worst case for a sched_switch probe. Returns operations per second.
-pub fn pipe(loops: u64) -> Result<f64> {
-    let mut cmd = Command::new("taskset");
+fn pipe(loops: u64, realtime: bool) -> Result<f64> {
+    let mut cmd = if realtime {
+        let mut cmd = Command::new("chrt");
+        cmd.args(["-f", &REALTIME_PRIORITY.to_string(), "taskset"]);
+        cmd
+    } else {
+        Command::new("taskset")
+    };
     cmd.args(["-c", "0", "perf", "bench", "sched", "pipe", "-l"])
         .arg(loops.to_string());
     let lines = run(&mut cmd, "perf bench sched pipe")?;
@@ -73,11 +100,11 @@ pub fn messaging(loops: u64) -> Result<f64> {
 }
 
 /// Sizes the loads so that one run takes about `target` on this machine, bare.
-pub fn calibrate(target: Duration) -> Result<Sizes> {
+pub fn calibrate(target: Duration, realtime: bool) -> Result<Sizes> {
     const PIPE_PROBE: u64 = 20_000;
     const MESSAGING_PROBE: u64 = 20;
     // The first run warms up (page cache, CPU frequency); the faster of two counts.
-    let ops = pipe(PIPE_PROBE)?.max(pipe(PIPE_PROBE)?);
+    let ops = pipe(PIPE_PROBE, realtime)?.max(pipe(PIPE_PROBE, realtime)?);
     let pipe_loops = round_to((ops * target.as_secs_f64()) as u64, 1000).max(PIPE_PROBE);
     let per_loop = MESSAGING_GROUPS * MESSAGING_FDS * MESSAGING_FDS;
     let msgs = messaging(MESSAGING_PROBE)?.max(messaging(MESSAGING_PROBE)?);
@@ -86,6 +113,7 @@ pub fn calibrate(target: Duration) -> Result<Sizes> {
     Ok(Sizes {
         pipe_loops,
         messaging_loops,
+        realtime,
     })
 }
 

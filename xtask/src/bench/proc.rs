@@ -1,10 +1,14 @@
 //! Child processes the benchmark starts, each behind a guard that kills it (by its PID) when
 //! dropped, also on error, panic and Ctrl-C; and the Ctrl-C flag itself.
+//!
+//! Each output line is stamped with the time it arrived (`Instant`, CLOCK_MONOTONIC on
+//! Linux), taken by the reader thread: latencies between two processes' lines are measured
+//! on the same clock, at the same point.
 
 use std::{
-    io::{BufRead as _, BufReader, Read},
+    io::{BufRead as _, BufReader, Read, Write as _},
     os::unix::process::CommandExt as _,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -58,9 +62,18 @@ pub fn sleep(d: Duration) -> Result<()> {
 pub struct Proc {
     name: String,
     child: Child,
+    /// Piped only for [`Proc::spawn_with_stdin`].
+    stdin: Option<ChildStdin>,
     reaped: bool,
-    lines: Arc<Mutex<Vec<String>>>,
+    lines: Arc<Mutex<Vec<Line>>>,
     readers: Vec<JoinHandle<()>>,
+}
+
+/// One line of a child's stdout or stderr, and when the reader got it.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub at: Instant,
+    pub text: String,
 }
 
 /// A child that has exited: its status and its output lines (stdout and stderr interleaved by
@@ -76,7 +89,18 @@ impl Proc {
     /// Starts `cmd` with stdin from /dev/null, stderr (and stdout unless `discard_stdout`)
     /// collected line by line. The child is killed if we die (PR_SET_PDEATHSIG).
     pub fn spawn(name: &str, cmd: &mut Command, discard_stdout: bool) -> Result<Self> {
-        cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null());
+        Self::start(name, cmd, discard_stdout)
+    }
+
+    /// The same with stdin piped, for [`Proc::send`]; stdout is collected.
+    pub fn spawn_with_stdin(name: &str, cmd: &mut Command) -> Result<Self> {
+        cmd.stdin(Stdio::piped());
+        Self::start(name, cmd, false)
+    }
+
+    fn start(name: &str, cmd: &mut Command, discard_stdout: bool) -> Result<Self> {
+        cmd.stderr(Stdio::piped());
         cmd.stdout(if discard_stdout {
             Stdio::null()
         } else {
@@ -94,6 +118,7 @@ impl Proc {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("failed to start {name}: {cmd:?}"))?;
+        let stdin = child.stdin.take();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
@@ -105,6 +130,7 @@ impl Proc {
         Ok(Self {
             name: name.to_owned(),
             child,
+            stdin,
             reaped: false,
             lines,
             readers,
@@ -115,12 +141,29 @@ impl Proc {
         self.child.id()
     }
 
+    /// Writes `line` and a newline to the child's stdin ([`Proc::spawn_with_stdin`]).
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .with_context(|| format!("{} was started without a stdin pipe", self.name))?;
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .with_context(|| format!("cannot write {line:?} to {}", self.name))
+    }
+
     /// Waits until a line containing `pattern` arrives; fails if the child exits first, on a
     /// timeout and on Ctrl-C.
     pub fn wait_for_line(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
+        self.wait_for_stamped_line(pattern, timeout)
+            .map(|line| line.text)
+    }
+
+    /// [`Proc::wait_for_line`], with the time the line arrived.
+    pub fn wait_for_stamped_line(&mut self, pattern: &str, timeout: Duration) -> Result<Line> {
         let start = Instant::now();
         loop {
-            if let Some(line) = self.lock().iter().find(|l| l.contains(pattern)) {
+            if let Some(line) = self.lock().iter().find(|l| l.text.contains(pattern)) {
                 return Ok(line.clone());
             }
             if let Some(status) = self.child.try_wait()? {
@@ -129,14 +172,14 @@ impl Proc {
                 bail!(
                     "{} exited ({status}) before saying {pattern:?}; its output:\n{}",
                     self.name,
-                    self.lock().join("\n")
+                    self.output_text()
                 );
             }
             if start.elapsed() > timeout {
                 bail!(
                     "{} did not say {pattern:?} within {timeout:?}; its output so far:\n{}",
                     self.name,
-                    self.lock().join("\n")
+                    self.output_text()
                 );
             }
             check_interrupted()?;
@@ -182,7 +225,10 @@ impl Proc {
         self.join_readers();
         Ok(Exited {
             status,
-            lines: std::mem::take(&mut *self.lock()),
+            lines: std::mem::take(&mut *self.lock())
+                .into_iter()
+                .map(|l| l.text)
+                .collect(),
             killed,
         })
     }
@@ -216,7 +262,22 @@ impl Proc {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+    /// The lines that arrived after the first `seen` ones: a reader that keeps its count
+    /// parses each line once, however long the output grows.
+    pub fn lines_after(&self, seen: usize) -> Vec<Line> {
+        self.lock()
+            .get(seen..)
+            .map(<[Line]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    fn output_text(&self) -> String {
+        let lines = self.lock();
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        texts.join("\n")
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Line>> {
         self.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -234,12 +295,16 @@ impl Drop for Proc {
     }
 }
 
-fn collect(stream: impl Read + Send + 'static, lines: &Arc<Mutex<Vec<String>>>) -> JoinHandle<()> {
+fn collect(stream: impl Read + Send + 'static, lines: &Arc<Mutex<Vec<Line>>>) -> JoinHandle<()> {
     let lines = Arc::clone(lines);
     thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            let Ok(text) = line else { break };
+            let at = Instant::now();
+            lines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Line { at, text });
         }
     })
 }

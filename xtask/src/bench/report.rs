@@ -4,7 +4,10 @@ use std::{fmt::Write as _, time::Duration};
 
 use serde_json::{Value, json};
 
-use super::variants::{ProgramCost, Variant};
+use super::{
+    mass_hang::{self, Exit, MassHang, MmStall},
+    variants::{ProgramCost, Variant},
+};
 
 /// Per-round values of one load under one variant (indexed by round).
 #[derive(Debug, Clone, Default)]
@@ -77,6 +80,10 @@ pub struct StackCost {
     pub cold_us: f64,
     pub warm_median_us: f64,
     pub warm_p99_us: f64,
+    /// Of those frames, the Python ones (a CPython thread), and the time spent on them.
+    pub python_frames: u64,
+    pub python_cold_us: f64,
+    pub python_warm_median_us: f64,
 }
 
 pub struct Target {
@@ -99,6 +106,8 @@ pub struct Report {
     pub daemon: Vec<DaemonCost>,
     pub stacks: Vec<StackCost>,
     pub latency: Vec<(super::latency::HangKind, super::latency::Latency)>,
+    pub mass_hang: Option<MassHang>,
+    pub mm_stall: Option<MmStall>,
     pub targets: Vec<Target>,
     pub notes: Vec<String>,
 }
@@ -173,6 +182,14 @@ fn pass_text(pass: Option<bool>) -> String {
         Some(false) => "FAIL".to_owned(),
         None => "n/a".to_owned(),
     }
+}
+
+fn exit_text(exit: Exit) -> String {
+    format!(
+        "{:.0} ms{}",
+        exit.took.as_secs_f64() * 1e3,
+        if exit.killed { " (killed)" } else { "" }
+    )
 }
 
 fn range(series: &Series, decimals: usize) -> String {
@@ -272,7 +289,14 @@ impl Report {
     }
 
     fn stacks_table(&self) -> Table {
-        let mut t = Table::new(&["stack of", "frames", "cold", "warm median", "warm p99"]);
+        let mut t = Table::new(&[
+            "stack of",
+            "frames",
+            "cold",
+            "warm median",
+            "warm p99",
+            "of which Python frames: n, cold, warm median",
+        ]);
         for c in &self.stacks {
             t.row(vec![
                 c.target.clone(),
@@ -280,6 +304,12 @@ impl Report {
                 format!("{:.1} ms", c.cold_us / 1e3),
                 format!("{:.0} us", c.warm_median_us),
                 format!("{:.0} us", c.warm_p99_us),
+                format!(
+                    "{}, {:.1} ms, {:.0} us",
+                    c.python_frames,
+                    c.python_cold_us / 1e3,
+                    c.python_warm_median_us
+                ),
             ]);
         }
         t
@@ -309,6 +339,59 @@ impl Report {
                 q(0.5),
                 q(0.99),
                 q(1.0),
+            ]);
+        }
+        t
+    }
+
+    fn never_blind_table(&self) -> Table {
+        let mut t = Table::new(&[
+            "scenario",
+            "its threads reported",
+            "unrelated deadlock",
+            "daemon CPU",
+            "window",
+            "cores",
+            "SIGTERM exit",
+        ]);
+        if let Some(m) = &self.mass_hang {
+            t.row(vec![
+                format!("mass hang: {} threads in D", m.threads),
+                format!(
+                    "{} of {}{}, last {}",
+                    m.reported,
+                    m.threads,
+                    if m.duplicates > 0 {
+                        format!(" (+{} duplicates)", m.duplicates)
+                    } else {
+                        String::new()
+                    },
+                    mass_hang::seconds(m.all_reported_after)
+                ),
+                mass_hang::seconds(m.deadlock_latency),
+                format!("{:.2} s", m.daemon_cpu.as_secs_f64()),
+                format!("{:.2} s", m.window.as_secs_f64()),
+                format!("{:.2}", m.cores()),
+                exit_text(m.exit),
+            ]);
+        }
+        if let Some(s) = &self.mm_stall {
+            t.row(vec![
+                "mm-lock stall".to_owned(),
+                format!(
+                    "first {}{}",
+                    mass_hang::seconds(s.stalled_reported_after),
+                    if s.user_stack_error.is_some() {
+                        ", why no user stack"
+                    } else {
+                        ""
+                    }
+                ),
+                mass_hang::seconds(s.deadlock_latency),
+                format!("{:.2} s", s.daemon_cpu.as_secs_f64()),
+                format!("{:.2} s", s.window.as_secs_f64()),
+                format!("{:.2}", s.cores()),
+                exit_text(s.exit),
             ]);
         }
         t
@@ -346,44 +429,55 @@ impl Report {
         }
     }
 
-    /// The terminal version.
+    /// The terminal version. Sections that did not run (`--only`) are left out.
     pub fn text(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "\nthroughput: {} rounds, variant order rotated each round, kernel.bpf_stats_enabled=0; \
-             median per variant, \"vs bare\" = median of the per-round ratios",
-            self.rounds
+        let mut section = |intro: String, table: Table| {
+            if !table.rows.is_empty() {
+                out.push_str(&intro);
+                out.push_str(&table.text());
+            }
+        };
+        section(
+            format!(
+                "\nthroughput: {} rounds, variant order rotated each round, \
+                 kernel.bpf_stats_enabled=0; median per variant, \"vs bare\" = median of the \
+                 per-round ratios\n  pipe:      {} (ops/s)\n  messaging: {} (messages/s{})\n",
+                self.rounds,
+                self.pipe_command,
+                self.messaging_command,
+                self.repeats_text()
+            ),
+            self.throughput_table(),
         );
-        let _ = writeln!(out, "  pipe:      {} (ops/s)", self.pipe_command);
-        let _ = writeln!(
-            out,
-            "  messaging: {} (messages/s{})",
-            self.messaging_command,
-            self.repeats_text()
+        section(
+            "\nbpf programs: kernel.bpf_stats_enabled=1, one pipe run each (programs that ran)\n"
+                .into(),
+            self.programs_table(),
         );
-        out.push_str(&self.throughput_table().text());
-        let _ = writeln!(
-            out,
-            "\nbpf programs: kernel.bpf_stats_enabled=1, one pipe run each (programs that ran)"
-        );
-        out.push_str(&self.programs_table().text());
-        let _ = writeln!(
-            out,
+        section(
             "\ndaemon's own cost: hangwatch run (defaults), CPU over the window after start-up \
-             (from /proc/PID/task/*/schedstat; * = from utime+stime, clock ticks)"
+             (from /proc/PID/task/*/schedstat; * = from utime+stime, clock ticks)\n"
+                .into(),
+            self.daemon_table(),
         );
-        out.push_str(&self.daemon_table().text());
-        let _ = writeln!(
-            out,
-            "\nuser stacks: unwind + symbolize one blocked thread's stack (hangwatch bench-stack)"
+        section(
+            "\nuser stacks: unwind + symbolize one blocked thread's stack (hangwatch bench-stack)\n"
+                .into(),
+            self.stacks_table(),
         );
-        out.push_str(&self.stacks_table().text());
-        let _ = writeln!(
-            out,
-            "\ndetection latency: from a thread crossing its threshold to its hang event on stdout"
+        section(
+            "\ndetection latency: from a thread crossing its threshold to its hang event on stdout\n"
+                .into(),
+            self.latency_table(),
         );
-        out.push_str(&self.latency_table().text());
+        section(
+            "\nmass hang and mm-lock stall (frozen ext4; d_state after 1 s, 200 ms tick): \
+             threads reported counted from \"go\", the deadlock from forming to its event, \
+             daemon CPU (utime+stime) from \"go\" to the end of the scenario\n"
+                .into(),
+            self.never_blind_table(),
+        );
         let _ = writeln!(out, "\ntargets");
         out.push_str(&self.targets_table().text());
         if !self.notes.is_empty() {
@@ -395,54 +489,88 @@ impl Report {
         out
     }
 
+    /// report.md. Sections that did not run (`--only`) are left out.
     pub fn markdown(&self) -> String {
         let mut out = String::from("# hangwatch benchmark\n\n");
         for (k, v) in &self.environment {
             let _ = writeln!(out, "- {k}: {v}");
         }
-        let _ = writeln!(
-            out,
-            "\n## Throughput\n\n{} rounds, variant order rotated each round \
-             ({}), `kernel.bpf_stats_enabled=0`. Median per variant; \"vs bare\" is the median of \
-             the per-round ratios.\n\n- pipe: `{}` (ops/s)\n- messaging: `{}` (messages/s{})\n",
-            self.rounds,
-            self.orders_text(),
-            self.pipe_command,
-            self.messaging_command,
-            self.repeats_text()
+        let mut section = |intro: String, table: Table, after: String| {
+            if !table.rows.is_empty() {
+                out.push_str(&intro);
+                out.push_str(&table.markdown());
+                out.push_str(&after);
+            }
+        };
+        section(
+            format!(
+                "\n## Throughput\n\n{} rounds, variant order rotated each round \
+                 ({}), `kernel.bpf_stats_enabled=0`. Median per variant; \"vs bare\" is the \
+                 median of the per-round ratios.\n\n- pipe: `{}` (ops/s)\n- messaging: `{}` \
+                 (messages/s{})\n\n",
+                self.rounds,
+                self.orders_text(),
+                self.pipe_command,
+                self.messaging_command,
+                self.repeats_text()
+            ),
+            self.throughput_table(),
+            self.throughput
+                .iter()
+                .map(|r| format!("\n- {}: `{}`\n", r.variant.name(), r.command))
+                .collect(),
         );
-        out.push_str(&self.throughput_table().markdown());
-        for r in &self.throughput {
-            let _ = writeln!(out, "\n- {}: `{}`", r.variant.name(), r.command);
-        }
-        let _ = writeln!(
-            out,
-            "\n## BPF programs\n\n`kernel.bpf_stats_enabled=1`, one pipe run each.\n"
+        section(
+            "\n## BPF programs\n\n`kernel.bpf_stats_enabled=1`, one pipe run each.\n\n".into(),
+            self.programs_table(),
+            String::new(),
         );
-        out.push_str(&self.programs_table().markdown());
-        let _ = writeln!(
-            out,
+        section(
             "\n## The daemon's own cost\n\n`hangwatch run` (defaults) with N threads blocked in \
              `pthread_cond_wait`; CPU over the window after start-up, from \
              /proc/PID/task/*/schedstat (* = from utime+stime, clock ticks), and utime+stime \
-             from /proc/PID/stat beside it.\n"
+             from /proc/PID/stat beside it.\n\n"
+                .into(),
+            self.daemon_table(),
+            String::new(),
         );
-        out.push_str(&self.daemon_table().markdown());
-        let _ = writeln!(
-            out,
+        section(
             "\n## User stacks\n\nUnwinding (DWARF CFI) and symbolizing one blocked thread's user \
              stack with `hangwatch bench-stack`: cold is the first time for its binaries, warm \
-             is from the caches.\n"
+             is from the caches.\n\n"
+                .into(),
+            self.stacks_table(),
+            String::new(),
         );
-        out.push_str(&self.stacks_table().markdown());
-        let _ = writeln!(
-            out,
-            "\n## Detection latency\n\nThreads of a test program hang at random moments, on a mutex \
-             never released (`off_cpu` of the selected program) or writing to a frozen ext4 \
-             filesystem (`d_state`, machine-wide); the time from each crossing its threshold to \
-             its `hang` event on hangwatch's stdout, both on CLOCK_MONOTONIC.\n"
+        section(
+            "\n## Detection latency\n\nThreads of a test program hang at random moments, on a \
+             mutex never released (`off_cpu` of the selected program) or writing to a frozen \
+             ext4 filesystem (`d_state`, machine-wide); the time from each crossing its \
+             threshold to its `hang` event on hangwatch's stdout, both on CLOCK_MONOTONIC.\n\n"
+                .into(),
+            self.latency_table(),
+            String::new(),
         );
-        out.push_str(&self.latency_table().markdown());
+        section(
+            format!(
+                "\n## Mass hang and mm-lock stall\n\nThe scenarios of `kernel_never_blind.rs` on \
+                 a frozen ext4 loop mount, `--d-state-threshold 1s --scan-interval 200ms`. Mass \
+                 hang: N threads of `mass_d.c` write to it at once (reported: from \"go\" to the \
+                 last one's `d_state` event); 0.8 s after they started, an unrelated ABBA \
+                 deadlock forms (`abba.c`, confirmed after {} s: from forming to its event). \
+                 mm-lock stall (`mm_stall.c`): once the stalled process's D threads are \
+                 reported, the deadlock forms. The daemon's CPU is utime+stime over the window \
+                 from \"go\" to all reported (mass hang) or to the deadlock's event (stall); \
+                 then SIGTERM, still frozen.\n\n",
+                mass_hang::DEADLOCK_THRESHOLD.as_secs()
+            ),
+            self.never_blind_table(),
+            self.mm_stall
+                .as_ref()
+                .and_then(|s| s.user_stack_error.as_ref())
+                .map(|why| format!("\nThe stalled process's event on its user stack: \"{why}\"\n"))
+                .unwrap_or_default(),
+        );
         let _ = writeln!(out, "\n## Targets\n");
         out.push_str(&self.targets_table().markdown());
         if !self.notes.is_empty() {
@@ -497,12 +625,39 @@ impl Report {
                 "p99_seconds": l.quantile(0.99).map(|d| d.as_secs_f64()),
                 "max_seconds": l.quantile(1.0).map(|d| d.as_secs_f64()),
             })).collect::<Vec<_>>(),
+            "mass_hang": self.mass_hang.as_ref().map(|m| json!({
+                "threads": m.threads,
+                "reported": m.reported,
+                "duplicate_reports": m.duplicates,
+                "all_reported_after_seconds": m.all_reported_after.map(|d| d.as_secs_f64()),
+                "deadlock_latency_seconds": m.deadlock_latency.map(|d| d.as_secs_f64()),
+                "deadlock_threshold_seconds": mass_hang::DEADLOCK_THRESHOLD.as_secs_f64(),
+                "window_seconds": m.window.as_secs_f64(),
+                "daemon_cpu_seconds": m.daemon_cpu.as_secs_f64(),
+                "daemon_cores": m.cores(),
+                "sigterm_exit_seconds": m.exit.took.as_secs_f64(),
+                "sigterm_killed": m.exit.killed,
+            })),
+            "mm_stall": self.mm_stall.as_ref().map(|s| json!({
+                "stalled_reported_after_seconds": s.stalled_reported_after.map(|d| d.as_secs_f64()),
+                "user_stack_error": s.user_stack_error,
+                "deadlock_latency_seconds": s.deadlock_latency.map(|d| d.as_secs_f64()),
+                "deadlock_threshold_seconds": mass_hang::DEADLOCK_THRESHOLD.as_secs_f64(),
+                "window_seconds": s.window.as_secs_f64(),
+                "daemon_cpu_seconds": s.daemon_cpu.as_secs_f64(),
+                "daemon_cores": s.cores(),
+                "sigterm_exit_seconds": s.exit.took.as_secs_f64(),
+                "sigterm_killed": s.exit.killed,
+            })),
             "stacks": self.stacks.iter().map(|c| json!({
                 "target": c.target,
                 "frames": c.frames,
                 "cold_us": c.cold_us,
                 "warm_median_us": c.warm_median_us,
                 "warm_p99_us": c.warm_p99_us,
+                "python_frames": c.python_frames,
+                "python_cold_us": c.python_cold_us,
+                "python_warm_median_us": c.python_warm_median_us,
             })).collect::<Vec<_>>(),
             "daemon": self.daemon.iter().map(|d| json!({
                 "idle_threads": d.threads,

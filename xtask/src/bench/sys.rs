@@ -54,8 +54,13 @@ impl Drop for BpfStats {
     }
 }
 
-/// The CPU time (utime + stime) a process has used so far.
+/// The CPU time (utime + stime) a process and its helper processes have used so far.
 pub fn cpu_time(pid: u32) -> Result<Duration> {
+    Ok(own_cpu_time(pid, false)? + children_cpu_time(pid))
+}
+
+/// utime + stime of `pid` (and, with `reaped`, of its children it has waited for).
+fn own_cpu_time(pid: u32, reaped: bool) -> Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let stat = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     // The fields after the command name, which is in parentheses and may hold anything.
@@ -64,7 +69,8 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
         .map(|(_, r)| r)
         .context("malformed stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of the line (utime, stime); `rest` starts at field 3.
+    // Fields 14 and 15 of the line (utime, stime), 16 and 17 those of the children it
+    // waited for (cutime, cstime); `rest` starts at field 3.
     let ticks = |i: usize| -> Result<u64> {
         fields
             .get(i - 3)
@@ -72,17 +78,39 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
             .parse::<u64>()
             .context("bad stat field")
     };
-    let total = ticks(14)? + ticks(15)?;
+    let mut total = ticks(14)? + ticks(15)?;
+    if reaped {
+        total += ticks(16)? + ticks(17)?;
+    }
     // SAFETY: sysconf has no preconditions.
     let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
         .unwrap_or(100)
         .max(1);
-    Ok(Duration::from_nanos(total * 1_000_000_000 / hz))
+    Ok(Duration::from_millis(total * 1000 / hz))
 }
 
-/// The CPU time of a process's live threads to the nanosecond: the sum of
-/// /proc/PID/task/*/schedstat (utime and stime are sampled at clock ticks, too coarse for a
-/// daemon that runs for milliseconds a second). None where the kernel does not keep it.
+/// The CPU time of `pid`'s helper processes: the daemon unwinds stacks in a child process
+/// (`hangwatch unwinder`), whose work is the daemon's: the live ones, and those it reaped.
+fn children_cpu_time(pid: u32) -> Duration {
+    let reaped = own_cpu_time(pid, true)
+        .ok()
+        .zip(own_cpu_time(pid, false).ok())
+        .map_or(Duration::ZERO, |(all, own)| all.saturating_sub(own));
+    let live = fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|child| own_cpu_time(child, false).ok())
+        .sum::<Duration>();
+    reaped + live
+}
+
 pub fn cpu_time_precise(pid: u32) -> Option<Duration> {
     let mut total: u64 = 0;
     for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {

@@ -91,6 +91,10 @@ pub fn daemon_run_args(daemon: &Path) -> Vec<String> {
     if help.contains("--listen") {
         args.extend(["--listen", "127.0.0.1:0"].map(String::from));
     }
+    // No API socket: the default path may be another daemon's on this machine.
+    if help.contains("--api-socket") {
+        args.extend(["--api-socket", "off"].map(String::from));
+    }
     args
 }
 

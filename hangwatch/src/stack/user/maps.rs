@@ -1,5 +1,11 @@
-//! `/proc/PID/maps`: where each module of a process is mapped, and where its stacks are.
-use std::{fs, io};
+//! `/proc/PID/maps`: where each module of a process is mapped, and where its stacks are;
+//! and the snapshot of them that the captures of one burst share (`MapsCache`).
+use std::{
+    collections::HashMap,
+    fs, io,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
@@ -23,6 +29,116 @@ impl Mapping {
     /// A mapping of a file, as opposed to anonymous memory or a pseudo-mapping.
     pub fn is_file(&self) -> bool {
         self.inode != 0 && self.path.starts_with('/')
+    }
+
+    /// The file mapped, by device and inode.
+    pub fn file_id(&self) -> crate::meta::reader::FileId {
+        crate::meta::reader::FileId {
+            dev: self.dev.clone(),
+            inode: self.inode,
+        }
+    }
+}
+
+/// How long one read of a process's maps serves its captures. A mass hang reports
+/// thousands of threads of one process at once, and the maps of a process with thousands of
+/// threads have thousands of lines (a stack and a guard page each): read once per capture,
+/// they made the reports quadratic. A capture whose stack pointer is in no mapping of the
+/// snapshot reads them again (a thread created since).
+pub const MAPS_TTL: Duration = Duration::from_millis(500);
+/// Processes whose maps are kept at once; the oldest snapshot goes first.
+pub const MAPS_CACHED: usize = 64;
+
+/// A process's mappings, and the executable ones among them: where frames are looked up, a
+/// few dozen, where a process of thousands of threads has thousands of mappings (their
+/// stacks). Derived once per read, shared by the captures of a burst.
+#[derive(Debug)]
+pub struct Maps {
+    pub all: Vec<Mapping>,
+    pub executable: Vec<Mapping>,
+}
+
+impl From<Vec<Mapping>> for Maps {
+    fn from(all: Vec<Mapping>) -> Self {
+        let executable = all.iter().filter(|m| m.executable).cloned().collect();
+        Self { all, executable }
+    }
+}
+
+/// Recent snapshots of processes' maps.
+#[derive(Debug, Default)]
+pub struct MapsCache {
+    by_pid: HashMap<u32, (Instant, Arc<Maps>)>,
+    pub reads: u64,
+    pub reuses: u64,
+}
+
+/// A snapshot, and whether it was read just now.
+pub struct Snapshot {
+    pub maps: Arc<Maps>,
+    pub fresh: bool,
+}
+
+impl MapsCache {
+    /// The maps of `pid`, read within `MAPS_TTL` of `now`; the pids whose snapshots were
+    /// dropped (expired, or the oldest beyond `MAPS_CACHED`) go to `dropped`.
+    pub fn get(&mut self, pid: u32, now: Instant, dropped: &mut Vec<u32>) -> io::Result<Snapshot> {
+        self.expire(now, dropped);
+        if let Some((_, maps)) = self.by_pid.get(&pid) {
+            self.reuses += 1;
+            return Ok(Snapshot {
+                maps: Arc::clone(maps),
+                fresh: false,
+            });
+        }
+        self.reread(pid, now, dropped)
+    }
+
+    /// Reads the maps of `pid` now, whatever is kept.
+    pub fn reread(
+        &mut self,
+        pid: u32,
+        now: Instant,
+        dropped: &mut Vec<u32>,
+    ) -> io::Result<Snapshot> {
+        self.reads += 1;
+        let maps = match read(pid) {
+            Ok(maps) => Arc::new(Maps::from(maps)),
+            Err(err) => {
+                if self.by_pid.remove(&pid).is_some() {
+                    dropped.push(pid);
+                }
+                return Err(err);
+            }
+        };
+        if !self.by_pid.contains_key(&pid)
+            && self.by_pid.len() >= MAPS_CACHED
+            && let Some(oldest) = self
+                .by_pid
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(pid, _)| *pid)
+        {
+            self.by_pid.remove(&oldest);
+            dropped.push(oldest);
+        }
+        self.by_pid.insert(pid, (now, Arc::clone(&maps)));
+        Ok(Snapshot { maps, fresh: true })
+    }
+
+    fn expire(&mut self, now: Instant, dropped: &mut Vec<u32>) {
+        self.by_pid.retain(|pid, (at, _)| {
+            let keep = now.duration_since(*at) < MAPS_TTL;
+            if !keep {
+                dropped.push(*pid);
+            }
+            keep
+        });
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_pid.len()
     }
 }
 
@@ -74,5 +190,48 @@ mod tests {
         assert!(!maps[1].is_file());
         assert_eq!(maps[3].path, "/tmp/a b");
         assert!(maps[0].contains(0x5581a000) && !maps[0].contains(0x5581b000));
+    }
+
+    #[test]
+    fn a_snapshot_serves_its_ttl_and_is_read_again_after() {
+        let pid = std::process::id();
+        let mut cache = MapsCache::default();
+        let mut dropped = Vec::new();
+        let t0 = Instant::now();
+        assert!(cache.get(pid, t0, &mut dropped).expect("own maps").fresh);
+        let again = cache
+            .get(pid, t0 + MAPS_TTL / 2, &mut dropped)
+            .expect("own maps");
+        assert!(!again.fresh, "read twice within the TTL");
+        assert_eq!((cache.reads, cache.reuses), (1, 1));
+        assert!(dropped.is_empty());
+        assert!(
+            cache
+                .get(pid, t0 + MAPS_TTL, &mut dropped)
+                .expect("own maps")
+                .fresh
+        );
+        assert_eq!(dropped, [pid], "the expired snapshot is said to be dropped");
+    }
+
+    #[test]
+    fn at_most_maps_cached_processes_are_kept() {
+        let mut cache = MapsCache::default();
+        let mut dropped = Vec::new();
+        let now = Instant::now();
+        let own = std::process::id();
+        for i in 0..MAPS_CACHED as u64 {
+            let maps = Arc::new(Maps::from(Vec::new()));
+            cache
+                .by_pid
+                .insert(u32::MAX - i as u32, (now - Duration::from_millis(i), maps));
+        }
+        cache.reread(own, now, &mut dropped).expect("own maps");
+        assert_eq!(cache.len(), MAPS_CACHED);
+        assert_eq!(
+            dropped,
+            [u32::MAX - (MAPS_CACHED as u32 - 1)],
+            "the oldest goes"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Reading a blocked thread's stack out of its process, with `process_vm_readv`: one copy
+//! Reading a blocked thread's stack out of its process, through `/proc/PID/mem` (`crate::meta::memory`): one copy
 //! of the bytes between the stack pointer and the top of the stack mapping (bounded). A
 //! running thread's copy comes from a perf sample instead (`super::super::on_cpu`).
 use std::io;
@@ -38,19 +38,7 @@ pub fn copy_stack(pid: u32, sp: u64, top: u64) -> io::Result<StackCopy> {
     let wanted = top.saturating_sub(sp);
     let len = wanted.min(MAX_STACK_BYTES) as usize;
     let mut bytes = vec![0u8; len];
-    let local = libc::iovec {
-        iov_base: bytes.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    let remote = libc::iovec {
-        iov_base: sp as *mut libc::c_void,
-        iov_len: len,
-    };
-    // SAFETY: `local` points to `len` writable bytes we own; the kernel checks `remote`.
-    let read = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-    if read < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let read = crate::meta::memory::read(pid, sp, &mut bytes)?;
     bytes.truncate(read as usize);
     Ok(StackCopy {
         base: sp,

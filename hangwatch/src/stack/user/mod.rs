@@ -6,32 +6,34 @@
 //! module (`modules.rs`, cached) -> DWARF unwinding (`unwind.rs`) -> blazesym
 //! symbolization (cached by blazesym) -> frames tagged kernel / runtime / application
 //! (`super::tag`).
-mod maps;
-mod memory;
+pub(in crate::stack) mod maps;
+pub(in crate::stack) mod memory;
 mod modules;
+pub mod symbolizer;
 #[cfg(target_arch = "x86_64")]
 mod unwind;
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use blazesym::{
-    Pid,
-    symbolize::{
-        Input, Symbolized, Symbolizer,
-        source::{Process, Source},
-    },
-};
+use blazesym::symbolize::Symbolized;
 use serde::Serialize;
 
-use super::{Frame, FrameTag, UserRegisters, tag};
+use super::{Frame, FrameTag, UserRegisters, python::PythonStacks, tag};
+use crate::meta::reader::FileId;
 
 pub(crate) use memory::StackCopy;
 
+/// Sections refused for their size since start (`modules::MAX_SECTION_BYTES`).
+pub fn sections_refused() -> u64 {
+    modules::SECTIONS_REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// How a user stack was obtained, to judge it by.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct UnwindInfo {
     /// Frames the DWARF unwinder found.
     pub frames: usize,
@@ -41,16 +43,18 @@ pub struct UnwindInfo {
     /// Bytes of stack copied.
     pub stack_bytes: usize,
     /// Modules on the stack's path that could not be read (their frames are unnamed).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreadable_modules: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct UserStack {
     pub frames: Vec<Frame>,
     /// Why the stack is missing or partial.
     pub error: Option<String>,
     pub info: Option<UnwindInfo>,
+    /// The asyncio task (its coroutine's qualified name) a CPython thread is running.
+    pub python_task: Option<String>,
 }
 
 impl UserStack {
@@ -70,7 +74,14 @@ impl UserStack {
 /// Everything kept between reports: module unwind tables and blazesym's caches.
 pub struct UserStacks {
     modules: modules::ModuleCache,
-    symbolizer: Symbolizer,
+    /// The maps the captures of a burst share (blazesym's copy follows it).
+    maps: maps::MapsCache,
+    symbolizer: symbolizer::BoundedSymbolizer,
+    /// Module files not to read (they resisted a read: a stalled mount), and why: stacks
+    /// are unwound and symbolized around them.
+    avoid: HashMap<FileId, String>,
+    /// Interpreter frames of CPython threads.
+    pub python: PythonStacks,
     /// Time spent unwinding and symbolizing user stacks.
     pub spent: Duration,
     pub captured: u64,
@@ -86,14 +97,18 @@ impl UserStacks {
     pub fn new() -> Self {
         Self {
             modules: modules::ModuleCache::default(),
-            symbolizer: Symbolizer::builder()
-                .enable_code_info(true)
-                .enable_inlined_fns(true)
-                .enable_demangling(true)
-                .build(),
+            maps: maps::MapsCache::default(),
+            symbolizer: symbolizer::BoundedSymbolizer::default(),
+            avoid: HashMap::new(),
+            python: PythonStacks::default(),
             spent: Duration::ZERO,
             captured: 0,
         }
+    }
+
+    /// The module files not to read from now on, and why (they resisted a read).
+    pub fn avoid_files(&mut self, files: HashMap<FileId, String>) {
+        self.avoid = files;
     }
 
     /// Module cache hits and misses.
@@ -101,20 +116,21 @@ impl UserStacks {
         (self.modules.hits, self.modules.misses)
     }
 
-    /// Unwinds and symbolizes the user stack of a blocked thread of `pid`.
-    pub fn capture(&mut self, pid: u32, regs: UserRegisters) -> UserStack {
-        self.timed(|this| this.capture_inner(pid, regs, None))
+    /// Unwinds and symbolizes the user stack of blocked thread `tid` of `pid`.
+    pub fn capture(&mut self, pid: u32, tid: u32, regs: UserRegisters) -> UserStack {
+        self.timed(|this| this.capture_inner(pid, tid, regs, None))
     }
 
     /// Unwinds and symbolizes a user stack already copied (by a perf sample of a running
-    /// thread of `pid`): `copy` starts at `regs.sp`.
+    /// thread `tid` of `pid`): `copy` starts at `regs.sp`.
     pub fn capture_from_copy(
         &mut self,
         pid: u32,
+        tid: u32,
         regs: UserRegisters,
         copy: StackCopy,
     ) -> UserStack {
-        self.timed(|this| this.capture_inner(pid, regs, Some(copy)))
+        self.timed(|this| this.capture_inner(pid, tid, regs, Some(copy)))
     }
 
     fn timed(&mut self, capture: impl FnOnce(&mut Self) -> UserStack) -> UserStack {
@@ -129,6 +145,7 @@ impl UserStacks {
     fn capture_inner(
         &mut self,
         _pid: u32,
+        _tid: u32,
         _regs: UserRegisters,
         _copy: Option<StackCopy>,
     ) -> UserStack {
@@ -140,14 +157,24 @@ impl UserStacks {
     fn capture_inner(
         &mut self,
         pid: u32,
+        tid: u32,
         regs: UserRegisters,
         copy: Option<StackCopy>,
     ) -> UserStack {
-        let maps = match maps::read(pid) {
-            Ok(maps) => maps,
+        let mut snapshot = match self.maps_of(pid, false) {
+            Ok(snapshot) => snapshot,
             Err(err) => return UserStack::failed(format!("process gone ({err})")),
         };
-        let Some(stack_mapping) = maps.iter().find(|m| m.contains(regs.sp)) else {
+        if !snapshot.fresh && !snapshot.maps.all.iter().any(|m| m.contains(regs.sp)) {
+            // A thread (and its stack) newer than the snapshot.
+            snapshot = match self.maps_of(pid, true) {
+                Ok(snapshot) => snapshot,
+                Err(err) => return UserStack::failed(format!("process gone ({err})")),
+            };
+        }
+        let fresh = snapshot.fresh;
+        let mut maps = snapshot.maps;
+        let Some(stack_mapping) = maps.all.iter().find(|m| m.contains(regs.sp)) else {
             return UserStack::failed(format!("stack pointer {:#x} is in no mapping", regs.sp));
         };
         let stack = match copy {
@@ -157,26 +184,24 @@ impl UserStacks {
                 Err(err) => return UserStack::failed(format!("stack memory unreadable ({err})")),
             },
         };
-        let mut modules = Vec::new();
-        let mut unreadable_modules = Vec::new();
-        for mapping in maps
-            .iter()
-            .filter(|m| m.executable && (m.is_file() || m.path == "[vdso]"))
-        {
-            match self.modules.get(pid, mapping) {
-                Ok(sections) => modules.push((mapping.clone(), sections)),
-                Err(err) => unreadable_modules.push(err.to_string()),
+        let mut walk = self.walk(pid, &maps.executable, regs, &stack);
+        if walk.left_the_maps.is_some() && !fresh {
+            // Maybe a module mapped since the snapshot (a dlopen): walk again on fresh maps.
+            if let Ok(snapshot) = self.maps_of(pid, true) {
+                maps = snapshot.maps;
+                walk = self.walk(pid, &maps.executable, regs, &stack);
             }
         }
-        let mut unwinder = unwind::ProcessUnwinder::new(&modules);
-        let mut unwound = unwinder.unwind(regs.ip, regs.sp, regs.fp, &stack);
+        let Walk {
+            mut unwound,
+            modules,
+            unreadable_modules,
+            avoided,
+            left_the_maps,
+        } = walk;
         // A return address outside every executable mapping means the walk went wrong
         // (a bad rule or a corrupt frame): what follows it is noise, not frames.
-        if let Some(bad) = unwound
-            .frames
-            .iter()
-            .position(|f| !maps.iter().any(|m| m.executable && m.contains(f.lookup)))
-        {
+        if let Some(bad) = left_the_maps {
             unwound.stopped = Some(format!(
                 "unwinding stopped at {:#x}, outside any executable mapping",
                 unwound.frames[bad].address
@@ -188,11 +213,25 @@ impl UserStacks {
             .filter(|(_, s)| !s.has_cfi())
             .map(|(m, _): &(maps::Mapping, Arc<modules::UnwindSections>)| m.path.as_str())
             .collect();
-        let frames = self.symbolize(pid, &unwound.frames, &maps);
+        // blazesym opens the modules again (through /proc/PID/map_files) for their symbols.
+        crate::meta::reader::reading("the symbols of its modules");
+        let native = self.symbolize(pid, &unwound.frames, &maps.executable);
         let mut error = unwound.stopped;
         if error.is_some() && !no_cfi.is_empty() {
             error = error.map(|e| format!("{e}; modules without CFI: {}", no_cfi.join(", ")));
         }
+        if !avoided.is_empty() {
+            let why = format!("partial stack, modules not read: {}", avoided.join("; "));
+            error = Some(match error {
+                Some(e) => format!("{e}; {why}"),
+                None => why,
+            });
+        }
+        let python = self.python.expand(pid, tid, &maps.all, native);
+        let error = [error, python.error]
+            .into_iter()
+            .flatten()
+            .reduce(|a, b| format!("{a}; {b}"));
         UserStack {
             info: Some(UnwindInfo {
                 frames: unwound.frames.len(),
@@ -200,9 +239,79 @@ impl UserStacks {
                 stack_bytes: stack.bytes.len(),
                 unreadable_modules,
             }),
-            frames,
+            frames: python.frames,
             error,
+            python_task: python.task,
         }
+    }
+
+    /// Unwinds `stack` with the unwind tables of the `executable` mappings (but the files
+    /// to avoid).
+    #[cfg(target_arch = "x86_64")]
+    fn walk(
+        &mut self,
+        pid: u32,
+        executable: &[maps::Mapping],
+        regs: UserRegisters,
+        stack: &StackCopy,
+    ) -> Walk {
+        let mut modules = Vec::new();
+        let mut unreadable_modules = Vec::new();
+        let mut avoided = Vec::new();
+        for mapping in executable
+            .iter()
+            .filter(|m| m.is_file() || m.path == "[vdso]")
+        {
+            if let Some(why) = self
+                .avoid
+                .get(&mapping.file_id())
+                .filter(|_| mapping.is_file())
+            {
+                let what = format!("{}: {why}", mapping.path);
+                unreadable_modules.push(what.clone());
+                avoided.push(what);
+                continue;
+            }
+            match self.modules.get(pid, mapping) {
+                Ok(sections) => modules.push((mapping.clone(), sections)),
+                Err(err) => unreadable_modules.push(err.to_string()),
+            }
+        }
+        let mut unwinder = unwind::ProcessUnwinder::new(&modules);
+        let unwound = unwinder.unwind(regs.ip, regs.sp, regs.fp, stack);
+        let left_the_maps = unwound
+            .frames
+            .iter()
+            .position(|f| !executable.iter().any(|m| m.contains(f.lookup)));
+        Walk {
+            unwound,
+            modules,
+            unreadable_modules,
+            avoided,
+            left_the_maps,
+        }
+    }
+
+    /// The maps of `pid` from the snapshot (`reread`: read them now). blazesym's copy of
+    /// them (which it would otherwise read at every symbolization) follows the snapshot,
+    /// and is dropped with it.
+    fn maps_of(&mut self, pid: u32, reread: bool) -> std::io::Result<maps::Snapshot> {
+        let mut dropped = Vec::new();
+        let now = Instant::now();
+        let snapshot = if reread {
+            self.maps.reread(pid, now, &mut dropped)
+        } else {
+            self.maps.get(pid, now, &mut dropped)
+        };
+        for gone in dropped {
+            self.symbolizer.forget_maps(gone);
+        }
+        if let Ok(snapshot) = &snapshot
+            && snapshot.fresh
+        {
+            self.symbolizer.keep_maps(pid);
+        }
+        snapshot
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -213,13 +322,11 @@ impl UserStacks {
         maps: &[maps::Mapping],
     ) -> Vec<Frame> {
         let lookups: Vec<u64> = raw.iter().map(|f| f.lookup).collect();
-        let source = Source::Process(Process::new(Pid::from(pid)));
         // A failure leaves the frames unnamed but keeps their addresses and modules.
-        let symbolized = self
-            .symbolizer
-            .symbolize(&source, Input::AbsAddr(&lookups))
-            .inspect_err(|err| tracing::debug!("symbolizing a stack of pid {pid} failed: {err}"))
-            .unwrap_or_default();
+        let avoid = &self.avoid;
+        let symbolized = self.symbolizer.symbolize(pid, &lookups, maps, |m| {
+            m.is_file() && avoid.contains_key(&m.file_id())
+        });
         let mut frames = Vec::with_capacity(raw.len());
         for (i, f) in raw.iter().enumerate() {
             let address = format!("{:#x}", f.address);
@@ -238,6 +345,7 @@ impl UserStacks {
                     file: None,
                     line: None,
                     inlined: false,
+                    python: false,
                 });
                 continue;
             };
@@ -258,6 +366,7 @@ impl UserStacks {
                     file: code.map(|c| c.to_path().display().to_string()),
                     line: code.and_then(|c| c.line),
                     inlined: true,
+                    python: false,
                     tag: tag::classify(module.as_deref(), Some(&inlined.name)),
                 });
             }
@@ -269,10 +378,23 @@ impl UserStacks {
                 file: code.map(|c| c.to_path().display().to_string()),
                 line: code.and_then(|c| c.line),
                 inlined: false,
+                python: false,
                 tag: tag::classify(module.as_deref(), Some(&sym.name)),
                 module,
             });
         }
         frames
     }
+}
+
+/// One unwinding of a stack, and what it could not read.
+#[cfg(target_arch = "x86_64")]
+struct Walk {
+    unwound: unwind::Unwound,
+    modules: Vec<(maps::Mapping, Arc<modules::UnwindSections>)>,
+    unreadable_modules: Vec<String>,
+    avoided: Vec<String>,
+    /// The first frame whose return address is outside every executable mapping: the walk
+    /// went wrong there, or the maps are older than a module.
+    left_the_maps: Option<usize>,
 }

@@ -16,6 +16,15 @@ use super::maps::Mapping;
 
 /// Modules kept in the cache; the oldest is dropped beyond this.
 pub const MAX_CACHED_MODULES: usize = 256;
+/// A section larger than this (stored or uncompressed) is refused before it is read: a
+/// hostile or broken binary (a compression bomb, a huge sparse section) must not make the
+/// reader allocate gigabytes. Real `.eh_frame`s are a few MiB at most.
+pub const MAX_SECTION_BYTES: u64 = 64 << 20;
+/// The cached unwind tables may hold this many bytes; the oldest modules go beyond it.
+pub const MAX_CACHED_BYTES: usize = 256 << 20;
+
+/// Sections refused for their size since start (for `hangwatch_limits_total`).
+pub static SECTIONS_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What framehop needs of one ELF file, addresses as stated in the file (SVMA).
 #[derive(Debug)]
@@ -40,6 +49,17 @@ impl UnwindSections {
         };
         let bytes = |name: &str| -> Option<Arc<[u8]>> {
             let section = file.section_by_name(name)?;
+            // Checked before anything is read or inflated.
+            let range = section.compressed_file_range().ok()?;
+            if range.compressed_size.max(range.uncompressed_size) > MAX_SECTION_BYTES {
+                SECTIONS_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(
+                    "{name}: {} bytes ({} stored), over the {MAX_SECTION_BYTES}-byte limit: not read",
+                    range.uncompressed_size,
+                    range.compressed_size
+                );
+                return None;
+            }
             let data = section.uncompressed_data().ok()?;
             (!data.is_empty()).then(|| Arc::from(&*data))
         };
@@ -59,6 +79,14 @@ impl UnwindSections {
             debug_frame: bytes(".debug_frame"),
             got_svma: range(".got"),
         })
+    }
+
+    /// Bytes of unwind tables held.
+    pub fn bytes(&self) -> usize {
+        [&self.eh_frame, &self.eh_frame_hdr, &self.debug_frame]
+            .iter()
+            .filter_map(|s| s.as_ref().map(|s| s.len()))
+            .sum()
     }
 
     /// Has any call frame information at all.
@@ -111,6 +139,8 @@ type Key = (String, u64);
 pub struct ModuleCache {
     by_file: HashMap<Key, Result<Arc<UnwindSections>, ModuleError>>,
     order: VecDeque<Key>,
+    /// Bytes of unwind tables in `by_file`, kept under `MAX_CACHED_BYTES`.
+    bytes: usize,
     pub hits: u64,
     pub misses: u64,
 }
@@ -129,12 +159,24 @@ impl ModuleCache {
             return found.clone();
         }
         self.misses += 1;
+        // Opening and reading it can block on its filesystem (a stalled FUSE or NFS mount):
+        // a deadline missed now names the file, and the file (not the process) resists.
+        let what = format!("the module {}", mapping.path);
+        if mapping.is_file() {
+            crate::meta::reader::reading_file(what, mapping.file_id());
+        } else {
+            crate::meta::reader::reading(what);
+        }
         let loaded = load(pid, mapping);
-        if self.order.len() >= MAX_CACHED_MODULES
+        let size = loaded.as_ref().map_or(0, |s| s.bytes());
+        while (self.order.len() >= MAX_CACHED_MODULES || self.bytes + size > MAX_CACHED_BYTES)
             && let Some(oldest) = self.order.pop_front()
         {
-            self.by_file.remove(&oldest);
+            if let Some(Ok(gone)) = self.by_file.remove(&oldest) {
+                self.bytes -= gone.bytes();
+            }
         }
+        self.bytes += size;
         self.order.push_back(key.clone());
         self.by_file.insert(key, loaded.clone());
         loaded
