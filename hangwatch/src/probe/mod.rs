@@ -18,7 +18,7 @@ use hangwatch_ebpf::{
 };
 
 pub use attach::{Degraded, LOOP_PROBE, PROBES, ProbeSelection};
-pub use thread_state::{Lookup, StateReader, ThreadHandle};
+pub use thread_state::{Lookup, StateReader, ThreadHandle, thread_pidfds};
 
 /// The eBPF object built from `hangwatch-ebpf` by build.rs.
 static EBPF_OBJECT: &[u8] =
