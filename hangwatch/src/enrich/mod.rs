@@ -279,11 +279,16 @@ impl Stage {
     fn tick(&mut self, tick: &Tick, stopping: bool) {
         let started = Instant::now();
         let behind = started.duration_since(tick.at) >= BACKLOG;
-        for (i, transition) in tick.transitions.iter().enumerate() {
+        // Reports that read (ends repeat the last report and read nothing), in tick order.
+        let mut reading = 0;
+        for transition in &tick.transitions {
             // The first reports of a tick read their stacks (up to the hard due); the rest
             // of a large tick reads until `REPORT_DUE` and within its share, giving way to
             // a newer hang.
-            let tail = !behind && i >= ALWAYS_READ;
+            let tail = !behind && reading >= ALWAYS_READ;
+            if !matches!(transition, Transition::Ended(_)) {
+                reading += 1;
+            }
             let budget = if behind {
                 stacks::Budget::until(started, stopping)
             } else if !tail {

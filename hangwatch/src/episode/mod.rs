@@ -114,12 +114,15 @@ impl Tracker {
             .filter(|k| !present.contains(k))
             .copied()
             .collect();
-        for key in ended {
-            if let Some(episode) = self.open.remove(&key) {
-                transitions.push(Transition::Ended(episode));
-            }
-        }
-        transitions
+        // Ends first: a tid reused by a new thread (or a thread's new wait) whose old
+        // episode ends at the same scan as the new one opens must read "resolved" before
+        // "hang" in the event stream (a late scan under load put them in one tick).
+        let mut in_order: Vec<Transition> = ended
+            .into_iter()
+            .filter_map(|key| self.open.remove(&key).map(Transition::Ended))
+            .collect();
+        in_order.append(&mut transitions);
+        in_order
     }
 }
 
@@ -200,8 +203,12 @@ mod tests {
         let mut tracker = Tracker::default();
         let first = tracker.step(&[candidate(5, 0)], SEC);
         let again = tracker.step(&[candidate(5, 3 * SEC)], 4 * SEC);
-        assert_eq!(kinds(&again), vec!["opened", "ended"]);
-        let (Transition::Opened(a), Transition::Opened(b)) = (&first[0], &again[0]) else {
+        assert_eq!(
+            kinds(&again),
+            vec!["ended", "opened"],
+            "the old one ends first"
+        );
+        let (Transition::Opened(a), Transition::Opened(b)) = (&first[0], &again[1]) else {
             panic!("{first:?} {again:?}");
         };
         assert_ne!(a.id, b.id);
@@ -214,7 +221,11 @@ mod tests {
         let mut reused = candidate(5, 0);
         reused.thread.start_boottime_ns = 43;
         let t = tracker.step(&[reused], 2 * SEC);
-        assert_eq!(kinds(&t), vec!["opened", "ended"]);
+        assert_eq!(
+            kinds(&t),
+            vec!["ended", "opened"],
+            "the old thread's ends first"
+        );
     }
 
     #[test]
