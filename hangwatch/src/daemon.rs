@@ -27,10 +27,11 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use crate::{
     api, clock,
     config::{ReloadSource, reload::Reload},
-    detect::{Detectors, Facts, HangKind, LockFacts, LoopFacts, Targets, Watch},
+    detect::{Detectors, Facts, LoopFacts, Targets, Watch},
     enrich::{Enrich, Job, MAX_EXIT_STACKS, ParkChecks, ParkVerdict, Sinks, StacksJob, Tick},
     episode::{Episode, Tracker, Transition},
-    meta::{self, OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc},
+    kind::HangKind,
+    meta::{self, LockFacts, OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc},
     probe::{Lookup, PROBES, ProbeSelection, Probes, ThreadHandle, preflight},
     sink::{OutputFormat, Resolution, StdoutSink},
     state::{ExitTable, Refresh, ThreadKey, ThreadSample, ThreadTable},

@@ -21,11 +21,10 @@ use tokio::sync::oneshot;
 use super::{Api, ApiError, Params, RawParams, access::Caller, peer};
 use crate::{
     clock,
-    meta::ProcSyscall,
     probe::{Lookup, StateReader},
     sink::redact,
     stack::ThreadStacks,
-    state::{ThreadSample, Wait},
+    state::{ProcSyscall, ThreadSample, Wait},
 };
 
 /// The largest pid Linux can give (`PID_MAX_LIMIT` on 64-bit).

@@ -10,7 +10,8 @@ use crate::{
         parse_listen, parse_scan_interval, parse_setting, parse_webhook,
     },
     daemon::Config,
-    detect::{Detectors, HangKind, PerKind},
+    detect::Detectors,
+    kind::{HangKind, PerKind},
     logging::LogFormat,
     probe::ProbeSelection,
     sink::{OutputFormat, WebhookConfig, WebhookUrl},
@@ -295,7 +296,7 @@ mod tests {
     use crate::{
         cli::{Cli, Command},
         config::{ConfigFile, Process},
-        detect::HangKind,
+        kind::HangKind,
     };
 
     fn run_args(args: &[&str]) -> Result<super::RunArgs, clap::Error> {

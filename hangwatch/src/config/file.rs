@@ -17,7 +17,7 @@ use super::{
     parse_scan_interval, parse_setting, parse_webhook, value::from_str_with,
 };
 use crate::{
-    detect::{HangKind, PerKind},
+    kind::{HangKind, PerKind},
     logging::LogFormat,
     sink::{OutputFormat, WebhookUrl},
 };

@@ -31,11 +31,10 @@ use hangwatch_ebpf::StackRecord;
 
 use crate::{
     api::threads::StackRequest,
-    detect::stuck_exit::ExitRequest,
     episode::{EpisodeKey, Transition},
     meta::ProcessInfo,
     sink::{HangEvent, Hub, Resolution, StdoutSink},
-    state::{ThreadKey, ThreadSample},
+    state::{ExitRequest, ThreadKey, ThreadSample},
 };
 use stacks::NewerHangs;
 

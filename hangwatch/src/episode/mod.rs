@@ -10,7 +10,8 @@ use std::{
 };
 
 use crate::{
-    detect::{Candidate, HangKind, reason::DeadlockReason},
+    detect::{Candidate, reason::DeadlockReason},
+    kind::HangKind,
     state::ThreadKey,
 };
 

@@ -5,6 +5,7 @@ pub mod confirm;
 pub mod container;
 pub mod futex_owner;
 pub mod helper;
+mod locks;
 pub mod memory;
 pub mod pi_park;
 pub mod pods;
@@ -12,6 +13,5 @@ mod process;
 pub mod reader;
 
 pub use futex_owner::OwnerCache;
-pub use process::{
-    ProcSyscall, ProcessCache, ProcessInfo, ThreadProc, exiting, thread_proc, wchan,
-};
+pub use locks::LockFacts;
+pub use process::{ProcessCache, ProcessInfo, ThreadProc, exiting, thread_proc, wchan};

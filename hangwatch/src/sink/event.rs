@@ -3,7 +3,8 @@
 use serde::Serialize;
 
 use crate::{
-    detect::{HangKind, lock_wait::OwnerlessLock, reason::DeadlockReason},
+    detect::{lock_wait::OwnerlessLock, reason::DeadlockReason},
+    kind::HangKind,
     meta::ProcessInfo,
     stack::ThreadStacks,
     state::Wait,
