@@ -7,10 +7,17 @@
 //! `.rs` or `/`) are relative to that folder, unless they start with a top-level directory
 //! of the repository. A folder's `mod.rs` is named by its folder's row or by any name
 //! inside that folder.
+//!
+//! The same document's "Layers" table orders the top-level modules of `hangwatch/src`;
+//! no file may use a module of a layer above its own.
 
-use std::collections::BTreeSet;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::{Path, PathBuf},
+};
+
+use proc_macro2::{Delimiter, Spacing, TokenStream, TokenTree};
 
 /// The folders whose every `.rs` file the table must name (recursively).
 const COVERED: &[&str] = &[
@@ -226,4 +233,198 @@ fn the_checker_reads_rows_as_documented() {
         "{}",
         how_to_add("hangwatch/src/new_stage/mod.rs", &rows)
     );
+}
+
+// The layers: which module may import which (docs/layout.md, "Layers").
+
+/// The folder whose modules the layers order.
+const SOURCES: &str = "hangwatch/src";
+
+/// The layers of docs/layout.md's "Layers" table: each top-level module of `SOURCES`
+/// (`daemon` for `daemon.rs` and `daemon/`) with its layer's number, 1 at the bottom.
+/// A row is `| N | `module`, `module` | why |`.
+fn layers(doc: &str) -> Result<BTreeMap<String, usize>, String> {
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with("Layers\n"))
+        .ok_or("no section \"## Layers\"")?;
+    let mut layers = BTreeMap::new();
+    for line in section.lines().filter(|l| l.starts_with('|')) {
+        let mut cells = line.split('|').skip(1);
+        let Ok(layer) = cells.next().unwrap_or_default().trim().parse::<usize>() else {
+            continue; // the header and its rule
+        };
+        for module in code_spans(cells.next().unwrap_or_default()) {
+            if let Some(other) = layers.insert(module.to_owned(), layer) {
+                return Err(format!("`{module}` is in layers {other} and {layer}"));
+            }
+        }
+    }
+    if layers.is_empty() {
+        return Err("the section \"## Layers\" has no rows `| N | `module` | why |`".into());
+    }
+    Ok(layers)
+}
+
+/// A path starting with `crate::` in a source file: the top-level module it names.
+#[derive(Debug, PartialEq, Eq)]
+struct CratePath {
+    module: String,
+    line: usize,
+}
+
+/// Every `crate::MODULE` in `tokens` (in `use` items, types, expressions and macro
+/// arguments alike), and each first name of a `crate::{a::X, b}` group. Comments and
+/// string literals are not tokens, so what they say does not count.
+fn crate_paths(tokens: TokenStream, out: &mut Vec<CratePath>) {
+    let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+    for (i, token) in tokens.iter().enumerate() {
+        match token {
+            TokenTree::Group(group) => crate_paths(group.stream(), out),
+            TokenTree::Ident(ident) if ident == "crate" => {
+                let [TokenTree::Punct(a), TokenTree::Punct(b), next, ..] = &tokens[i + 1..] else {
+                    continue;
+                };
+                if a.as_char() != ':' || a.spacing() != Spacing::Joint || b.as_char() != ':' {
+                    continue;
+                }
+                match next {
+                    TokenTree::Ident(module) => out.push(CratePath {
+                        module: module.to_string(),
+                        line: module.span().start().line,
+                    }),
+                    TokenTree::Group(group) if group.delimiter() == Delimiter::Brace => {
+                        let inner: Vec<TokenTree> = group.stream().into_iter().collect();
+                        for entry in
+                            inner.split(|t| matches!(t, TokenTree::Punct(p) if p.as_char() == ','))
+                        {
+                            if let Some(TokenTree::Ident(module)) = entry.first()
+                                && module != "self"
+                            {
+                                out.push(CratePath {
+                                    module: module.to_string(),
+                                    line: module.span().start().line,
+                                });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn tokens_of(path: &Path, text: &str) -> TokenStream {
+    text.parse()
+        .unwrap_or_else(|e| panic!("{}: cannot be read as Rust tokens: {e:?}", path.display()))
+}
+
+/// The top-level module a file of `SOURCES` belongs to: `detect` for `detect/mod.rs` and
+/// `detect/lock_wait.rs`, `daemon` for `daemon.rs` and `daemon/reload.rs`.
+fn module_of(file: &str) -> &str {
+    let rest = file
+        .strip_prefix(SOURCES)
+        .unwrap_or(file)
+        .trim_start_matches('/');
+    let first = rest.split('/').next().unwrap_or(rest);
+    first.strip_suffix(".rs").unwrap_or(first)
+}
+
+#[test]
+fn no_module_imports_from_a_layer_above_its_own() {
+    let root = repository();
+    let doc_path = root.join(TABLE);
+    let doc = fs::read_to_string(&doc_path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", doc_path.display()));
+    let layers = layers(&doc).unwrap_or_else(|e| panic!("{TABLE}: {e}"));
+
+    let mut files = BTreeSet::new();
+    sources(&root, SOURCES, &mut files);
+    let mut problems = Vec::new();
+    let modules: BTreeSet<&str> = files.iter().map(|f| module_of(f)).collect();
+    for module in &modules {
+        if !layers.contains_key(*module) {
+            problems.push(format!(
+                "`{module}` ({SOURCES}/{module}) is in no layer: add it to a row of the table \
+                 in {TABLE}, section \"Layers\""
+            ));
+        }
+    }
+    for module in layers.keys() {
+        if !modules.contains(module.as_str()) {
+            problems.push(format!(
+                "{TABLE}, section \"Layers\", names `{module}`, which is no module of {SOURCES}"
+            ));
+        }
+    }
+    for file in &files {
+        let module = module_of(file);
+        let Some(&own) = layers.get(module) else {
+            continue;
+        };
+        let path = root.join(file);
+        let text =
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let mut paths = Vec::new();
+        crate_paths(tokens_of(&path, &text), &mut paths);
+        for CratePath { module: used, line } in paths {
+            match layers.get(&used) {
+                Some(&layer) if layer > own => problems.push(format!(
+                    "{file}:{line}: `crate::{used}` is layer {layer}, above `{module}` (layer \
+                     {own}): move what is shared down to the lowest layer that uses it"
+                )),
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "imports against the layers of {TABLE} ({} problems):\n  {}",
+        problems.len(),
+        problems.join("\n  ")
+    );
+}
+
+#[test]
+fn the_layer_checker_sees_paths_not_comments_or_strings() {
+    let source = r#"
+//! Not `crate::api` in a comment.
+use std::fmt;
+
+use crate::{
+    kind::HangKind,
+    state::{ThreadKey, exits::ExitRequest},
+};
+
+pub(crate) fn f() -> crate::sink::Store {
+    /* nor crate::cli here */
+    let _ = "nor crate::daemon";
+    assert_eq!(crate::detect::f(), 1);
+    todo!()
+}
+"#;
+    let mut paths = Vec::new();
+    crate_paths(source.parse().expect("tokens"), &mut paths);
+    let found: Vec<(&str, usize)> = paths.iter().map(|p| (p.module.as_str(), p.line)).collect();
+    assert_eq!(
+        found,
+        [("kind", 6), ("state", 7), ("sink", 10), ("detect", 13)]
+    );
+
+    let doc = "# x\n\n## Layers\n\n| layer | modules | why |\n| --- | --- | --- |\n\
+               | 1 | `kind`, `clock` | words |\n| 2 | `state` | samples |\n\n## Next\n\n\
+               | 3 | `not_a_layer` | |\n";
+    let layers = layers(doc).expect("parses");
+    assert_eq!(
+        layers.into_iter().collect::<Vec<_>>(),
+        [
+            ("clock".to_owned(), 1),
+            ("kind".to_owned(), 1),
+            ("state".to_owned(), 2)
+        ]
+    );
+    assert_eq!(module_of("hangwatch/src/detect/lock_wait.rs"), "detect");
+    assert_eq!(module_of("hangwatch/src/daemon.rs"), "daemon");
 }

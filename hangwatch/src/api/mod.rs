@@ -17,7 +17,6 @@ mod metrics;
 pub mod options;
 pub mod peer;
 mod status;
-mod surfaces;
 pub mod threads;
 mod watch;
 
@@ -45,7 +44,6 @@ use axum::{
 use crate::{metrics::Metrics, probe::StateReader, sink::Store};
 
 pub use cluster::TOKEN_HEADER;
-pub use surfaces::{ScanFigures, Surfaces, show_rules};
 pub use threads::StackRequest;
 
 /// What the handlers share.

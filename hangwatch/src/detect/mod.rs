@@ -513,10 +513,10 @@ pub(crate) mod testing {
     use std::{collections::HashMap, time::Duration};
 
     use super::Thresholds;
+    pub use crate::state::testing::{blocked, blocked_in_futex};
     use crate::{
         config::{Process, Rules},
         kind::HangKind,
-        state::{ThreadKey, ThreadSample},
     };
 
     /// [`Thresholds`] from real rules over given process names (pid -> comm), counting
@@ -549,50 +549,5 @@ pub(crate) mod testing {
                 pod: None,
             })[kind]
         }
-    }
-
-    /// A blocked thread as a scan would report it.
-    pub fn blocked(tid: u32, tgid: u32, task_state: u32, off_cpu_at_ns: u64) -> ThreadSample {
-        ThreadSample {
-            key: ThreadKey {
-                tid,
-                start_boottime_ns: 1_000,
-            },
-            tgid,
-            thread_name: "t".into(),
-            task_state,
-            state_at_switch: task_state,
-            off_cpu_at_ns,
-            on_cpu: false,
-            runnable_since_ns: 0,
-            event_loop: None,
-            woken: false,
-            kernel_thread: false,
-            blocked_before_attach: false,
-            syscall: None,
-            saved_syscall: None,
-            seen_at_ns: 0,
-        }
-    }
-
-    /// A thread in `futex(uaddr, FUTEX_WAIT_PRIVATE, val, timeout)`.
-    pub fn blocked_in_futex(
-        tid: u32,
-        tgid: u32,
-        off_cpu_at_ns: u64,
-        val: u64,
-        timed: bool,
-    ) -> ThreadSample {
-        let mut s = blocked(
-            tid,
-            tgid,
-            hangwatch_ebpf::task_state::INTERRUPTIBLE,
-            off_cpu_at_ns,
-        );
-        s.saved_syscall = Some(crate::state::ProcSyscall {
-            nr: libc::SYS_futex,
-            args: [0x1000, 128, val, u64::from(timed), 0, 0],
-        });
-        s
     }
 }

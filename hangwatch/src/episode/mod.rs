@@ -9,6 +9,8 @@ use std::{
     time::Duration,
 };
 
+use serde::Serialize;
+
 use crate::{
     detect::{Candidate, reason::DeadlockReason},
     kind::HangKind,
@@ -23,6 +25,16 @@ pub struct EpisodeKey {
     pub thread: ThreadKey,
     pub since_ns: u64,
     pub kind: HangKind,
+}
+
+/// What an event says of its episode: opened (`hang`), `update`d, or `resolved`. Named
+/// here, below the sinks and the metrics that both use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Hang,
+    Update,
+    Resolved,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

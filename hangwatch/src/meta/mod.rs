@@ -7,6 +7,7 @@ pub mod futex_owner;
 pub mod helper;
 mod locks;
 pub mod memory;
+pub mod owner;
 pub mod pi_park;
 pub mod pods;
 mod process;

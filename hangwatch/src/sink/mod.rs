@@ -18,21 +18,14 @@ use std::{
     thread,
 };
 
-pub use event::{
-    BlockedOn, CycleMember, EventType, ExitInfo, HangEvent, LoopStallInfo, Resolution, Workload,
-};
+use crate::config::OutputFormat;
+
+/// Where the event types live (`episode`, below `metrics`, which counts by them).
+pub use crate::episode::EventType;
+pub use event::{BlockedOn, CycleMember, ExitInfo, HangEvent, LoopStallInfo, Resolution, Workload};
 pub use hub::Hub;
 pub use store::{HISTORY_CAPACITY, ProbeStatus, Store, ms, started_at};
-pub use webhook::{WebhookConfig, WebhookError, WebhookSink, WebhookUrl};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    /// One JSON object per line.
-    Json,
-    /// A readable multi-line report.
-    Text,
-}
+pub use webhook::{WebhookConfig, WebhookError, WebhookSink};
 
 const QUEUE: usize = 4096;
 

@@ -4,6 +4,8 @@ pub mod exits;
 mod lock;
 mod syscalls;
 mod table;
+#[cfg(test)]
+pub mod testing;
 mod wait;
 
 use hangwatch_ebpf::{

@@ -267,7 +267,7 @@ mod tests {
 
     #[test]
     fn futex_details_from_proc_when_the_probes_missed_the_entry() {
-        let sample = crate::detect::testing::blocked(1, 1, 1, 0);
+        let sample = crate::state::testing::blocked(1, 1, 1, 0);
         let proc = ProcSyscall {
             nr: libc::SYS_futex,
             args: [0x5000, 0x189, 0, 0, 0, 0xffff_ffff],
