@@ -24,10 +24,11 @@ use std::{
 use anyhow::Context as _;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use reload::Reload;
-pub use reload::ReloadSource;
-use surfaces::{ScanFigures, Surfaces};
-
+pub use self::reload::ReloadSource;
+use self::{
+    reload::Reload,
+    surfaces::{ScanFigures, Surfaces},
+};
 use crate::{
     clock,
     config::OutputFormat,

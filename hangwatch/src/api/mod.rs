@@ -41,10 +41,8 @@ use axum::{
     routing::get,
 };
 
+pub use self::{cluster::TOKEN_HEADER, threads::StackRequest};
 use crate::{metrics::Metrics, probe::StateReader, sink::Store};
-
-pub use cluster::TOKEN_HEADER;
-pub use threads::StackRequest;
 
 /// What the handlers share.
 pub struct Api {

@@ -17,9 +17,11 @@ mod file;
 mod rules;
 mod value;
 
-pub use file::{ConfigError, ConfigFile, ExposeFile};
-pub use rules::{CgroupPattern, Pattern, Process, Rule, Rules, Selector, Setting};
-pub use value::{
-    Listen, OutputFormat, SocketPath, WebhookUrl, parse_duration, parse_listen,
-    parse_scan_interval, parse_setting, parse_socket, parse_webhook,
+pub use self::{
+    file::{ConfigError, ConfigFile, ExposeFile},
+    rules::{CgroupPattern, Pattern, Process, Rule, Rules, Selector, Setting},
+    value::{
+        Listen, OutputFormat, SocketPath, WebhookUrl, parse_duration, parse_listen,
+        parse_scan_interval, parse_setting, parse_socket, parse_webhook,
+    },
 };

@@ -12,21 +12,22 @@ mod targets;
 
 use std::{collections::HashSet, time::Duration};
 
+pub use self::{
+    d_state::DState,
+    deadlock::Deadlock,
+    lock_wait::LockWait,
+    loop_stall::{LoopFacts, LoopStall, LoopVerdict, Watch},
+    off_cpu::OffCpu,
+    on_cpu::OnCpu,
+    stuck_exit::StuckExit,
+    targets::Targets,
+};
 use crate::{
     config::Rules,
     kind::{HangKind, PerKind, Scope},
     meta::LockFacts,
     state::{ExitRequest, ThreadKey, ThreadSample},
 };
-
-pub use d_state::DState;
-pub use deadlock::Deadlock;
-pub use lock_wait::LockWait;
-pub use loop_stall::{LoopFacts, LoopStall, LoopVerdict, Watch};
-pub use off_cpu::OffCpu;
-pub use on_cpu::OnCpu;
-pub use stuck_exit::StuckExit;
-pub use targets::Targets;
 
 /// The threshold of a kind for a process, as the rules give it; `None` when the kind is
 /// off for that process. Implemented by [`Targets`]' per-process cache.

@@ -29,6 +29,7 @@ use std::{
 
 use hangwatch_ebpf::StackRecord;
 
+use self::stacks::NewerHangs;
 use crate::{
     api::threads::StackRequest,
     episode::{EpisodeKey, Transition},
@@ -36,7 +37,6 @@ use crate::{
     sink::{HangEvent, Hub, Resolution, StdoutSink},
     state::{ExitRequest, ThreadKey, ThreadSample},
 };
-use stacks::NewerHangs;
 
 /// A command line is cut at this many bytes in events (`cmdline_truncated` says so).
 pub const MAX_CMDLINE_BYTES: usize = 4096;

@@ -11,13 +11,12 @@ use std::{
 
 use serde::Serialize;
 
+pub use self::schedule::next_update_after;
 use crate::{
     detect::{Candidate, reason::DeadlockReason},
     kind::HangKind,
     state::ThreadKey,
 };
-
-pub use schedule::next_update_after;
 
 /// What names an episode: a thread, the wait that started at `since_ns`, and the kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -11,7 +11,6 @@ use std::{
 };
 
 use super::reader::{Resisting, Worker};
-
 use crate::state::{FutexCall, FutexCmd, MUTEX_PREFIX_BYTES, ThreadKey, owner_candidate};
 
 /// How long an owner read stays good for the same wait.

@@ -13,6 +13,8 @@ pub mod pods;
 mod process;
 pub mod reader;
 
-pub use futex_owner::OwnerCache;
-pub use locks::LockFacts;
-pub use process::{ProcessCache, ProcessInfo, ThreadProc, exiting, thread_proc, wchan};
+pub use self::{
+    futex_owner::OwnerCache,
+    locks::LockFacts,
+    process::{ProcessCache, ProcessInfo, ThreadProc, exiting, thread_proc, wchan},
+};

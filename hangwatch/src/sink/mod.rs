@@ -18,14 +18,14 @@ use std::{
     thread,
 };
 
+pub use self::{
+    event::{BlockedOn, CycleMember, ExitInfo, HangEvent, LoopStallInfo, Resolution, Workload},
+    hub::Hub,
+    store::{HISTORY_CAPACITY, ProbeStatus, Store, ms, started_at},
+    webhook::{WebhookConfig, WebhookError, WebhookSink},
+};
 use crate::config::OutputFormat;
-
-/// Where the event types live (`episode`, below `metrics`, which counts by them).
 pub use crate::episode::EventType;
-pub use event::{BlockedOn, CycleMember, ExitInfo, HangEvent, LoopStallInfo, Resolution, Workload};
-pub use hub::Hub;
-pub use store::{HISTORY_CAPACITY, ProbeStatus, Store, ms, started_at};
-pub use webhook::{WebhookConfig, WebhookError, WebhookSink};
 
 const QUEUE: usize = 4096;
 

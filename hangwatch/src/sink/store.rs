@@ -214,7 +214,6 @@ pub fn started_at() -> SystemTime {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
     pub(crate) use crate::sink::event::example as event;
 
     const OWNER: Owner = Owner {

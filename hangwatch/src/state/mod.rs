@@ -13,11 +13,13 @@ use hangwatch_ebpf::{
     task_state,
 };
 
-pub use exits::{ExitRequest, ExitTable};
-pub use lock::{FutexCall, FutexCmd, MUTEX_PREFIX_BYTES, needs_ticks, owner_candidate};
-pub use syscalls::{ProcSyscall, syscall_name};
-pub use table::{Refresh, ThreadTable};
-pub use wait::{TaskState, Wait, futex_op_name};
+pub use self::{
+    exits::{ExitRequest, ExitTable},
+    lock::{FutexCall, FutexCmd, MUTEX_PREFIX_BYTES, needs_ticks, owner_candidate},
+    syscalls::{ProcSyscall, syscall_name},
+    table::{Refresh, ThreadTable},
+    wait::{TaskState, Wait, futex_op_name},
+};
 
 /// A thread, unambiguously: the tid together with its start time survives tid reuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

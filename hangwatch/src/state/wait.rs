@@ -3,8 +3,7 @@
 use hangwatch_ebpf::task_state;
 use serde::Serialize;
 
-use super::ProcSyscall;
-use super::{ThreadSample, syscalls::syscall_name};
+use super::{ProcSyscall, ThreadSample, syscalls::syscall_name};
 
 /// A task state as `ps` and `/proc/PID/stat` show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -1,6 +1,5 @@
 //! The machine the tests run on: root, tools on PATH, and what /proc says about a task.
-use std::path::PathBuf;
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 /// Panics unless the test runs as root: these tests load BPF programs.
 pub fn require_root() {
