@@ -446,7 +446,7 @@ const STYLED: &[&str] = &[
 /// Where an import sorts, as rustfmt's `group_imports = "StdExternalCrate"` decides from
 /// its first name: the standard library, then other crates, then this crate's own paths.
 /// Like rustfmt, a path that starts with a module's name (`use d_state::DState;` beside
-/// `mod d_state;`) counts as another crate's.
+/// `mod d_state;`) counts as another crate's: such paths are written `self::d_state::...`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum ImportGroup {
     Std,

@@ -1,5 +1,7 @@
 //! Detectors: from the thread samples of one scan, which threads are hung and of what kind.
-//! One file per hang kind; each is a pure function of the samples, the rules and `now`.
+//! One file per hang kind; each is a pure function of the samples, the rules and `now`, and
+//! has one threshold check (`crossed`: has this wait lasted its threshold?) that both its
+//! `check` and the look-up of a process's threshold below use.
 mod d_state;
 pub mod deadlock;
 pub mod lock_wait;
