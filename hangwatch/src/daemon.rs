@@ -282,7 +282,7 @@ impl Scanner {
             surfaces,
             table: ThreadTable::default(),
             next_walk: None,
-            per_thread_reads: true,
+            per_thread_reads: crate::probe::thread_pidfds(),
             walks_stretched: false,
             stall_file: std::env::var_os("HANGWATCH_TEST_STALL_FILE").map(Into::into),
             scans: 0,

@@ -20,9 +20,13 @@ const BLOCK_MS: u64 = 1500;
 #[ignore = "needs root: loads BPF programs and writes ns_last_pid"]
 fn reused_tids_get_separate_non_overlapping_episodes() {
     require_root();
+    // Each block must outlast the threshold by more than the detection latency, which is
+    // longer under emulation (HANGWATCH_TEST_TIME_SCALE).
+    let block_ms =
+        u64::try_from(scaled(Duration::from_millis(BLOCK_MS)).as_millis()).expect("block fits u64");
     let mut churn = Program::start(
         &compile("churn"),
-        &[&GENERATIONS.to_string(), &BLOCK_MS.to_string()],
+        &[&GENERATIONS.to_string(), &block_ms.to_string()],
     );
     let pid = u32::try_from(churn.expect_number("pid", Duration::from_secs(5))).expect("pid");
     let pid_arg = pid.to_string();
@@ -104,7 +108,7 @@ fn reused_tids_get_separate_non_overlapping_episodes() {
         .collect();
     assert!(
         worker_hangs.len() >= 3,
-        "expected at least 3 hangs of the {GENERATIONS} blocked generations ({BLOCK_MS} ms each, 1 s threshold), got {}",
+        "expected at least 3 hangs of the {GENERATIONS} blocked generations ({block_ms} ms each, 1 s threshold), got {}",
         worker_hangs.len()
     );
     for r in &worker_hangs {

@@ -76,7 +76,7 @@ fn abba_is_one_deadlock_naming_both_workers() {
         );
     }
     assert!(
-        latency < Duration::from_millis(2500),
+        latency < scaled(Duration::from_millis(2500)),
         "reported {latency:?} after the cycle formed (hold 1 s)"
     );
 
@@ -208,7 +208,7 @@ fn seed_003_forked_child_on_a_copied_logging_lock_is_a_deadlock() {
     assert_eq!(members, vec![u64::from(child)], "{v}");
     let latency = hang.at.duration_since(forked);
     assert!(
-        latency < Duration::from_millis(3000),
+        latency < scaled(Duration::from_millis(3000)),
         "reported {latency:?} after the fork (hold 1 s)"
     );
     // The parent (waitpid, a sleeping thread) is not hung by the defaults.

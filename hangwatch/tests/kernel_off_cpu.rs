@@ -67,7 +67,10 @@ fn abba_case(extra: &[&str]) {
         let v = &hang.value;
         eprintln!("hang for {thread_name} arrived {arrival:?} after the deadlock: {v}");
         assert!(
-            arrival <= Duration::from_millis(THRESHOLD_MS + DETECTION_BUDGET_MS) + ARRIVAL_SLACK,
+            arrival
+                <= scaled(
+                    Duration::from_millis(THRESHOLD_MS + DETECTION_BUDGET_MS) + ARRIVAL_SLACK
+                ),
             "hang for {thread_name} arrived {arrival:?} after the deadlock; budget is threshold + 0.5 s (+ {ARRIVAL_SLACK:?} slack)"
         );
 
@@ -103,9 +106,11 @@ fn abba_case(extra: &[&str]) {
             duration >= THRESHOLD_MS,
             "reported before the threshold: duration_ms {duration}: {v}"
         );
+        let budget = u64::try_from(scaled(Duration::from_millis(DETECTION_BUDGET_MS)).as_millis())
+            .expect("fits");
         assert!(
-            duration <= THRESHOLD_MS + DETECTION_BUDGET_MS,
-            "reported late: duration_ms {duration} > threshold + {DETECTION_BUDGET_MS} ms: {v}"
+            duration <= THRESHOLD_MS + budget,
+            "reported late: duration_ms {duration} > threshold + {budget} ms: {v}"
         );
         assert_eq!(
             v["blocked_since_before_start"], false,

@@ -9,6 +9,7 @@ mod man;
 mod run;
 mod setup;
 mod test;
+mod vmtest;
 
 use std::{
     env,
@@ -47,6 +48,10 @@ enum Task {
     /// Set up, build (release), then build the container image of deploy/Containerfile with
     /// Podman on a base made by debootstrap, and check that it runs (as root).
     Image,
+    /// Set up, build the kernel tests (release), then boot Debian's packaged kernel of a
+    /// series (6.1, 6.12, host) under QEMU with virtme-ng and run them inside (as root).
+    /// See docs/kernels.md.
+    Vmtest(vmtest::Args),
     /// Set up, build (release), then write the man pages into target/man/ (hangwatch.1 and
     /// one page per subcommand).
     Man,
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::test(&args),
         Task::Bench(args) => bench::bench(&args),
         Task::Image => image::image(),
+        Task::Vmtest(args) => vmtest::vmtest(&args),
         Task::Man => man::man(),
     };
     match result {

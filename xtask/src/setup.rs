@@ -103,9 +103,14 @@ const TEST_PYTHON_PACKAGES: &[&str] = &[
 /// `cargo xtask test` hands it to the tests (`HANGWATCH_TEST_VENV_PYTHON`,
 /// `HANGWATCH_DEPLOY_VENV`).
 fn test_venv() -> Result<()> {
-    let venv = test_venv_dir();
+    python_venv(&test_venv_dir(), TEST_PYTHON_PACKAGES)
+}
+
+/// Makes `venv`, a virtualenv of Debian's python3 holding `packages` (pinned, from PyPI),
+/// unless its marker file says it already holds exactly those.
+pub fn python_venv(venv: &Path, packages: &[&str]) -> Result<()> {
     let marker = venv.join(".hangwatch-packages");
-    let wanted = TEST_PYTHON_PACKAGES.join(" ");
+    let wanted = packages.join(" ");
     if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == wanted)
         && venv.join("bin/python").is_file()
     {
@@ -115,22 +120,16 @@ fn test_venv() -> Result<()> {
     crate::status(
         Command::new("/usr/bin/python3")
             .args(["-m", "venv", "--clear"])
-            .arg(&venv),
+            .arg(venv),
     )
-    .context("cannot make the tests' Python virtualenv (Debian package python3-venv)")?;
+    .context("cannot make a Python virtualenv (Debian package python3-venv)")?;
     crate::status(
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(TEST_PYTHON_PACKAGES),
+            .args(packages),
     )
     .with_context(|| format!("cannot install {wanted} from PyPI into {}", venv.display()))?;
-    std::fs::write(
-        &marker,
-        wanted
-            + "
-",
-    )
-    .context("writing the venv's marker")?;
+    std::fs::write(&marker, wanted + "\n").context("writing the venv's marker")?;
     Ok(())
 }
 
@@ -138,6 +137,7 @@ fn test_venv() -> Result<()> {
 pub fn test_venv_dir() -> PathBuf {
     crate::target_dir().join("test-venv")
 }
+
 /// Installs the missing Debian packages (one `apt-get update`, then one `apt-get install`).
 fn apt_install() -> Result<()> {
     let wanted: Vec<&str> = TOOLCHAIN_PACKAGES
@@ -202,7 +202,7 @@ fn has_candidate(package: &str) -> bool {
 }
 
 /// `apt-get ARGS`, non-interactive, as root (through sudo when we are not).
-fn apt(args: &[&str]) -> Result<()> {
+pub fn apt(args: &[&str]) -> Result<()> {
     let mut cmd = if crate::is_root() {
         Command::new("env")
     } else {
@@ -307,7 +307,7 @@ fn nightly_with_rust_src() -> bool {
 }
 
 /// `name` on PATH or in the sbin directories (not always on a user's PATH).
-fn find_tool(name: &str) -> Option<PathBuf> {
+pub fn find_tool(name: &str) -> Option<PathBuf> {
     crate::find_program(name).or_else(|| {
         ["/usr/sbin", "/sbin"]
             .iter()

@@ -19,7 +19,7 @@ use hangwatch_ebpf::{
 
 pub use self::{
     attach::{Degraded, LOOP_PROBE, PROBES, ProbeSelection},
-    thread_state::{Lookup, StateReader, ThreadHandle},
+    thread_state::{Lookup, StateReader, ThreadHandle, thread_pidfds},
 };
 
 /// The eBPF object built from `hangwatch-ebpf` by build.rs.

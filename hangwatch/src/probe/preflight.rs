@@ -1,8 +1,14 @@
 //! Checks made before loading anything, so that each missing piece of the machine gives one
 //! clear line instead of a verifier dump or a panic.
+mod features;
+
 use std::{ffi::CString, fs, io, path::Path};
 
+pub use self::features::FeaturesError;
+
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// The oldest mainline release with every feature of [`features::REQUIRED`] (docs/kernels.md).
+pub const MINIMUM_LINUX: &str = "5.15";
 const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Linux capability numbers (`include/uapi/linux/capability.h`).
@@ -18,9 +24,15 @@ pub enum PreflightError {
     )]
     Privileges { missing: String },
     #[error(
-        "this kernel has no BTF ({VMLINUX_BTF} is missing): hangwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.8 or later)"
+        "this kernel has no BTF ({VMLINUX_BTF} is missing): hangwatch needs Linux {MINIMUM_LINUX} or later built with CONFIG_DEBUG_INFO_BTF=y"
     )]
     NoBtf,
+    #[error(
+        "this kernel ({release}) lacks what hangwatch's probes need: {needs} (see docs/kernels.md)"
+    )]
+    OldKernel { release: String, needs: String },
+    #[error(transparent)]
+    Features(#[from] FeaturesError),
     #[error(
         "tracefs is not mounted at {TRACEFS} and mounting it failed: {0} (mount it with: mount -t tracefs nodev {TRACEFS})"
     )]
@@ -40,9 +52,29 @@ pub fn check() -> Result<Preflight, PreflightError> {
     if !Path::new(VMLINUX_BTF).exists() {
         return Err(PreflightError::NoBtf);
     }
+    let missing = features::missing(Path::new(VMLINUX_BTF))?;
+    if !missing.is_empty() {
+        return Err(PreflightError::OldKernel {
+            release: kernel_release(),
+            needs: features::describe(&missing),
+        });
+    }
     let mounted_tracefs = ensure_tracefs()?;
+    if !super::thread_pidfds() {
+        // Supported, but each scan then costs a full walk (docs/kernels.md).
+        tracing::info!(
+            "this kernel has no thread pidfds (Linux 6.9+): walking every thread at each scan"
+        );
+    }
     raise_fd_limit();
     Ok(Preflight { mounted_tracefs })
+}
+
+/// `uname -r`, for messages.
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|e| format!("release unknown: {e}"))
 }
 
 /// The scan keeps a pidfd per candidate thread; a process with thousands of blocked threads

@@ -79,18 +79,34 @@ pub fn lookup(map: BorrowedFd<'_>, thread: &ThreadHandle) -> io::Result<Lookup> 
     }
 }
 
+/// Whether this kernel opens pidfds for threads (`PIDFD_THREAD`, Linux 6.9): older ones
+/// refuse the flag with `EINVAL`, whatever the pid. Asked with our own pid.
+pub fn thread_pidfds() -> bool {
+    match ThreadHandle::open(std::process::id()) {
+        Ok(_) => true,
+        Err(err) => err.raw_os_error() != Some(libc::EINVAL),
+    }
+}
+
 /// A cheap, clonable reader of `THREAD_STATE` for other threads than the scan (the API's
 /// `threads PID`): a duplicate of the map's fd, read per thread by pidfd.
 #[derive(Debug, Clone)]
 pub struct StateReader(std::sync::Arc<OwnedFd>);
 
 impl StateReader {
+    /// Fails with [`io::ErrorKind::Unsupported`] on kernels without thread pidfds (before
+    /// Linux 6.9), where no thread but a process's main one could be read.
     pub fn new(map: BorrowedFd<'_>) -> io::Result<Self> {
+        if !thread_pidfds() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this kernel has no thread pidfds (Linux 6.9+)",
+            ));
+        }
         Ok(Self(std::sync::Arc::new(map.try_clone_to_owned()?)))
     }
 
-    /// Thread `tid`'s state now. `Err` with `EINVAL` where thread pidfds are missing
-    /// (before Linux 6.9); `Ok(Lookup::Gone)` when the thread no longer exists.
+    /// Thread `tid`'s state now; `Ok(Lookup::Gone)` when the thread no longer exists.
     pub fn read(&self, tid: u32) -> io::Result<Lookup> {
         let thread = match ThreadHandle::open(tid) {
             Ok(thread) => thread,

@@ -24,7 +24,7 @@ impl CliRun {
 }
 
 /// Runs `hangwatch <args>` against `endpoint` (through HANGWATCH_ENDPOINT), with a time
-/// limit of 20 s.
+/// limit of 20 s (scaled).
 pub fn cli(endpoint: &str, args: &[&str]) -> CliRun {
     let child = Command::new(HANGWATCH)
         .args(args)
@@ -39,11 +39,12 @@ pub fn cli(endpoint: &str, args: &[&str]) -> CliRun {
     thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let output = match rx.recv_timeout(Duration::from_secs(20)) {
+    let limit = super::scaled(Duration::from_secs(20));
+    let output = match rx.recv_timeout(limit) {
         Ok(output) => output.unwrap_or_else(|e| panic!("hangwatch {args:?}: {e}")),
         Err(_) => {
             signal(pid, libc::SIGKILL);
-            panic!("hangwatch {args:?} did not finish within 20 s");
+            panic!("hangwatch {args:?} did not finish within {limit:?}");
         }
     };
     let run = CliRun {

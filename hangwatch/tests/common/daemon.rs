@@ -11,9 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Abba, HANGWATCH, Value, require_root, signal, wait_bounded};
+use super::{Abba, HANGWATCH, Value, require_root, scaled, signal, wait_bounded};
 
-/// How long the daemon may take to print "attached".
+/// How long the daemon may take to print "attached" (times [`super::time_scale`]).
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One event as received, with its arrival time.
@@ -192,7 +192,8 @@ impl Daemon {
     /// Waits for the daemon to report its probes attached; panics if it exits or times out.
     pub fn wait_attached(&self) {
         let (lock, cv) = &*self.output;
-        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let limit = scaled(ATTACH_TIMEOUT);
+        let deadline = Instant::now() + limit;
         let mut out = lock.lock().unwrap_or_else(|e| e.into_inner());
         while !out.attached {
             assert!(
@@ -203,7 +204,7 @@ impl Daemon {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
-                "hangwatch did not print \"attached\" within {ATTACH_TIMEOUT:?}"
+                "hangwatch did not print \"attached\" within {limit:?}"
             );
             out = cv
                 .wait_timeout(out, left.min(Duration::from_millis(100)))
@@ -233,7 +234,7 @@ impl Daemon {
 
     fn logged_address(&self, prefix: &str) -> String {
         let (lock, cv) = &*self.output;
-        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let deadline = Instant::now() + scaled(ATTACH_TIMEOUT);
         let mut out = lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(url) = out
@@ -304,14 +305,14 @@ impl Daemon {
     }
 
     /// Waits for the first event (from the start of the run) that `matches`; returns it,
-    /// or None on timeout.
+    /// or None on timeout (scaled, see [`super::time_scale`]).
     pub fn find_event(
         &self,
         timeout: Duration,
         matches: impl Fn(&Value) -> bool,
     ) -> Option<Received> {
         let (lock, cv) = &*self.output;
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         let mut out = lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(found) = out.events.iter().find(|r| matches(&r.value)) {
@@ -336,6 +337,7 @@ impl Daemon {
         matches: impl Fn(&Value) -> bool,
     ) -> Received {
         self.find_event(timeout, matches).unwrap_or_else(|| {
+            let timeout = scaled(timeout);
             panic!("no event {what} within {timeout:?} (events are printed below)")
         })
     }
@@ -372,7 +374,7 @@ impl Daemon {
     /// Stops the daemon with SIGTERM and checks a clean end: exit 0 within 1 s, every
     /// stdout line JSON, no panic on stderr.
     pub fn stop(&mut self) {
-        let limit = Duration::from_secs(1);
+        let limit = scaled(Duration::from_secs(1));
         let Some((status, took)) = self.signal_and_wait(libc::SIGTERM, limit) else {
             panic!("hangwatch did not exit within {limit:?} of SIGTERM");
         };

@@ -11,7 +11,7 @@ pub struct Answer {
     pub json: Value,
 }
 
-/// `method` `url` with a 10 s limit; panics when the server cannot be reached. `url` is
+/// `method` `url` with a 10 s limit (scaled); panics when the server cannot be reached. `url` is
 /// `http://...`, or `unix:/path/to/api.sock/api/v1/...` (a daemon's `endpoint()` and a
 /// path) for the API socket.
 pub fn http(method: &str, url: &str) -> Answer {
@@ -25,7 +25,7 @@ pub fn http_with(method: &str, url: &str, headers: &[(&str, &str)]) -> Answer {
     }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
+        .timeout_global(Some(super::scaled(Duration::from_secs(10))))
         .build()
         .into();
     let response = match method {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::tids;
+use super::{scaled, tids};
 
 /// A process a test started: stdout lines arrive on a channel, stdin stays open until
 /// [`Program::send`] closes nothing (the program decides), and Drop kills it by pid.
@@ -63,8 +63,14 @@ impl Program {
         }
     }
 
-    /// The next stdout line; panics on timeout or end of output.
+    /// The next stdout line; panics on timeout (scaled, see [`super::time_scale`]) or end of
+    /// output.
     pub fn next_line(&mut self, timeout: Duration) -> String {
+        self.read_line(scaled(timeout))
+    }
+
+    /// [`Program::next_line`] with a timeout taken as it is.
+    fn read_line(&mut self, timeout: Duration) -> String {
         match self.lines.recv_timeout(timeout) {
             Ok(line) => {
                 self.seen.push(line.clone());
@@ -88,10 +94,10 @@ impl Program {
 
     /// Reads lines until one is `<key> <value>` and returns the value.
     pub fn expect_field(&mut self, key: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.next_line(left);
+            let line = self.read_line(left);
             if let Some(value) = line
                 .strip_prefix(key)
                 .and_then(|rest| rest.strip_prefix(' '))
@@ -111,8 +117,8 @@ impl Program {
 
     /// Reads lines until one equals `line`.
     pub fn expect_line(&mut self, line: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.next_line(deadline.saturating_duration_since(Instant::now())) != line {}
+        let deadline = Instant::now() + scaled(timeout);
+        while self.read_line(deadline.saturating_duration_since(Instant::now())) != line {}
     }
 
     /// Writes one line to the program's stdin (the "go" of the test programs).
@@ -133,6 +139,7 @@ impl Program {
 
     /// Waits for the process to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let timeout = scaled(timeout);
         wait_bounded(&mut self.child, timeout).unwrap_or_else(|| {
             panic!(
                 "{} (pid {}) did not exit within {timeout:?}",
@@ -185,9 +192,9 @@ pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
     }
 }
 
-/// Polls `done` every 20 ms until it returns true or `timeout` passes.
+/// Polls `done` every 20 ms until it returns true or `timeout` (scaled) passes.
 pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + scaled(timeout);
     loop {
         if done() {
             return true;

@@ -1,5 +1,48 @@
 //! The machine the tests run on: root, tools on PATH, and what /proc says about a task.
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::OnceLock, time::Duration};
+
+/// The environment variable that says how many times slower than native this run is.
+pub const TIME_SCALE_VAR: &str = "HANGWATCH_TEST_TIME_SCALE";
+
+/// How many times longer than on real hardware the harness waits for what must happen:
+/// `HANGWATCH_TEST_TIME_SCALE`, a whole number, 1 when unset. `cargo xtask vmtest` sets it
+/// for kernels booted under QEMU's TCG, where CPU-bound work (the verifier loading the
+/// probes, the daemon's walks, symbolization, gcc) runs about ten times slower: the daemon
+/// there takes ~11 s to attach, where 10 s is the native limit.
+///
+/// Only the harness's timeouts (waits that end as soon as the awaited thing happens) are
+/// scaled, so a passing run costs no more time; fixed sleeps and quiet windows in the
+/// tests are not, and no threshold given to the daemon is.
+pub fn time_scale() -> u32 {
+    static SCALE: OnceLock<u32> = OnceLock::new();
+    *SCALE.get_or_init(|| match std::env::var(TIME_SCALE_VAR) {
+        Err(_) => 1,
+        Ok(text) => match text.trim().parse::<u32>() {
+            Ok(n) if n >= 1 => n,
+            _ => panic!("{TIME_SCALE_VAR}={text:?}: expected a whole number >= 1"),
+        },
+    })
+}
+
+/// `timeout` times [`time_scale`].
+pub fn scaled(timeout: Duration) -> Duration {
+    timeout.saturating_mul(time_scale())
+}
+
+/// Whether this kernel has thread pidfds (`PIDFD_THREAD`, Linux 6.9), which the daemon
+/// reads per-thread probe state by; older kernels refuse the flag with EINVAL.
+pub fn has_thread_pidfds() -> bool {
+    const PIDFD_THREAD: libc::c_int = libc::O_EXCL;
+    let pid = libc::pid_t::try_from(std::process::id()).expect("pid fits pid_t");
+    // SAFETY: plain syscall with integer arguments; the fd it may return is closed below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, PIDFD_THREAD) };
+    if fd >= 0 {
+        // SAFETY: a new fd nothing else owns.
+        unsafe { libc::close(fd as libc::c_int) };
+        return true;
+    }
+    std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+}
 
 /// Panics unless the test runs as root: these tests load BPF programs.
 pub fn require_root() {

@@ -62,10 +62,10 @@ impl WebhookReceiver {
             .clone()
     }
 
-    /// Waits until `done` holds for the bodies received; false on timeout.
+    /// Waits until `done` holds for the bodies received; false on timeout (scaled).
     pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[Received]) -> bool) -> bool {
         let (lock, cv) = &*self.bodies;
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + super::scaled(timeout);
         let mut bodies = lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if done(&bodies) {

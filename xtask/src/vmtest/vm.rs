@@ -1,0 +1,152 @@
+//! Booting a kernel with virtme-ng under QEMU's TCG and running a script in it.
+//!
+//! virtme-ng shares the host's root filesystem with the guest read-only over 9p, so the
+//! guest runs the host's binaries (the test binaries, gcc, python) on its own kernel. What
+//! the guest writes goes to two places: the results directory (`--rwdir`, written through
+//! to the host: the log we stream and the per-binary exit codes) and an overlay on
+//! target/tmp (`--overlay-rwdir`: the tests compile their C programs there; the host's copy
+//! stays untouched).
+//!
+//! The script's exit code and output cannot come back through virtme-ng's own channel here
+//! (it needs udev's /dev/virtio-ports links, which the host has no udevd to make), so both
+//! go through files in the results directory.
+
+use std::{
+    fs,
+    io::{Read as _, Seek as _, SeekFrom, Write as _},
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// virtme-ng from PyPI, pinned: the version the recipe was checked with.
+const VIRTME_NG: &str = "virtme-ng==1.42";
+/// What QEMU and virtme-ng need from Debian: QEMU itself, busybox for virtme-ng's
+/// initramfs, kmod for depmod, python3-venv for virtme-ng's venv.
+pub const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "python3-venv"];
+
+/// The guest's size: both of this machine's cores, and room for the daemon, the test
+/// programs and a loop-mounted filesystem.
+const CPUS: &str = "2";
+const MEMORY: &str = "4G";
+
+/// virtme-ng's venv, made once under target/vmtest/.
+pub fn install_virtme_ng(cache: &Path) -> Result<PathBuf> {
+    let venv = cache.join("venv");
+    crate::setup::python_venv(&venv, &[VIRTME_NG])?;
+    Ok(venv)
+}
+
+/// One guest run: the kernel image, the script and where its results go.
+pub struct Run<'a> {
+    pub venv: &'a Path,
+    pub image: &'a Path,
+    pub script: &'a Path,
+    /// The guest writes `log` here (streamed to our stdout as it grows).
+    pub results: &'a Path,
+    /// Host directories the guest may write to, its writes kept in guest memory.
+    pub overlays: &'a [PathBuf],
+    /// QEMU's console (kernel messages, virtme-ng's), for when the script never ran.
+    pub console: &'a Path,
+    /// The limit for the whole boot-run-power-off.
+    pub timeout: Duration,
+}
+
+/// Boots the kernel, runs the script, streams `results/log` to stdout until the guest powers
+/// off. Fails only when the VM could not be run or overran its time; the script's own
+/// results are in `results`.
+pub fn run(run: &Run<'_>) -> Result<()> {
+    let console = fs::File::create(run.console)
+        .with_context(|| format!("creating {}", run.console.display()))?;
+    let mut permissions = fs::metadata(run.script)?.permissions();
+    permissions.set_mode(0o755);
+    fs::set_permissions(run.script, permissions)?;
+
+    let bin = run.venv.join("bin");
+    // vng starts virtme-run by name: the venv's bin must be on PATH.
+    let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
+    let mut cmd = Command::new(bin.join("vng"));
+    cmd.env("PATH", path)
+        .arg("--run")
+        .arg(run.image)
+        // KVM guests stop early on this machine type's nested CPU model; TCG works.
+        .args(["--disable-kvm", "--force-9p", "--verbose"])
+        .args(["--memory", MEMORY, "--cpus", CPUS])
+        .arg("--qemu-opts=-cpu max")
+        .arg(format!("--rwdir={}", run.results.display()));
+    for dir in run.overlays {
+        cmd.arg(format!("--overlay-rwdir={}", dir.display()));
+    }
+    cmd.arg("--exec")
+        .arg(run.script)
+        .stdin(Stdio::null())
+        .stdout(console.try_clone()?)
+        .stderr(console)
+        // Its own process group, so that a timeout ends QEMU with it.
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("failed to start {}", bin.join("vng").display()))?;
+    let started = Instant::now();
+    let log_path = run.results.join("log");
+    let mut shown = 0;
+    loop {
+        let exited = child.try_wait().context("waiting for vng")?.is_some();
+        shown = show_new(&log_path, shown);
+        if exited {
+            return Ok(());
+        }
+        if started.elapsed() > run.timeout {
+            let pgid = libc::pid_t::try_from(child.id()).context("pid fits pid_t")?;
+            // SAFETY: kill has no memory-safety preconditions; the group is the one we made.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = child.wait();
+            bail!(
+                "the VM did not finish within {:?} (killed; QEMU's console is in {})",
+                run.timeout,
+                run.console.display()
+            );
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Prints what `path` holds past byte `from`; returns the new end (unchanged on error).
+fn show_new(path: &Path, from: u64) -> u64 {
+    let Ok(mut file) = fs::File::open(path) else {
+        return from;
+    };
+    if file.seek(SeekFrom::Start(from)).is_err() {
+        return from;
+    }
+    let mut new = Vec::new();
+    let Ok(read) = file.read_to_end(&mut new) else {
+        return from;
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(&new);
+    let _ = stdout.flush();
+    from + read as u64
+}
+
+/// `text` quoted for sh.
+pub fn sh_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_quotes() {
+        assert_eq!(sh_quote("/a b"), "'/a b'");
+        assert_eq!(sh_quote("it's"), "'it'\\''s'");
+    }
+}
