@@ -8,9 +8,11 @@
 //!
 //! Protocol on stdout: `pid <pid>`, `mutex <addr>`, `holder <tid>`, `waiter <tid>`, then
 //! `ready`.
-use std::io::Read as _;
-use std::sync::{Arc, Barrier, mpsc};
-use std::thread;
+use std::{
+    io::Read as _,
+    sync::{Arc, Barrier, mpsc},
+    thread,
+};
 
 use parking_lot::Mutex;
 

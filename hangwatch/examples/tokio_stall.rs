@@ -6,8 +6,7 @@
 //! `handle_request` by name through libc, the Rust std and tokio.
 //!
 //! Protocol on stdout: `pid <pid>`, then `ready` once the task is about to block.
-use std::io::Write as _;
-use std::time::Duration;
+use std::{io::Write as _, time::Duration};
 
 /// The "handler" that blocks its worker thread. Not inlined, so it has a frame of its own.
 #[inline(never)]

@@ -24,17 +24,26 @@ use std::{
 use anyhow::Context as _;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
+pub use self::reload::ReloadSource;
+use self::{
+    reload::Reload,
+    surfaces::{ScanFigures, Surfaces},
+};
 use crate::{
-    api, clock,
-    config::{ReloadSource, reload::Reload},
-    detect::{Detectors, Facts, HangKind, LockFacts, LoopFacts, Targets, Watch},
+    clock,
+    config::OutputFormat,
+    detect::{Detectors, Facts, LoopFacts, Targets, Watch},
     enrich::{Enrich, Job, MAX_EXIT_STACKS, ParkChecks, ParkVerdict, Sinks, StacksJob, Tick},
     episode::{Episode, Tracker, Transition},
-    meta::{self, OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc},
+    kind::HangKind,
+    meta::{self, LockFacts, OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc},
     probe::{Lookup, PROBES, ProbeSelection, Probes, ThreadHandle, preflight},
-    sink::{OutputFormat, Resolution, StdoutSink},
+    sink::{Resolution, StdoutSink},
     state::{ExitTable, Refresh, ThreadKey, ThreadSample, ThreadTable},
 };
+
+mod reload;
+mod surfaces;
 
 /// The share of one core the full walks may take; beyond it they are spaced out. With the
 /// ticks' own ~0.1 % this keeps the daemon within 0.5 % of a core on a machine with 10,000
@@ -81,7 +90,7 @@ fn enabled_probes(selection: ProbeSelection) -> usize {
     PROBES.iter().filter(|p| selection.enabled(p.group)).count()
 }
 
-/// Runs until SIGTERM or SIGINT; SIGHUP reloads the rules (`config/reload.rs`). Start-up
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads the rules (`daemon/reload.rs`). Start-up
 /// failures are returned before anything runs.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let preflight = preflight::check()?;
@@ -101,7 +110,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     // The HTTP server first: a taken port fails the start before the probes load, and
     // /healthz answers 503 until they are attached.
-    let mut surfaces = api::Surfaces::start(&config)?;
+    let mut surfaces = Surfaces::start(&config)?;
     let reload = Reload::new(&config, &surfaces);
     let scan_reload = Arc::clone(&reload);
     let pods = match &config.node_name {
@@ -207,7 +216,7 @@ struct Scanner {
     /// The next stage: turns transitions into events, off this thread.
     enrich: Enrich,
     /// The other outputs: the API store, the metrics, the webhook.
-    surfaces: api::Surfaces,
+    surfaces: Surfaces,
     /// Threads that may cross a threshold before the next full walk.
     table: ThreadTable<ThreadHandle>,
     walk_interval: Duration,
@@ -227,7 +236,7 @@ struct Scanner {
 impl Scanner {
     fn start(
         config: Config,
-        mut surfaces: api::Surfaces,
+        mut surfaces: Surfaces,
         pods: Option<Arc<meta::pods::PodIndex>>,
         enrich: Enrich,
     ) -> anyhow::Result<Self> {
@@ -761,7 +770,7 @@ impl Scanner {
                 }
             }
         }
-        let figures = api::ScanFigures {
+        let figures = ScanFigures {
             took,
             scans: self.scans,
             walks: self.walks,

@@ -7,6 +7,7 @@ mod daemon;
 mod detect;
 mod enrich;
 mod episode;
+mod kind;
 mod logging;
 mod meta;
 mod metrics;

@@ -14,7 +14,7 @@ use std::{
     process::Command,
 };
 
-use common::{deploy_dir, find_tool, prometheus_rules_file};
+use self::common::{deploy_dir, find_tool, prometheus_rules_file};
 
 /// Whether `cargo xtask test` promised the tools.
 fn tools_required() -> bool {

@@ -3,9 +3,11 @@
 //! exists and, for a markdown file, a heading it has. Sections move between these files;
 //! this says which link a move broke. No root needed.
 
-use std::collections::BTreeSet;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+};
 
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

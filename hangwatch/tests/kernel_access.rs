@@ -15,8 +15,9 @@ use std::{
     time::Duration,
 };
 
-use common::*;
 use serde_json::Value;
+
+use self::common::*;
 
 const NOBODY: u32 = 65534;
 

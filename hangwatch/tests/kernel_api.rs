@@ -6,11 +6,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    thread,
+    time::{Duration, Instant},
+};
 
-use common::*;
+use self::common::*;
 
 const THRESHOLD: &str = "1s";
 const THRESHOLD_MS: u64 = 1000;

@@ -6,10 +6,12 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
-use common::*;
+use self::common::*;
 
 const GENERATIONS: usize = 6;
 const BLOCK_MS: u64 = 1500;

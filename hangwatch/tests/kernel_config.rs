@@ -12,12 +12,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
 
-use common::*;
+use self::common::*;
 
 const CONFIG: &str = r#"
 # Every process: lock_wait after 1 s (the default is 5 s).

@@ -5,10 +5,12 @@
 
 mod common;
 
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
 
-use common::{frozen::FrozenFs, *};
+use self::common::{frozen::FrozenFs, *};
 
 #[test]
 #[ignore = "needs root: loads BPF programs"]

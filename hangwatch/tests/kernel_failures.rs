@@ -4,11 +4,13 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::{
+    os::unix::fs::PermissionsExt,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
-use common::*;
+use self::common::*;
 
 #[test]
 #[ignore = "needs root: drops to nobody with setpriv"]

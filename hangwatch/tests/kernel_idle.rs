@@ -7,11 +7,13 @@
 
 mod common;
 
-use std::process::Command;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
 
-use common::*;
+use self::common::*;
 
 /// How long the idle processes are watched after the daemon attached.
 const WATCH: Duration = Duration::from_millis(3500);

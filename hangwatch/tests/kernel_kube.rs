@@ -13,7 +13,7 @@ mod common;
 
 use std::{fs, process::Command, time::Duration};
 
-use common::{kube::*, *};
+use self::common::{kube::*, *};
 
 /// The pods of node-1, as `GET /api/v1/pods?fieldSelector=spec.nodeName=node-1` answers.
 const NODE_PODS: &str = include_str!("fixtures/pods-node-1.json");

@@ -15,12 +15,14 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::process::Command;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
 
-use common::*;
+use self::common::*;
 
 #[test]
 #[ignore = "needs root: loads BPF programs"]

@@ -13,8 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
 use serde_json::Value;
+
+use self::common::*;
 
 const LINE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longer than the daemon's walk interval with the default thresholds (half of the 1 s

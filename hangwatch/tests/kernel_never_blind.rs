@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
+use self::common::{
     frozen::FrozenFs,
     fuse::{Stall, StalledFuse},
     *,

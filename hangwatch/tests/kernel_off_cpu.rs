@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::thread;
-use std::time::Duration;
+use std::{collections::HashMap, thread, time::Duration};
 
-use common::*;
+use self::common::*;
 
 const THRESHOLD_MS: u64 = 1000;
 /// The detection budget: a report within threshold + 0.5 s.

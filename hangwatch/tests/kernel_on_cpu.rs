@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::process::Command;
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
-use common::*;
+use self::common::*;
 
 const LINE_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use self::common::*;
 
 fn write(path: &Path, text: &str) {
     // As kubelet updates a mounted ConfigMap: a new file renamed over the old one.

@@ -21,14 +21,17 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
 
-use common::*;
 use serde_json::Value;
+
+use self::common::*;
 
 /// Builds `tests/programs/<name>.rs` with rustc (release, with debug info for file:line),
 /// like [`compile`] does for C.

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use self::common::*;
 
 /// A Prometheus server in a temporary directory, killed by pid on drop.
 struct Prometheus {

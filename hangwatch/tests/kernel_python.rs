@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use self::common::*;
 
 const SCRIPT: &str = "python_frames.py";
 const LINE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::*;
+use self::common::*;
 
 fn stops_within_a_second_while_reporting(sig: libc::c_int, name: &str) {
     require_root();

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use self::common::*;
 
 #[test]
 #[ignore = "needs root: loads BPF programs"]

@@ -8,11 +8,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
 
-use common::*;
+use self::common::*;
 
 /// How long to wait for a hang event once the program is blocked: the 1 s threshold, a
 /// scan, and the stack capture.

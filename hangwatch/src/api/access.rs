@@ -12,6 +12,8 @@
 //!   addresses to everyone when `kernel.perf_event_paranoid` <= 1, else to CAP_SYSLOG; 1
 //!   only to CAP_SYSLOG; 2 to nobody.
 
+use crate::meta::owner::Owner;
+
 /// `CAP_SYS_PTRACE` in a capability mask (linux/capability.h).
 pub const CAP_SYS_PTRACE: u32 = 19;
 /// `CAP_SYSLOG` in a capability mask.
@@ -39,17 +41,6 @@ pub struct LocalCaller {
     pub cap_eff: u64,
     /// Whether this caller could read real addresses in /proc/kallsyms.
     pub kernel_addresses: bool,
-}
-
-/// The credentials of a watched process, read when it was reported (or asked about).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Owner {
-    /// Real, effective and saved uid.
-    pub uids: [u32; 3],
-    /// Real, effective and saved gid.
-    pub gids: [u32; 3],
-    /// `get_dumpable() == SUID_DUMP_USER`: ptrace by the same user is allowed.
-    pub dumpable: bool,
 }
 
 /// Why a caller may not see a process: the API's 403 message.

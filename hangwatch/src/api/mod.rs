@@ -17,7 +17,6 @@ mod metrics;
 pub mod options;
 pub mod peer;
 mod status;
-mod surfaces;
 pub mod threads;
 mod watch;
 
@@ -42,11 +41,8 @@ use axum::{
     routing::get,
 };
 
+pub use self::{cluster::TOKEN_HEADER, threads::StackRequest};
 use crate::{metrics::Metrics, probe::StateReader, sink::Store};
-
-pub use cluster::TOKEN_HEADER;
-pub use surfaces::{ScanFigures, Surfaces, show_rules};
-pub use threads::StackRequest;
 
 /// What the handlers share.
 pub struct Api {

@@ -1,15 +1,11 @@
 //! Where the per-process API is served and what the outputs leave out: the flags of
 //! `hangwatch run` and their twins in the config file's `[api]` table (docs/security.md).
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-};
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Args;
-use serde::{Deserialize, Deserializer};
 
 use crate::{
-    config::{Listen, from_str_with, parse_listen},
+    config::{ExposeFile, Listen, SocketPath, parse_listen, parse_socket},
     sink::redact::Redaction,
 };
 
@@ -48,48 +44,6 @@ pub struct ExposeArgs {
     /// stays) in events, the API and the metrics
     #[arg(long)]
     pub redact_cmdline: bool,
-}
-
-/// The config file's `[api]` table: the flags' twins.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExposeFile {
-    #[serde(default, deserialize_with = "socket")]
-    pub socket: Option<SocketPath>,
-    pub socket_group: Option<String>,
-    #[serde(default, deserialize_with = "listen")]
-    pub cluster_listen: Option<Listen>,
-    pub cluster_token_file: Option<PathBuf>,
-    pub redact_kernel_addresses: Option<bool>,
-    pub redact_cmdline: Option<bool>,
-}
-
-/// A socket path, or "off".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SocketPath(pub Option<PathBuf>);
-
-pub fn parse_socket(text: &str) -> Result<SocketPath, String> {
-    if text == "off" {
-        return Ok(SocketPath(None));
-    }
-    let path = Path::new(text);
-    if !path.is_absolute() || path.file_name().is_none() {
-        return Err("expected an absolute path such as /run/hangwatch/api.sock, or \"off\"".into());
-    }
-    Ok(SocketPath(Some(path.to_path_buf())))
-}
-
-fn socket<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketPath>, D::Error> {
-    from_str_with(d, "an absolute path, or \"off\"", parse_socket).map(Some)
-}
-
-fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Listen>, D::Error> {
-    from_str_with(
-        d,
-        "an address such as \"0.0.0.0:9925\", or \"off\"",
-        parse_listen,
-    )
-    .map(Some)
 }
 
 /// The resolved settings.
@@ -145,6 +99,8 @@ impl ExposeArgs {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]

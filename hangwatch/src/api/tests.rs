@@ -15,12 +15,13 @@ use tower::ServiceExt;
 
 use super::{
     Api, Listeners,
-    access::{Caller, LocalCaller, Owner},
+    access::{Caller, LocalCaller},
     listeners::Limits,
     options::ClusterListener,
     router, serve,
 };
 use crate::{
+    meta::owner::Owner,
     metrics::Metrics,
     sink::{EventType, Store, store::tests::event},
 };

@@ -18,14 +18,14 @@ use hangwatch_ebpf::{MAX_STACK_REQUESTS, ThreadRecord, ThreadState, task_state};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::{Api, ApiError, Params, RawParams, access::Caller, peer};
+use super::{Api, ApiError, Params, RawParams, access::Caller};
 use crate::{
     clock,
-    meta::ProcSyscall,
+    meta::owner::owner_of,
     probe::{Lookup, StateReader},
     sink::redact,
     stack::ThreadStacks,
-    state::{ThreadSample, Wait},
+    state::{ProcSyscall, ThreadSample, Wait},
 };
 
 /// The largest pid Linux can give (`PID_MAX_LIMIT` on 64-bit).
@@ -129,7 +129,7 @@ pub async fn threads(
     let attached = access.is_some();
     let asking = caller.clone();
     let read = tokio::task::spawn_blocking(move || {
-        let owner = peer::owner_of(tgid_of(pid)?);
+        let owner = owner_of(tgid_of(pid)?);
         Some(match asking.may_read(owner.as_ref()) {
             Ok(()) => Ok(read_dump(pid, reader.as_ref(), attached).map(|dump| (dump, owner))),
             Err(denied) => Err(denied),
@@ -164,7 +164,7 @@ pub async fn threads(
     }
     // The process may have changed hands while it was read (an exec of a setuid program,
     // or its pid reused by another user's process): then nothing of it goes out.
-    if let Some(now) = peer::owner_of(dump.pid)
+    if let Some(now) = owner_of(dump.pid)
         && Some(now) != owner
     {
         caller

@@ -9,7 +9,7 @@ use super::run::RunArgs;
 use crate::{
     config::{ConfigError, ConfigFile},
     daemon::Config,
-    detect::{HangKind, Scope},
+    kind::{HangKind, Scope},
 };
 
 #[derive(Debug, Args)]

@@ -4,16 +4,17 @@ use std::{io::IsTerminal, path::PathBuf, time::Duration};
 use clap::Args;
 
 use crate::{
-    config::ReloadSource,
     config::{
-        ConfigError, ConfigFile, Listen, Pattern, Rule, Rules, Selector, Setting, parse_duration,
-        parse_listen, parse_scan_interval, parse_setting, parse_webhook,
+        ConfigError, ConfigFile, Listen, OutputFormat, Pattern, Rule, Rules, Selector, Setting,
+        WebhookUrl, parse_duration, parse_listen, parse_scan_interval, parse_setting,
+        parse_webhook,
     },
-    daemon::Config,
-    detect::{Detectors, HangKind, PerKind},
+    daemon::{Config, ReloadSource},
+    detect::Detectors,
+    kind::{HangKind, PerKind},
     logging::LogFormat,
     probe::ProbeSelection,
-    sink::{OutputFormat, WebhookConfig, WebhookUrl},
+    sink::WebhookConfig,
 };
 
 /// Every flag but `--config` has a twin key in the config file; a flag given here wins over
@@ -295,7 +296,7 @@ mod tests {
     use crate::{
         cli::{Cli, Command},
         config::{ConfigFile, Process},
-        detect::HangKind,
+        kind::HangKind,
     };
 
     fn run_args(args: &[&str]) -> Result<super::RunArgs, clap::Error> {

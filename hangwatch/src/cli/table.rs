@@ -148,8 +148,9 @@ pub fn text(v: &Value, key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     #[test]
     fn durations_read_at_a_glance() {

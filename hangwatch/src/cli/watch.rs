@@ -1,5 +1,8 @@
 //! `hangwatch watch`: every event as it happens, until interrupted.
-use std::{io::BufRead as _, io::Write as _, process::ExitCode};
+use std::{
+    io::{BufRead as _, Write as _},
+    process::ExitCode,
+};
 
 use clap::Args;
 use serde_json::Value;

@@ -13,13 +13,13 @@ use serde::{
 };
 
 use super::{
-    CgroupPattern, Listen, Pattern, Rule, Selector, Setting, parse_duration, parse_listen,
-    parse_scan_interval, parse_setting, parse_webhook, value::from_str_with,
+    CgroupPattern, Listen, OutputFormat, Pattern, Rule, Selector, Setting, SocketPath, WebhookUrl,
+    parse_duration, parse_listen, parse_scan_interval, parse_setting, parse_socket, parse_webhook,
+    value::from_str_with,
 };
 use crate::{
-    detect::{HangKind, PerKind},
+    kind::{HangKind, PerKind},
     logging::LogFormat,
-    sink::{OutputFormat, WebhookUrl},
 };
 
 /// The file as written. `None` and empty lists are keys the file does not set.
@@ -66,7 +66,7 @@ pub struct ConfigFile {
     pub wakeup_probe: Option<bool>,
     pub futex_probes: Option<bool>,
     /// `[api]`: the per-process API's socket, the cluster listener, redaction.
-    pub api: Option<crate::api::options::ExposeFile>,
+    pub api: Option<ExposeFile>,
     /// `[[rule]]` tables, in file order.
     #[serde(default, rename = "rule")]
     pub rules: Vec<toml::Spanned<RuleTable>>,
@@ -133,6 +133,33 @@ fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Listen>, D::Error> {
 
 fn webhook<'de, D: Deserializer<'de>>(d: D) -> Result<Option<WebhookUrl>, D::Error> {
     from_str_with(d, "an http:// or https:// URL", parse_webhook).map(Some)
+}
+
+fn socket<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketPath>, D::Error> {
+    from_str_with(d, "an absolute path, or \"off\"", parse_socket).map(Some)
+}
+
+fn cluster_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Listen>, D::Error> {
+    from_str_with(
+        d,
+        "an address such as \"0.0.0.0:9925\", or \"off\"",
+        parse_listen,
+    )
+    .map(Some)
+}
+
+/// The config file's `[api]` table: the flags' twins.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExposeFile {
+    #[serde(default, deserialize_with = "socket")]
+    pub socket: Option<SocketPath>,
+    pub socket_group: Option<String>,
+    #[serde(default, deserialize_with = "cluster_listen")]
+    pub cluster_listen: Option<Listen>,
+    pub cluster_token_file: Option<PathBuf>,
+    pub redact_kernel_addresses: Option<bool>,
+    pub redact_cmdline: Option<bool>,
 }
 
 /// One `[[rule]]` table: selector keys and hang-kind keys side by side,

@@ -4,8 +4,8 @@
 //!   unknown keys refused), its errors located as `FILE:LINE:COL: reason`.
 //! - `rules.rs`: `[[rule]]` tables as the daemon uses them: which processes a rule selects
 //!   (pid, comm, exe, cgroup) and the threshold it sets per hang kind, or `off`.
-//! - `reload.rs`: SIGHUP: the file read and checked again, its rules swapped in at the next
-//!   tick of the scan, or refused with the old rules kept.
+//! - SIGHUP reloads the file (`daemon/reload.rs`: it wires the daemon's parts, so it lives
+//!   with them).
 //! - `value.rs`: the values a flag and its config twin share (durations, "off", addresses),
 //!   parsed by one function each so that both say the same thing about a bad one.
 //!
@@ -14,14 +14,14 @@
 //! thresholds in file order, the last matching rule winning for each kind it sets; the
 //! `pid`/`comm` selections (`--pid`, `--comm` or their keys) act as rules after them.
 mod file;
-pub mod reload;
 mod rules;
 mod value;
 
-pub use file::{ConfigError, ConfigFile};
-pub use reload::ReloadSource;
-pub use rules::{CgroupPattern, Pattern, Process, Rule, Rules, Selector, Setting};
-pub use value::{
-    Listen, from_str_with, parse_duration, parse_listen, parse_scan_interval, parse_setting,
-    parse_webhook,
+pub use self::{
+    file::{ConfigError, ConfigFile, ExposeFile},
+    rules::{CgroupPattern, Pattern, Process, Rule, Rules, Selector, Setting},
+    value::{
+        Listen, OutputFormat, SocketPath, WebhookUrl, parse_duration, parse_listen,
+        parse_scan_interval, parse_setting, parse_socket, parse_webhook,
+    },
 };

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, fmt, time::Duration};
 use globset::{GlobBuilder, GlobMatcher};
 
 use crate::{
-    detect::{HangKind, PerKind, Scope},
+    kind::{HangKind, PerKind, Scope},
     meta::pods::PodRef,
 };
 

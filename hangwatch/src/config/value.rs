@@ -1,11 +1,16 @@
 //! Values a command-line flag and its config-file twin share. One parser each, used by
 //! clap (`value_parser`) and by serde (the file), so both refuse a bad value alike.
-use std::{fmt, marker::PhantomData, net::SocketAddr, time::Duration};
+use std::{
+    fmt,
+    marker::PhantomData,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::de::{self, Deserializer, Visitor};
 
 use super::Setting;
-use crate::sink::WebhookUrl;
 
 /// A duration as humantime reads it ("500ms", "10s", "2m"), greater than zero.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -46,6 +51,74 @@ pub fn parse_listen(text: &str) -> Result<Listen, String> {
         .map_err(|_| {
             "expected IP:PORT (e.g. 127.0.0.1:9924, 0.0.0.0:9924, [::1]:9924) or \"off\"".to_owned()
         })
+}
+
+/// A socket path, or "off".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketPath(pub Option<PathBuf>);
+
+pub fn parse_socket(text: &str) -> Result<SocketPath, String> {
+    if text == "off" {
+        return Ok(SocketPath(None));
+    }
+    let path = Path::new(text);
+    if !path.is_absolute() || path.file_name().is_none() {
+        return Err("expected an absolute path such as /run/hangwatch/api.sock, or \"off\"".into());
+    }
+    Ok(SocketPath(Some(path.to_path_buf())))
+}
+
+/// What stdout carries: `--output` and its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// One JSON object per line.
+    Json,
+    /// A readable multi-line report.
+    Text,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("webhook URL `{url}`: {reason}")]
+pub struct BadWebhookUrl {
+    url: String,
+    reason: &'static str,
+}
+
+/// A checked webhook URL: `http[s]://HOST[:PORT]/PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl(String);
+
+impl WebhookUrl {
+    pub fn parse(text: &str) -> Result<Self, BadWebhookUrl> {
+        let bad = |reason| BadWebhookUrl {
+            url: text.to_owned(),
+            reason,
+        };
+        let uri: ureq::http::Uri = text.parse().map_err(|_| bad("not a valid URL"))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            _ => return Err(bad("must start with http:// or https://")),
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(bad("has no host"));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.0.starts_with("https://")
+    }
+}
+
+impl std::fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 pub fn parse_webhook(text: &str) -> Result<WebhookUrl, String> {

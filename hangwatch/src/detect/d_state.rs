@@ -2,8 +2,8 @@
 //! I/O, a frozen filesystem, hung NFS. On for every process.
 use std::time::Duration;
 
-use super::{Candidate, HangKind, candidate};
-use crate::state::ThreadSample;
+use super::{Candidate, candidate, reached};
+use crate::{kind::HangKind, state::ThreadSample};
 
 #[derive(Debug, Clone)]
 pub struct DState {
@@ -11,8 +11,14 @@ pub struct DState {
 }
 
 impl DState {
+    /// d_state's threshold check: `sample` has been off-CPU (in its D sleep) for
+    /// `threshold`. Also the detectors' test against the smallest threshold any process has.
+    pub fn crossed(threshold: Duration, sample: &ThreadSample, now_ns: u64) -> bool {
+        reached(sample.off_cpu_for_ns(now_ns), threshold)
+    }
+
     pub fn check(&self, sample: &ThreadSample, now_ns: u64) -> Option<Candidate> {
-        let long_enough = u128::from(sample.off_cpu_for_ns(now_ns)) >= self.threshold.as_nanos();
+        let long_enough = Self::crossed(self.threshold, sample, now_ns);
         (sample.uninterruptible() && !sample.woken && long_enough)
             .then(|| candidate(sample, HangKind::DState, self.threshold))
     }

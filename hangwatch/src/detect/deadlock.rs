@@ -24,27 +24,20 @@ use std::{
 };
 
 use super::{
-    Candidate, HangKind, LockFacts,
+    Candidate, reached,
     reason::{DeadlockReason, DeadlockRule},
 };
-use crate::state::{FutexCall, ThreadKey, ThreadSample};
+use crate::{
+    kind::HangKind,
+    meta::LockFacts,
+    state::{FutexCall, ThreadKey, ThreadSample},
+};
 
 /// See [`Deadlock::check`]: `Some` with what /proc added to the evidence when it confirms.
 pub type Confirm<'a> = dyn FnMut(&[&ThreadSample], bool) -> Option<Vec<String>> + 'a;
 
 /// At most this many tids are named in one sentence of the evidence.
 const NAMED_TIDS: usize = 16;
-
-/// A thread that glibc parks for ever after `FUTEX_LOCK_PI` failed with EDEADLK.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PiPark {
-    /// How far above its stack pointer the futex word it waits on is: a local variable
-    /// of `pthread_mutex_lock`, a word no other thread knows of.
-    pub above_sp: u64,
-    /// The thread that holds the lock it asked for, when only one can (the one thread
-    /// whose chain of PI lock waits ends at the parked one).
-    pub asked_owner: Option<u32>,
-}
 
 #[derive(Debug, Clone)]
 pub struct Deadlock {
@@ -53,6 +46,12 @@ pub struct Deadlock {
 }
 
 impl Deadlock {
+    /// deadlock's threshold check: the state has held for `hold` since `since_ns`, the
+    /// moment its last member blocked.
+    pub fn crossed(hold: Duration, since_ns: u64, now_ns: u64) -> bool {
+        reached(now_ns.saturating_sub(since_ns), hold)
+    }
+
     /// The deadlocks among `samples`, each with its members (cycle order for a cycle).
     /// `confirm(members, whole_process)` checks a deadlock that has held long enough
     /// against the process as it is now (the samples can be a tick old): each member still
@@ -239,13 +238,12 @@ fn candidate(
 ) -> Option<Candidate> {
     let first = members.iter().min_by_key(|s| s.key.tid)?;
     let since_ns = members.iter().map(|s| s.off_cpu_at_ns).max()?;
-    let held = now_ns.saturating_sub(since_ns);
     // The process's own hold is looked up only once the smallest one has passed.
-    if u128::from(held) < smallest.as_nanos() {
+    if !Deadlock::crossed(smallest, since_ns, now_ns) {
         return None;
     }
     let hold = hold_of(first.tgid)?;
-    (u128::from(held) >= hold.as_nanos()).then(|| Candidate {
+    Deadlock::crossed(hold, since_ns, now_ns).then(|| Candidate {
         thread: first.key,
         tgid: first.tgid,
         kind: HangKind::Deadlock,
@@ -319,7 +317,7 @@ pub fn members(candidates: &[Candidate]) -> HashSet<ThreadKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::testing::blocked_in_futex;
+    use crate::{detect::testing::blocked_in_futex, meta::pi_park::PiPark};
 
     const SEC: u64 = 1_000_000_000;
 
@@ -403,7 +401,7 @@ mod tests {
     /// `futex(uaddr, op, val, timeout)` as the scan reads it from the saved registers.
     fn in_futex(tid: u32, tgid: u32, uaddr: u64, op: u64, val: u64) -> ThreadSample {
         let mut s = blocked_in_futex(tid, tgid, 0, val, false);
-        s.saved_syscall = Some(crate::meta::ProcSyscall {
+        s.saved_syscall = Some(crate::state::ProcSyscall {
             nr: libc::SYS_futex,
             args: [uaddr, op, val, 0, 0, 0],
         });

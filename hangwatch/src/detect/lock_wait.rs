@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Candidate, HangKind, LockFacts, candidate};
-use crate::state::ThreadSample;
+use super::{Candidate, candidate, reached};
+use crate::{kind::HangKind, meta::LockFacts, state::ThreadSample};
 
 #[derive(Debug, Clone)]
 pub struct LockWait {
@@ -20,13 +20,19 @@ pub struct LockWait {
 }
 
 impl LockWait {
+    /// lock_wait's threshold check: `sample` has been off-CPU (in its futex wait) for
+    /// `threshold`. Also the detectors' test against the smallest threshold any process has.
+    pub fn crossed(threshold: Duration, sample: &ThreadSample, now_ns: u64) -> bool {
+        reached(sample.off_cpu_for_ns(now_ns), threshold)
+    }
+
     pub fn check(
         &self,
         sample: &ThreadSample,
         locks: &LockFacts,
         now_ns: u64,
     ) -> Option<Candidate> {
-        let long_enough = u128::from(sample.off_cpu_for_ns(now_ns)) >= self.threshold.as_nanos();
+        let long_enough = Self::crossed(self.threshold, sample, now_ns);
         let call = sample.futex_wait()?;
         (long_enough && (locks.owners.contains_key(&sample.key) || call.lock_shaped()))
             .then(|| candidate(sample, HangKind::LockWait, self.threshold))
@@ -150,7 +156,7 @@ mod tests {
     use hangwatch_ebpf::task_state;
 
     use super::*;
-    use crate::{detect::testing::blocked_in_futex, meta::ProcSyscall};
+    use crate::{detect::testing::blocked_in_futex, state::ProcSyscall};
 
     const SEC: u64 = 1_000_000_000;
 

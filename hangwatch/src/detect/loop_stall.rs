@@ -23,8 +23,11 @@ use std::{
     time::Duration,
 };
 
-use super::{Candidate, HangKind};
-use crate::state::{ThreadKey, ThreadSample};
+use super::Candidate;
+use crate::{
+    kind::HangKind,
+    state::{ThreadKey, ThreadSample},
+};
 
 #[derive(Debug, Clone)]
 pub struct LoopStall {
@@ -105,7 +108,9 @@ impl LoopStall {
             (false, None) => return LoopVerdict::Watch(Watch::Probe),
         }
         .max(back);
-        if away >= nanos(self.threshold) && now_ns.saturating_sub(sure_since) >= proven {
+        if Self::crossed(self.threshold, back, now_ns)
+            && now_ns.saturating_sub(sure_since) >= proven
+        {
             return LoopVerdict::Stalled(Candidate {
                 thread: sample.key,
                 tgid: sample.tgid,
@@ -144,6 +149,14 @@ pub fn is_parked<'a>(symbols: impl IntoIterator<Item = &'a str>) -> bool {
             .iter()
             .any(|p| s.starts_with(p) || s.contains(p))
     })
+}
+
+impl LoopStall {
+    /// loop_stall's threshold check: a loop thread last seen back in its wait at `back_ns`
+    /// has stayed away for `threshold` (whether that much is proven is `check`'s concern).
+    pub fn crossed(threshold: Duration, back_ns: u64, now_ns: u64) -> bool {
+        super::reached(now_ns.saturating_sub(back_ns), threshold)
+    }
 }
 
 fn nanos(d: Duration) -> u64 {

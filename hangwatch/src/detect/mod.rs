@@ -1,5 +1,7 @@
 //! Detectors: from the thread samples of one scan, which threads are hung and of what kind.
-//! One file per hang kind; each is a pure function of the samples, the rules and `now`.
+//! One file per hang kind; each is a pure function of the samples, the rules and `now`, and
+//! has one threshold check (`crossed`: has this wait lasted its threshold?) that both its
+//! `check` and the look-up of a process's threshold below use.
 mod d_state;
 pub mod deadlock;
 pub mod lock_wait;
@@ -10,147 +12,24 @@ pub mod reason;
 pub mod stuck_exit;
 mod targets;
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::Duration,
+use std::{collections::HashSet, time::Duration};
+
+pub use self::{
+    d_state::DState,
+    deadlock::Deadlock,
+    lock_wait::LockWait,
+    loop_stall::{LoopFacts, LoopStall, LoopVerdict, Watch},
+    off_cpu::OffCpu,
+    on_cpu::OnCpu,
+    stuck_exit::StuckExit,
+    targets::Targets,
 };
-
-use serde::Serialize;
-
-use crate::state::{ThreadKey, ThreadSample};
-
-pub use d_state::DState;
-pub use deadlock::Deadlock;
-pub use lock_wait::LockWait;
-pub use loop_stall::{LoopFacts, LoopStall, LoopVerdict, Watch};
-pub use off_cpu::OffCpu;
-pub use on_cpu::OnCpu;
-pub use stuck_exit::{ExitRequest, StuckExit};
-pub use targets::Targets;
-
-use crate::config::Rules;
-
-/// The hang kinds. Their names are part of the contract (MISSION.md).
-///
-/// Adding a kind is this one place: the variant, its name in [`HangKind::as_str`], where it
-/// is on and after how long in [`HangKind::default_rule`] (the compiler asks for both), and
-/// its entry in [`HangKind::ALL`]. The config keys of a `[[rule]]`, `check-config`, the
-/// per-kind threshold tables ([`PerKind`]), the metrics' series and the scan filter follow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HangKind {
-    DState,
-    OffCpu,
-    LockWait,
-    Deadlock,
-    LoopStall,
-    OnCpu,
-    StuckExit,
-}
-
-impl HangKind {
-    /// Every kind, in declaration order ([`PerKind`] is indexed by it; a test checks).
-    pub const ALL: [Self; 7] = [
-        Self::DState,
-        Self::OffCpu,
-        Self::LockWait,
-        Self::Deadlock,
-        Self::LoopStall,
-        Self::OnCpu,
-        Self::StuckExit,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::DState => "d_state",
-            Self::OffCpu => "off_cpu",
-            Self::LockWait => "lock_wait",
-            Self::Deadlock => "deadlock",
-            Self::LoopStall => "loop_stall",
-            Self::OnCpu => "on_cpu",
-            Self::StuckExit => "stuck_exit",
-        }
-    }
-
-    /// The kind named `name` as in events and config keys (`"lock_wait"`).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == name)
-    }
-
-    /// Where the kind is on before any rule, and its threshold there (MISSION.md's table).
-    /// For a [`Scope::Selected`] kind the threshold is the one `--threshold` defaults to.
-    pub fn default_rule(self) -> KindDefault {
-        let (scope, threshold) = match self {
-            Self::DState => (Scope::Everywhere, Duration::from_secs(10)),
-            Self::OffCpu => (Scope::Selected, Duration::from_secs(5)),
-            Self::LockWait => (Scope::Everywhere, Duration::from_secs(5)),
-            // How long the deadlock must hold.
-            Self::Deadlock => (Scope::Everywhere, Duration::from_secs(1)),
-            // How long an event-loop thread may stay away from its wait.
-            Self::LoopStall => (Scope::Everywhere, Duration::from_secs(2)),
-            Self::OnCpu => (Scope::Selected, Duration::from_secs(5)),
-            // The grace time after SIGTERM/SIGINT/SIGQUIT.
-            Self::StuckExit => (Scope::Everywhere, Duration::from_secs(10)),
-        };
-        KindDefault { scope, threshold }
-    }
-}
-
-impl std::fmt::Display for HangKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Which processes a kind watches when no rule says otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Every process of the machine (quiet on idle waits by construction).
-    Everywhere,
-    /// Only the processes a rule (or `--pid`, `--comm`) selects: the kind would be noise
-    /// machine-wide (any idle thread is off-CPU).
-    Selected,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KindDefault {
-    pub scope: Scope,
-    pub threshold: Duration,
-}
-
-/// One value per hang kind: a fixed array indexed by [`HangKind`], so a table of thresholds
-/// grows with the enum and a lookup is an index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PerKind<T>([T; HangKind::ALL.len()]);
-
-impl<T> PerKind<T> {
-    pub fn from_fn(mut f: impl FnMut(HangKind) -> T) -> Self {
-        Self(HangKind::ALL.map(&mut f))
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (HangKind, &T)> {
-        HangKind::ALL.into_iter().zip(self.0.iter())
-    }
-}
-
-impl<T: Default> Default for PerKind<T> {
-    fn default() -> Self {
-        Self::from_fn(|_| T::default())
-    }
-}
-
-impl<T> std::ops::Index<HangKind> for PerKind<T> {
-    type Output = T;
-    fn index(&self, kind: HangKind) -> &T {
-        &self.0[kind as usize]
-    }
-}
-
-impl<T> std::ops::IndexMut<HangKind> for PerKind<T> {
-    fn index_mut(&mut self, kind: HangKind) -> &mut T {
-        &mut self.0[kind as usize]
-    }
-}
+use crate::{
+    config::Rules,
+    kind::{HangKind, PerKind, Scope},
+    meta::LockFacts,
+    state::{ExitRequest, ThreadKey, ThreadSample},
+};
 
 /// The threshold of a kind for a process, as the rules give it; `None` when the kind is
 /// off for that process. Implemented by [`Targets`]' per-process cache.
@@ -172,28 +51,6 @@ pub struct Candidate {
     pub members: Vec<ThreadKey>,
     /// For a deadlock, the rule that fired and the facts it saw.
     pub reason: Option<std::sync::Arc<reason::DeadlockReason>>,
-}
-
-/// What the daemon read about the locks the sampled threads wait on.
-#[derive(Debug, Clone, Default)]
-pub struct LockFacts {
-    /// The owner tid of the lock a thread waits on, when known (a live thread of its
-    /// process).
-    pub owners: HashMap<ThreadKey, u32>,
-    /// Threads that glibc parks for ever after the kernel refused them a PI lock
-    /// (EDEADLK), by tid (`meta::pi_park` recognizes them).
-    pub parked: HashMap<u32, deadlock::PiPark>,
-}
-
-impl LockFacts {
-    /// `sample` waits on a lock whose owner is parked for ever in a cycle that is known
-    /// (the lock the parked thread asked for has a known owner): the deadlock's.
-    pub fn behind_a_park(&self, sample: &ThreadSample) -> bool {
-        self.owners
-            .get(&sample.key)
-            .and_then(|owner| self.parked.get(owner))
-            .is_some_and(|park| park.asked_owner.is_some())
-    }
 }
 
 /// Everything the detectors need besides the samples: the rules, and for each kind the
@@ -285,14 +142,15 @@ impl Detectors {
                 }
             }
         }
-        // The threshold of `kind` for this sample, looked up only once the thread has been
-        // off-CPU for the smallest one any process has.
+        // The threshold of `kind` for this sample, looked up only once the kind's own check
+        // (`crossed`) passes for the smallest threshold any process has.
         let past = |kind: HangKind,
+                    crossed: fn(Duration, &ThreadSample, u64) -> bool,
                     sample: &ThreadSample,
                     thresholds: &mut dyn Thresholds|
          -> Option<Duration> {
             let smallest = self.smallest(kind)?;
-            if u128::from(sample.off_cpu_for_ns(now_ns)) < smallest.as_nanos() {
+            if !crossed(smallest, sample, now_ns) {
                 return None;
             }
             thresholds.of(kind, sample.tgid)
@@ -303,12 +161,12 @@ impl Detectors {
             }
             let off_cpu = selected
                 .contains(&sample.tgid)
-                .then(|| past(HangKind::OffCpu, sample, thresholds))
+                .then(|| past(HangKind::OffCpu, OffCpu::crossed, sample, thresholds))
                 .flatten();
             if sample.uninterruptible() {
                 // The kind says what it is: a thread in D is `d_state`, also in a selected
                 // process, and there as soon as its off-CPU threshold says so.
-                let d_state = past(HangKind::DState, sample, thresholds);
+                let d_state = past(HangKind::DState, DState::crossed, sample, thresholds);
                 if let Some(threshold) = d_state.into_iter().chain(off_cpu).min() {
                     out.extend(DState { threshold }.check(sample, now_ns));
                 }
@@ -325,17 +183,15 @@ impl Detectors {
                 && !(locks.behind_a_park(sample)
                     && self.smallest(HangKind::Deadlock).is_some()
                     && thresholds.of(HangKind::Deadlock, sample.tgid).is_some())
-                && let Some(threshold) = past(HangKind::LockWait, sample, thresholds)
+                && let Some(threshold) =
+                    past(HangKind::LockWait, LockWait::crossed, sample, thresholds)
             {
                 out.extend(LockWait { threshold }.check(sample, locks, now_ns));
             }
             // Running, not blocked: the off-CPU clock says nothing here.
-            if let Some(smallest) = self.smallest(HangKind::OnCpu)
-                && selected.contains(&sample.tgid)
+            if selected.contains(&sample.tgid)
                 && sample.not_blocked()
-                && u128::from(now_ns.saturating_sub(sample.runnable_since_ns))
-                    >= smallest.as_nanos()
-                && let Some(threshold) = thresholds.of(HangKind::OnCpu, sample.tgid)
+                && let Some(threshold) = past(HangKind::OnCpu, OnCpu::crossed, sample, thresholds)
             {
                 out.extend(OnCpu { threshold }.check(sample, selected, now_ns));
             }
@@ -444,6 +300,12 @@ impl Detectors {
 /// Full walks happen at least this often, so new processes and threads are seen.
 pub const MAX_WALK_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Whether a wait of `waited_ns` has lasted `threshold`: the comparison every kind's
+/// threshold check makes (each kind's file says what its wait is measured from).
+fn reached(waited_ns: u64, threshold: Duration) -> bool {
+    u128::from(waited_ns) >= threshold.as_nanos()
+}
+
 fn candidate(sample: &ThreadSample, kind: HangKind, threshold: Duration) -> Candidate {
     Candidate {
         thread: sample.key,
@@ -490,15 +352,6 @@ mod tests {
             set: per,
             origin: "test".into(),
         }
-    }
-
-    #[test]
-    fn every_kind_is_in_all_in_declaration_order() {
-        for (i, kind) in HangKind::ALL.into_iter().enumerate() {
-            assert_eq!(kind as usize, i, "{kind}");
-            assert_eq!(HangKind::from_name(kind.as_str()), Some(kind));
-        }
-        assert_eq!(HangKind::from_name("loop"), None);
     }
 
     #[test]
@@ -662,10 +515,11 @@ mod tests {
 pub(crate) mod testing {
     use std::{collections::HashMap, time::Duration};
 
-    use super::{HangKind, Thresholds};
+    use super::Thresholds;
+    pub use crate::state::testing::{blocked, blocked_in_futex};
     use crate::{
         config::{Process, Rules},
-        state::{ThreadKey, ThreadSample},
+        kind::HangKind,
     };
 
     /// [`Thresholds`] from real rules over given process names (pid -> comm), counting
@@ -698,50 +552,5 @@ pub(crate) mod testing {
                 pod: None,
             })[kind]
         }
-    }
-
-    /// A blocked thread as a scan would report it.
-    pub fn blocked(tid: u32, tgid: u32, task_state: u32, off_cpu_at_ns: u64) -> ThreadSample {
-        ThreadSample {
-            key: ThreadKey {
-                tid,
-                start_boottime_ns: 1_000,
-            },
-            tgid,
-            thread_name: "t".into(),
-            task_state,
-            state_at_switch: task_state,
-            off_cpu_at_ns,
-            on_cpu: false,
-            runnable_since_ns: 0,
-            event_loop: None,
-            woken: false,
-            kernel_thread: false,
-            blocked_before_attach: false,
-            syscall: None,
-            saved_syscall: None,
-            seen_at_ns: 0,
-        }
-    }
-
-    /// A thread in `futex(uaddr, FUTEX_WAIT_PRIVATE, val, timeout)`.
-    pub fn blocked_in_futex(
-        tid: u32,
-        tgid: u32,
-        off_cpu_at_ns: u64,
-        val: u64,
-        timed: bool,
-    ) -> ThreadSample {
-        let mut s = blocked(
-            tid,
-            tgid,
-            hangwatch_ebpf::task_state::INTERRUPTIBLE,
-            off_cpu_at_ns,
-        );
-        s.saved_syscall = Some(crate::meta::ProcSyscall {
-            nr: libc::SYS_futex,
-            args: [0x1000, 128, val, u64::from(timed), 0, 0],
-        });
-        s
     }
 }

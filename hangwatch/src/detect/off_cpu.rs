@@ -2,8 +2,8 @@
 //! it waits on. Off unless processes are selected (`--pid`, `--comm`).
 use std::time::Duration;
 
-use super::{Candidate, HangKind, Selected, candidate};
-use crate::state::ThreadSample;
+use super::{Candidate, Selected, candidate, reached};
+use crate::{kind::HangKind, state::ThreadSample};
 
 #[derive(Debug, Clone)]
 pub struct OffCpu {
@@ -11,13 +11,19 @@ pub struct OffCpu {
 }
 
 impl OffCpu {
+    /// off_cpu's threshold check: `sample` has been off-CPU for `threshold`, whatever it
+    /// waits on. Also the detectors' test against the smallest threshold any process has.
+    pub fn crossed(threshold: Duration, sample: &ThreadSample, now_ns: u64) -> bool {
+        reached(sample.off_cpu_for_ns(now_ns), threshold)
+    }
+
     pub fn check(
         &self,
         sample: &ThreadSample,
         selected: &Selected,
         now_ns: u64,
     ) -> Option<Candidate> {
-        let long_enough = u128::from(sample.off_cpu_for_ns(now_ns)) >= self.threshold.as_nanos();
+        let long_enough = Self::crossed(self.threshold, sample, now_ns);
         (selected.contains(&sample.tgid) && !sample.woken && long_enough)
             .then(|| candidate(sample, HangKind::OffCpu, self.threshold))
     }

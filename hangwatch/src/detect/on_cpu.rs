@@ -3,8 +3,8 @@
 //! but never waits for anything keeps running. Off unless processes are selected.
 use std::time::Duration;
 
-use super::{Candidate, HangKind, Selected};
-use crate::state::ThreadSample;
+use super::{Candidate, Selected, reached};
+use crate::{kind::HangKind, state::ThreadSample};
 
 #[derive(Debug, Clone)]
 pub struct OnCpu {
@@ -12,15 +12,21 @@ pub struct OnCpu {
 }
 
 impl OnCpu {
+    /// on_cpu's threshold check: `sample` has been runnable without blocking for
+    /// `threshold` (0, not seen runnable, never has). Also the detectors' test against the
+    /// smallest threshold any process has.
+    pub fn crossed(threshold: Duration, sample: &ThreadSample, now_ns: u64) -> bool {
+        let since = sample.runnable_since_ns;
+        since != 0 && reached(now_ns.saturating_sub(since), threshold)
+    }
+
     pub fn check(
         &self,
         sample: &ThreadSample,
         selected: &Selected,
         now_ns: u64,
     ) -> Option<Candidate> {
-        let since = sample.runnable_since_ns;
-        let long_enough =
-            since != 0 && u128::from(now_ns.saturating_sub(since)) >= self.threshold.as_nanos();
+        let long_enough = Self::crossed(self.threshold, sample, now_ns);
         (selected.contains(&sample.tgid)
             && sample.not_blocked()
             && !sample.paused()
@@ -31,7 +37,7 @@ impl OnCpu {
                 tgid: sample.tgid,
                 kind: HangKind::OnCpu,
                 threshold: self.threshold,
-                since_ns: since,
+                since_ns: sample.runnable_since_ns,
                 members: Vec::new(),
                 reason: None,
             })

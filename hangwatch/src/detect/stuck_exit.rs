@@ -5,50 +5,29 @@
 //! on purpose.
 use std::time::Duration;
 
-use super::{Candidate, HangKind};
-use crate::state::ThreadKey;
-
-pub const SIGINT: u32 = 2;
-pub const SIGQUIT: u32 = 3;
-pub const SIGTERM: u32 = 15;
+use super::{Candidate, reached};
+use crate::{
+    kind::HangKind,
+    state::{ExitRequest, exits::SIGTERM},
+};
 
 #[derive(Debug, Clone)]
 pub struct StuckExit {
     pub grace: Duration,
 }
 
-/// A process that was sent an exit signal, as the daemon keeps it until the process exits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExitRequest {
-    /// The thread the signal was sent to (the group leader for kill(2)).
-    pub target: ThreadKey,
-    pub tgid: u32,
-    pub sig: u32,
-    pub first_at_ns: u64,
-    pub signals: u32,
-    pub from_kernel: bool,
-    pub sender_pid: u32,
-    pub sender_comm: String,
-}
-
-impl ExitRequest {
-    pub fn signal_name(&self) -> &'static str {
-        match self.sig {
-            SIGINT => "SIGINT",
-            SIGQUIT => "SIGQUIT",
-            SIGTERM => "SIGTERM",
-            _ => "signal",
-        }
-    }
-}
-
 impl StuckExit {
+    /// stuck_exit's threshold check: `grace` has passed since the process was first asked
+    /// to exit.
+    pub fn crossed(grace: Duration, request: &ExitRequest, now_ns: u64) -> bool {
+        reached(now_ns.saturating_sub(request.first_at_ns), grace)
+    }
+
     pub fn check(&self, request: &ExitRequest, now_ns: u64) -> Option<Candidate> {
         if request.from_kernel && request.sig != SIGTERM {
             return None;
         }
-        let waited = now_ns.saturating_sub(request.first_at_ns);
-        (u128::from(waited) >= self.grace.as_nanos()).then(|| Candidate {
+        Self::crossed(self.grace, request, now_ns).then(|| Candidate {
             thread: request.target,
             tgid: request.tgid,
             kind: HangKind::StuckExit,
@@ -63,6 +42,10 @@ impl StuckExit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{
+        ThreadKey,
+        exits::{SIGINT, SIGQUIT},
+    };
 
     const SEC: u64 = 1_000_000_000;
 

@@ -12,9 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{HangKind, PerKind, Selected, Thresholds};
+use super::{Selected, Thresholds};
 use crate::{
     config::{Process, Rules},
+    kind::{HangKind, PerKind},
     meta::ProcessCache,
 };
 

@@ -29,15 +29,14 @@ use std::{
 
 use hangwatch_ebpf::StackRecord;
 
+use self::stacks::NewerHangs;
 use crate::{
     api::threads::StackRequest,
-    detect::stuck_exit::ExitRequest,
     episode::{EpisodeKey, Transition},
     meta::ProcessInfo,
     sink::{HangEvent, Hub, Resolution, StdoutSink},
-    state::{ThreadKey, ThreadSample},
+    state::{ExitRequest, ThreadKey, ThreadSample},
 };
-use stacks::NewerHangs;
 
 /// A command line is cut at this many bytes in events (`cmdline_truncated` says so).
 pub const MAX_CMDLINE_BYTES: usize = 4096;

@@ -17,8 +17,9 @@ use super::{
 };
 use crate::{
     clock,
-    detect::{HangKind, lock_wait::Ownerless, loop_stall::is_parked},
+    detect::{lock_wait::Ownerless, loop_stall::is_parked},
     episode::{Episode, EpisodeKey, Transition},
+    kind::HangKind,
     meta::{ProcessInfo, ThreadProc, futex_owner, thread_proc, wchan},
     metrics::Metrics,
     sink::{

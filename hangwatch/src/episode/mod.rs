@@ -9,12 +9,14 @@ use std::{
     time::Duration,
 };
 
+use serde::Serialize;
+
+pub use self::schedule::next_update_after;
 use crate::{
-    detect::{Candidate, HangKind, reason::DeadlockReason},
+    detect::{Candidate, reason::DeadlockReason},
+    kind::HangKind,
     state::ThreadKey,
 };
-
-pub use schedule::next_update_after;
 
 /// What names an episode: a thread, the wait that started at `since_ns`, and the kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,6 +24,16 @@ pub struct EpisodeKey {
     pub thread: ThreadKey,
     pub since_ns: u64,
     pub kind: HangKind,
+}
+
+/// What an event says of its episode: opened (`hang`), `update`d, or `resolved`. Named
+/// here, below the sinks and the metrics that both use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Hang,
+    Update,
+    Resolved,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,6 @@ use std::{
 };
 
 use super::reader::{Resisting, Worker};
-
 use crate::state::{FutexCall, FutexCmd, MUTEX_PREFIX_BYTES, ThreadKey, owner_candidate};
 
 /// How long an owner read stays good for the same wait.
@@ -221,7 +220,7 @@ pub fn kill_pending(tgid: u32, tid: u32) -> bool {
 pub struct ProcThread {
     pub name: String,
     pub state: char,
-    pub syscall: Option<crate::meta::ProcSyscall>,
+    pub syscall: Option<crate::state::ProcSyscall>,
 }
 
 pub fn proc_thread(tgid: u32, tid: u32) -> Option<ProcThread> {
@@ -232,7 +231,7 @@ pub fn proc_thread(tgid: u32, tid: u32) -> Option<ProcThread> {
     let state = stat.get(close + 2..)?.chars().next()?;
     let syscall = fs::read_to_string(format!("{dir}/syscall"))
         .ok()
-        .and_then(|t| crate::meta::ProcSyscall::parse(&t));
+        .and_then(|t| crate::state::ProcSyscall::parse(&t));
     Some(ProcThread {
         name,
         state,

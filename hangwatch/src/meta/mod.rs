@@ -5,13 +5,16 @@ pub mod confirm;
 pub mod container;
 pub mod futex_owner;
 pub mod helper;
+mod locks;
 pub mod memory;
+pub mod owner;
 pub mod pi_park;
 pub mod pods;
 mod process;
 pub mod reader;
 
-pub use futex_owner::OwnerCache;
-pub use process::{
-    ProcSyscall, ProcessCache, ProcessInfo, ThreadProc, exiting, thread_proc, wchan,
+pub use self::{
+    futex_owner::OwnerCache,
+    locks::LockFacts,
+    process::{ProcessCache, ProcessInfo, ThreadProc, exiting, thread_proc, wchan},
 };

@@ -20,10 +20,19 @@ use std::{
     fs,
 };
 
-use crate::{
-    detect::{LockFacts, deadlock::PiPark},
-    state::{FutexCall, FutexCmd, ThreadSample},
-};
+use super::LockFacts;
+use crate::state::{FutexCall, FutexCmd, ThreadSample};
+
+/// A thread that glibc parks for ever after `FUTEX_LOCK_PI` failed with EDEADLK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PiPark {
+    /// How far above its stack pointer the futex word it waits on is: a local variable
+    /// of `pthread_mutex_lock`, a word no other thread knows of.
+    pub above_sp: u64,
+    /// The thread that holds the lock it asked for, when only one can (the one thread
+    /// whose chain of PI lock waits ends at the parked one).
+    pub asked_owner: Option<u32>,
+}
 
 /// How far above the stack pointer at the syscall glibc's local futex word can be: the
 /// frame of `pthread_mutex_lock`'s slow path (84 bytes with Debian 12's glibc 2.36).
@@ -121,7 +130,7 @@ fn parked_above_sp(tgid: u32, tid: u32) -> Option<u64> {
 
 /// From a `/proc/PID/task/TID/syscall` line ("NR ARG1 ... ARG6 SP PC").
 fn park_offset(text: &str) -> Option<u64> {
-    let call = FutexCall::from_syscall(&crate::meta::ProcSyscall::parse(text)?)?;
+    let call = FutexCall::from_syscall(&crate::state::ProcSyscall::parse(text)?)?;
     let sp = text.split_whitespace().nth(7)?;
     let sp = u64::from_str_radix(sp.strip_prefix("0x")?, 16).ok()?;
     let above = call.uaddr.checked_sub(sp)?;

@@ -15,7 +15,7 @@ use super::{
     container::{self, ContainerRef},
     pods::{PodIndex, PodRef},
 };
-use crate::state::ThreadKey;
+use crate::state::{ProcSyscall, ThreadKey};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProcessInfo {
@@ -258,29 +258,6 @@ pub fn wchan(tgid: u32, tid: u32) -> Option<String> {
     (!name.is_empty() && name != "0").then(|| name.to_owned())
 }
 
-/// `/proc/PID/task/TID/syscall` of a blocked thread: the syscall number and its arguments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcSyscall {
-    pub nr: i64,
-    pub args: [u64; 6],
-}
-
-impl ProcSyscall {
-    /// Parses "NR ARG1 ... ARG6 SP PC"; `None` for "running" or "-1 ..." (not in a syscall).
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut fields = text.split_whitespace();
-        let nr: i64 = fields.next()?.parse().ok()?;
-        if nr < 0 {
-            return None;
-        }
-        let mut args = [0u64; 6];
-        for arg in &mut args {
-            *arg = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
-        }
-        Some(Self { nr, args })
-    }
-}
-
 /// Field 22 of /proc/TGID/task/TID/stat: start time in clock ticks since boot; `None`
 /// when the thread is gone or has exited (a zombie or dead thread keeps its /proc entry
 /// until it is reaped).
@@ -330,16 +307,6 @@ mod tests {
             unified_cgroup("3:memory:/k8s/pod\n").as_deref(),
             Some("/k8s/pod")
         );
-    }
-
-    #[test]
-    fn parses_proc_syscall() {
-        let s =
-            ProcSyscall::parse("202 0x5581 0x80 0x2 0x0 0x0 0x0 0x7ffc 0x7f12\n").expect("parses");
-        assert_eq!(s.nr, 202);
-        assert_eq!(s.args[..4], [0x5581, 0x80, 2, 0]);
-        assert_eq!(ProcSyscall::parse("running\n"), None);
-        assert_eq!(ProcSyscall::parse("-1 0x7ffc 0x7f12\n"), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::{detect::HangKind, sink::EventType};
+use crate::{episode::EventType, kind::HangKind};
 
 /// Episode lengths, from a short `loop_stall` to a thread stuck for hours.
 const HANG_BUCKETS: &[f64] = &[

@@ -17,8 +17,10 @@ use hangwatch_ebpf::{
     ClockSample, Counter, ExitSignal, JiffiesClock, ScanConfig, StackRecord, ThreadRecord, names,
 };
 
-pub use attach::{Degraded, LOOP_PROBE, PROBES, ProbeSelection};
-pub use thread_state::{Lookup, StateReader, ThreadHandle, thread_pidfds};
+pub use self::{
+    attach::{Degraded, LOOP_PROBE, PROBES, ProbeSelection},
+    thread_state::{Lookup, StateReader, ThreadHandle, thread_pidfds},
+};
 
 /// The eBPF object built from `hangwatch-ebpf` by build.rs.
 static EBPF_OBJECT: &[u8] =

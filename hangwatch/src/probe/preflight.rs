@@ -4,7 +4,7 @@ mod features;
 
 use std::{ffi::CString, fs, io, path::Path};
 
-pub use features::FeaturesError;
+pub use self::features::FeaturesError;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// The oldest mainline release with every feature of [`features::REQUIRED`] (docs/kernels.md).

@@ -3,19 +3,13 @@
 use serde::Serialize;
 
 use crate::{
-    detect::{HangKind, lock_wait::OwnerlessLock, reason::DeadlockReason},
+    detect::{lock_wait::OwnerlessLock, reason::DeadlockReason},
+    episode::EventType,
+    kind::HangKind,
     meta::ProcessInfo,
     stack::ThreadStacks,
     state::Wait,
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventType {
-    Hang,
-    Update,
-    Resolved,
-}
 
 /// Why an episode ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use super::{EventType, HangEvent, Store, WebhookSink, redact::Redaction};
 use crate::{
-    api::peer,
+    meta::owner::owner_of,
     metrics::{HungLabels, Metrics},
 };
 
@@ -30,7 +30,7 @@ impl Hub {
         // process is there (a read of its credentials, which never waits on the process).
         let owner = match event.event {
             EventType::Hang | EventType::Update if self.store.owner(&event.id).is_none() => {
-                peer::owner_of(event.pid)
+                owner_of(event.pid)
             }
             _ => None,
         };

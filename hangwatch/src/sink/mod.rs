@@ -18,21 +18,14 @@ use std::{
     thread,
 };
 
-pub use event::{
-    BlockedOn, CycleMember, EventType, ExitInfo, HangEvent, LoopStallInfo, Resolution, Workload,
+pub use self::{
+    event::{BlockedOn, CycleMember, ExitInfo, HangEvent, LoopStallInfo, Resolution, Workload},
+    hub::Hub,
+    store::{HISTORY_CAPACITY, ProbeStatus, Store, ms, started_at},
+    webhook::{WebhookConfig, WebhookError, WebhookSink},
 };
-pub use hub::Hub;
-pub use store::{HISTORY_CAPACITY, ProbeStatus, Store, ms, started_at};
-pub use webhook::{WebhookConfig, WebhookError, WebhookSink, WebhookUrl};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    /// One JSON object per line.
-    Json,
-    /// A readable multi-line report.
-    Text,
-}
+use crate::config::OutputFormat;
+pub use crate::episode::EventType;
 
 const QUEUE: usize = 4096;
 

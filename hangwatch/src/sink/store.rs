@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::{EventType, HangEvent};
-use crate::api::access::Owner;
+use crate::meta::owner::Owner;
 
 /// Ended episodes kept for `history` (with their stacks: a few KiB each).
 pub const HISTORY_CAPACITY: usize = 256;
@@ -214,7 +214,6 @@ pub fn started_at() -> SystemTime {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
     pub(crate) use crate::sink::event::example as event;
 
     const OWNER: Owner = Owner {

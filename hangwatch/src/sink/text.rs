@@ -219,7 +219,7 @@ pub fn render(e: &HangEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{detect::HangKind, stack::ThreadStacks, state::Wait};
+    use crate::{kind::HangKind, stack::ThreadStacks, state::Wait};
 
     #[test]
     fn an_ended_episode_says_how_in_the_words_of_the_json() {

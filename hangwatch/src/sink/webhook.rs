@@ -23,7 +23,7 @@ use std::{
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
 
 use super::HangEvent;
-use crate::metrics::Metrics;
+use crate::{config::WebhookUrl, metrics::Metrics};
 
 /// Events waiting for delivery; more are dropped.
 const QUEUE: usize = 256;
@@ -39,8 +39,6 @@ const MAX_REDIRECTS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
-    #[error("webhook URL `{url}`: {reason}")]
-    BadUrl { url: String, reason: &'static str },
     #[error("cannot start the webhook thread: {0}")]
     Thread(#[source] std::io::Error),
     #[error("cannot read the webhook CA file {path}")]
@@ -71,42 +69,6 @@ pub enum WebhookError {
     },
     #[error("the webhook token file {path} is empty")]
     EmptyToken { path: String },
-}
-
-/// A checked webhook URL: `http[s]://HOST[:PORT]/PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebhookUrl(String);
-
-impl WebhookUrl {
-    pub fn parse(text: &str) -> Result<Self, WebhookError> {
-        let bad = |reason| WebhookError::BadUrl {
-            url: text.to_owned(),
-            reason,
-        };
-        let uri: ureq::http::Uri = text.parse().map_err(|_| bad("not a valid URL"))?;
-        match uri.scheme_str() {
-            Some("http" | "https") => {}
-            _ => return Err(bad("must start with http:// or https://")),
-        }
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(bad("has no host"));
-        }
-        Ok(Self(text.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_https(&self) -> bool {
-        self.0.starts_with("https://")
-    }
-}
-
-impl std::fmt::Display for WebhookUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// The webhook and how to reach it: flags `--webhook*` or their config keys.

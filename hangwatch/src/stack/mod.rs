@@ -14,10 +14,12 @@ pub mod user;
 
 use serde::Serialize;
 
-pub use kernel::KernelSymbolizer;
-pub use tag::FrameTag;
-pub use taker::{StackSource, StackTaker, ThreadStacks};
-pub use user::UserStacks;
+pub use self::{
+    kernel::KernelSymbolizer,
+    tag::FrameTag,
+    taker::{StackSource, StackTaker, ThreadStacks},
+    user::UserStacks,
+};
 
 /// One frame of a symbolized stack. (Deserialize: frames come back from the unwinder
 /// process, `stack::unwinder`.)

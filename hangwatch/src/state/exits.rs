@@ -5,7 +5,35 @@ use std::collections::HashMap;
 use hangwatch_ebpf::{EXIT_SIGNAL_FROM_KERNEL, ExitSignal};
 
 use super::ThreadKey;
-use crate::detect::ExitRequest;
+
+pub const SIGINT: u32 = 2;
+pub const SIGQUIT: u32 = 3;
+pub const SIGTERM: u32 = 15;
+
+/// A process that was sent an exit signal, as the daemon keeps it until the process exits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitRequest {
+    /// The thread the signal was sent to (the group leader for kill(2)).
+    pub target: ThreadKey,
+    pub tgid: u32,
+    pub sig: u32,
+    pub first_at_ns: u64,
+    pub signals: u32,
+    pub from_kernel: bool,
+    pub sender_pid: u32,
+    pub sender_comm: String,
+}
+
+impl ExitRequest {
+    pub fn signal_name(&self) -> &'static str {
+        match self.sig {
+            SIGINT => "SIGINT",
+            SIGQUIT => "SIGQUIT",
+            SIGTERM => "SIGTERM",
+            _ => "signal",
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct ExitTable {

@@ -1,8 +1,7 @@
 //! Futex waits as locks: which futex call a blocked thread is in (from its saved syscall
 //! arguments), and, given the words at the futex address, who owns the lock. Pure
 //! functions; the reading is `meta::futex_owner`'s.
-use super::ThreadSample;
-use crate::meta::ProcSyscall;
+use super::{ProcSyscall, ThreadSample};
 
 /// futex_waitv(2) and futex_wait(2), the same numbers on every architecture.
 const SYS_FUTEX_WAITV: i64 = 449;

@@ -1,9 +1,11 @@
 //! Per-thread state as the scan sees it: the decoded form of the kernel's `ThreadRecord`s.
 //! Plain data and pure functions, so detectors can be fed recorded samples in tests.
-mod exits;
+pub mod exits;
 mod lock;
 mod syscalls;
 mod table;
+#[cfg(test)]
+pub mod testing;
 mod wait;
 
 use hangwatch_ebpf::{
@@ -11,11 +13,13 @@ use hangwatch_ebpf::{
     task_state,
 };
 
-pub use exits::ExitTable;
-pub use lock::{FutexCall, FutexCmd, MUTEX_PREFIX_BYTES, needs_ticks, owner_candidate};
-pub use syscalls::syscall_name;
-pub use table::{Refresh, ThreadTable};
-pub use wait::{TaskState, Wait, futex_op_name};
+pub use self::{
+    exits::{ExitRequest, ExitTable},
+    lock::{FutexCall, FutexCmd, MUTEX_PREFIX_BYTES, needs_ticks, owner_candidate},
+    syscalls::{ProcSyscall, syscall_name},
+    table::{Refresh, ThreadTable},
+    wait::{TaskState, Wait, futex_op_name},
+};
 
 /// A thread, unambiguously: the tid together with its start time survives tid reuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -23,8 +27,6 @@ pub struct ThreadKey {
     pub tid: u32,
     pub start_boottime_ns: u64,
 }
-
-use crate::meta::ProcSyscall;
 
 /// The syscall a thread is blocked in, as the optional futex probes saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

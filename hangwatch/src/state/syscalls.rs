@@ -1,5 +1,29 @@
-//! Syscall numbers to names, for the syscalls a blocked thread is commonly found in. The
-//! numbers come from `libc` for the architecture hangwatch is built for.
+//! Syscall numbers to names, for the syscalls a blocked thread is commonly found in (the
+//! numbers come from `libc` for the architecture hangwatch is built for), and the syscall
+//! a thread is in as `/proc` shows it.
+
+/// `/proc/PID/task/TID/syscall` of a blocked thread: the syscall number and its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcSyscall {
+    pub nr: i64,
+    pub args: [u64; 6],
+}
+
+impl ProcSyscall {
+    /// Parses "NR ARG1 ... ARG6 SP PC"; `None` for "running" or "-1 ..." (not in a syscall).
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut fields = text.split_whitespace();
+        let nr: i64 = fields.next()?.parse().ok()?;
+        if nr < 0 {
+            return None;
+        }
+        let mut args = [0u64; 6];
+        for arg in &mut args {
+            *arg = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
+        }
+        Some(Self { nr, args })
+    }
+}
 
 /// The name of syscall `nr`, or `syscall_<nr>` for one not in the table.
 pub fn syscall_name(nr: i64) -> String {
@@ -80,5 +104,15 @@ mod tests {
         assert_eq!(syscall_name(libc::SYS_read), "read");
         assert_eq!(syscall_name(455), "futex_wait");
         assert_eq!(syscall_name(100_000), "syscall_100000");
+    }
+
+    #[test]
+    fn parses_proc_syscall() {
+        let s =
+            ProcSyscall::parse("202 0x5581 0x80 0x2 0x0 0x0 0x0 0x7ffc 0x7f12\n").expect("parses");
+        assert_eq!(s.nr, 202);
+        assert_eq!(s.args[..4], [0x5581, 0x80, 2, 0]);
+        assert_eq!(ProcSyscall::parse("running\n"), None);
+        assert_eq!(ProcSyscall::parse("-1 0x7ffc 0x7f12\n"), None);
     }
 }

@@ -3,8 +3,7 @@
 use hangwatch_ebpf::task_state;
 use serde::Serialize;
 
-use super::{ThreadSample, syscalls::syscall_name};
-use crate::meta::ProcSyscall;
+use super::{ProcSyscall, ThreadSample, syscalls::syscall_name};
 
 /// A task state as `ps` and `/proc/PID/stat` show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -267,7 +266,7 @@ mod tests {
 
     #[test]
     fn futex_details_from_proc_when_the_probes_missed_the_entry() {
-        let sample = crate::detect::testing::blocked(1, 1, 1, 0);
+        let sample = crate::state::testing::blocked(1, 1, 1, 0);
         let proc = ProcSyscall {
             nr: libc::SYS_futex,
             args: [0x5000, 0x189, 0, 0, 0, 0xffff_ffff],

@@ -1,6 +1,8 @@
 //! The ABBA deadlock program (`tests/programs/abba.c`), shared by several tests.
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use super::{Program, compile, parse_address};
 

@@ -1,8 +1,10 @@
 //! The CLI as a user runs it: `hangwatch <args>` against a daemon's endpoint.
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::Duration;
+use std::{
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
 
 use super::{HANGWATCH, Value, signal};
 

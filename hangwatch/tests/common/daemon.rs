@@ -1,13 +1,15 @@
 //! The daemon under test: `hangwatch run --output json` under a guard that collects its
 //! events and stderr, answers where its listeners are, stops it cleanly, and prints the
 //! whole run when a test panics.
-use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    fmt::Write as _,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
 
 use super::{Abba, HANGWATCH, Value, require_root, scaled, signal, wait_bounded};
 

@@ -1,10 +1,12 @@
 //! A loop-mounted ext4 image that tests freeze (`fsfreeze -f`): the frozen filesystem
 //! of the incidents hangwatch exists for. Drop thaws it, kills the processes it holds,
 //! unmounts, releases the loop device and removes the files, also on panic.
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::thread;
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::Duration,
+};
 
 use super::{Program, run_ok};
 

@@ -2,9 +2,11 @@
 //! test program) and stops answering when told, as a hung FUSE daemon or a dead network
 //! filesystem does. Drop aborts the connection (every waiter fails with ENOTCONN), kills
 //! the processes it holds and unmounts, also on panic: nothing stays mounted or in D.
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use super::{Program, compile};
 

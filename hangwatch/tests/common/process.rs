@@ -1,12 +1,14 @@
 //! Processes a test starts: the [`Program`] guard (stdout lines on a channel, killed by
 //! pid on drop), signals, bounded waits, and commands run to completion.
-use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    ffi::OsStr,
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    thread,
+    time::{Duration, Instant},
+};
 
 use super::{scaled, tids};
 

@@ -1,10 +1,12 @@
 //! The test programs: C sources of `tests/programs/` compiled the way distributions build
 //! (no frame pointers), Python scripts run with Debian's interpreter, and this package's
 //! examples.
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Mutex, OnceLock},
+};
 
 use super::Program;
 

@@ -1,7 +1,5 @@
 //! The machine the tests run on: root, tools on PATH, and what /proc says about a task.
-use std::path::PathBuf;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::{path::PathBuf, sync::OnceLock, time::Duration};
 
 /// The environment variable that says how many times slower than native this run is.
 pub const TIME_SCALE_VAR: &str = "HANGWATCH_TEST_TIME_SCALE";

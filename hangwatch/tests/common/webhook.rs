@@ -1,8 +1,10 @@
 //! A webhook receiver: a small HTTP server on loopback that records what the daemon POSTs.
-use std::io::{BufRead, BufReader, Write};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    io::{BufRead, BufReader, Write},
+    sync::{Arc, Condvar, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
 
 use super::{Received, Value};
 

@@ -5,8 +5,10 @@
 //
 // stdout: "pid <pid>", "mutex_a <addr>", "mutex_b <addr>", "tid_a <tid>", "tid_b <tid>",
 // then "ready" once both hold their first lock and go for the second.
-use std::sync::{Arc, Barrier, Mutex};
-use std::thread;
+use std::{
+    sync::{Arc, Barrier, Mutex},
+    thread,
+};
 
 static A: Mutex<u64> = Mutex::new(0);
 static B: Mutex<u64> = Mutex::new(0);

@@ -4,9 +4,11 @@
 // with no owner to name. Main joins the holder.
 //
 // stdout: "pid <pid>", "mutex <addr>", "holder <tid>", "waiter <tid>", then "ready".
-use std::io::Read;
-use std::sync::{Arc, Barrier, Mutex, mpsc};
-use std::thread;
+use std::{
+    io::Read,
+    sync::{Arc, Barrier, Mutex, mpsc},
+    thread,
+};
 
 static LOCK: Mutex<u64> = Mutex::new(0);
 

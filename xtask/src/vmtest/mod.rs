@@ -10,7 +10,13 @@ mod kernel;
 mod suite;
 mod vm;
 
-use std::{ffi::OsString, fmt::Write as _, fs, path::Path, time::Duration, time::Instant};
+use std::{
+    ffi::OsString,
+    fmt::Write as _,
+    fs,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail};
 

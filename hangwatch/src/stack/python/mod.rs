@@ -20,9 +20,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use self::{
+    remote::Remote,
+    walk::{Interpreter, PyFrame},
+};
 use super::{Frame, tag, user::maps::Mapping};
-use remote::Remote;
-use walk::{Interpreter, PyFrame};
 
 /// Processes whose interpreter is kept; the oldest is dropped beyond this.
 const MAX_PROCESSES: usize = 256;

@@ -20,12 +20,11 @@ use std::{
 };
 
 use blazesym::symbolize::Symbolized;
+pub(crate) use memory::StackCopy;
 use serde::Serialize;
 
 use super::{Frame, FrameTag, UserRegisters, python::PythonStacks, tag};
 use crate::meta::reader::FileId;
-
-pub(crate) use memory::StackCopy;
 
 /// Sections refused for their size since start (`modules::MAX_SECTION_BYTES`).
 pub fn sections_refused() -> u64 {

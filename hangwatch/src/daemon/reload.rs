@@ -20,12 +20,15 @@ use std::{
 
 use signal_hook::consts::SIGHUP;
 
-use super::{ConfigError, ConfigFile, Rule, Rules};
+use super::{
+    Config,
+    surfaces::{Surfaces, show_rules},
+};
 use crate::{
-    api::{self, Surfaces},
     cli::run::RunArgs,
-    daemon::Config,
-    detect::{Detectors, HangKind, Targets},
+    config::{ConfigError, ConfigFile, Rule, Rules},
+    detect::{Detectors, Targets},
+    kind::HangKind,
     metrics::Metrics,
     probe::Probes,
     sink::Store,
@@ -154,7 +157,7 @@ impl Reload {
         } else {
             tracing::info!("{path} reloaded: {}", changes.join("; "));
         }
-        api::show_rules(&self.store, new.rules());
+        show_rules(&self.store, new.rules());
         // Thresholds resolved per process under the old rules go with them.
         *targets = Targets::new(new.rules().clone());
         *detectors = new;

@@ -11,10 +11,12 @@ use std::{
 use hangwatch_ebpf::Counter;
 use serde_json::json;
 
-use super::{Api, Bound, Listeners, ServeError, StackRequest, serve, threads};
+use super::Config;
 use crate::{
+    api::{Api, Bound, Listeners, ServeError, StackRequest, listeners::Limits, serve, threads},
     config::Rules,
-    daemon::Config,
+    enrich::Tick,
+    episode::Transition,
     metrics::Metrics,
     probe::{PROBES, Probes},
     sink::{Hub, ProbeStatus, Store, WebhookError, WebhookSink, ms},
@@ -77,7 +79,7 @@ impl Surfaces {
                 socket: expose.socket.clone(),
                 socket_group: expose.socket_group.clone(),
                 cluster: expose.cluster.clone(),
-                limits: super::listeners::Limits::default(),
+                limits: Limits::default(),
             },
             Arc::clone(&api),
         )?;
@@ -140,12 +142,10 @@ impl Surfaces {
     /// A tick the enrich stage could not take (its queue of 1,024 ticks full: it has been
     /// stuck for minutes, which its deadlines should make impossible): each transition is
     /// logged, so that it is not lost silently; counted in `hangwatch_limits_total`.
-    pub fn unenriched(&self, tick: &crate::enrich::Tick) {
+    pub fn unenriched(&self, tick: &Tick) {
         for transition in &tick.transitions {
             let episode = match transition {
-                crate::episode::Transition::Opened(e)
-                | crate::episode::Transition::Updated(e)
-                | crate::episode::Transition::Ended(e) => e,
+                Transition::Opened(e) | Transition::Updated(e) | Transition::Ended(e) => e,
             };
             tracing::warn!(
                 "not reported in full (enrich queue full): {} of thread {} in process {}",
