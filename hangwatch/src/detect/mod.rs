@@ -370,6 +370,26 @@ impl Detectors {
                     }
                 }
             }
+            // Not known as a loop thread by its waits (a loop stalled on its first request,
+            // or since before the daemon started): recognized by its stack, if its process
+            // has a loop fd.
+            if let Some(smallest) = self.smallest(HangKind::LoopStall)
+                && sample.event_loop.is_none()
+                && !deadlocked.contains(&sample.key)
+                && !locks.owners.contains_key(&sample.key)
+                && (LoopStall {
+                    threshold: smallest,
+                })
+                .check_by_stack(sample, loops, now_ns)
+                    != LoopVerdict::Fine
+                && let Some(threshold) = thresholds.of(HangKind::LoopStall, sample.tgid)
+            {
+                match (LoopStall { threshold }).check_by_stack(sample, loops, now_ns) {
+                    LoopVerdict::Fine => {}
+                    LoopVerdict::Watch(w) => watch.push((sample.key, w)),
+                    LoopVerdict::Stalled(c) => out.push(c),
+                }
+            }
         }
         if self.smallest(HangKind::StuckExit).is_some() {
             for request in exits {
@@ -424,6 +444,9 @@ impl Detectors {
                 u64::try_from(LoopStall { threshold: t }.proven().as_nanos()).unwrap_or(u64::MAX)
             }),
             on_cpu_min_ns: self.smallest(HangKind::OnCpu).map_or(u64::MAX, ns),
+            // From half the threshold the daemon reads the stack of a thread of a process
+            // with a loop fd (`LoopStall::check_by_stack`).
+            loop_fd_min_ns: self.smallest(HangKind::LoopStall).map_or(u64::MAX, ns),
         }
     }
 

@@ -5,6 +5,7 @@ pub mod confirm;
 pub mod container;
 pub mod futex_owner;
 pub mod helper;
+pub mod loop_fds;
 pub mod memory;
 pub mod pi_park;
 pub mod pods;
