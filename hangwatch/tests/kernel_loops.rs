@@ -401,13 +401,29 @@ fn loops_stalled_before_the_daemon_started_are_loop_stalls_from_their_stacks() {
     let idle_asyncio = Server::start(python("loop_server.py", &["idle"], PYTHON));
     let idle_tokio = Server::start(Program::start(&tokio_binary, &["idle"]));
     let blocking = Server::start(Program::start(&tokio_binary, &["blocking"]));
-    let mut conn = TcpStream::connect(("127.0.0.1", blocking.port)).expect("connect");
-    conn.write_all(b"stall\n").expect("write");
-    let mut answer = String::new();
-    BufReader::new(&conn)
-        .read_line(&mut answer)
-        .expect("the blocking server answers");
-    assert_eq!(answer, "ok\n");
+    // An asyncio server whose executor thread sleeps for ever (a thread pool's worker in a
+    // process with an epoll fd), and a program that only created an epoll fd and sleeps.
+    let executor = Server::start(python("loop_server.py", &["executor"], PYTHON));
+    let mut conns = Vec::new();
+    for port in [blocking.port, executor.port] {
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        conn.write_all(b"stall\n").expect("write");
+        let mut answer = String::new();
+        BufReader::new(&conn)
+            .read_line(&mut answer)
+            .expect("the server answers");
+        assert_eq!(answer, "ok\n");
+        conns.push(conn);
+    }
+    let mut epoll_only = Program::spawn({
+        let mut c = Command::new(PYTHON);
+        c.args([
+            "-c",
+            "import select, time; e = select.epoll(); print('ready', flush=True); time.sleep(100000)",
+        ]);
+        c
+    });
+    epoll_only.expect_line("ready", LINE_TIMEOUT);
     thread::sleep(Duration::from_millis(300));
 
     let started = Instant::now();
@@ -458,10 +474,9 @@ fn loops_stalled_before_the_daemon_started_are_loop_stalls_from_their_stacks() {
     for (what, pid) in [
         ("the idle asyncio server", idle_asyncio.pid()),
         ("the idle tokio runtime", idle_tokio.pid()),
-        (
-            "the runtime whose spawn_blocking thread reads",
-            blocking.pid(),
-        ),
+        ("the spawn_blocking reader's runtime", blocking.pid()),
+        ("the asyncio server whose executor sleeps", executor.pid()),
+        ("the program that only created an epoll fd", epoll_only.pid),
     ] {
         assert!(
             daemon.events_for(pid).is_empty(),
