@@ -2,7 +2,9 @@
 //! event loops blocked or spinning in a handler, their idle and busy twins that must stay
 //! silent, a CPU-bound program that is no event loop, and a daemon whose SIGTERM handler
 //! waits for a lock that is never released. All with the defaults but for short
-//! thresholds.
+//! thresholds. And loops never seen in their wait (issue 14): asyncio, tokio and Node
+//! servers stalled before the daemon started, a tokio runtime stalled by its first
+//! request, recognized from their stacks, beside controls that must stay quiet.
 mod common;
 
 use std::{
@@ -364,21 +366,30 @@ fn a_daemon_whose_sigterm_handler_waits_for_a_lock_is_a_stuck_exit() {
     daemon.stop();
 }
 
-/// A loop_stall recognized from the stack (`stall.recognized_from: "stack"`): its thread,
-/// its driver frame (one of `drivers`), the stack showing `handler`.
-fn assert_stack_stall(daemon: &Daemon, pid: u32, patience: Duration) -> Received {
+/// The one loop_stall of `pid`, recognized from its stack (`stall.recognized_from:
+/// "stack"`, no loop wait seen), doing `doing`.
+fn assert_stack_stall(daemon: &Daemon, pid: u32, patience: Duration, doing: &str) -> Received {
     let hang = daemon.wait_for_event(&format!("loop_stall for pid {pid}"), patience, |v| {
         v["event"] == "hang" && v["kind"] == "loop_stall" && u64_of(v, "/pid") == u64::from(pid)
     });
     let v = &hang.value;
     assert_eq!(str_of(v, "/stall/recognized_from"), "stack", "{v}");
     assert_eq!(u64_of(v, "/stall/loop_waits"), 0, "{v}");
-    assert_eq!(
-        str_of(v, "/stall/doing"),
-        "blocked in clock_nanosleep",
-        "{v}"
-    );
+    assert_eq!(str_of(v, "/stall/doing"), doing, "{v}");
     hang
+}
+
+/// `tests/programs/node_server.js` under Node (`cargo xtask setup` installs Debian's nodejs).
+fn node_server(mode: &str) -> Program {
+    assert!(
+        have_tool("node"),
+        "node is missing (Debian's nodejs; xtask setup installs it)"
+    );
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/node_server.js");
+    let mut c = Command::new("node");
+    c.arg(path).arg(mode);
+    Program::spawn(c)
 }
 
 /// A report's user stack, innermost first: its function names (Python's too).
@@ -394,12 +405,15 @@ fn loops_stalled_before_the_daemon_started_are_loop_stalls_from_their_stacks() {
     // Stalled before the daemon starts: never seen in their wait.
     let asyncio = Server::start(python("loop_server.py", &["sleep"], PYTHON));
     let tokio = Server::start(Program::start(&tokio_binary, &["stall"]));
+    let node = Server::start(node_server("sleep"));
     let _asyncio_conn = asyncio.stall();
     let _tokio_conn = tokio.stall();
+    let _node_conn = node.stall();
     // Controls, started and used before the daemon too: idle servers, and a runtime whose
     // spawn_blocking thread waits for ever in read() (not the loop: the runtime answers).
     let idle_asyncio = Server::start(python("loop_server.py", &["idle"], PYTHON));
     let idle_tokio = Server::start(Program::start(&tokio_binary, &["idle"]));
+    let idle_node = Server::start(node_server("idle"));
     let blocking = Server::start(Program::start(&tokio_binary, &["blocking"]));
     // An asyncio server whose executor thread sleeps for ever (a thread pool's worker in a
     // process with an epoll fd), and a program that only created an epoll fd and sleeps.
@@ -430,7 +444,12 @@ fn loops_stalled_before_the_daemon_started_are_loop_stalls_from_their_stacks() {
     let mut daemon = Daemon::start(&[]);
     // Within the threshold + the walks that mark the process and read the stack.
     let patience = Duration::from_millis(THRESHOLD_MS) + Duration::from_secs(6);
-    let hang = assert_stack_stall(&daemon, asyncio.pid(), patience);
+    let hang = assert_stack_stall(
+        &daemon,
+        asyncio.pid(),
+        patience,
+        "blocked in clock_nanosleep",
+    );
     let v = &hang.value;
     assert_eq!(
         u64_of(v, "/tid"),
@@ -450,7 +469,7 @@ fn loops_stalled_before_the_daemon_started_are_loop_stalls_from_their_stacks() {
     );
     let asyncio_after = hang.at.duration_since(started);
 
-    let hang = assert_stack_stall(&daemon, tokio.pid(), patience);
+    let hang = assert_stack_stall(&daemon, tokio.pid(), patience, "blocked in clock_nanosleep");
     let v = &hang.value;
     assert_ne!(u64_of(v, "/tid"), u64::from(tokio.pid()), "a worker: {v}");
     assert_eq!(v["blocked_since_before_start"], true, "{v}");
@@ -466,14 +485,23 @@ fn loops_stalled_before_the_daemon_started_are_loop_stalls_from_their_stacks() {
         "{v}"
     );
     let tokio_after = hang.at.duration_since(started);
+
+    // Node: blocked in a synchronous read() called from a JS callback under libuv's loop.
+    let hang = assert_stack_stall(&daemon, node.pid(), patience, "blocked in read");
+    let v = &hang.value;
+    assert_eq!(u64_of(v, "/tid"), u64::from(node.pid()), "{v}");
+    assert_eq!(v["blocked_since_before_start"], true, "{v}");
+    assert_eq!(str_of(v, "/stall/driver_frame"), "uv_run", "{v}");
+    let node_after = hang.at.duration_since(started);
     eprintln!(
-        "reported {asyncio_after:?} (asyncio) and {tokio_after:?} (tokio) after the daemon was started"
+        "reported {asyncio_after:?} (asyncio), {tokio_after:?} (tokio) and {node_after:?} (node) after the daemon was started"
     );
     // Nothing else: one episode each, and the controls quiet for two more thresholds.
     thread::sleep(Duration::from_millis(2 * THRESHOLD_MS));
     for (what, pid) in [
         ("the idle asyncio server", idle_asyncio.pid()),
         ("the idle tokio runtime", idle_tokio.pid()),
+        ("the idle Node server", idle_node.pid()),
         ("the spawn_blocking reader's runtime", blocking.pid()),
         ("the asyncio server whose executor sleeps", executor.pid()),
         ("the program that only created an epoll fd", epoll_only.pid),
@@ -484,7 +512,7 @@ fn loops_stalled_before_the_daemon_started_are_loop_stalls_from_their_stacks() {
             daemon.dump(Some(&[pid]))
         );
     }
-    for pid in [asyncio.pid(), tokio.pid()] {
+    for pid in [asyncio.pid(), tokio.pid(), node.pid()] {
         let hangs = daemon
             .events_for(pid)
             .iter()

@@ -1,0 +1,39 @@
+// A Node TCP server (libuv's loop). Modes: `idle` serves normally; `sleep`: a request
+// "stall" blocks the loop in a synchronous read of a FIFO nobody writes (fs.readSync: a
+// read() on the main thread, under uv_run). Any other request is answered "ok" at once.
+// Prints {"pid", "tid", "port"}, then "ready".
+"use strict";
+const fs = require("fs");
+const net = require("net");
+const os = require("os");
+const path = require("path");
+const { execFileSync } = require("child_process");
+
+const mode = process.argv[2];
+const fifo = path.join(os.tmpdir(), `hangwatch-node-${process.pid}.fifo`);
+execFileSync("mkfifo", [fifo]);
+process.on("exit", () => fs.rmSync(fifo, { force: true }));
+
+const server = net.createServer((socket) => {
+  let buffered = "";
+  socket.on("data", (data) => {
+    buffered += data.toString();
+    let at;
+    while ((at = buffered.indexOf("\n")) >= 0) {
+      const line = buffered.slice(0, at).trim();
+      buffered = buffered.slice(at + 1);
+      if (line === "stall" && mode === "sleep") {
+        // O_RDWR: the open does not wait for a writer; the read waits for ever.
+        const fd = fs.openSync(fifo, "r+");
+        fs.readSync(fd, Buffer.alloc(1));
+      }
+      socket.write("ok\n");
+    }
+  });
+  socket.on("error", () => {});
+});
+server.listen(0, "127.0.0.1", () => {
+  const port = server.address().port;
+  console.log(JSON.stringify({ pid: process.pid, tid: process.pid, port }));
+  console.log("ready");
+});
