@@ -677,9 +677,11 @@ fn a_stuck_exit_of_500_spinning_threads_stays_bounded() {
         capped >= THREADS - 16,
         "the others say why they have no stack: {capped}"
     );
-    // Reports are built one at a time: this one waits for the stuck_exit report's stack
-    // budget (up to 3 s) before its own. The target is 1 s past its threshold; the figure is
-    // printed above (6.8 s on this machine shared with builds); the bound catches blindness.
+    // Reports are built one at a time: this one waits for the stuck_exit report's reads in
+    // progress (the other threads' stacks give way once it has waited 250 ms, and get
+    // 500 ms in all). The target is 1 s past its threshold; the figure is printed above
+    // (docs/design.md has the runs); the bound catches blindness, not slowness on a machine
+    // shared with builds.
     assert!(
         latency < Duration::from_secs(15),
         "the deadlock is reported, not after {latency:?}"

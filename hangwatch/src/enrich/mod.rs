@@ -44,6 +44,10 @@ pub const MAX_CMDLINE_BYTES: usize = 4096;
 /// A `stuck_exit` report carries the stacks of at most this many of the process's threads
 /// (its signalled thread first); the others are listed with their wait only.
 pub const MAX_EXIT_STACKS: usize = 16;
+/// A `stuck_exit` report spends at most this long on the stacks of threads other than the
+/// signalled one: sampling a running thread waits for it to get a CPU, and 15 spinning
+/// threads of a busy process took 1.2 s in one run, while a newer hang waited.
+pub const EXIT_OTHERS_DUE: Duration = Duration::from_millis(500);
 /// The first this many holders of a `blocked_on` chain carry their stacks (the tick takes
 /// their records too).
 pub const MAX_HOLDER_STACKS: usize = 4;
@@ -60,6 +64,12 @@ pub const BACKLOG: Duration = Duration::from_secs(2);
 /// to `REPORT_HARD_DUE`.
 pub const ALWAYS_READ: usize = 8;
 pub const REPORT_HARD_DUE: Duration = Duration::from_secs(3);
+/// The reports of a tick past its first `ALWAYS_READ` (the tail of a mass hang) read user
+/// stacks only while such reports have taken less than this share of the stage's time on
+/// average (bursts of up to `REPORT_DUE`): a mass hang that goes on for many ticks is
+/// reported at the speed of kernel symbolization once its share is spent, and the daemon
+/// stays well under half a core (the unwinder process included) however many threads hang.
+pub const TAIL_SHARE: f64 = 0.2;
 /// One read of a watched process (its stack and the files to unwind and symbolize it, its
 /// command line) may take this long; past it the process is marked as resisting.
 pub const READ_DEADLINE: Duration = Duration::from_millis(200);
@@ -176,13 +186,14 @@ impl Enrich {
             .name("hangwatch-enrich".into())
             .spawn(move || {
                 // Made here: the symbolizers are not `Send`.
-                let reader = match stacks::StackReader::new(Arc::clone(&metrics)) {
-                    Ok(reader) => reader,
-                    Err(err) => {
-                        tracing::error!("cannot start the stack reader: {err}; no reports");
-                        return;
-                    }
-                };
+                let reader =
+                    match stacks::StackReader::new(Arc::clone(&metrics), stage_newer.clone()) {
+                        Ok(reader) => reader,
+                        Err(err) => {
+                            tracing::error!("cannot start the stack reader: {err}; no reports");
+                            return;
+                        }
+                    };
                 let mut stage = Stage {
                     reports: report::Reports::new(
                         reader,
@@ -192,6 +203,7 @@ impl Enrich {
                     sinks,
                     stopping,
                     newer: stage_newer,
+                    tail: TailAllowance::full(Instant::now()),
                 };
                 stage.run(&queue);
                 stage.stop();
@@ -230,6 +242,36 @@ struct Stage {
     stopping: Arc<AtomicBool>,
     /// The detection thread's ticks opening a hang, handed over and not yet taken.
     newer: NewerHangs,
+    /// What the tails of ticks may still spend on user stacks (`TAIL_SHARE`).
+    tail: TailAllowance,
+}
+
+/// A token bucket of stage time for the user stacks of ticks' tails: refilled at
+/// `TAIL_SHARE` of the time that passes, up to `REPORT_DUE`.
+struct TailAllowance {
+    available: Duration,
+    refilled_at: Instant,
+}
+
+impl TailAllowance {
+    fn full(now: Instant) -> Self {
+        Self {
+            available: REPORT_DUE,
+            refilled_at: now,
+        }
+    }
+
+    /// What may be spent now.
+    fn available(&mut self, now: Instant) -> Duration {
+        let passed = now.saturating_duration_since(self.refilled_at);
+        self.available = (self.available + passed.mul_f64(TAIL_SHARE)).min(REPORT_DUE);
+        self.refilled_at = now;
+        self.available
+    }
+
+    fn spend(&mut self, spent: Duration) {
+        self.available = self.available.saturating_sub(spent);
+    }
 }
 
 impl Stage {
@@ -255,20 +297,37 @@ impl Stage {
         let behind = started.duration_since(tick.at) >= BACKLOG;
         for (i, transition) in tick.transitions.iter().enumerate() {
             // The first reports of a tick read their stacks (up to the hard due); the rest
-            // of a large tick reads until `REPORT_DUE`, giving way to a newer tick.
-            let budget = match (behind, i < ALWAYS_READ) {
-                (true, _) => stacks::Budget::until(started, stopping),
-                (false, true) => stacks::Budget::until(started + REPORT_HARD_DUE, stopping),
-                (false, false) => {
-                    stacks::Budget::until(started + REPORT_DUE, stopping).yielding(&self.newer)
+            // of a large tick reads until `REPORT_DUE` and within its share, giving way to
+            // a newer hang.
+            let tail = !behind && i >= ALWAYS_READ;
+            let budget = if behind {
+                stacks::Budget::until(started, stopping)
+            } else if !tail {
+                stacks::Budget::until(started + REPORT_HARD_DUE, stopping)
+            } else {
+                let now = Instant::now();
+                let available = self.tail.available(now);
+                if available.is_zero() && !stopping {
+                    self.sinks.hub.metrics.limit("tail_share", 1);
+                    stacks::Budget::Skip(format!(
+                        "not read: the stage had spent its share of a CPU ({:.0} %) on the reports of a mass hang (`hangwatch threads PID --stacks` reads it)",
+                        TAIL_SHARE * 100.0
+                    ))
+                } else {
+                    stacks::Budget::until((started + REPORT_DUE).min(now + available), stopping)
+                        .yielding(&self.newer)
                 }
             };
-            let started = Instant::now();
+            let building = Instant::now();
             // A report that panics (a bug) costs that report, not the stage.
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.reports.build(transition, tick, &budget, stopping)
             }));
-            self.sinks.hub.metrics.report(started.elapsed());
+            let spent = building.elapsed();
+            self.sinks.hub.metrics.report(spent);
+            if tail {
+                self.tail.spend(spent);
+            }
             match built {
                 Ok(Some(event)) => self.publish(event),
                 Ok(None) => {}
@@ -308,3 +367,26 @@ impl Stage {
 
 /// The stop's grace: how long the sinks may take to flush at SIGTERM.
 pub const FLUSH_GRACE: Duration = Duration::from_millis(400);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_allowance_refills_at_its_share_up_to_the_due() {
+        let start = Instant::now();
+        let mut tail = TailAllowance::full(start);
+        assert_eq!(tail.available(start), REPORT_DUE);
+        tail.spend(REPORT_DUE * 2);
+        assert_eq!(
+            tail.available(start),
+            Duration::ZERO,
+            "spent, never negative"
+        );
+        let later = start + Duration::from_secs(1);
+        let refilled = tail.available(later);
+        assert_eq!(refilled, Duration::from_secs(1).mul_f64(TAIL_SHARE));
+        let much_later = later + Duration::from_secs(3600);
+        assert_eq!(tail.available(much_later), REPORT_DUE, "capped at a burst");
+    }
+}

@@ -10,8 +10,8 @@ use std::{
 use hangwatch_ebpf::StackRecord;
 
 use super::{
-    Check, MAX_EXIT_STACKS, MAX_HOLDER_STACKS, ParkChecks, ParkVerdict, REPORT_DUE, StacksJob,
-    Tick,
+    Check, EXIT_OTHERS_DUE, MAX_EXIT_STACKS, MAX_HOLDER_STACKS, ParkChecks, ParkVerdict,
+    REPORT_DUE, StacksJob, Tick,
     cmdline::CmdlineCache,
     stacks::{Budget, NewerHangs, StackReader},
 };
@@ -263,8 +263,10 @@ impl Reports {
         // The signalled thread first, so that it is among those with stacks.
         tids.sort_unstable_by_key(|&tid| (tid != request.target.tid, tid));
         let total = tids.len();
-        // The signalled thread's stack is the report's; the others' give way to newer hangs.
+        // The signalled thread's stack is the report's; the others' give way to newer hangs
+        // and get `EXIT_OTHERS_DUE` between them.
         let others = budget.yielding(&self.newer);
+        let mut others_due = None;
         let mut threads = Vec::new();
         let mut main = None;
         for (i, tid) in tids.into_iter().enumerate() {
@@ -272,16 +274,22 @@ impl Reports {
                 continue; // exited meanwhile
             };
             let wait = Wait::from_proc(t.state, t.syscall);
+            let signalled = tid == request.target.tid;
+            if !signalled && others_due.is_none() {
+                others_due = Some(Instant::now() + EXIT_OTHERS_DUE);
+            }
+            let others_spent = !signalled && others_due.is_some_and(|due| Instant::now() >= due);
             let thread_stacks = if i >= MAX_EXIT_STACKS {
                 ThreadStacks::failed(format!(
                     "not captured: a stuck_exit report carries the stacks of {MAX_EXIT_STACKS} of the process's {total} threads"
                 ))
+            } else if others_spent {
+                self.metrics.limit("exit_stacks", 1);
+                ThreadStacks::failed(format!(
+                    "not captured: a stuck_exit report spends {EXIT_OTHERS_DUE:?} on the stacks of threads other than the signalled one"
+                ))
             } else {
-                let budget = if tid == request.target.tid {
-                    budget
-                } else {
-                    &others
-                };
+                let budget = if signalled { budget } else { &others };
                 if t.state == 'R' {
                     self.reader
                         .running(tgid, tid, by_tid.get(&tid).copied(), budget)
@@ -290,7 +298,7 @@ impl Reports {
                         .blocked(tgid, by_tid.get(&tid).copied(), false, budget)
                 }
             };
-            if tid == request.target.tid {
+            if signalled {
                 main = Some((t.name.clone(), wait.clone(), thread_stacks.clone()));
             }
             threads.push(CycleMember::of(tid, t.name, wait, thread_stacks));

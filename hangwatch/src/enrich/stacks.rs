@@ -16,7 +16,7 @@ use super::READ_DEADLINE;
 use crate::{
     meta::{
         helper::Helper,
-        reader::{FileId, ReadError, Resisting, Worker},
+        reader::{CPU_GRACE, FileId, ReadError, Resisting, Worker},
     },
     metrics::Metrics,
     stack::{
@@ -157,10 +157,13 @@ pub struct StackReader {
     metrics: Arc<Metrics>,
     /// Kernel symbolization figures already in the metrics.
     kernel_published: (Duration, u64),
+    /// Ticks opening a hang that wait for the stage: an unwinder still working past its
+    /// grace is not waited for once one of them is due (`YIELD_AFTER`).
+    newer: NewerHangs,
 }
 
 impl StackReader {
-    pub fn new(metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    pub fn new(metrics: Arc<Metrics>, newer: NewerHangs) -> std::io::Result<Self> {
         Ok(Self {
             // /proc/kallsyms is read by the first report, not at start: its table costs
             // ~12 MiB of RSS, which a daemon that never reports should not carry (measured:
@@ -177,6 +180,7 @@ impl StackReader {
             resisting_files: Resisting::default(),
             metrics,
             kernel_published: (Duration::ZERO, 0),
+            newer,
         })
     }
 
@@ -217,7 +221,8 @@ impl StackReader {
     /// Asks the unwinder `task` about process `pid` unless it resists, telling it which
     /// module files resist (it reads around them); a miss marks the file it was reading,
     /// or else the process. Folds what it spent and counted into the metrics.
-    /// An unwinder still working past `deadline` is waited for while `budget` allows.
+    /// An unwinder still working past `deadline` is waited for up to `CPU_GRACE`, and past
+    /// it while `budget` allows, unless a newer hang has waited `YIELD_AFTER`.
     fn unwind(
         &mut self,
         pid: u32,
@@ -231,10 +236,12 @@ impl StackReader {
             avoid: self.resisting_files.current(now).into_iter().collect(),
             task,
         };
-        match self
-            .unwinder
-            .call(deadline, &request, || budget.check().is_ok())
-        {
+        let newer = self.newer.clone();
+        let may_work = move |elapsed: Duration| {
+            newer.waited().is_none_or(|waited| waited < YIELD_AFTER)
+                && (elapsed < CPU_GRACE || budget.check().is_ok())
+        };
+        match self.unwinder.call(deadline, &request, may_work) {
             Ok(reply) => {
                 let f = reply.figures;
                 self.metrics.symbolized("user", f.spent, 0);

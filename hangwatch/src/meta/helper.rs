@@ -29,7 +29,7 @@ use std::{
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use super::reader::{CPU_GRACE, FileId, MAX_STUCK_WORKERS, READING_MEMORY, ReadError, works};
+use super::reader::{FileId, MAX_STUCK_WORKERS, READING_MEMORY, ReadError, works};
 
 /// A message from the helper.
 #[derive(Debug, Serialize, Deserialize)]
@@ -103,16 +103,16 @@ impl<Q: Serialize, A: DeserializeOwned> Helper<Q, A> {
 
     /// Asks `request` and waits for the reply at most `deadline`, and past it while the
     /// helper works on a CPU rather than waits (a cold cache, a large binary: the
-    /// daemon's own work, not a wait on a target), for up to `CPU_GRACE` or as long as
-    /// `may_work` says the caller can wait. A helper that waits in the kernel past the
-    /// deadline is killed and `Missed` says what it was reading; one still working at the
-    /// end is left to finish in the background (`Slow`: its caches warm up for the next
-    /// call).
+    /// daemon's own work, not a wait on a target) as long as `may_work(elapsed)` says the
+    /// caller can wait (`reader::CPU_GRACE` is the usual answer). A helper that waits in the
+    /// kernel past the deadline is killed and `Missed` says what it was reading; one still
+    /// working at the end is left to finish in the background (`Slow`: its caches warm up
+    /// for the next call, whose wait for it gets no grace).
     pub fn call(
         &mut self,
         deadline: Duration,
         request: &Q,
-        may_work: impl Fn() -> bool,
+        may_work: impl Fn(Duration) -> bool,
     ) -> Result<A, ReadError> {
         let stuck = self.stuck();
         if stuck >= MAX_STUCK_WORKERS {
@@ -153,7 +153,7 @@ impl<Q: Serialize, A: DeserializeOwned> Helper<Q, A> {
             let now = Instant::now();
             if now >= until {
                 let pid = running.child.id();
-                if !busy && (started.elapsed() < CPU_GRACE || may_work()) && works(pid, pid) {
+                if !busy && may_work(started.elapsed()) && works(pid, pid) {
                     until = now + Duration::from_millis(20);
                     continue;
                 }
@@ -396,6 +396,7 @@ pub fn serve<Q: DeserializeOwned, A: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meta::reader::CPU_GRACE;
 
     /// A helper written in sh: the protocol is the contract, not the binary.
     fn sh(script: &str) -> Helper<u32, u32> {
@@ -407,8 +408,8 @@ mod tests {
         let mut helper = sh(
             r#"while read n; do echo '{"reading":{"what":"x","file":null}}'; echo "{\"reply\":$((n + 1))}"; done"#,
         );
-        assert_eq!(helper.call(Duration::from_secs(5), &41, || false), Ok(42));
-        assert_eq!(helper.call(Duration::from_secs(5), &1, || false), Ok(2));
+        assert_eq!(helper.call(Duration::from_secs(5), &41, |_| false), Ok(42));
+        assert_eq!(helper.call(Duration::from_secs(5), &1, |_| false), Ok(2));
         assert_eq!(helper.started, 1, "one helper answers every call");
     }
 
@@ -429,7 +430,7 @@ mod tests {
         );
         let mut helper = sh(&script);
         let started = Instant::now();
-        let got = helper.call(Duration::from_secs(1), &1, || false);
+        let got = helper.call(Duration::from_secs(1), &1, |_| false);
         assert!(started.elapsed() < Duration::from_secs(3), "no long wait");
         let Err(ReadError::Missed { what, file, .. }) = got.clone() else {
             panic!("a miss, not {got:?}");
@@ -444,7 +445,7 @@ mod tests {
         );
         assert_eq!(helper.abandoned, 1);
         // The next call gets a fresh helper (this one waits again, and is killed again).
-        let _ = helper.call(Duration::from_millis(100), &2, || false);
+        let _ = helper.call(Duration::from_millis(100), &2, |_| false);
         assert_eq!(helper.started, 2);
         // Killed helpers are reaped (killable waits end at SIGKILL).
         let until = Instant::now() + Duration::from_secs(5);
@@ -458,12 +459,12 @@ mod tests {
     #[test]
     fn a_helper_that_dies_is_replaced() {
         let mut helper = sh(r#"read n; exit 3"#);
-        let got = helper.call(Duration::from_secs(5), &1, || false);
+        let got = helper.call(Duration::from_secs(5), &1, |_| false);
         assert!(
             matches!(&got, Err(ReadError::Missed { why, .. }) if why.starts_with("the reader failed")),
             "{got:?}"
         );
-        let _ = helper.call(Duration::from_secs(5), &1, || false);
+        let _ = helper.call(Duration::from_secs(5), &1, |_| false);
         assert_eq!(helper.started, 2);
     }
 
@@ -477,10 +478,10 @@ mod tests {
             r#"while read n; do while [ ! -e {} ]; do :; done; echo "{{\"reply\":$n}}"; done"#,
             done.display()
         ));
-        let got = helper.call(Duration::from_millis(100), &1, || false);
+        let got = helper.call(Duration::from_millis(100), &1, |_| false);
         assert!(matches!(got, Err(ReadError::Slow { .. })), "{got:?}");
         std::fs::write(&done, b"").expect("flag");
-        assert_eq!(helper.call(Duration::from_secs(10), &2, || false), Ok(2));
+        assert_eq!(helper.call(Duration::from_secs(10), &2, |_| false), Ok(2));
         assert_eq!(helper.abandoned, 0);
         let _ = std::fs::remove_file(&done);
     }
@@ -503,7 +504,7 @@ mod tests {
         });
         let started = Instant::now();
         let until = started + Duration::from_secs(20);
-        let got = helper.call(Duration::from_millis(100), &7, || Instant::now() < until);
+        let got = helper.call(Duration::from_millis(100), &7, |_| Instant::now() < until);
         assert_eq!(got, Ok(7));
         assert!(
             started.elapsed() >= wait,

@@ -109,13 +109,16 @@ struct HungCounts {
 
 /// Every limit the daemon enforces and counts in `hangwatch_limits_total` when it bites
 /// (docs/design.md, "Never blind": why each exists).
-pub const LIMITS: [&str; 11] = [
+pub const LIMITS: [&str; 12] = [
     // A tick's transitions found the enrich queue full: reported without stacks.
     "enrich_queue_full",
     // A report was past due: its user stacks were not read.
     "report_due",
     // A read a report can do without gave way to a newer tick waiting for the stage.
     "report_yielded",
+    // A report of a tick's tail (a mass hang) went without user stacks: the stage had
+    // spent its share of a CPU on them (enrich::TAIL_SHARE).
+    "tail_share",
     // A stuck_exit report listed threads beyond MAX_EXIT_STACKS without stacks.
     "exit_stacks",
     // A `threads` request beyond THREAD_DUMPS being read at once (503).
