@@ -643,6 +643,70 @@ mod tests {
     }
 
     #[test]
+    fn a_loop_recognized_from_its_stack_follows_the_rules() {
+        let mut rules = base(&[(HangKind::LoopStall, Some(Duration::from_secs(2)))]);
+        rules
+            .rules
+            .push(rule("quiet", &[(HangKind::LoopStall, Setting::Off)]));
+        let d = Detectors::new(rules.clone());
+        let mut facts = RulesWith::new(&rules, &[(100, "server"), (200, "quiet")]);
+        let in_read = |tid, tgid| {
+            let mut s = blocked(tid, tgid, hangwatch_ebpf::task_state::INTERRUPTIBLE, 0);
+            s.saved_syscall = Some(crate::meta::ProcSyscall {
+                nr: libc::SYS_read,
+                args: [0; 6],
+            });
+            s
+        };
+        let samples = [in_read(101, 100), in_read(201, 200)];
+        let mut loops = LoopFacts::default();
+        loops.fd_processes.extend([100, 200]);
+        let none = Selected::default();
+        let locks = LockFacts::default();
+        let mut no = |_: &[&ThreadSample], _| None;
+        let found = d.detect(
+            &samples,
+            &Facts {
+                selected: &none,
+                locks: &locks,
+                loops: &loops,
+                exits: &[],
+            },
+            &mut facts,
+            &mut no,
+            SEC,
+        );
+        assert_eq!(
+            found.watch,
+            vec![(samples[0].key, Watch::CheckDriver)],
+            "only the process whose rules keep loop_stall on has its stack read"
+        );
+        for s in &samples {
+            loops.drivers.insert(s.key, (0, Some("uv_run".into())));
+        }
+        let found = d.detect(
+            &samples,
+            &Facts {
+                selected: &none,
+                locks: &locks,
+                loops: &loops,
+                exits: &[],
+            },
+            &mut facts,
+            &mut no,
+            2 * SEC,
+        );
+        assert_eq!(
+            found
+                .candidates
+                .iter()
+                .map(|c| (c.thread.tid, c.kind))
+                .collect::<Vec<_>>(),
+            vec![(101, HangKind::LoopStall)]
+        );
+    }
+
+    #[test]
     fn a_forming_cycle_gets_no_lock_wait_and_then_one_deadlock() {
         let rules = base(&[
             (HangKind::LockWait, Some(Duration::from_secs(1))),
