@@ -10,9 +10,12 @@ const path = require("path");
 const { execFileSync } = require("child_process");
 
 const mode = process.argv[2];
+// A FIFO nobody writes, opened O_RDWR (the open does not wait for a writer) and unlinked
+// at once: a read of it waits for ever, and a killed server leaves no file behind.
 const fifo = path.join(os.tmpdir(), `hangwatch-node-${process.pid}.fifo`);
 execFileSync("mkfifo", [fifo]);
-process.on("exit", () => fs.rmSync(fifo, { force: true }));
+const fifoFd = fs.openSync(fifo, "r+");
+fs.rmSync(fifo);
 
 const server = net.createServer((socket) => {
   let buffered = "";
@@ -23,9 +26,7 @@ const server = net.createServer((socket) => {
       const line = buffered.slice(0, at).trim();
       buffered = buffered.slice(at + 1);
       if (line === "stall" && mode === "sleep") {
-        // O_RDWR: the open does not wait for a writer; the read waits for ever.
-        const fd = fs.openSync(fifo, "r+");
-        fs.readSync(fd, Buffer.alloc(1));
+        fs.readSync(fifoFd, Buffer.alloc(1));
       }
       socket.write("ok\n");
     }
