@@ -47,6 +47,9 @@ pub mod names {
     /// LRU hash tgid -> 1: processes in which a walk found a thread in a loop wait; their
     /// other threads become loop candidates too (a tokio worker parked on its condvar).
     pub const MAP_LOOP_TGIDS: &str = "LOOP_TGIDS";
+    /// Hash tgid -> 1: processes with an epoll or io_uring fd, as the daemon read them from
+    /// `/proc/PID/fd`; their blocked threads are emitted from `loop_fd_min_ns`.
+    pub const MAP_LOOP_FD_TGIDS: &str = "LOOP_FD_TGIDS";
     /// LRU hash tgid -> [`crate::ExitSignal`]: processes asked to exit, drained by the daemon.
     pub const MAP_EXIT_SIGNALS: &str = "EXIT_SIGNALS";
     /// Array of u64 words, one bit per tid: the threads whose switch-ins `sched_switch`
@@ -67,6 +70,9 @@ pub const MAX_STACK_REQUESTS: u32 = 1024;
 pub const MAX_EXIT_SIGNALS: u32 = 4096;
 /// Capacity of `LOOP_TGIDS`: processes with an event-loop thread (LRU beyond it).
 pub const MAX_LOOP_TGIDS: u32 = 8192;
+/// Capacity of `LOOP_FD_TGIDS`: processes with an epoll or io_uring fd; the daemon adds no
+/// more beyond it (and counts them).
+pub const MAX_LOOP_FD_TGIDS: u32 = 8192;
 /// Words of `FOLLOWED_TIDS` in the object: enough for `PID_MAX_LIMIT` (4,194,304 tids) on
 /// 64-bit kernels. The daemon sizes the map from `/proc/sys/kernel/pid_max` at load
 /// ([`followed_words`]); a tid past the end (pid_max raised later) is treated as followed.
@@ -223,6 +229,10 @@ pub struct ScanConfig {
     /// Emit threads of `WATCHED_TGIDS` running (or runnable) without blocking for at least
     /// this long.
     pub on_cpu_min_ns: u64,
+    /// Emit user threads of `LOOP_FD_TGIDS` (processes with an epoll or io_uring fd)
+    /// blocked for at least this long in a syscall that is neither a loop wait, a poll nor
+    /// a futex wait: the threads whose stack may show an event loop away from its wait.
+    pub loop_fd_min_ns: u64,
 }
 
 impl Default for ScanConfig {
@@ -234,6 +244,7 @@ impl Default for ScanConfig {
             futex_min_ns: u64::MAX,
             loop_min_ns: u64::MAX,
             on_cpu_min_ns: u64::MAX,
+            loop_fd_min_ns: u64::MAX,
         }
     }
 }
@@ -383,7 +394,7 @@ pub mod task_state {
 pub const PF_KTHREAD: u32 = 0x0020_0000;
 
 const _: () = assert!(core::mem::size_of::<ThreadState>() == 128);
-const _: () = assert!(core::mem::size_of::<ScanConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<ScanConfig>() == 56);
 const _: () = assert!(core::mem::size_of::<JiffiesClock>() == 32);
 const _: () = assert!(core::mem::size_of::<ClockSample>() == 16);
 const _: () = assert!(core::mem::size_of::<ExitSignal>() == 64);

@@ -6,8 +6,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use hangwatch_ebpf::{
-    Counter, ExitSignal, JiffiesClock, MAX_EXIT_SIGNALS, MAX_FOLLOWED_WORDS, MAX_LOOP_TGIDS,
-    MAX_STACK_REQUESTS, MAX_WATCHED_TGIDS, ScanConfig, StackRecord, ThreadState, followed_word,
+    Counter, ExitSignal, JiffiesClock, MAX_EXIT_SIGNALS, MAX_FOLLOWED_WORDS, MAX_LOOP_FD_TGIDS,
+    MAX_LOOP_TGIDS, MAX_STACK_REQUESTS, MAX_WATCHED_TGIDS, ScanConfig, StackRecord, ThreadRecord,
+    ThreadState, followed_word,
 };
 
 use crate::task::Task;
@@ -84,6 +85,12 @@ pub static STACK_REQUESTS: HashMap<u32, u32, { MAX_STACK_REQUESTS as usize }> = 
 #[btf_map]
 pub static LOOP_TGIDS: LruHashMap<u32, u32, { MAX_LOOP_TGIDS as usize }> = LruHashMap::new();
 
+/// Processes with an epoll or io_uring fd (tgid -> 1), filled by the daemon from
+/// `/proc/PID/fd`: their threads blocked elsewhere are emitted from `loop_fd_min_ns`, for
+/// the daemon to read their stacks for an event loop's driver.
+#[btf_map]
+pub static LOOP_FD_TGIDS: HashMap<u32, u32, { MAX_LOOP_FD_TGIDS as usize }> = HashMap::new();
+
 /// Processes sent an exit signal since the daemon last drained the map. LRU, so a storm of
 /// signals to short-lived processes can never fill it (evictions are older entries, which
 /// the daemon has already drained).
@@ -127,6 +134,11 @@ pub fn set_followed(tid: u32, follow: bool) -> bool {
     }
     was
 }
+
+/// Scratch space for the `ThreadRecord` a walk emits: with the walk's other locals it does
+/// not fit the 512-byte BPF stack.
+#[btf_map]
+pub static RECORD_SCRATCH: PerCpuArray<ThreadRecord, 1> = PerCpuArray::new();
 
 /// Scratch space for one `StackRecord`, too large for the 512-byte BPF stack.
 #[btf_map]

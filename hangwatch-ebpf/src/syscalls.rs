@@ -120,6 +120,22 @@ pub fn is_loop_wait(nr: i64) -> bool {
     matches!(nr, 22 | SYS_EPOLL_PWAIT2 | SYS_IO_URING_ENTER)
 }
 
+/// The waits a thread idles in besides its loop wait and futexes: poll(2), ppoll(2),
+/// select(2), pselect6(2). glib's main loop waits in poll(2), and so does blocking I/O
+/// with a timeout: neither is a loop away from its wait.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+pub fn is_poll_wait(nr: i64) -> bool {
+    matches!(nr, 7 | 23 | 270 | 271)
+}
+
+/// The same on arm64 (pselect6 and ppoll only).
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+pub fn is_poll_wait(nr: i64) -> bool {
+    matches!(nr, 72 | 73)
+}
+
 const SYS_FUTEX_WAITV: i64 = 449;
 const SYS_FUTEX_WAIT: i64 = 455;
 const SYS_EPOLL_PWAIT2: i64 = 441;

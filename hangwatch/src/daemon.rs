@@ -33,10 +33,16 @@ use crate::{
     clock,
     config::OutputFormat,
     detect::{Detectors, Facts, LoopFacts, Targets, Watch},
-    enrich::{Enrich, Job, MAX_EXIT_STACKS, ParkChecks, ParkVerdict, Sinks, StacksJob, Tick},
+    enrich::{
+        Check, Enrich, Job, MAX_EXIT_STACKS, ParkChecks, ParkVerdict, Sinks, StacksJob, Tick,
+    },
     episode::{Episode, Tracker, Transition},
     kind::HangKind,
-    meta::{self, LockFacts, OwnerCache, ProcessCache, ThreadProc, futex_owner, thread_proc},
+    meta::{
+        self, LockFacts, OwnerCache, ProcessCache, ThreadProc, futex_owner,
+        loop_fds::{Change as LoopFdChange, LoopFds},
+        thread_proc,
+    },
     probe::{Lookup, PROBES, ProbeSelection, Probes, ThreadHandle, preflight},
     sink::{Resolution, StdoutSink},
     state::{ExitTable, Refresh, ThreadKey, ThreadSample, ThreadTable},
@@ -205,6 +211,8 @@ struct Scanner {
     /// Park checks handed to the enrich stage and not answered yet, by wait.
     park_checks: HashMap<(ThreadKey, u64), Instant>,
     park_verdicts: (mpsc::SyncSender<ParkVerdict>, mpsc::Receiver<ParkVerdict>),
+    /// Processes with an epoll or io_uring fd, read on a thread of its own.
+    loop_fds: LoopFds,
     /// When a loop thread last needed `sys_enter_loop`.
     loop_probe_wanted_at: Option<Instant>,
     loop_probe_attaches: u64,
@@ -274,6 +282,7 @@ impl Scanner {
             loops: LoopFacts::default(),
             park_checks: HashMap::new(),
             park_verdicts: mpsc::sync_channel(1024),
+            loop_fds: LoopFds::spawn().context("cannot start the loop fd reader")?,
             loop_probe_wanted_at: None,
             loop_probe_attaches: 0,
             exits: ExitTable::default(),
@@ -434,49 +443,37 @@ impl Scanner {
         let now = Instant::now();
         while let Ok(v) = self.park_verdicts.1.try_recv() {
             self.park_checks.remove(&(v.thread, v.since_ns));
-            self.loops.parked.insert(v.thread, (v.since_ns, v.parked));
-            if v.seen_parked {
-                self.loops.parkers.insert(v.thread);
+            match v.check {
+                Check::Park => {
+                    self.loops.parked.insert(v.thread, (v.since_ns, v.parked));
+                    if v.seen_parked {
+                        self.loops.parkers.insert(v.thread);
+                    }
+                }
+                Check::Driver => {
+                    self.loops.drivers.insert(v.thread, (v.since_ns, v.driver));
+                }
             }
         }
         self.park_checks
             .retain(|_, asked| now.duration_since(*asked) < PARK_CHECK_RETRY);
         let by_key: HashMap<ThreadKey, &ThreadSample> =
             samples.iter().map(|s| (s.key, s)).collect();
-        let checks: Vec<&ThreadSample> = watch
-            .iter()
-            .filter(|(_, w)| *w == Watch::CheckPark)
-            .filter_map(|(k, _)| by_key.get(k).copied())
-            .filter(|s| !self.park_checks.contains_key(&(s.key, s.off_cpu_at_ns)))
-            .collect();
-        if !checks.is_empty() {
-            let tids: Vec<u32> = checks.iter().map(|s| s.key.tid).collect();
-            let records = self.probes.dump_stacks(&tids).unwrap_or_else(|err| {
-                tracing::debug!("cannot read stacks of parked loop threads: {err}");
-                Vec::new()
-            });
-            let threads = checks
+        for (check, wanted) in [
+            (Check::Park, Watch::CheckPark),
+            (Check::Driver, Watch::CheckDriver),
+        ] {
+            let checks: Vec<&ThreadSample> = watch
                 .iter()
-                .map(|s| {
-                    let record = records.iter().find(|r| {
-                        r.tid == s.key.tid && r.start_boottime_ns == s.key.start_boottime_ns
-                    });
-                    (s.key, s.tgid, s.off_cpu_at_ns, record.copied())
-                })
+                .filter(|(_, w)| *w == wanted)
+                .filter_map(|(k, _)| by_key.get(k).copied())
+                .filter(|s| !self.park_checks.contains_key(&(s.key, s.off_cpu_at_ns)))
                 .collect();
-            let job = Job::ParkChecks(ParkChecks {
-                threads,
-                verdicts: self.park_verdicts.0.clone(),
-            });
-            // A full queue: asked again at the next tick.
-            if self.enrich.send(job).is_ok() {
-                for s in &checks {
-                    self.park_checks.insert((s.key, s.off_cpu_at_ns), now);
-                }
-            }
+            self.ask_stacks(check, &checks, now);
         }
         self.loops.parked.retain(|k, _| by_key.contains_key(k));
         self.loops.parkers.retain(|k| by_key.contains_key(k));
+        self.loops.drivers.retain(|k, _| by_key.contains_key(k));
 
         if watch.iter().any(|(_, w)| *w == Watch::Probe) {
             self.loop_probe_wanted_at = Some(now);
@@ -496,7 +493,68 @@ impl Scanner {
         }
     }
 
+    /// Hands the stacks of `checks` (waits not asked about yet) to the enrich stage, whose
+    /// verdicts come back through `park_verdicts`: one read per wait.
+    fn ask_stacks(&mut self, check: Check, checks: &[&ThreadSample], now: Instant) {
+        if checks.is_empty() {
+            return;
+        }
+        let tids: Vec<u32> = checks.iter().map(|s| s.key.tid).collect();
+        let records = self.probes.dump_stacks(&tids).unwrap_or_else(|err| {
+            tracing::debug!("cannot read stacks of loop threads ({check:?}): {err}");
+            Vec::new()
+        });
+        let threads = checks
+            .iter()
+            .map(|s| {
+                let record = records
+                    .iter()
+                    .find(|r| r.tid == s.key.tid && r.start_boottime_ns == s.key.start_boottime_ns);
+                (s.key, s.tgid, s.off_cpu_at_ns, record.copied())
+            })
+            .collect();
+        let job = Job::ParkChecks(ParkChecks {
+            check,
+            threads,
+            verdicts: self.park_verdicts.0.clone(),
+        });
+        // A full queue: asked again at the next tick.
+        if self.enrich.send(job).is_ok() {
+            for s in checks {
+                self.park_checks.insert((s.key, s.off_cpu_at_ns), now);
+            }
+        }
+    }
+
+    /// Mirrors the processes with a loop fd (read by `meta::loop_fds` on its own thread)
+    /// into the detectors' facts and the walk's filter (`LOOP_FD_TGIDS`).
+    fn update_loop_fds(&mut self) {
+        for change in self.loop_fds.changes() {
+            let (tgid, has) = match change {
+                LoopFdChange::Has(tgid) => (tgid, true),
+                LoopFdChange::Gone(tgid) => (tgid, false),
+            };
+            match self.probes.set_loop_fd(tgid, has) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.surfaces.metrics().limit("loop_fd_processes", 1);
+                    continue;
+                }
+                Err(err) => {
+                    tracing::debug!("LOOP_FD_TGIDS: {err}");
+                    continue;
+                }
+            }
+            if has {
+                self.loops.fd_processes.insert(tgid);
+            } else {
+                self.loops.fd_processes.remove(&tgid);
+            }
+        }
+    }
+
     fn scan_once(&mut self, started: Instant) -> anyhow::Result<()> {
+        self.update_loop_fds();
         let selected = self.targets.resolve(&mut self.processes, started);
         let walked = self.update_table(started, &selected)?;
         self.update_exits()?;
@@ -640,6 +698,13 @@ impl Scanner {
             .filter(|(k, _)| samples.contains_key(k))
             .map(|(k, v)| (*k, *v))
             .collect();
+        let drivers = self
+            .loops
+            .drivers
+            .iter()
+            .filter(|(k, _)| samples.contains_key(k))
+            .filter_map(|(k, (_, d))| Some((*k, d.clone()?)))
+            .collect();
         let tick = Tick {
             transitions,
             samples,
@@ -648,6 +713,7 @@ impl Scanner {
             exits,
             processes,
             parkers: self.loops.parkers.clone(),
+            drivers,
             ended,
             now_ns,
             now_wall: SystemTime::now(),

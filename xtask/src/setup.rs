@@ -32,7 +32,8 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 /// (the validators' venv); an idle JVM and an idle Go program are controls that the
 /// deadlock rules must leave quiet (tests/kernel_ownerless.rs): default-jre-headless
 /// (OpenJDK 17: 44 MB to download, 188 MB installed) and golang-go (Go 1.19, 81 MB to download, 464 MB
-/// installed).
+/// installed); nodejs runs a Node server stalled before the daemon starts
+/// (tests/kernel_loops.rs: a loop recognized from libuv's `uv_run` in its stack).
 const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
@@ -45,6 +46,7 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "default-jre-headless",
     "golang-go",
+    "nodejs",
 ];
 /// What `cargo xtask bench` runs: perf (`perf bench sched pipe|messaging`).
 const BENCH_PACKAGES: &[&str] = &["linux-perf"];
@@ -59,6 +61,7 @@ const TEST_TOOLS: &[&str] = &[
     "python3",
     "java",
     "go",
+    "node",
     "mkfs.ext4",
     "fsfreeze",
     "losetup",

@@ -23,10 +23,10 @@ use super::sched::switched_in;
 use crate::{
     clock,
     maps::{
-        LOOP_TGIDS, SCAN_CONFIG, STACK_REQUESTS, STACK_SCRATCH, THREAD_STATE, WATCHED_TGIDS, count,
-        followed, set_followed,
+        LOOP_FD_TGIDS, LOOP_TGIDS, RECORD_SCRATCH, SCAN_CONFIG, STACK_REQUESTS, STACK_SCRATCH,
+        THREAD_STATE, WATCHED_TGIDS, count, followed, set_followed,
     },
-    syscalls::{SavedRegs, is_futex_wait, is_loop_wait},
+    syscalls::{SavedRegs, is_futex_wait, is_loop_wait, is_poll_wait},
     task::{Task, offsets},
 };
 
@@ -123,8 +123,10 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
     let running_long = not_blocked
         && now.saturating_sub(state.runnable_since_ns) >= config.on_cpu_min_ns
         && watched();
-    let (wanted, maybe_futex) = if on_cpu {
-        (away_from_loop || running_long, false)
+    // SAFETY: presence check only.
+    let loop_fd = || unsafe { LOOP_FD_TGIDS.get(tgid) }.is_some();
+    let (wanted, maybe_futex, maybe_loop_fd) = if on_cpu {
+        (away_from_loop || running_long, false, false)
     } else {
         let off_cpu_for = now.saturating_sub(state.off_cpu_at_ns);
         let uninterruptible =
@@ -136,22 +138,29 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
                 || (uninterruptible && off_cpu_for >= config.d_state_min_ns)
                 || (off_cpu_for >= config.watched_min_ns && watched()),
             off_cpu_for >= config.futex_min_ns,
+            off_cpu_for >= config.loop_fd_min_ns && loop_fd(),
         )
     };
     // Only threads worth a look pay for the flags read.
-    let task_flags: u32 = if wanted || maybe_futex {
+    let task_flags: u32 = if wanted || maybe_futex || maybe_loop_fd {
         task.read(off.flags)
     } else {
         0
     };
     // A running thread's saved registers are those of its last kernel entry, stale: it is
     // in no syscall.
-    let emit = if !wanted && !maybe_futex {
+    let emit = if !wanted && !maybe_futex && !maybe_loop_fd {
         None
     } else if task_flags & PF_KTHREAD == 0 && !on_cpu {
         let regs = SavedRegs::of(task);
         let nr = regs.syscall_nr();
-        (wanted || is_futex_wait(nr)).then(|| (nr, regs.syscall_args()))
+        // A thread of a process with an epoll or io_uring fd, blocked in something other
+        // than the waits an idle thread sits in: its stack may show a loop away from its
+        // wait (the daemon reads it once per wait).
+        let loop_fd_away =
+            maybe_loop_fd && !is_loop_wait(nr) && !is_poll_wait(nr) && !is_futex_wait(nr);
+        (wanted || loop_fd_away || (maybe_futex && is_futex_wait(nr)))
+            .then(|| (nr, regs.syscall_args()))
     } else if wanted {
         Some((-1, [0; 5]))
     } else {
@@ -173,19 +182,23 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
     } else {
         (task_state, syscall_nr, syscall_args)
     };
-    let record = ThreadRecord {
-        state: *state,
-        start_boottime_ns: task.read(off.start_boottime),
-        seen_at_ns: now,
-        tid,
-        tgid,
-        task_state,
-        task_flags,
-        comm: task.comm(off.comm),
-        syscall_nr,
-        syscall_args,
+    let Some(record) = RECORD_SCRATCH.get_ptr_mut(0) else {
+        return 0;
     };
-    write(ctx, &record);
+    // SAFETY: per-CPU scratch slot, ours while this program runs; filled field by field so
+    // that no copy of it is built on the stack.
+    let record = unsafe { &mut *record };
+    record.state = *state;
+    record.start_boottime_ns = task.read(off.start_boottime);
+    record.seen_at_ns = now;
+    record.tid = tid;
+    record.tgid = tgid;
+    record.task_state = task_state;
+    record.task_flags = task_flags;
+    record.comm = task.comm(off.comm);
+    record.syscall_nr = syscall_nr;
+    record.syscall_args = syscall_args;
+    write(ctx, record as *const ThreadRecord);
     0
 }
 

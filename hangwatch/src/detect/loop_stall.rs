@@ -18,8 +18,16 @@
 //!   once per wait (the daemon asks, `Watch::check_park`): a park frame means idle, and
 //!   from then on the thread's futex waits count as returns to idle; any other futex wait
 //!   (a mutex, a Python lock) is a stall like any other blocking wait.
+//!
+//! A loop that stalls before it has been seen in its wait twice (on its first request, or
+//! before the daemon started) is recognized from what it is instead (`check_by_stack`): a
+//! thread of a process with an epoll or io_uring fd (`meta::loop_fds`), blocked outside
+//! its loop wait, a poll and a futex wait for longer than the threshold, whose user stack
+//! (read once per wait by the enrich stage, `Watch::CheckDriver`) shows an event loop's
+//! driver frame (`DRIVER_FRAMES`).
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
@@ -44,6 +52,11 @@ pub struct LoopFacts {
     pub parked: HashMap<ThreadKey, (u64, bool)>,
     /// Loop threads seen parked: their futex waits are returns to idle.
     pub parkers: HashSet<ThreadKey>,
+    /// Processes with an epoll or io_uring fd (`meta::loop_fds`).
+    pub fd_processes: HashSet<u32>,
+    /// Verdicts on waits of threads of those processes from their stacks: the wait (its
+    /// switch-out time) and the event loop's driver frame, if the stack shows one.
+    pub drivers: HashMap<ThreadKey, (u64, Option<Arc<str>>)>,
 }
 
 /// Where a loop thread stands.
@@ -62,6 +75,9 @@ pub enum Watch {
     Probe,
     /// Read its stack to tell a park from a lock (it is in a futex wait).
     CheckPark,
+    /// Read its stack for an event loop's driver (a thread not yet known as a loop thread,
+    /// blocked elsewhere, in a process with a loop fd).
+    CheckDriver,
 }
 
 impl LoopStall {
@@ -127,6 +143,137 @@ impl LoopStall {
             LoopVerdict::Watch(Watch::Probe)
         }
     }
+}
+
+impl LoopStall {
+    /// A thread not (yet) known as a loop thread by its waits: a stall if its process has a
+    /// loop fd, it has been blocked outside its loop wait for the threshold, and its stack
+    /// (read once per wait, from half the threshold on) shows an event loop's driver.
+    /// Running threads are left to the loop history (`check`): their stacks would have to
+    /// be sampled on CPU, and a CPU-bound thread of a server is no loop.
+    pub fn check_by_stack(
+        &self,
+        sample: &ThreadSample,
+        facts: &LoopFacts,
+        now_ns: u64,
+    ) -> LoopVerdict {
+        if sample.event_loop.is_some()
+            || sample.paused()
+            || sample.kernel_thread
+            || sample.not_blocked()
+            || sample.woken
+            || !facts.fd_processes.contains(&sample.tgid)
+        {
+            return LoopVerdict::Fine;
+        }
+        // Idle where a loop or a worker idles: its loop wait, a poll, a futex (a park, or a
+        // lock: `lock_wait` and `deadlock` report those with their owner).
+        let Some(call) = &sample.saved_syscall else {
+            return LoopVerdict::Fine;
+        };
+        if is_idle_wait(call.nr) {
+            return LoopVerdict::Fine;
+        }
+        let away = sample.off_cpu_for_ns(now_ns);
+        if away < nanos(self.threshold / 2) {
+            return LoopVerdict::Fine;
+        }
+        match facts.drivers.get(&sample.key) {
+            Some((wait, driver)) if *wait == sample.off_cpu_at_ns => match driver {
+                Some(_) if Self::crossed(self.threshold, sample.off_cpu_at_ns, now_ns) => {
+                    LoopVerdict::Stalled(Candidate {
+                        thread: sample.key,
+                        tgid: sample.tgid,
+                        kind: HangKind::LoopStall,
+                        threshold: self.threshold,
+                        since_ns: sample.off_cpu_at_ns,
+                        members: Vec::new(),
+                        reason: None,
+                    })
+                }
+                _ => LoopVerdict::Fine,
+            },
+            _ => LoopVerdict::Watch(Watch::CheckDriver),
+        }
+    }
+}
+
+/// The waits a thread idles in: an event loop's own (epoll, io_uring), a poll (glib's main
+/// loop, blocking I/O with a timeout) and a futex (a parked worker, or a lock).
+fn is_idle_wait(nr: i64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(nr, libc::SYS_epoll_wait | libc::SYS_poll | libc::SYS_select) {
+        return true;
+    }
+    matches!(
+        nr,
+        libc::SYS_epoll_pwait
+            | libc::SYS_epoll_pwait2
+            | libc::SYS_io_uring_enter
+            | libc::SYS_ppoll
+            | libc::SYS_pselect6
+            | libc::SYS_futex
+    ) || nr == FUTEX_WAITV
+        || nr == FUTEX_WAIT
+}
+
+const FUTEX_WAITV: i64 = 449;
+const FUTEX_WAIT: i64 = 455;
+
+/// Frames that drive an event loop, by runtime: a thread blocked with one of them on its
+/// stack, outside its loop wait, is a loop that does not come back to it. Rust paths match
+/// as a prefix (generics, closures); C and Python names exactly. Python frames are the
+/// interpreter's (`stack/python`): CPython 3.11+ names them by qualified name.
+const DRIVER_FRAMES: &[&str] = &[
+    // libev (gevent's default hub), libuv (Node), redis, nginx, glib.
+    "ev_run",
+    "uv_run",
+    "aeMain",
+    "aeProcessEvents",
+    "ngx_process_events_and_timers",
+    "g_main_loop_run",
+    "g_main_context_iterate",
+    // tokio: a multi-thread worker, a current-thread runtime, `Runtime::block_on`'s thread.
+    "tokio::runtime::scheduler::multi_thread::worker::run",
+    "tokio::runtime::scheduler::multi_thread::worker::Context::run",
+    "tokio::runtime::scheduler::current_thread::CurrentThread::block_on",
+    "tokio::runtime::scheduler::current_thread::CoreGuard::block_on",
+    "tokio::runtime::park::CachedParkThread::block_on",
+    "mio::poll::Poll::poll",
+    // CPython's asyncio (3.11+ qualified names, then 3.9/3.10's bare ones) and gevent's hub.
+    "BaseEventLoop._run_once",
+    "BaseEventLoop.run_forever",
+    "_run_once",
+    "Hub.run",
+];
+
+/// Frames that say the thread was handed off its loop on purpose: tokio's `block_in_place`
+/// gives the worker's core to another thread, so the runtime goes on while it blocks.
+const HANDED_OFF_FRAMES: &[&str] =
+    &["tokio::runtime::scheduler::multi_thread::worker::block_in_place"];
+
+/// The event loop's driver frame in a stack (function names, innermost first), if it shows
+/// one and the thread was not handed off its loop nor parked.
+pub fn driver_frame<'a>(symbols: impl IntoIterator<Item = &'a str> + Clone) -> Option<&'a str> {
+    if symbols
+        .clone()
+        .into_iter()
+        .any(|s| HANDED_OFF_FRAMES.iter().any(|p| names(s, p)))
+        || is_parked(symbols.clone())
+    {
+        return None;
+    }
+    symbols
+        .into_iter()
+        .find(|s| DRIVER_FRAMES.iter().any(|p| names(s, p)))
+}
+
+/// Whether `symbol` is the function `name`: the same, or `name` followed by what a
+/// demangled Rust path adds (`<T>`, `::{{closure}}`, ` (inlined)`).
+fn names(symbol: &str, name: &str) -> bool {
+    symbol
+        .strip_prefix(name)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['<', ':', ' ', '(', '{']))
 }
 
 /// Frames of a worker parked idle, by runtime: tokio's multi-thread and current-thread
@@ -290,6 +437,139 @@ mod tests {
             stall().check(&s, &facts, 21 * SEC),
             LoopVerdict::Watch(Watch::Probe),
             "back from its park 1 s ago: watched, not stalled"
+        );
+    }
+
+    fn in_read(tid: u32, tgid: u32, off_cpu_at_ns: u64) -> ThreadSample {
+        let mut s = blocked(tid, tgid, task_state::INTERRUPTIBLE, off_cpu_at_ns);
+        s.saved_syscall = Some(crate::state::ProcSyscall {
+            nr: libc::SYS_read,
+            args: [0; 6],
+        });
+        s
+    }
+
+    #[test]
+    fn a_thread_of_a_loop_process_is_a_stall_once_its_stack_shows_a_driver() {
+        let s = in_read(8, 8, 10 * SEC);
+        let mut facts = LoopFacts::default();
+        assert_eq!(
+            stall().check_by_stack(&s, &facts, 12 * SEC),
+            LoopVerdict::Fine,
+            "no epoll or io_uring fd: never looked at"
+        );
+        facts.fd_processes.insert(8);
+        assert_eq!(
+            stall().check_by_stack(&s, &facts, 10 * SEC + 900 * MS),
+            LoopVerdict::Fine
+        );
+        assert_eq!(
+            stall().check_by_stack(&s, &facts, 11 * SEC),
+            LoopVerdict::Watch(Watch::CheckDriver),
+            "its stack is read from half the threshold on"
+        );
+        facts
+            .drivers
+            .insert(s.key, (10 * SEC, Some("uv_run".into())));
+        assert_eq!(
+            stall().check_by_stack(&s, &facts, 11 * SEC),
+            LoopVerdict::Fine
+        );
+        let LoopVerdict::Stalled(c) = stall().check_by_stack(&s, &facts, 12 * SEC) else {
+            panic!("not a stall at the threshold");
+        };
+        assert_eq!((c.kind, c.since_ns), (HangKind::LoopStall, 10 * SEC));
+        // No driver in the stack of this wait: quiet for the whole wait.
+        facts.drivers.insert(s.key, (10 * SEC, None));
+        assert_eq!(
+            stall().check_by_stack(&s, &facts, 100 * SEC),
+            LoopVerdict::Fine
+        );
+        // A new wait is asked about again.
+        let later = in_read(8, 8, 50 * SEC);
+        assert_eq!(
+            stall().check_by_stack(&later, &facts, 52 * SEC),
+            LoopVerdict::Watch(Watch::CheckDriver)
+        );
+    }
+
+    #[test]
+    fn idle_waits_and_running_threads_are_never_asked_about() {
+        let mut facts = LoopFacts::default();
+        facts.fd_processes.insert(8);
+        for nr in [libc::SYS_epoll_pwait, libc::SYS_ppoll, libc::SYS_futex, 426] {
+            let mut s = in_read(8, 8, 0);
+            s.saved_syscall.as_mut().unwrap().nr = nr;
+            assert_eq!(
+                stall().check_by_stack(&s, &facts, 60 * SEC),
+                LoopVerdict::Fine,
+                "{nr}"
+            );
+        }
+        let s = running(in_read(8, 8, 0));
+        assert_eq!(
+            stall().check_by_stack(&s, &facts, 60 * SEC),
+            LoopVerdict::Fine
+        );
+        // A known loop thread is the history's.
+        let s = loop_thread(0);
+        assert_eq!(
+            stall().check_by_stack(&s, &facts, 60 * SEC),
+            LoopVerdict::Fine
+        );
+    }
+
+    #[test]
+    fn driver_frames() {
+        let worker = [
+            "clock_nanosleep",
+            "std::thread::sleep",
+            "tokio_server::handle_request",
+            "tokio::runtime::task::harness::Harness<T,S>::poll",
+            "tokio::runtime::scheduler::multi_thread::worker::Context::run_task",
+            "tokio::runtime::scheduler::multi_thread::worker::Context::run",
+            "tokio::runtime::scheduler::multi_thread::worker::run",
+            "tokio::runtime::blocking::pool::Inner::run",
+        ];
+        assert_eq!(
+            driver_frame(worker),
+            Some("tokio::runtime::scheduler::multi_thread::worker::Context::run")
+        );
+        // spawn_blocking's thread: the blocking pool, no worker.
+        assert_eq!(
+            driver_frame([
+                "read",
+                "std::fs::File::read",
+                "tokio_server::blocking_read::{{closure}}",
+                "tokio::runtime::task::harness::Harness<T,S>::poll",
+                "tokio::runtime::blocking::pool::Inner::run",
+            ]),
+            None
+        );
+        // block_in_place: the worker's core went on without it.
+        let mut handed = worker.to_vec();
+        handed.insert(
+            3,
+            "tokio::runtime::scheduler::multi_thread::worker::block_in_place",
+        );
+        assert_eq!(driver_frame(handed), None);
+        assert_eq!(
+            driver_frame(["nanosleep", "handler", "ev_run", "main"]),
+            Some("ev_run")
+        );
+        assert_eq!(
+            driver_frame(["ev_run_pending", "main"]),
+            None,
+            "a prefix only"
+        );
+        assert_eq!(
+            driver_frame([
+                "clock_nanosleep",
+                "serve",
+                "BaseEventLoop._run_once",
+                "main"
+            ]),
+            Some("BaseEventLoop._run_once")
         );
     }
 

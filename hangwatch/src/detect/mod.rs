@@ -226,6 +226,26 @@ impl Detectors {
                     }
                 }
             }
+            // Not known as a loop thread by its waits (a loop stalled on its first request,
+            // or since before the daemon started): recognized by its stack, if its process
+            // has a loop fd.
+            if let Some(smallest) = self.smallest(HangKind::LoopStall)
+                && sample.event_loop.is_none()
+                && !deadlocked.contains(&sample.key)
+                && !locks.owners.contains_key(&sample.key)
+                && (LoopStall {
+                    threshold: smallest,
+                })
+                .check_by_stack(sample, loops, now_ns)
+                    != LoopVerdict::Fine
+                && let Some(threshold) = thresholds.of(HangKind::LoopStall, sample.tgid)
+            {
+                match (LoopStall { threshold }).check_by_stack(sample, loops, now_ns) {
+                    LoopVerdict::Fine => {}
+                    LoopVerdict::Watch(w) => watch.push((sample.key, w)),
+                    LoopVerdict::Stalled(c) => out.push(c),
+                }
+            }
         }
         if self.smallest(HangKind::StuckExit).is_some() {
             for request in exits {
@@ -280,6 +300,9 @@ impl Detectors {
                 u64::try_from(LoopStall { threshold: t }.proven().as_nanos()).unwrap_or(u64::MAX)
             }),
             on_cpu_min_ns: self.smallest(HangKind::OnCpu).map_or(u64::MAX, ns),
+            // From half the threshold the daemon reads the stack of a thread of a process
+            // with a loop fd (`LoopStall::check_by_stack`).
+            loop_fd_min_ns: self.smallest(HangKind::LoopStall).map_or(u64::MAX, ns),
         }
     }
 
@@ -470,6 +493,70 @@ mod tests {
         facts.asked = 0;
         d.detect(&samples, &f, &mut facts, &mut no, SEC / 2);
         assert_eq!(facts.asked, 0);
+    }
+
+    #[test]
+    fn a_loop_recognized_from_its_stack_follows_the_rules() {
+        let mut rules = base(&[(HangKind::LoopStall, Some(Duration::from_secs(2)))]);
+        rules
+            .rules
+            .push(rule("quiet", &[(HangKind::LoopStall, Setting::Off)]));
+        let d = Detectors::new(rules.clone());
+        let mut facts = RulesWith::new(&rules, &[(100, "server"), (200, "quiet")]);
+        let in_read = |tid, tgid| {
+            let mut s = blocked(tid, tgid, hangwatch_ebpf::task_state::INTERRUPTIBLE, 0);
+            s.saved_syscall = Some(crate::state::ProcSyscall {
+                nr: libc::SYS_read,
+                args: [0; 6],
+            });
+            s
+        };
+        let samples = [in_read(101, 100), in_read(201, 200)];
+        let mut loops = LoopFacts::default();
+        loops.fd_processes.extend([100, 200]);
+        let none = Selected::default();
+        let locks = LockFacts::default();
+        let mut no = |_: &[&ThreadSample], _| None;
+        let found = d.detect(
+            &samples,
+            &Facts {
+                selected: &none,
+                locks: &locks,
+                loops: &loops,
+                exits: &[],
+            },
+            &mut facts,
+            &mut no,
+            SEC,
+        );
+        assert_eq!(
+            found.watch,
+            vec![(samples[0].key, Watch::CheckDriver)],
+            "only the process whose rules keep loop_stall on has its stack read"
+        );
+        for s in &samples {
+            loops.drivers.insert(s.key, (0, Some("uv_run".into())));
+        }
+        let found = d.detect(
+            &samples,
+            &Facts {
+                selected: &none,
+                locks: &locks,
+                loops: &loops,
+                exits: &[],
+            },
+            &mut facts,
+            &mut no,
+            2 * SEC,
+        );
+        assert_eq!(
+            found
+                .candidates
+                .iter()
+                .map(|c| (c.thread.tid, c.kind))
+                .collect::<Vec<_>>(),
+            vec![(101, HangKind::LoopStall)]
+        );
     }
 
     #[test]

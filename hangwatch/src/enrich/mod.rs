@@ -90,6 +90,8 @@ pub struct Tick {
     pub processes: HashMap<u32, ProcessInfo>,
     /// Loop threads seen parked on their futex (a tokio worker at rest).
     pub parkers: HashSet<ThreadKey>,
+    /// Threads recognized as loop threads by a driver frame in their stack, and that frame.
+    pub drivers: HashMap<ThreadKey, Arc<str>>,
     /// For each `Ended` transition: how it ended, and when (monotonic ns).
     pub ended: HashMap<EpisodeKey, (Resolution, u64)>,
     pub now_ns: u64,
@@ -107,21 +109,35 @@ impl Tick {
     }
 }
 
-/// Futex waits of loop threads whose stack tells a parked worker from a stuck one.
+/// Waits of (possible) loop threads whose stack says what they are.
 pub struct ParkChecks {
+    pub check: Check,
     /// (thread, its process, the switch-out that started the wait, its stack record).
     pub threads: Vec<(ThreadKey, u32, u64, Option<StackRecord>)>,
     pub verdicts: SyncSender<ParkVerdict>,
 }
 
-/// A park check's answer: the wait it is about, whether it is a park, and whether the
-/// stack showed it (an unreadable stack says nothing, and is taken as parked: quiet).
-#[derive(Debug, Clone, Copy)]
+/// What a stack is read for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// A loop thread's futex wait: a parked worker, or a stuck one?
+    Park,
+    /// A thread of a process with a loop fd, blocked elsewhere: does its stack show an
+    /// event loop's driver?
+    Driver,
+}
+
+/// A check's answer: the wait it is about, whether it is a park, whether the stack showed
+/// it (an unreadable stack says nothing, and is taken as parked: quiet), and for a driver
+/// check the driver frame found (none in an unreadable stack: quiet).
+#[derive(Debug, Clone)]
 pub struct ParkVerdict {
+    pub check: Check,
     pub thread: ThreadKey,
     pub since_ns: u64,
     pub parked: bool,
     pub seen_parked: bool,
+    pub driver: Option<Arc<str>>,
 }
 
 /// A `threads --stacks` request with the records the detection thread took for it.

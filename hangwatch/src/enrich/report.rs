@@ -10,14 +10,17 @@ use std::{
 use hangwatch_ebpf::StackRecord;
 
 use super::{
-    EXIT_OTHERS_DUE, MAX_EXIT_STACKS, MAX_HOLDER_STACKS, ParkChecks, ParkVerdict, REPORT_DUE,
-    StacksJob, Tick,
+    Check, EXIT_OTHERS_DUE, MAX_EXIT_STACKS, MAX_HOLDER_STACKS, ParkChecks, ParkVerdict,
+    REPORT_DUE, StacksJob, Tick,
     cmdline::CmdlineCache,
     stacks::{Budget, NewerHangs, StackReader},
 };
 use crate::{
     clock,
-    detect::{lock_wait::Ownerless, loop_stall::is_parked},
+    detect::{
+        lock_wait::Ownerless,
+        loop_stall::{driver_frame, is_parked},
+    },
     episode::{Episode, EpisodeKey, Transition},
     kind::HangKind,
     meta::{ProcessInfo, ThreadProc, futex_owner, thread_proc, wchan},
@@ -160,8 +163,20 @@ impl Reports {
         } else {
             Vec::new()
         };
+        let driver = tick.drivers.get(&sample.key);
         let stall = (episode.key.kind == HangKind::LoopStall)
-            .then_some(sample.event_loop)
+            .then(|| {
+                sample.event_loop.or_else(|| {
+                    // Recognized from its stack: no loop wait seen (yet).
+                    driver.map(|_| crate::state::LoopState {
+                        waits: 0,
+                        in_wait: false,
+                        back_at_ns: episode.key.since_ns,
+                        in_futex: false,
+                        futex_left_at_ns: 0,
+                    })
+                })
+            })
             .flatten()
             .map(|lp| {
                 let blocked = !sample.not_blocked() && !sample.woken;
@@ -184,6 +199,15 @@ impl Reports {
                     )),
                     loop_waits: lp.waits,
                     parking_worker: tick.parkers.contains(&sample.key),
+                    recognized_from: match (sample.event_loop, driver) {
+                        (None, Some(_)) => "stack",
+                        _ => "loop_waits",
+                    },
+                    driver_frame: sample
+                        .event_loop
+                        .is_none()
+                        .then(|| driver.map(ToString::to_string))
+                        .flatten(),
                 }
             });
         let process = tick.processes.get(&sample.tgid);
@@ -480,14 +504,21 @@ impl Reports {
             if stacks.user_stack_later {
                 continue;
             }
-            // A stack that cannot be read cannot tell: quiet by default, as parked.
-            let parked = stacks.user_stack.is_empty()
-                || is_parked(stacks.user_stack.iter().filter_map(|f| f.symbol.as_deref()));
+            let symbols = stacks.user_stack.iter().filter_map(|f| f.symbol.as_deref());
+            // A stack that cannot be read cannot tell: quiet by default, as parked (and
+            // without a driver).
+            let parked = stacks.user_stack.is_empty() || is_parked(symbols.clone());
+            let driver = match checks.check {
+                Check::Park => None,
+                Check::Driver => driver_frame(symbols).map(Arc::from),
+            };
             let verdict = ParkVerdict {
+                check: checks.check,
                 thread,
                 since_ns,
                 parked,
                 seen_parked: parked && !stacks.user_stack.is_empty(),
+                driver,
             };
             if checks.verdicts.try_send(verdict).is_err() {
                 return; // the detection thread is gone, or behind: it asks again

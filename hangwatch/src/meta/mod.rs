@@ -6,6 +6,7 @@ pub mod container;
 pub mod futex_owner;
 pub mod helper;
 mod locks;
+pub mod loop_fds;
 pub mod memory;
 pub mod owner;
 pub mod pi_park;

@@ -109,7 +109,7 @@ struct HungCounts {
 
 /// Every limit the daemon enforces and counts in `hangwatch_limits_total` when it bites
 /// (docs/design.md, "Never blind": why each exists).
-pub const LIMITS: [&str; 11] = [
+pub const LIMITS: [&str; 12] = [
     // A tick's transitions found the enrich queue full: reported without stacks.
     "enrich_queue_full",
     // A report was past due: its user stacks were not read.
@@ -133,6 +133,8 @@ pub const LIMITS: [&str; 11] = [
     "symbolizer_paths",
     // The symbolizer rebuilt empty after MAX_FILES distinct module files.
     "symbolizer_files",
+    // A process with an epoll or io_uring fd not marked: LOOP_FD_TGIDS is full.
+    "loop_fd_processes",
 ];
 
 impl Default for Metrics {

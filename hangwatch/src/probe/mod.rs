@@ -64,6 +64,7 @@ pub struct Probes {
     ebpf: Ebpf,
     scan_config: Array<MapData, ScanConfig>,
     watched: HashMap<MapData, u32, u32>,
+    loop_fd: HashMap<MapData, u32, u32>,
     stack_requests: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
     /// The task-storage map, read per thread by pidfd (aya has no typed wrapper for it).
@@ -129,6 +130,7 @@ impl Probes {
         Ok(Self {
             scan_config: take_map(&mut ebpf, names::MAP_SCAN_CONFIG)?,
             watched: take_map(&mut ebpf, names::MAP_WATCHED_TGIDS)?,
+            loop_fd: take_map(&mut ebpf, names::MAP_LOOP_FD_TGIDS)?,
             stack_requests: take_map(&mut ebpf, names::MAP_STACK_REQUESTS)?,
             counters: take_map(&mut ebpf, names::MAP_COUNTERS)?,
             thread_state: match ebpf.take_map(names::MAP_THREAD_STATE) {
@@ -183,6 +185,24 @@ impl Probes {
             }
         }
         Ok(full)
+    }
+
+    /// Adds `tgid` to `LOOP_FD_TGIDS` (a process with an epoll or io_uring fd) or removes
+    /// it. Returns false when the map is full (the process is not added).
+    pub fn set_loop_fd(&mut self, tgid: u32, has: bool) -> Result<bool, ProbeError> {
+        let result = if has {
+            self.loop_fd.insert(tgid, 1, 0)
+        } else {
+            self.loop_fd.remove(&tgid)
+        };
+        match result {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(_)) if has => Ok(false),
+            Err(source) => Err(ProbeError::Map {
+                name: names::MAP_LOOP_FD_TGIDS,
+                source,
+            }),
+        }
     }
 
     /// Attaches or detaches `sys_enter_loop`. Returns whether it is attached now.

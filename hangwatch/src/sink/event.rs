@@ -187,13 +187,23 @@ pub struct LoopStallInfo {
     /// The syscall it is blocked in, when blocked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syscall: Option<String>,
-    /// The last time it was seen coming back to its loop wait (RFC 3339).
+    /// The last time it was seen coming back to its loop wait (RFC 3339); for a loop
+    /// recognized from its stack (`recognized_from: "stack"`), when this wait began.
     pub last_return_at: String,
-    /// Blocking loop waits seen from this thread (what makes it an event-loop thread).
+    /// Blocking loop waits seen from this thread (what makes it an event-loop thread by
+    /// history; 0 for one recognized from its stack).
     pub loop_waits: u32,
     /// It parks on a futex when idle (a tokio-style worker).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub parking_worker: bool,
+    /// How it was recognized as an event-loop thread: `"loop_waits"` (seen in its loop
+    /// wait), or `"stack"` (a driver frame in its stack, in a process with an epoll or
+    /// io_uring fd: a loop stalled before it was seen waiting).
+    pub recognized_from: &'static str,
+    /// For `recognized_from: "stack"`, the driver frame (`uv_run`,
+    /// `tokio::runtime::scheduler::multi_thread::worker::Context::run`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver_frame: Option<String>,
 }
 
 /// The exit request a `stuck_exit` process did not follow.

@@ -167,11 +167,23 @@ pub fn render(e: &HangEvent) -> String {
         } else {
             ""
         };
-        let _ = writeln!(
-            out,
-            "  loop     {} since its last return to its wait at {}{parks}",
-            stall.doing, stall.last_return_at
-        );
+        match &stall.driver_frame {
+            // Never seen in its wait: only this wait's start is known.
+            Some(frame) => {
+                let _ = writeln!(
+                    out,
+                    "  loop     {} since {} (an event loop by its stack: {frame})",
+                    stall.doing, stall.last_return_at
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  loop     {} since its last return to its wait at {}{parks}",
+                    stall.doing, stall.last_return_at
+                );
+            }
+        }
     }
     if let Some(exit) = &e.exit {
         let _ = writeln!(
@@ -383,10 +395,20 @@ mod tests {
             last_return_at: "2026-11-25T14:00:00.000Z".into(),
             loop_waits: 9,
             parking_worker: false,
+            recognized_from: "loop_waits",
+            driver_frame: None,
         });
         let text = render(&event);
         assert!(
             text.contains("loop     blocked in clock_nanosleep since its last return"),
+            "{text}"
+        );
+        let stall = event.stall.as_mut().expect("stall");
+        stall.recognized_from = "stack";
+        stall.driver_frame = Some("uv_run".into());
+        let text = render(&event);
+        assert!(
+            text.contains("since 2026-11-25T14:00:00.000Z (an event loop by its stack: uv_run)"),
             "{text}"
         );
         let mut exit = example(EventType::Hang, "stuck_exit-1-2", 7, 10_000);

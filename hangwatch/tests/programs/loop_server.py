@@ -1,7 +1,9 @@
 """An asyncio TCP server (seed 000). Modes:
   idle   serve normally;
   sleep  a request "stall" calls time.sleep() on the event loop (blocked elsewhere);
-  spin   a request "stall" spins on CPU in spin_forever() (running, never back).
+  spin   a request "stall" spins on CPU in spin_forever() (running, never back);
+  executor  a request "stall" hands time.sleep() to the default ThreadPoolExecutor and is
+         answered at once: a pool thread sleeps, the loop goes on (not a stall).
 Any other request is answered "ok" at once. Prints {"pid", "tid", "port"}, then "ready"."""
 import asyncio
 import json
@@ -36,6 +38,8 @@ async def serve(reader, writer):
                 time.sleep(100000)
             elif MODE == "spin":
                 spin_forever()
+            elif MODE == "executor":
+                asyncio.get_running_loop().run_in_executor(None, time.sleep, 100000)
         writer.write(b"ok\n")
         await writer.drain()
     writer.close()

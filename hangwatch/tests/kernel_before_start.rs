@@ -1,0 +1,137 @@
+//! Hangs that began before the daemon (issue 14, item 2): a DaemonSet rollout or a node
+//! reboot during an incident starts hangwatch after the threads are stuck. Each kind is
+//! started stuck here, then the daemon, which must report every one of them within the
+//! threshold and one walk of attaching, marked `blocked_since_before_start` where the
+//! thread is blocked (the probes never saw its wait begin). `loop_stall` has its own test
+//! in kernel_loops.rs (`loops_stalled_before_the_daemon_started_...`): a loop never seen in
+//! its wait is recognized from its stack.
+mod common;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{frozen::FrozenFs, *};
+
+const LINE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every threshold of this test (the deadlock hold's default is 1 s too).
+const THRESHOLD: Duration = Duration::from_secs(1);
+/// The threshold, a walk (half the smallest threshold: 0.5 s) and the report's own time
+/// (a cold symbolizer, a busy shared machine), from the daemon's "attached".
+const WITHIN: Duration = Duration::from_millis(3500);
+
+#[test]
+#[ignore = "needs root: loads BPF programs, freezes a loop-mounted filesystem"]
+fn every_kind_reports_waits_that_began_before_the_daemon() {
+    require_root();
+    // deadlock: abba.c's two workers, each holding the lock the other wants.
+    let mut abba = Abba::start();
+    let cycle = abba.deadlock();
+    // lock_wait: a waiter whose lock's holder is blocked in read().
+    let mut lock_read = Program::start(&compile("lock_read"), &[]);
+    lock_read.expect_number("pid", LINE_TIMEOUT);
+    let holder = lock_read.expect_number("holder", LINE_TIMEOUT);
+    let waiter = u32::try_from(lock_read.expect_number("waiter", LINE_TIMEOUT)).expect("tid");
+    lock_read.expect_line("ready", LINE_TIMEOUT);
+    // off_cpu and on_cpu, for --pid: a sleeper, and spin.c's thread spinning on CPU.
+    let sleeper = Program::spawn({
+        let mut c = Command::new("sleep");
+        c.arg("100014");
+        c
+    });
+    let mut spin = Program::start(&compile("spin"), &["thread"]);
+    spin.expect_number("pid", LINE_TIMEOUT);
+    let spinner = u32::try_from(spin.expect_number("spinner", LINE_TIMEOUT)).expect("tid");
+    spin.expect_line("spinning", LINE_TIMEOUT);
+    // d_state: a writer on a frozen filesystem, when the tools are there.
+    let tools = ["mkfs.ext4", "fsfreeze", "losetup", "mount", "umount"];
+    let mut frozen = tools.iter().all(|t| have_tool(t)).then(FrozenFs::new);
+    let writer = frozen.as_mut().map(|fs| {
+        fs.freeze();
+        let writer = fs.start_writer();
+        assert!(
+            wait_until(Duration::from_secs(3), || task_state(writer) == Some('D')),
+            "the writer (pid {writer}) did not enter D state: {:?}",
+            task_state(writer)
+        );
+        writer
+    });
+    if writer.is_none() {
+        eprintln!("d_state part skipped: one of {tools:?} is missing (xtask setup installs them)");
+    }
+    // Let them be stuck a while before the daemon starts.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let sleeper_pid = sleeper.pid.to_string();
+    let spin_pid = spin.pid.to_string();
+    let mut daemon = Daemon::start(&[
+        "--pid",
+        &sleeper_pid,
+        "--pid",
+        &spin_pid,
+        "--threshold",
+        "1s",
+        "--on-cpu-threshold",
+        "1s",
+        "--lock-wait-threshold",
+        "1s",
+        "--d-state-threshold",
+        "1s",
+    ]);
+    let attached = Instant::now();
+    let mut expected: Vec<(&str, &str, u32, bool)> = vec![
+        (
+            "the ABBA deadlock",
+            "deadlock",
+            cycle.tid_a.min(cycle.tid_b),
+            true,
+        ),
+        ("lock_read's waiter", "lock_wait", waiter, true),
+        ("the selected sleeper", "off_cpu", sleeper.pid, true),
+        // Running, not blocked: nothing to have begun before the start.
+        ("the selected spinner", "on_cpu", spinner, false),
+    ];
+    if let Some(writer) = writer {
+        expected.push(("the writer on a frozen filesystem", "d_state", writer, true));
+    }
+    let mut figures = Vec::new();
+    for (what, kind, tid, before) in expected {
+        let hang =
+            daemon.wait_for_event(&format!("{kind} for {what} (tid {tid})"), WITHIN * 2, |v| {
+                is_event(v, "hang", kind, tid)
+            });
+        let v = &hang.value;
+        let after = hang.at.saturating_duration_since(attached);
+        figures.push(format!("{kind} {after:?}"));
+        assert!(
+            after <= WITHIN,
+            "{what}: {kind} reported {after:?} after attaching, beyond the threshold ({THRESHOLD:?}) and a walk: {v}"
+        );
+        if before {
+            assert_eq!(v["blocked_since_before_start"], true, "{what}: {v}");
+            // Measured from when the daemon first saw it: at least the threshold.
+            assert!(u64_of(v, "/duration_ms") >= 1000, "{what}: {v}");
+        }
+        if kind == "lock_wait" {
+            assert_eq!(u64_of(v, "/wait/owner_tid"), holder, "{v}");
+        }
+        if kind == "deadlock" {
+            let members: Vec<u64> = v["cycle"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| u64_of(m, "/tid"))
+                .collect();
+            assert!(
+                members.contains(&u64::from(cycle.tid_a))
+                    && members.contains(&u64::from(cycle.tid_b)),
+                "{v}"
+            );
+        }
+    }
+    eprintln!("reported after attaching: {}", figures.join(", "));
+    daemon.stop();
+    drop(frozen.take()); // thaws, then kills the writer
+    let _ = abba;
+}
