@@ -789,6 +789,7 @@ impl Scanner {
     /// themselves run on a reader worker, and their answers arrive by the next tick).
     fn read_lock_owners(&mut self, samples: &[ThreadSample], now_ns: u64) {
         self.locks.owners.clear();
+        self.locks.unread.clear();
         self.owners.collect(now_ns);
         if !self.config.detectors.wants_futex_waits() {
             return;
@@ -806,6 +807,8 @@ impl Scanner {
                     .owner(sample.tgid, sample.key, sample.off_cpu_at_ns, &call, now_ns)
             {
                 self.locks.owners.insert(sample.key, owner);
+            } else if self.owners.reading(sample.key, sample.off_cpu_at_ns) {
+                self.locks.unread.insert(sample.key);
             }
         }
         self.owners.retain(|k| live.contains(k));

@@ -110,6 +110,12 @@ impl Deadlock {
             if disqualified.contains(&tgid) || in_cycle_tgids.contains(&tgid) {
                 continue;
             }
+            // A lock owner still being read may close a cycle at the next tick: the cycle
+            // is the better report (it names the locks), and reporting the whole process
+            // first would end it "running" a tick later, when the cycle takes over.
+            if waits.iter().any(|(s, _)| locks.unread.contains(&s.key)) {
+                continue;
+            }
             waits.sort_by_key(|(s, _)| s.key.tid);
             let Some(stuck) = whole_process(&waits) else {
                 continue;
@@ -412,6 +418,22 @@ mod tests {
     const JOIN_OP: u64 = 0x109;
     /// std's `Mutex::lock_contended`: FUTEX_WAIT_BITSET_PRIVATE for 2.
     const LOCK_OP: u64 = 0x189;
+
+    #[test]
+    fn a_whole_process_waits_for_its_lock_owners_to_be_read() {
+        // glibc ABBA with main joining: while an owner read is in flight, the cycle it
+        // would show is not known yet, and the whole-process rule must not take its place.
+        let main = in_futex(400, 400, 0x7f00_0990, JOIN_OP, 401);
+        let a = in_futex(401, 400, 0x5000, LOCK_OP, 2);
+        let b = in_futex(402, 400, 0x5010, LOCK_OP, 2);
+        let mut locks = LockFacts::default();
+        locks.unread.insert(a.key);
+        let mut yes = |_: &[&ThreadSample], _| Some(Vec::new());
+        let samples = [main, a, b];
+        assert!(d().check(&samples, &locks, &mut yes, 2 * SEC).is_empty());
+        locks.unread.clear();
+        assert_eq!(d().check(&samples, &locks, &mut yes, 2 * SEC).len(), 1);
+    }
 
     #[test]
     fn rust_std_abba_with_main_joining_is_a_whole_process_deadlock() {

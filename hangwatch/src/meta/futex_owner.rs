@@ -131,6 +131,12 @@ impl OwnerCache {
         cached.and_then(|(_, owner)| owner)
     }
 
+    /// Whether the owner of the lock `thread` waits on since `since_ns` is being read
+    /// (asked, not answered yet).
+    pub fn reading(&self, thread: ThreadKey, since_ns: u64) -> bool {
+        self.pending.contains_key(&(thread, since_ns))
+    }
+
     /// Forgets the waits not in `live`.
     pub fn retain(&mut self, live: impl Fn(&(ThreadKey, u64)) -> bool) {
         self.reads.retain(|k, _| live(k));

@@ -1,7 +1,7 @@
 //! What the daemon read about the locks the sampled threads wait on: their owners
 //! (`futex_owner.rs`) and the threads parked for ever that close a cycle (`pi_park.rs`),
 //! the facts `detect::lock_wait` and `detect::deadlock` decide on.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::pi_park::PiPark;
 use crate::state::{ThreadKey, ThreadSample};
@@ -15,6 +15,9 @@ pub struct LockFacts {
     /// Threads that glibc parks for ever after the kernel refused them a PI lock
     /// (EDEADLK), by tid (`meta::pi_park` recognizes them).
     pub parked: HashMap<u32, PiPark>,
+    /// Threads whose lock owner is being read (asked, not answered yet): their cycle, if
+    /// any, is not known yet.
+    pub unread: HashSet<ThreadKey>,
 }
 
 impl LockFacts {
