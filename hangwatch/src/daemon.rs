@@ -807,7 +807,7 @@ impl Scanner {
                     .owner(sample.tgid, sample.key, sample.off_cpu_at_ns, &call, now_ns)
             {
                 self.locks.owners.insert(sample.key, owner);
-            } else if self.owners.reading(sample.key, sample.off_cpu_at_ns) {
+            } else if self.owners.unanswered(sample.key, sample.off_cpu_at_ns) {
                 self.locks.unread.insert(sample.key);
             }
         }

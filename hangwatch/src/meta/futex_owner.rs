@@ -131,10 +131,12 @@ impl OwnerCache {
         cached.and_then(|(_, owner)| owner)
     }
 
-    /// Whether the owner of the lock `thread` waits on since `since_ns` is being read
-    /// (asked, not answered yet).
-    pub fn reading(&self, thread: ThreadKey, since_ns: u64) -> bool {
-        self.pending.contains_key(&(thread, since_ns))
+    /// Whether the owner of the lock `thread` waits on since `since_ns` is being read for
+    /// the first time (asked, never answered for this wait). A re-read of an answer already
+    /// known does not count: one is in flight at most ticks of a long wait.
+    pub fn unanswered(&self, thread: ThreadKey, since_ns: u64) -> bool {
+        let wait = (thread, since_ns);
+        self.pending.contains_key(&wait) && !self.reads.contains_key(&wait)
     }
 
     /// Forgets the waits not in `live`.

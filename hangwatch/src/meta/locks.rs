@@ -15,8 +15,8 @@ pub struct LockFacts {
     /// Threads that glibc parks for ever after the kernel refused them a PI lock
     /// (EDEADLK), by tid (`meta::pi_park` recognizes them).
     pub parked: HashMap<u32, PiPark>,
-    /// Threads whose lock owner is being read (asked, not answered yet): their cycle, if
-    /// any, is not known yet.
+    /// Threads whose lock owner is being read for the first time in this wait (asked, not
+    /// answered yet): their cycle, if any, is not known yet.
     pub unread: HashSet<ThreadKey>,
 }
 
