@@ -499,15 +499,16 @@ impl Reports {
     pub fn park_checks(&mut self, checks: ParkChecks, stopping: bool) {
         let budget = Budget::until(Instant::now() + REPORT_DUE, stopping).yielding(&self.newer);
         for (thread, tgid, since_ns, record) in checks.threads {
-            let stacks = self.reader.blocked(tgid, record.as_ref(), false, &budget);
-            // Not read yet (a cold cache, a spent budget): no verdict, asked again later.
-            if stacks.user_stack_later {
-                continue;
-            }
-            let symbols = stacks.user_stack.iter().filter_map(|f| f.symbol.as_deref());
+            let frames = match self.reader.user_only(tgid, record.as_ref(), &budget) {
+                Ok(stack) => stack.frames,
+                // Not read yet (a cold cache, a spent budget): no verdict, asked again later.
+                Err(not_read) if not_read.later => continue,
+                Err(_) => Vec::new(),
+            };
+            let symbols = frames.iter().filter_map(|f| f.symbol.as_deref());
             // A stack that cannot be read cannot tell: quiet by default, as parked (and
             // without a driver).
-            let parked = stacks.user_stack.is_empty() || is_parked(symbols.clone());
+            let parked = frames.is_empty() || is_parked(symbols.clone());
             let driver = match checks.check {
                 Check::Park => None,
                 Check::Driver => driver_frame(symbols).map(Arc::from),
@@ -517,7 +518,7 @@ impl Reports {
                 thread,
                 since_ns,
                 parked,
-                seen_parked: parked && !stacks.user_stack.is_empty(),
+                seen_parked: parked && !frames.is_empty(),
                 driver,
             };
             if checks.verdicts.try_send(verdict).is_err() {

@@ -302,6 +302,31 @@ impl StackReader {
         })
     }
 
+    /// Only the user stack of a blocked thread of `pid` from its `dump_stacks` record: what
+    /// a loop check needs. The kernel stack is left alone, so that checks, which can come
+    /// at start on any machine, do not load the kernel's symbol table (12 MiB of RSS that a
+    /// daemon without a report should not carry).
+    pub fn user_only(
+        &mut self,
+        pid: u32,
+        record: Option<&StackRecord>,
+        budget: &Budget,
+    ) -> Result<UserStack, NotRead> {
+        let Some(record) = record else {
+            return Err(NotRead {
+                why: "the thread was gone before its stack was read".into(),
+                later: false,
+            });
+        };
+        if record.user_ip == 0 {
+            return Err(NotRead {
+                why: "no user registers".into(),
+                later: false,
+            });
+        }
+        self.user_stack(pid, record.tid, UserRegisters::of(record), budget)
+    }
+
     /// The user stack of blocked thread `tid` of `pid`, within the budget.
     fn user_stack(
         &mut self,
