@@ -402,7 +402,7 @@ pub(crate) fn f() -> crate::sink::Store {
     /* nor crate::cli here */
     let _ = "nor crate::daemon";
     assert_eq!(crate::detect::f(), 1);
-    crate::sink::Store::default()
+    Default::default()
 }
 "#;
     let mut paths = Vec::new();
