@@ -2,6 +2,7 @@
 //! the per-thread state back through the task iterators.
 mod attach;
 mod clock;
+mod kernel_btf;
 mod offsets;
 pub mod preflight;
 mod thread_state;
@@ -378,8 +379,9 @@ fn calibrate(
 
 /// Loads the object (maps created, programs not yet loaded) for the running kernel.
 fn load_object() -> Result<(Ebpf, Btf), ProbeError> {
-    let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
+    // Offsets first: the mapped BTF they read is gone before aya parses its own copy.
     let offsets = offsets::task_offsets(Path::new(preflight::VMLINUX_BTF))?;
+    let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
     let ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .map_max_entries(

@@ -25,7 +25,7 @@ pub enum OffsetsError {
 }
 
 pub fn task_offsets(vmlinux: &Path) -> Result<TaskOffsets, OffsetsError> {
-    let btf = Btf::from_file(vmlinux).map_err(|source| OffsetsError::Read {
+    let btf = super::kernel_btf::open(vmlinux).map_err(|source| OffsetsError::Read {
         path: vmlinux.display().to_string(),
         source,
     })?;

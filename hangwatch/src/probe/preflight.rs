@@ -53,13 +53,6 @@ pub fn check() -> Result<Preflight, PreflightError> {
         return Err(PreflightError::NoBtf);
     }
     let missing = features::missing(Path::new(VMLINUX_BTF))?;
-    // The kernel's BTF, parsed whole to look the features up, is freed by now; hand the
-    // heap it took back to the system, or it stays in the daemon's RSS for good (about
-    // 15 MiB: an idle daemon measured 80 MiB with it, against a 64 MiB budget).
-    // SAFETY: malloc_trim only returns free memory of glibc's heap to the system.
-    unsafe {
-        libc::malloc_trim(0);
-    }
     if !missing.is_empty() {
         return Err(PreflightError::OldKernel {
             release: kernel_release(),

@@ -72,7 +72,7 @@ pub enum FeaturesError {
 
 /// The features of [`REQUIRED`] that the kernel whose BTF is at `vmlinux` lacks.
 pub fn missing(vmlinux: &Path) -> Result<Vec<Feature>, FeaturesError> {
-    let btf = Btf::from_file(vmlinux).map_err(|source| FeaturesError::Read {
+    let btf = super::super::kernel_btf::open(vmlinux).map_err(|source| FeaturesError::Read {
         path: vmlinux.display().to_string(),
         source,
     })?;
@@ -137,7 +137,7 @@ mod tests {
             eprintln!("skipped: this kernel has no BTF");
             return;
         }
-        let btf = Btf::from_file(path).expect("reading the kernel's BTF");
+        let btf = super::super::super::kernel_btf::open(path).expect("reading the kernel's BTF");
         assert!(has_enumerator(&btf, "bpf_func_id", "BPF_FUNC_task_pt_regs").unwrap());
         assert!(!has_enumerator(&btf, "bpf_func_id", "BPF_FUNC_no_such_helper").unwrap());
         assert!(!has_enumerator(&btf, "no_such_enum", "BPF_FUNC_task_pt_regs").unwrap());
