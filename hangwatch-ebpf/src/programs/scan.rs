@@ -188,7 +188,7 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
     // SAFETY: per-CPU scratch slot, ours while this program runs; filled field by field so
     // that no copy of it is built on the stack.
     let record = unsafe { &mut *record };
-    record.state = *state;
+    copy_state(&mut record.state, state);
     record.start_boottime_ns = task.read(off.start_boottime);
     record.seen_at_ns = now;
     record.tid = tid;
@@ -200,6 +200,23 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
     record.syscall_args = syscall_args;
     write(ctx, record as *const ThreadRecord);
     0
+}
+
+/// `*dst = *src`, a word at a time. The plain assignment compiles to a call of the
+/// `memmove` that Rust links into the object, a byte loop in a BPF subprogram: Linux 6.1's
+/// verifier walks its 128 iterations on every path through the walk and gives up at a
+/// million instructions ("BPF program is too large"). Volatile accesses keep LLVM from
+/// turning these 16 loads and stores back into that call.
+#[inline(always)]
+fn copy_state(dst: &mut ThreadState, src: &ThreadState) {
+    const WORDS: usize = core::mem::size_of::<ThreadState>() / 8;
+    let dst = (dst as *mut ThreadState).cast::<u64>();
+    let src = (src as *const ThreadState).cast::<u64>();
+    for i in 0..WORDS {
+        // SAFETY: both point at a whole `ThreadState` (128 bytes of u64-aligned integers,
+        // sizes asserted in lib.rs), so every word `i < WORDS` is in bounds.
+        unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
+    }
 }
 
 /// A thread the walk starts following (its bit just set): if it runs or was woken since
