@@ -259,6 +259,8 @@ impl Scanner {
         }
         probes.set_scan_config(config.detectors.scan_config())?;
         surfaces.probes_attached(&probes);
+        // The queue is empty at start; a refusal would only leave the readers cold.
+        let _ = enrich.send(Job::Warm);
         tracing::info!(
             "probes attached ({} of {} asked for); scanning every {:?}; {}{}",
             enabled_probes(config.probes) - probes.degraded.len(),

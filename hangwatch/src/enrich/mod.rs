@@ -147,6 +147,8 @@ pub struct StacksJob {
 }
 
 pub enum Job {
+    /// The probes are attached: ready the readers for the first report.
+    Warm,
     Tick(Box<Tick>),
     ParkChecks(ParkChecks),
     Stacks(StacksJob),
@@ -285,6 +287,8 @@ impl Stage {
                     }
                     self.tick(&tick, stopping);
                 }
+                Job::Warm if !stopping => self.reports.warm(),
+                Job::Warm => {}
                 Job::ParkChecks(checks) => self.reports.park_checks(checks, stopping),
                 Job::Stacks(job) => self.reports.answer_stacks(job, stopping),
             }

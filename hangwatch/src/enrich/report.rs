@@ -494,6 +494,11 @@ impl Reports {
         }
     }
 
+    /// Readies the readers before the first report (`StackReader::warm`).
+    pub fn warm(&mut self) {
+        self.reader.warm();
+    }
+
     /// Reads the stacks of loop threads in a futex wait, once per wait, to tell a parked
     /// worker from a stuck one; the verdicts go back to the detection thread.
     pub fn park_checks(&mut self, checks: ParkChecks, stopping: bool) {

@@ -165,12 +165,10 @@ pub struct StackReader {
 impl StackReader {
     pub fn new(metrics: Arc<Metrics>, newer: NewerHangs) -> std::io::Result<Self> {
         Ok(Self {
-            // /proc/kallsyms is read by the first report, not at start: its table costs
-            // ~12 MiB of RSS, which a daemon that never reports should not carry (measured:
-            // 72 MiB with it at start, against a 64 MiB budget with 10,000 idle threads).
+            // /proc/kallsyms is read once the probes are attached (`warm`).
             kernel: KernelSymbolizer::default(),
             // The same binary (`/proc/self/exe` even if replaced on disk since), started
-            // at the first user stack.
+            // once the probes are attached (`warm`), or at the first user stack.
             unwinder: Helper::new("/proc/self/exe", &["unwinder"]).env(
                 crate::logging::FORMAT_ENV,
                 crate::logging::format_for_helpers(),
@@ -182,6 +180,22 @@ impl StackReader {
             kernel_published: (Duration::ZERO, 0),
             newer,
         })
+    }
+
+    /// Does now what the first report would otherwise wait for: reading /proc/kallsyms
+    /// and starting the unwinder process. The first report is often the one a newer hang
+    /// waits behind (a stuck exit's, then a deadlock beside it), and this cold start cost
+    /// it 1-2 s on a loaded machine. Called once the probes are attached, after the load's
+    /// peak of memory (aya's copy of the kernel BTF) is gone, so that the kallsyms table
+    /// (~12 MiB) does not add to that peak.
+    pub fn warm(&mut self) {
+        self.kernel.warm();
+        if let Err(err) = self.unwinder.ensure_started() {
+            tracing::warn!(
+                "cannot start the unwinder process: {err}; trying at the first user stack"
+            );
+        }
+        self.publish_figures();
     }
 
     /// Folds the symbolization figures since the last call into the metrics.

@@ -118,15 +118,12 @@ impl<Q: Serialize, A: DeserializeOwned> Helper<Q, A> {
         if stuck >= MAX_STUCK_WORKERS {
             return Err(ReadError::TooManyStuck(stuck));
         }
-        if self.current.is_none() {
-            self.current = Some(self.start().map_err(|err| ReadError::Missed {
-                deadline,
-                what: READING_MEMORY.into(),
-                file: None,
-                why: format!("the reader process could not start: {err}"),
-            })?);
-            self.started += 1;
-        }
+        self.ensure_started().map_err(|err| ReadError::Missed {
+            deadline,
+            what: READING_MEMORY.into(),
+            file: None,
+            why: format!("the reader process could not start: {err}"),
+        })?;
         let mut line = serde_json::to_vec(request).map_err(|err| self.failed(deadline, &err))?;
         line.push(b'\n');
         let started = Instant::now();
@@ -185,6 +182,16 @@ impl<Q: Serialize, A: DeserializeOwned> Helper<Q, A> {
                 return Err(self.failed(deadline, &err));
             }
         }
+    }
+
+    /// Starts the helper unless one runs: at the first call, or ahead of it so that the
+    /// first call does not pay for the exec.
+    pub fn ensure_started(&mut self) -> io::Result<()> {
+        if self.current.is_none() {
+            self.current = Some(self.start()?);
+            self.started += 1;
+        }
+        Ok(())
     }
 
     fn start(&self) -> io::Result<Running> {

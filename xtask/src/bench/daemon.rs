@@ -83,6 +83,11 @@ fn daemon_cost(
     let window = start.elapsed();
     let vm_hwm_kib = sys::status_kib(pid, "VmHWM")?;
     let vm_rss_kib = sys::status_kib(pid, "VmRSS")?;
+    // The unwinder process runs from the start: its memory is the daemon's too.
+    let helpers_hwm_kib = sys::live_children(pid)
+        .into_iter()
+        .filter_map(|child| sys::status_kib(child, "VmHWM").ok())
+        .sum();
     let stopped = running.stop()?;
     let scans = stopped.scans();
     if scans.is_none() {
@@ -100,15 +105,17 @@ fn daemon_cost(
         startup_cpu: startup_precise.unwrap_or(startup_cpu),
         vm_hwm_kib,
         vm_rss_kib,
+        helpers_hwm_kib,
         scans,
         full_walks: stopped.full_walks(),
         summary: stopped.summary().map(str::to_owned),
     };
     eprintln!(
-        "xtask bench: daemon with {threads} idle threads{}: {:.3}% of a core, VmHWM {:.1} MiB",
+        "xtask bench: daemon with {threads} idle threads{}: {:.3}% of a core, VmHWM {:.1} MiB (+ {:.1} MiB its unwinder)",
         load.map(|l| format!(" and {l}")).unwrap_or_default(),
         cost.cpu_percent,
-        vm_hwm_kib as f64 / 1024.0
+        vm_hwm_kib as f64 / 1024.0,
+        helpers_hwm_kib as f64 / 1024.0
     );
     Ok(cost)
 }

@@ -65,6 +65,8 @@ pub struct DaemonCost {
     pub precise: bool,
     pub startup_cpu: Duration,
     pub vm_hwm_kib: u64,
+    /// The peaks of its helper processes (the unwinder), summed.
+    pub helpers_hwm_kib: u64,
     pub vm_rss_kib: u64,
     pub scans: Option<(u64, Duration)>,
     /// The periodic walks of every task, where the daemon reports them.
@@ -262,6 +264,7 @@ impl Report {
             "start-up CPU",
             "VmHWM MiB",
             "VmRSS MiB",
+            "unwinder VmHWM MiB",
             "scans",
             "mean scan",
             "full walks",
@@ -277,6 +280,7 @@ impl Report {
                 format!("{:.0} ms", d.startup_cpu.as_secs_f64() * 1e3),
                 format!("{:.1}", d.vm_hwm_kib as f64 / 1024.0),
                 format!("{:.1}", d.vm_rss_kib as f64 / 1024.0),
+                format!("{:.1}", d.helpers_hwm_kib as f64 / 1024.0),
                 d.scans.map_or("?".to_owned(), |(n, _)| n.to_string()),
                 d.scans
                     .map_or("?".to_owned(), |(_, mean)| format!("{mean:.2?}")),
@@ -668,6 +672,7 @@ impl Report {
                 "utime_stime_cpu_percent_of_a_core": d.stat_cpu_percent,
                 "startup_cpu_seconds": d.startup_cpu.as_secs_f64(),
                 "vm_hwm_kib": d.vm_hwm_kib,
+                "helpers_hwm_kib": d.helpers_hwm_kib,
                 "vm_rss_kib": d.vm_rss_kib,
                 "scans": d.scans.map(|(n, _)| n),
                 "mean_scan_seconds": d.scans.map(|(_, m)| m.as_secs_f64()),

@@ -96,7 +96,16 @@ fn children_cpu_time(pid: u32) -> Duration {
         .ok()
         .zip(own_cpu_time(pid, false).ok())
         .map_or(Duration::ZERO, |(all, own)| all.saturating_sub(own));
-    let live = fs::read_dir(format!("/proc/{pid}/task"))
+    let live = live_children(pid)
+        .into_iter()
+        .filter_map(|child| own_cpu_time(child, false).ok())
+        .sum::<Duration>();
+    reaped + live
+}
+
+/// The processes `pid`'s threads started and that still run (the unwinder).
+pub fn live_children(pid: u32) -> Vec<u32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
         .flatten()
         .flatten()
@@ -106,9 +115,7 @@ fn children_cpu_time(pid: u32) -> Duration {
                 .filter_map(|p| p.parse::<u32>().ok())
                 .collect::<Vec<_>>()
         })
-        .filter_map(|child| own_cpu_time(child, false).ok())
-        .sum::<Duration>();
-    reaped + live
+        .collect()
 }
 
 pub fn cpu_time_precise(pid: u32) -> Option<Duration> {
