@@ -46,3 +46,22 @@ mod tests {
         assert_eq!(rfc3339(t), "1970-01-01T00:16:37.500Z");
     }
 }
+
+/// `budget`, stretched by the factor in `HANGWATCH_TEST_TIME_SCALE` (1 when unset): the time
+/// the daemon gives its own work (a stack read, a report, an answer) rather than a wait the
+/// user set. `cargo xtask vmtest` runs the kernel suite under emulation (QEMU TCG, where
+/// CPU-bound work is 10 to 20 times slower) and sets it, as the test harness stretches its
+/// own waits, so that unwinding a stack there gets the share of the machine it gets natively
+/// and the tests can assert on the same frames. Thresholds, the scan interval and every
+/// duration a user sets are never stretched.
+pub fn stretched(budget: Duration) -> Duration {
+    static SCALE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let scale = *SCALE.get_or_init(|| {
+        std::env::var("HANGWATCH_TEST_TIME_SCALE")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(1)
+            .clamp(1, 100)
+    });
+    budget.saturating_mul(scale)
+}

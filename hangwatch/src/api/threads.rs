@@ -135,7 +135,9 @@ pub async fn threads(
             Err(denied) => Err(denied),
         })
     });
-    let (mut dump, owner) = match tokio::time::timeout(PROC_TIMEOUT, read).await {
+    let (mut dump, owner) = match tokio::time::timeout(crate::clock::stretched(PROC_TIMEOUT), read)
+        .await
+    {
         Ok(Ok(Some(Ok(Some(read))))) => read,
         Ok(Ok(Some(Err(denied)))) => return Err(ApiError::forbidden(&denied)),
         Ok(Ok(None | Some(Ok(None)))) => {
@@ -205,7 +207,7 @@ async fn add_stacks(
             return Ok(());
         }
     }
-    let stacks = match tokio::time::timeout(STACKS_TIMEOUT, answer).await {
+    let stacks = match tokio::time::timeout(crate::clock::stretched(STACKS_TIMEOUT), answer).await {
         Ok(Ok(Ok(stacks))) => stacks,
         Ok(Ok(Err(err))) => {
             dump.stacks_error = Some(format!("cannot capture stacks: {err}"));

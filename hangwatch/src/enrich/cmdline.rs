@@ -39,15 +39,18 @@ impl CmdlineCache {
         {
             return line.clone();
         }
-        let line = match reader.read_memory(pid, READ_DEADLINE, move || read(pid)) {
-            Ok(Ok(line)) => line,
-            // Gone, or not ours to read: no command line, and no reason worth a field.
-            Ok(Err(_)) => Cmdline::default(),
-            Err(err) => Cmdline {
-                error: Some(err.to_string()),
-                ..Cmdline::default()
-            },
-        };
+        let line =
+            match reader.read_memory(pid, crate::clock::stretched(READ_DEADLINE), move || {
+                read(pid)
+            }) {
+                Ok(Ok(line)) => line,
+                // Gone, or not ours to read: no command line, and no reason worth a field.
+                Ok(Err(_)) => Cmdline::default(),
+                Err(err) => Cmdline {
+                    error: Some(err.to_string()),
+                    ..Cmdline::default()
+                },
+            };
         if self.by_pid.len() >= CAPACITY {
             let mut ages: Vec<Instant> = self.by_pid.values().map(|(at, _)| *at).collect();
             ages.sort_unstable();

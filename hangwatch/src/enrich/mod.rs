@@ -297,7 +297,7 @@ impl Stage {
 
     fn tick(&mut self, tick: &Tick, stopping: bool) {
         let started = Instant::now();
-        let behind = started.duration_since(tick.at) >= BACKLOG;
+        let behind = started.duration_since(tick.at) >= crate::clock::stretched(BACKLOG);
         // Reports that read (ends repeat the last report and read nothing), in tick order.
         let mut reading = 0;
         for transition in &tick.transitions {
@@ -311,7 +311,7 @@ impl Stage {
             let budget = if behind {
                 stacks::Budget::until(started, stopping)
             } else if !tail {
-                stacks::Budget::until(started + REPORT_HARD_DUE, stopping)
+                stacks::Budget::until(started + crate::clock::stretched(REPORT_HARD_DUE), stopping)
             } else {
                 let now = Instant::now();
                 let available = self.tail.available(now);
@@ -322,8 +322,11 @@ impl Stage {
                         TAIL_SHARE * 100.0
                     ))
                 } else {
-                    stacks::Budget::until((started + REPORT_DUE).min(now + available), stopping)
-                        .yielding(&self.newer)
+                    stacks::Budget::until(
+                        (started + crate::clock::stretched(REPORT_DUE)).min(now + available),
+                        stopping,
+                    )
+                    .yielding(&self.newer)
                 }
             };
             let building = Instant::now();

@@ -276,7 +276,7 @@ impl Reports {
             let wait = Wait::from_proc(t.state, t.syscall);
             let signalled = tid == request.target.tid;
             if !signalled && others_due.is_none() {
-                others_due = Some(Instant::now() + EXIT_OTHERS_DUE);
+                others_due = Some(Instant::now() + crate::clock::stretched(EXIT_OTHERS_DUE));
             }
             let others_spent = !signalled && others_due.is_some_and(|due| Instant::now() >= due);
             let thread_stacks = if i >= MAX_EXIT_STACKS {
@@ -381,9 +381,11 @@ impl Reports {
                             // The lock word is in the process's memory: on the reader.
                             Some(call) => self
                                 .reader
-                                .read_memory(tgid, super::READ_DEADLINE, move || {
-                                    futex_owner::read_owner(tgid, &call)
-                                })
+                                .read_memory(
+                                    tgid,
+                                    crate::clock::stretched(super::READ_DEADLINE),
+                                    move || futex_owner::read_owner(tgid, &call),
+                                )
                                 .ok()
                                 .flatten(),
                             None => None,
@@ -502,7 +504,11 @@ impl Reports {
     /// Reads the stacks of loop threads in a futex wait, once per wait, to tell a parked
     /// worker from a stuck one; the verdicts go back to the detection thread.
     pub fn park_checks(&mut self, checks: ParkChecks, stopping: bool) {
-        let budget = Budget::until(Instant::now() + REPORT_DUE, stopping).yielding(&self.newer);
+        let budget = Budget::until(
+            Instant::now() + crate::clock::stretched(REPORT_DUE),
+            stopping,
+        )
+        .yielding(&self.newer);
         for (thread, tgid, since_ns, record) in checks.threads {
             let frames = match self.reader.user_only(tgid, record.as_ref(), &budget) {
                 Ok(stack) => stack.frames,
@@ -539,7 +545,7 @@ impl Reports {
             self.metrics.dropped("stack_requests", "caller_gone", 1);
             return;
         }
-        let due = Instant::now() + STACKS_BUDGET;
+        let due = Instant::now() + crate::clock::stretched(STACKS_BUDGET);
         let mut answer = Vec::with_capacity(records.len());
         for record in &records {
             let budget = match Budget::until(due, stopping).check() {

@@ -82,7 +82,10 @@ impl Budget {
             }
             Self::Until(due) => due,
             Self::Yielding { due, newer } => {
-                if newer.waited().is_some_and(|waited| waited >= YIELD_AFTER) {
+                if newer
+                    .waited()
+                    .is_some_and(|waited| waited >= crate::clock::stretched(YIELD_AFTER))
+                {
                     return Err(Skipped {
                         why: format!(
                             "not read: a newer hang had waited {YIELD_AFTER:?} to be reported (`hangwatch threads PID --stacks` reads it)"
@@ -99,7 +102,7 @@ impl Budget {
         Err(Skipped {
             why: format!(
                 "not read: the report was due (more stacks at once than can be unwound within {:?}; `hangwatch threads PID --stacks` reads it)",
-                super::REPORT_DUE
+                crate::clock::stretched(super::REPORT_DUE)
             ),
             limit: Some("report_due"),
         })
@@ -252,8 +255,10 @@ impl StackReader {
         };
         let newer = self.newer.clone();
         let may_work = move |elapsed: Duration| {
-            newer.waited().is_none_or(|waited| waited < YIELD_AFTER)
-                && (elapsed < CPU_GRACE || budget.check().is_ok())
+            newer
+                .waited()
+                .is_none_or(|waited| waited < crate::clock::stretched(YIELD_AFTER))
+                && (elapsed < crate::clock::stretched(CPU_GRACE) || budget.check().is_ok())
         };
         match self.unwinder.call(deadline, &request, may_work) {
             Ok(reply) => {
@@ -360,7 +365,7 @@ impl StackReader {
         }
         match self.unwind(
             pid,
-            READ_DEADLINE,
+            crate::clock::stretched(READ_DEADLINE),
             unwinder::Task::Capture { pid, tid, regs },
             budget,
         ) {
@@ -395,9 +400,14 @@ impl StackReader {
         let task = unwinder::Task::Sample {
             pid,
             tid,
-            timeout: on_cpu::SAMPLE_TIMEOUT,
+            timeout: crate::clock::stretched(on_cpu::SAMPLE_TIMEOUT),
         };
-        match self.unwind(pid, READ_DEADLINE + on_cpu::SAMPLE_TIMEOUT, task, budget) {
+        match self.unwind(
+            pid,
+            crate::clock::stretched(READ_DEADLINE + on_cpu::SAMPLE_TIMEOUT),
+            task,
+            budget,
+        ) {
             Ok(unwinder::Answer::Sampled(Sampled::Unwound(sample))) => {
                 sampled_stacks(&mut self.kernel, sample)
             }

@@ -70,7 +70,9 @@ impl OwnerCache {
         let overdue = self
             .pending
             .values()
-            .filter(|(_, asked)| now.duration_since(*asked) >= READ_DEADLINE)
+            .filter(|(_, asked)| {
+                now.duration_since(*asked) >= crate::clock::stretched(READ_DEADLINE)
+            })
             .min_by_key(|(_, asked)| *asked)
             .copied();
         // A worker that runs (or waits for a CPU: hundreds of spinning threads beside it)

@@ -15,8 +15,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// `/proc` is listed this often: a new process is looked at within this long.
+/// `/proc` is listed this often: a new process is looked at within this long, unless a
+/// round costs more than `CPU_SHARE` at that pace.
 const LIST_EVERY: Duration = Duration::from_secs(1);
+/// The share of a core the rounds may take; rounds are spaced out beyond it. Listing `/proc`
+/// walks every pid of the machine, threads included (the kernel's `next_tgid`), so with
+/// 10,000 idle threads a round costs about 1.3 ms, which once a second was a quarter of the
+/// idle daemon's CPU (`cargo xtask bench --only daemon`). The walks are spaced the same way
+/// (`daemon.rs`, `WALK_CPU_SHARE`).
+const CPU_SHARE: f64 = 0.0005;
 /// A process without a loop fd is looked at again after this long, doubling up to
 /// `MAX_RESCAN` (a server creates its epoll fd in its first milliseconds, or soon after;
 /// a process that never does costs one read of its fd table per `MAX_RESCAN`).
@@ -74,6 +81,7 @@ fn run(tx: &mpsc::Sender<Change>, own: u32) {
     let mut known: HashMap<u32, Known> = HashMap::new();
     loop {
         let started = Instant::now();
+        let cpu_at_start = crate::clock::thread_cpu_time();
         let pids = match list_pids() {
             Ok(pids) => pids,
             Err(err) => {
@@ -123,8 +131,14 @@ fn run(tx: &mpsc::Sender<Change>, own: u32) {
         if changes.into_iter().try_for_each(|c| tx.send(c)).is_err() {
             return;
         }
-        thread::sleep(LIST_EVERY.saturating_sub(started.elapsed()));
+        let spent = crate::clock::thread_cpu_time().saturating_sub(cpu_at_start);
+        thread::sleep(pause_after(spent).saturating_sub(started.elapsed()));
     }
+}
+
+/// The time from the start of a round that took `spent` of CPU to the next one.
+fn pause_after(spent: Duration) -> Duration {
+    LIST_EVERY.max(spent.div_f64(CPU_SHARE))
 }
 
 fn list_pids() -> std::io::Result<HashSet<u32>> {
@@ -153,6 +167,16 @@ fn is_loop_fd(target: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_are_spaced_out_beyond_their_share_of_a_core() {
+        assert_eq!(pause_after(Duration::from_micros(100)), LIST_EVERY);
+        // 1.3 ms of CPU a round (10,000 threads listed) at 0.05 % of a core: every 2.6 s.
+        assert_eq!(
+            pause_after(Duration::from_micros(1300)),
+            Duration::from_millis(2600)
+        );
+    }
 
     #[test]
     fn epoll_and_io_uring_links_are_loop_fds() {

@@ -272,7 +272,9 @@ impl<S: 'static> Worker<S> {
                 // Past the deadline but running on a CPU: slow work (a cold cache, a large
                 // binary), not a wait on the process; it gets up to `CPU_GRACE`.
                 Err(RecvTimeoutError::Timeout)
-                    if !busy && started.elapsed() < CPU_GRACE && self.current.running() =>
+                    if !busy
+                        && started.elapsed() < crate::clock::stretched(CPU_GRACE)
+                        && self.current.running() =>
                 {
                     wait = Duration::from_millis(20);
                 }
