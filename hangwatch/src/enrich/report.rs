@@ -112,10 +112,19 @@ impl Reports {
             return self.report_exit(event, episode, tick, budget);
         }
         let sample = tick.samples.get(&episode.key.thread)?;
-        // /proc's syscall file takes no mm lock: read on this thread.
-        let syscall = match thread_proc(sample.tgid, sample.key) {
-            ThreadProc::Alive { syscall } => syscall,
-            ThreadProc::Gone => None,
+        // The syscall the walk read from the thread's saved registers is the report's; /proc
+        // is read only when the walk's is stale (the thread ran and blocked again since) and
+        // for a loop stall, which says what the loop thread is doing now. In a mass hang
+        // these two reads per report were most of the stage's own CPU. /proc's syscall file
+        // takes no mm lock: read on this thread.
+        let syscall = if sample.wait().syscall.is_none() || episode.key.kind == HangKind::LoopStall
+        {
+            match thread_proc(sample.tgid, sample.key) {
+                ThreadProc::Alive { syscall } => syscall,
+                ThreadProc::Gone => None,
+            }
+        } else {
+            None
         };
         let thread_stacks = self.stacks_of(sample, tick.stacks.get(&sample.key), budget);
         // A lock wait without an owner is reported only when its stack shows a lock.

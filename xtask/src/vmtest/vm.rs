@@ -17,11 +17,16 @@ use std::{
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 /// virtme-ng from PyPI, pinned: the version the recipe was checked with.
 const VIRTME_NG: &str = "virtme-ng==1.42";
@@ -94,6 +99,12 @@ pub fn run(run: &Run<'_>) -> Result<()> {
         .spawn()
         .with_context(|| format!("failed to start {}", bin.join("vng").display()))?;
     let started = Instant::now();
+    // QEMU runs in a group of its own, which a signal to this process does not reach:
+    // a stopped `xtask vmtest` (Ctrl-C, a CI timeout's SIGTERM) ends the VM itself.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot handle signals")?;
+    }
     let log_path = run.results.join("log");
     let mut shown = 0;
     loop {
@@ -102,11 +113,15 @@ pub fn run(run: &Run<'_>) -> Result<()> {
         if exited {
             return Ok(());
         }
-        if started.elapsed() > run.timeout {
+        let stopped = stop.load(Ordering::Relaxed);
+        if stopped || started.elapsed() > run.timeout {
             let pgid = libc::pid_t::try_from(child.id()).context("pid fits pid_t")?;
             // SAFETY: kill has no memory-safety preconditions; the group is the one we made.
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
             let _ = child.wait();
+            if stopped {
+                bail!("stopped by a signal (the VM was killed)");
+            }
             bail!(
                 "the VM did not finish within {:?} (killed; QEMU's console is in {})",
                 run.timeout,
