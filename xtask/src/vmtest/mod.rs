@@ -27,6 +27,14 @@ use self::vm::sh_quote;
 /// them natively. docs/kernels.md lists them too.
 const SKIPPED_UNDER_TCG: &[(&str, &str, &str)] = &[
     (
+        "kernel_api",
+        "threads_lists_every_thread_of_a_process_with_its_state",
+        "the `--stacks` answer gave the locker's user stack only down to libc's lock frames \
+         (`futex_wait`, `__GI___lll_lock_wait`) with no error said, under TCG with the \
+         stretched timeout (2026-11-26); the rest of the test (the thread list, the states \
+         and waits from /proc, why probe state is missing) passed on 6.1",
+    ),
+    (
         "kernel_never_blind",
         "a_mass_hang_is_reported_whole_and_detection_goes_on",
         "a load test: 2,000 threads entering D at once, every one reported within the test's \
