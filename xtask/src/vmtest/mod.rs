@@ -217,16 +217,32 @@ fn guest_script(args: &Args, binaries: &[suite::TestBinary], results: &Path) -> 
             .filter(|(file, _, _)| *file == binary.name)
             .map(|(_, test, _)| format!(" --skip {}", sh_quote(test)))
             .collect();
+        // A file that makes no progress is killed at FILE_LIMIT, and what every thread of
+        // the guest was doing then goes to the log: a whole run once stalled in one file
+        // with no output at all (docs/kernels.md, "In CI").
         let _ = writeln!(
             s,
-            "{} --include-ignored{skips} {} >> {log} 2>&1",
+            "timeout -s KILL {} {} --include-ignored{skips} {} >> {log} 2>&1",
+            FILE_LIMIT.as_secs(),
             sh_quote(&exe),
             harness.join(" ")
         );
-        let _ = writeln!(s, "echo \"{} $?\" >> {status}", binary.name);
+        let _ = writeln!(s, "code=$?");
+        let _ = writeln!(
+            s,
+            "if [ $code = 137 ]; then echo \"xtask vmtest: {} killed after {} s; the guest's threads:\" >> {log}; \
+             ps -eLo pid,tid,stat,pcpu,wchan:32,comm >> {log} 2>&1; \
+             for t in /proc/[0-9]*/task/[0-9]*; do case $(cut -d' ' -f3 $t/stat 2>/dev/null) in R|D) echo \"== $t\"; cat $t/stack;; esac; done >> {log} 2>&1; fi",
+            binary.name,
+            FILE_LIMIT.as_secs()
+        );
+        let _ = writeln!(s, "echo \"{} $code\" >> {status}", binary.name);
     }
     Ok(s)
 }
+
+/// How long one test file may run in the guest (the slowest took 12 minutes under TCG).
+const FILE_LIMIT: Duration = Duration::from_secs(20 * 60);
 
 /// Prints the totals; fails unless every binary ran and exited 0.
 fn report(
