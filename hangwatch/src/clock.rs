@@ -35,18 +35,6 @@ pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn converts_monotonic_instants_to_wall_time() {
-        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let t = wall_time_of(5_000_000_000, 7_500_000_000, wall);
-        assert_eq!(rfc3339(t), "1970-01-01T00:16:37.500Z");
-    }
-}
-
 /// `budget`, stretched by the factor in `HANGWATCH_TEST_TIME_SCALE` (1 when unset): the time
 /// the daemon gives its own work (a stack read, a report, an answer) rather than a wait the
 /// user set. `cargo xtask vmtest` runs the kernel suite under emulation (QEMU TCG, where
@@ -64,4 +52,16 @@ pub fn stretched(budget: Duration) -> Duration {
             .clamp(1, 100)
     });
     budget.saturating_mul(scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_monotonic_instants_to_wall_time() {
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let t = wall_time_of(5_000_000_000, 7_500_000_000, wall);
+        assert_eq!(rfc3339(t), "1970-01-01T00:16:37.500Z");
+    }
 }
