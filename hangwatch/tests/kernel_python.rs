@@ -147,8 +147,8 @@ fn describe(v: &Value) -> String {
         ));
     }
     text.push_str(&format!(
-        "  blocked_here: {}\n  python_task: {}\n  user_stack_error: {}\n",
-        v["blocked_here"], v["python_task"], v["user_stack_error"]
+        "  blocked_here: {}\n  python_task: {}\n  user_stack_error: {}\n  user_stack_unwind: {}\n",
+        v["blocked_here"], v["python_task"], v["user_stack_error"], v["user_stack_unwind"]
     ));
     text
 }

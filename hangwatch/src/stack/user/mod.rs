@@ -257,6 +257,8 @@ impl UserStacks {
         let mut modules = Vec::new();
         let mut unreadable_modules = Vec::new();
         let mut avoided = Vec::new();
+        // Mappings the unwinder has no tables for, and why.
+        let mut without_tables: Vec<(maps::Mapping, String)> = Vec::new();
         for mapping in executable
             .iter()
             .filter(|m| m.is_file() || m.path == "[vdso]")
@@ -269,15 +271,40 @@ impl UserStacks {
                 let what = format!("{}: {why}", mapping.path);
                 unreadable_modules.push(what.clone());
                 avoided.push(what);
+                without_tables.push((mapping.clone(), format!("not read: {why}")));
                 continue;
             }
             match self.modules.get(pid, mapping) {
+                Ok(sections) if sections.svma_of_offset(mapping.offset).is_none() => {
+                    without_tables.push((
+                        mapping.clone(),
+                        format!(
+                            "no segment of {} is mapped from offset {:#x}",
+                            mapping.path, mapping.offset
+                        ),
+                    ));
+                }
                 Ok(sections) => modules.push((mapping.clone(), sections)),
-                Err(err) => unreadable_modules.push(err.to_string()),
+                Err(err) => {
+                    unreadable_modules.push(err.to_string());
+                    without_tables.push((mapping.clone(), err.to_string()));
+                }
             }
         }
         let mut unwinder = unwind::ProcessUnwinder::new(&modules);
-        let unwound = unwinder.unwind(regs.ip, regs.sp, regs.fp, stack);
+        let mut unwound = unwinder.unwind(regs.ip, regs.sp, regs.fp, stack);
+        // framehop falls back to frame pointers in a module it has no tables for, and a
+        // zero frame pointer (most code keeps none) reads as the end of the stack: a walk
+        // that "ends" in such a module ended for want of its tables, and says so.
+        if unwound.stopped.is_none()
+            && let Some(last) = unwound.frames.last()
+            && let Some((mapping, why)) = without_tables.iter().find(|(m, _)| m.contains(last.lookup))
+        {
+            unwound.stopped = Some(format!(
+                "unwinding stopped in {} without its unwind tables: {why}",
+                mapping.path
+            ));
+        }
         let left_the_maps = unwound
             .frames
             .iter()

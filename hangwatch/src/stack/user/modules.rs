@@ -8,6 +8,7 @@ use std::{
     collections::{HashMap, VecDeque},
     fs,
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use object::{Object, ObjectSection, ObjectSegment};
@@ -23,6 +24,10 @@ pub const MAX_SECTION_BYTES: u64 = 64 << 20;
 /// The cached unwind tables may hold this many bytes; the oldest modules go beyond it.
 pub const MAX_CACHED_BYTES: usize = 256 << 20;
 
+/// A module that could not be read is tried again after this long: the failure may have
+/// been of the moment (a file replaced under the process, a read cut short), and a module
+/// without tables ends every walk through it.
+pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
 /// Sections refused for their size since start (for `hangwatch_limits_total`).
 pub static SECTIONS_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -137,7 +142,8 @@ type Key = (String, u64);
 
 #[derive(Default)]
 pub struct ModuleCache {
-    by_file: HashMap<Key, Result<Arc<UnwindSections>, ModuleError>>,
+    /// The tables of each file, or why they could not be had and when that was found.
+    by_file: HashMap<Key, Result<Arc<UnwindSections>, (ModuleError, Instant)>>,
     order: VecDeque<Key>,
     /// Bytes of unwind tables in `by_file`, kept under `MAX_CACHED_BYTES`.
     bytes: usize,
@@ -154,9 +160,20 @@ impl ModuleCache {
         } else {
             (mapping.dev.clone(), mapping.inode)
         };
-        if let Some(found) = self.by_file.get(&key) {
-            self.hits += 1;
-            return found.clone();
+        match self.by_file.get(&key) {
+            Some(Ok(found)) => {
+                self.hits += 1;
+                return Ok(found.clone());
+            }
+            Some(Err((error, at))) if at.elapsed() < RETRY_FAILED_AFTER => {
+                self.hits += 1;
+                return Err(error.clone());
+            }
+            Some(Err(_)) => {
+                self.by_file.remove(&key);
+                self.order.retain(|k| k != &key);
+            }
+            None => {}
         }
         self.misses += 1;
         // Opening and reading it can block on its filesystem (a stalled FUSE or NFS mount):
@@ -178,7 +195,10 @@ impl ModuleCache {
         }
         self.bytes += size;
         self.order.push_back(key.clone());
-        self.by_file.insert(key, loaded.clone());
+        self.by_file.insert(
+            key,
+            loaded.clone().map_err(|error| (error, Instant::now())),
+        );
         loaded
     }
 }
@@ -256,5 +276,30 @@ mod tests {
         let again = cache.get(pid, text).expect("cached");
         assert!(Arc::ptr_eq(&sections, &again));
         assert_eq!((cache.hits, cache.misses), (1, 1));
+    }
+
+    #[test]
+    fn a_module_that_could_not_be_read_is_tried_again_later() {
+        let missing = Mapping {
+            start: 0x1000,
+            end: 0x2000,
+            offset: 0,
+            executable: true,
+            dev: "00:00".into(),
+            inode: 1,
+            path: "/nonexistent/hangwatch-test-module.so".into(),
+        };
+        let mut cache = ModuleCache::default();
+        let pid = std::process::id();
+        assert!(cache.get(pid, &missing).is_err());
+        assert!(cache.get(pid, &missing).is_err(), "cached");
+        assert_eq!((cache.hits, cache.misses), (1, 1));
+        // As if the failure were older than the retry delay.
+        if let Some(Err((_, at))) = cache.by_file.get_mut(&("00:00".to_owned(), 1)) {
+            *at -= RETRY_FAILED_AFTER;
+        }
+        assert!(cache.get(pid, &missing).is_err());
+        assert_eq!((cache.hits, cache.misses), (1, 2), "read again");
+        assert_eq!(cache.order.len(), 1, "kept once in the eviction order");
     }
 }

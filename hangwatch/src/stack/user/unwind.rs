@@ -39,6 +39,7 @@ impl ProcessUnwinder {
     pub fn new(modules: &[(Mapping, Arc<UnwindSections>)]) -> Self {
         let mut unwinder = UnwinderX86_64::new();
         for (mapping, sections) in modules {
+            // The caller leaves out (and reports) a module without a segment at the offset.
             let Some(svma_of_start) = sections.svma_of_offset(mapping.offset) else {
                 continue;
             };
