@@ -1,6 +1,7 @@
 """A gevent StreamServer (seed 004), run by the tests' virtualenv python. Modes:
   idle   serve normally;
-  sleep  a request "stall" calls the unpatched time.sleep(), which blocks the hub.
+  sleep  a request "stall" spawns a greenlet that calls the unpatched time.sleep(),
+         which blocks the hub.
 Prints {"pid", "tid", "port"}, then "ready"."""
 import json
 import os
@@ -20,7 +21,12 @@ def handle(sock, _address):
     f = sock.makefile("rwb")
     for line in f:
         if line.strip() == b"stall" and MODE == "sleep":
-            blocking_sleep(100000)
+            # Seed 004's shape: a spawned greenlet that blocks in its first run, which the
+            # hub starts from its libev loop, so the thread's stack runs from the sleep up
+            # through the greenlet to ev_run. (The handler's own greenlet has usually
+            # switched to the hub once, waiting for this line; a resumed greenlet's stack
+            # ends where it started: see docs/detection.md, "Greenlets".)
+            gevent.spawn(blocking_sleep, 100000).join()
         f.write(b"ok\n")
         f.flush()
 
