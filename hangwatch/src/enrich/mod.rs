@@ -11,17 +11,19 @@
 //! pace: the reports of a tick may spend `REPORT_DUE` reading user stacks; past that (a
 //! mass hang, thousands of reports at once), and for a tick that waited `BACKLOG` in the
 //! queue, reports go out with what costs nothing to add (the kernel stack, the wait) and
-//! say why the user stack is missing.
+//! say why the user stack is missing. Newer hangs go first: reads a report can do without
+//! give way to a tick opening a hang that has waited `stacks::YIELD_AFTER`, and so does the
+//! rest of a large tick (`Rest`), reported once the queue is empty.
 pub mod cmdline;
 mod report;
 pub mod stacks;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::{self, Receiver, SyncSender, TrySendError},
+        mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError},
     },
     thread,
     time::{Duration, Instant, SystemTime},
@@ -205,6 +207,7 @@ impl Enrich {
                     stopping,
                     newer: stage_newer,
                     tail: TailAllowance::full(Instant::now()),
+                    deferred: VecDeque::new(),
                 };
                 stage.run(&queue);
                 stage.stop();
@@ -245,6 +248,65 @@ struct Stage {
     newer: NewerHangs,
     /// What the tails of ticks may still spend on user stacks (`TAIL_SHARE`).
     tail: TailAllowance,
+    /// The rest of ticks set aside for newer hangs, oldest first.
+    deferred: VecDeque<Rest>,
+}
+
+/// The transitions of a tick not reported yet, in order: set aside when a newer hang had
+/// waited `stacks::YIELD_AFTER` for the stage (a mass hang's tick takes ~0.5 ms a report,
+/// a second for 2,000), resumed when the queue is empty.
+struct Rest {
+    tick: Arc<Tick>,
+    transitions: VecDeque<usize>,
+    /// Reports of the tick that read stacks so far (`ALWAYS_READ` counts them).
+    reading: usize,
+}
+
+impl Rest {
+    fn of(tick: Arc<Tick>) -> Self {
+        Self {
+            transitions: (0..tick.transitions.len()).collect(),
+            tick,
+            reading: 0,
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = EpisodeKey> + '_ {
+        self.transitions
+            .iter()
+            .map(|&i| key_of(&self.tick.transitions[i]))
+    }
+}
+
+fn key_of(transition: &Transition) -> EpisodeKey {
+    match transition {
+        Transition::Opened(e) | Transition::Updated(e) | Transition::Ended(e) => e.key,
+    }
+}
+
+/// Splits `rest` into the transitions of episodes not in `waiting` (reported now) and
+/// those of episodes that are (reported after the transitions they follow): an episode's
+/// events keep their order, whatever jumps ahead.
+fn split_behind(rest: Rest, waiting: &HashSet<EpisodeKey>) -> (Rest, Option<Rest>) {
+    if waiting.is_empty() {
+        return (rest, None);
+    }
+    let (behind, now): (VecDeque<usize>, VecDeque<usize>) = rest
+        .transitions
+        .iter()
+        .partition(|&&i| waiting.contains(&key_of(&rest.tick.transitions[i])));
+    let behind = (!behind.is_empty()).then(|| Rest {
+        tick: Arc::clone(&rest.tick),
+        transitions: behind,
+        reading: rest.reading,
+    });
+    (
+        Rest {
+            transitions: now,
+            ..rest
+        },
+        behind,
+    )
 }
 
 /// A token bucket of stage time for the user stacks of ticks' tails: refilled at
@@ -277,15 +339,39 @@ impl TailAllowance {
 
 impl Stage {
     fn run(&mut self, queue: &Receiver<Job>) {
-        // Ends when the detection thread drops its end (at stop, or if it died).
-        for job in queue {
+        // Ends when the detection thread drops its end (at stop, or if it died), once the
+        // ticks set aside are reported.
+        loop {
+            let job = if self.deferred.is_empty() {
+                match queue.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            } else {
+                match queue.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
+                        self.resume();
+                        continue;
+                    }
+                }
+            };
             let stopping = self.stopping.load(Ordering::Relaxed);
             match job {
                 Job::Tick(tick) => {
                     if tick.opens_a_hang() {
                         self.newer.taken();
                     }
-                    self.tick(&tick, stopping);
+                    let rest = Rest::of(Arc::from(tick));
+                    let waiting: HashSet<EpisodeKey> =
+                        self.deferred.iter().flat_map(Rest::keys).collect();
+                    let (now, behind) = split_behind(rest, &waiting);
+                    if let Some(behind) = behind {
+                        self.deferred.push_back(behind);
+                    }
+                    if let Some(rest) = self.tick(now, stopping) {
+                        self.deferred.push_back(rest);
+                    }
                 }
                 Job::Warm if !stopping => self.reports.warm(),
                 Job::Warm => {}
@@ -295,18 +381,42 @@ impl Stage {
         }
     }
 
-    fn tick(&mut self, tick: &Tick, stopping: bool) {
+    /// Reports the oldest rest set aside, until a newer hang waits again.
+    fn resume(&mut self) {
+        let Some(rest) = self.deferred.pop_front() else {
+            return;
+        };
+        let stopping = self.stopping.load(Ordering::Relaxed);
+        if let Some(rest) = self.tick(rest, stopping) {
+            self.deferred.push_front(rest);
+        }
+    }
+
+    /// Reports the transitions of `rest` in order; gives back those not reported when a
+    /// newer hang has waited `stacks::YIELD_AFTER` for the stage.
+    fn tick(&mut self, mut rest: Rest, stopping: bool) -> Option<Rest> {
+        let tick = Arc::clone(&rest.tick);
         let started = Instant::now();
         let behind = started.duration_since(tick.at) >= crate::clock::stretched(BACKLOG);
-        // Reports that read (ends repeat the last report and read nothing), in tick order.
-        let mut reading = 0;
-        for transition in &tick.transitions {
+        let yield_after = crate::clock::stretched(stacks::YIELD_AFTER);
+        let mut reported = 0;
+        while let Some(&index) = rest.transitions.front() {
+            if reported > 0
+                && !stopping
+                && self.newer.waited().is_some_and(|w| w >= yield_after)
+            {
+                self.sinks.hub.metrics.limit("report_deferred", 1);
+                return Some(rest);
+            }
+            rest.transitions.pop_front();
+            reported += 1;
+            let transition = &tick.transitions[index];
             // The first reports of a tick read their stacks (up to the hard due); the rest
             // of a large tick reads until `REPORT_DUE` and within its share, giving way to
             // a newer hang.
-            let tail = !behind && reading >= ALWAYS_READ;
+            let tail = !behind && rest.reading >= ALWAYS_READ;
             if !matches!(transition, Transition::Ended(_)) {
-                reading += 1;
+                rest.reading += 1;
             }
             let budget = if behind {
                 stacks::Budget::until(started, stopping)
@@ -332,7 +442,7 @@ impl Stage {
             let building = Instant::now();
             // A report that panics (a bug) costs that report, not the stage.
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.reports.build(transition, tick, &budget, stopping)
+                self.reports.build(transition, &tick, &budget, stopping)
             }));
             let spent = building.elapsed();
             self.sinks.hub.metrics.report(spent);
@@ -348,6 +458,7 @@ impl Stage {
                 }
             }
         }
+        None
     }
 
     fn publish(&self, event: HangEvent) {
@@ -382,6 +493,72 @@ pub const FLUSH_GRACE: Duration = Duration::from_millis(400);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{episode::Episode, kind::HangKind};
+
+    fn episode(tid: u32) -> Episode {
+        Episode {
+            id: format!("e{tid}"),
+            key: EpisodeKey {
+                thread: ThreadKey {
+                    tid,
+                    start_boottime_ns: 1,
+                },
+                since_ns: 1,
+                kind: HangKind::DState,
+            },
+            tgid: tid,
+            threshold: Duration::from_secs(1),
+            updates: 0,
+            next_update_ns: 0,
+            members: Vec::new(),
+            reason: None,
+        }
+    }
+
+    fn tick_of(transitions: Vec<Transition>) -> Arc<Tick> {
+        Arc::new(Tick {
+            transitions,
+            samples: HashMap::new(),
+            owners: HashMap::new(),
+            stacks: HashMap::new(),
+            exits: HashMap::new(),
+            processes: HashMap::new(),
+            parkers: HashSet::new(),
+            drivers: HashMap::new(),
+            ended: HashMap::new(),
+            now_ns: 0,
+            now_wall: SystemTime::now(),
+            at: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn a_tick_jumping_ahead_leaves_the_episodes_set_aside_behind_them() {
+        // Set aside: the open of 1 and 2 (a mass hang's rest).
+        let older = Rest::of(tick_of(vec![
+            Transition::Opened(episode(1)),
+            Transition::Opened(episode(2)),
+        ]));
+        let waiting: HashSet<EpisodeKey> = older.keys().collect();
+        // A newer tick: a deadlock (3) opens, and 2 ends.
+        let newer = Rest::of(tick_of(vec![
+            Transition::Opened(episode(3)),
+            Transition::Ended(episode(2)),
+        ]));
+        let (now, behind) = split_behind(newer, &waiting);
+        let tids = |rest: &Rest| -> Vec<u32> { rest.keys().map(|k| k.thread.tid).collect() };
+        assert_eq!(tids(&now), [3], "the new hang goes now");
+        let behind = behind.expect("the end of 2 waits for its open");
+        assert_eq!(tids(&behind), [2]);
+        assert!(matches!(
+            behind.tick.transitions[behind.transitions[0]],
+            Transition::Ended(_)
+        ));
+        // Nothing set aside: all of it goes now.
+        let fresh = Rest::of(tick_of(vec![Transition::Opened(episode(4))]));
+        let (now, behind) = split_behind(fresh, &HashSet::new());
+        assert_eq!((tids(&now), behind.is_none()), (vec![4], true));
+    }
 
     #[test]
     fn the_tail_allowance_refills_at_its_share_up_to_the_due() {

@@ -109,11 +109,13 @@ struct HungCounts {
 
 /// Every limit the daemon enforces and counts in `hangwatch_limits_total` when it bites
 /// (docs/design.md, "Never blind": why each exists).
-pub const LIMITS: [&str; 12] = [
+pub const LIMITS: [&str; 13] = [
     // A tick's transitions found the enrich queue full: reported without stacks.
     "enrich_queue_full",
     // A report was past due: its user stacks were not read.
     "report_due",
+    // The rest of a tick's reports was set aside for a newer hang (reported after it).
+    "report_deferred",
     // A read a report can do without gave way to a newer tick waiting for the stage.
     "report_yielded",
     // A report of a tick's tail (a mass hang) went without user stacks: the stage had
