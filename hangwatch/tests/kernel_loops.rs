@@ -237,10 +237,12 @@ fn gevent_hub_blocked_by_an_unpatched_sleep_is_a_loop_stall_idle_is_not() {
     });
     let mut daemon = Daemon::start(&[]);
     let blocked = Server::start(python("gevent_server.py", &["sleep"], &venv_python));
+    let resumed = Server::start(python("gevent_server.py", &["resumed"], &venv_python));
     let idle = Server::start(python("gevent_server.py", &["idle"], &venv_python));
-    for s in [&blocked, &idle] {
+    for s in [&blocked, &resumed, &idle] {
         s.warm_up(3);
     }
+    let _resumed_conn = resumed.stall();
     let _conn = blocked.stall();
     let v = assert_loop_stall(
         &daemon,
@@ -259,6 +261,29 @@ fn gevent_hub_blocked_by_an_unpatched_sleep_is_a_loop_stall_idle_is_not() {
                 .zip(at("ev_run"))
                 .is_some_and(|(g, ev)| g < ev),
         "time.sleep in a greenlet run from the hub's ev_run: {frames:?}"
+    );
+    // A greenlet resumed after a switch: its stack ends at its start, and says why
+    // (above it lies the hub's stack as it is now, not the greenlet's callers).
+    let v = assert_loop_stall(
+        &daemon,
+        resumed.pid(),
+        resumed.tid,
+        "blocked in clock_nanosleep",
+    );
+    let frames = symbols(&v, "/user_stack");
+    assert!(
+        frames
+            .last()
+            .is_some_and(|f| f.contains("g_initialstub"))
+            && frames.iter().any(|f| f.contains("clock_nanosleep")),
+        "the resumed greenlet's stack ends at g_initialstub: {frames:?}"
+    );
+    assert!(
+        v["user_stack_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("where this greenlet started")),
+        "{}",
+        v["user_stack_error"]
     );
     thread::sleep(Duration::from_millis(500));
     assert!(

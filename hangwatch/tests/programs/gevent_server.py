@@ -1,7 +1,9 @@
 """A gevent StreamServer (seed 004), run by the tests' virtualenv python. Modes:
   idle   serve normally;
   sleep  a request "stall" spawns a greenlet that calls the unpatched time.sleep(),
-         which blocks the hub.
+         which blocks the hub;
+  resumed  a request "stall" sleeps (gevent) first, then calls time.sleep() in the
+         handler's greenlet, resumed by the hub.
 Prints {"pid", "tid", "port"}, then "ready"."""
 import json
 import os
@@ -27,6 +29,10 @@ def handle(sock, _address):
             # switched to the hub once, waiting for this line; a resumed greenlet's stack
             # ends where it started: see docs/detection.md, "Greenlets".)
             gevent.spawn(blocking_sleep, 100000).join()
+        if line.strip() == b"stall" and MODE == "resumed":
+            # The handler's greenlet itself, once it has switched to the hub and back.
+            gevent.sleep(0.05)
+            blocking_sleep(100000)
         f.write(b"ok\n")
         f.flush()
 

@@ -214,8 +214,14 @@ impl UserStacks {
             .collect();
         // blazesym opens the modules again (through /proc/PID/map_files) for their symbols.
         crate::meta::reader::reading("the symbols of its modules");
-        let native = self.symbolize(pid, &unwound.frames, &maps.executable);
+        let mut native = self.symbolize(pid, &unwound.frames, &maps.executable);
         let mut error = unwound.stopped;
+        if error.is_some()
+            && let Some(cut) = greenlet_start(&native)
+        {
+            native.truncate(cut);
+            error = Some(GREENLET_RESUMED.into());
+        }
         if error.is_some() && !no_cfi.is_empty() {
             error = error.map(|e| format!("{e}; modules without CFI: {}", no_cfi.join(", ")));
         }
@@ -413,6 +419,26 @@ impl UserStacks {
     }
 }
 
+/// Why a greenlet's stack ends at its start (see `greenlet_start`).
+const GREENLET_RESUMED: &str = "the stack ends where this greenlet started (g_initialstub): it was resumed after a switch, and above its start lies the stack of the greenlet that switched to it";
+
+/// Where the frames of a greenlet that went wrong past its start end: after the outermost
+/// frame of greenlet's `g_initialstub` (and the inlined frames at its address). greenlet
+/// runs every greenlet on the thread's stack, copying slices in and out; a greenlet
+/// resumed after a switch has above its start whatever the greenlet that switched to it
+/// holds there now, so a walk that fails past `g_initialstub` failed in someone else's
+/// frames (docs/detection.md, "Greenlets"). A greenlet in its first run has its starter's
+/// frames above it, and its walk goes on without error: it is left whole.
+fn greenlet_start(frames: &[Frame]) -> Option<usize> {
+    let stub = frames.iter().position(|f| {
+        f.symbol
+            .as_deref()
+            .is_some_and(|s| s == "g_initialstub" || s.ends_with("::g_initialstub(void*)"))
+    })?;
+    let address = &frames[stub].address;
+    Some(stub + frames[stub..].iter().take_while(|f| &f.address == address).count())
+}
+
 /// One unwinding of a stack, and what it could not read.
 #[cfg(target_arch = "x86_64")]
 struct Walk {
@@ -423,4 +449,40 @@ struct Walk {
     /// The first frame whose return address is outside every executable mapping: the walk
     /// went wrong there, or the maps are older than a module.
     left_the_maps: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(address: &str, symbol: &str) -> Frame {
+        Frame {
+            address: address.into(),
+            symbol: Some(symbol.into()),
+            offset: None,
+            module: None,
+            file: None,
+            line: None,
+            inlined: false,
+            python: false,
+            tag: FrameTag::Runtime,
+        }
+    }
+
+    #[test]
+    fn a_greenlet_stack_is_cut_after_its_start_and_the_frames_at_its_address() {
+        // As seen from a resumed gevent greenlet (greenlet 3): the frames above
+        // g_initialstub are the hub's switch path, and the walk then failed.
+        let frames = [
+            frame("0x1", "__GI___clock_nanosleep"),
+            frame("0x2", "greenlet::UserGreenlet::inner_bootstrap(_greenlet*, _object*)"),
+            frame("0x3", "greenlet::UserGreenlet::g_initialstub(void*)"),
+            frame("0x3", "greenlet::UserGreenlet::g_switch()"),
+            frame("0x4", "single_result"),
+            frame("0x5", "green_switch"),
+        ];
+        assert_eq!(greenlet_start(&frames), Some(4));
+        assert_eq!(greenlet_start(&[frame("0x1", "g_initialstub")]), Some(1), "greenlet 1 and 2");
+        assert_eq!(greenlet_start(&frames[..2]), None, "no greenlet");
+    }
 }
