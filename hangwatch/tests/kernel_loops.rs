@@ -98,8 +98,8 @@ enum Recognized {
     /// Seen in its loop wait at least twice.
     ByHistory,
     /// Either that, or from a driver frame in its stack: a tokio worker other than the one
-    /// that last waited in epoll_wait has no history, and its process is marked within
-    /// 2 s, so the stack may recognize it first.
+    /// that last waited in epoll_wait has no history, and once its process is marked
+    /// (an epoll fd) the stack may recognize it first.
     ByHistoryOrStack,
 }
 
