@@ -55,6 +55,13 @@ mod surfaces;
 /// ticks' own ~0.1 % this keeps the daemon within 0.5 % of a core on a machine with 10,000
 /// idle threads (docs/benchmarks.md); a walk costs about 2 µs per thread it returns.
 const WALK_CPU_SHARE: f64 = 0.003;
+/// While a mass hang is reported (at least `MASS_EPISODES` open episodes) the walks may
+/// take this share instead: their cost is then mostly the hang's own threads (2,000 threads
+/// in D made a walk cost 5 ms, and spacing by it put 1.7 s between walks), and a thread
+/// whose wait only a walk sees (a futex deadlock beside the mass hang) waited that long
+/// past its threshold. Reporting the mass hang costs far more than the walks.
+const WALK_CPU_SHARE_MASS: f64 = 0.03;
+const MASS_EPISODES: usize = 100;
 
 /// `sys_enter_loop` stays attached this long after the last loop thread that needed it, so
 /// that a busy loop does not make the daemon attach and detach it at every tick.
@@ -229,6 +236,8 @@ struct Scanner {
     table: ThreadTable<ThreadHandle>,
     walk_interval: Duration,
     next_walk: Option<Instant>,
+    /// When the next walk is due while a mass hang is reported.
+    mass_walk: Option<Instant>,
     /// False when this kernel cannot open thread pidfds (before 6.9): then every tick walks.
     per_thread_reads: bool,
     /// Walks were spaced out beyond `walk_interval` (logged once).
@@ -293,6 +302,7 @@ impl Scanner {
             surfaces,
             table: ThreadTable::default(),
             next_walk: None,
+            mass_walk: None,
             per_thread_reads: crate::probe::thread_pidfds(),
             walks_stretched: false,
             stall_file: std::env::var_os("HANGWATCH_TEST_STALL_FILE").map(Into::into),
@@ -347,7 +357,16 @@ impl Scanner {
     /// each candidate.
     /// Returns whether it walked.
     fn update_table(&mut self, started: Instant, selected: &HashSet<u32>) -> anyhow::Result<bool> {
-        let walk_due = !self.per_thread_reads || self.next_walk.is_none_or(|at| started >= at);
+        // In a mass hang the walks come at the larger share (`WALK_CPU_SHARE_MASS`), from
+        // the tick its episodes are open on (they open after the walk that saw them).
+        let mass = self
+            .tracker
+            .open_episodes()
+            .nth(MASS_EPISODES - 1)
+            .is_some();
+        let walk_due = !self.per_thread_reads
+            || self.next_walk.is_none_or(|at| started >= at)
+            || (mass && self.mass_walk.is_some_and(|at| started >= at));
         if !walk_due {
             let probes = &self.probes;
             self.table.refresh(clock::monotonic_ns(), |handle| {
@@ -380,6 +399,12 @@ impl Scanner {
         // many threads, walk less often so that walking stays within WALK_CPU_SHARE of a core
         // (detection of newly blocked threads then takes up to that interval longer).
         let interval = self.walk_interval.max(took.mul_f64(1.0 / WALK_CPU_SHARE));
+        self.mass_walk = Some(
+            started
+                + self
+                    .walk_interval
+                    .max(took.mul_f64(1.0 / WALK_CPU_SHARE_MASS)),
+        );
         if interval > self.walk_interval && !self.walks_stretched {
             self.walks_stretched = true;
             tracing::info!(

@@ -311,9 +311,7 @@ fn gevent_hub_blocked_by_an_unpatched_sleep_is_a_loop_stall_idle_is_not() {
     );
     let frames = symbols(&v, "/user_stack");
     assert!(
-        frames
-            .last()
-            .is_some_and(|f| f.contains("g_initialstub"))
+        frames.last().is_some_and(|f| f.contains("g_initialstub"))
             && frames.iter().any(|f| f.contains("clock_nanosleep")),
         "the resumed greenlet's stack ends at g_initialstub: {frames:?}"
     );

@@ -401,10 +401,7 @@ impl Stage {
         let yield_after = crate::clock::stretched(stacks::YIELD_AFTER);
         let mut reported = 0;
         while let Some(&index) = rest.transitions.front() {
-            if reported > 0
-                && !stopping
-                && self.newer.waited().is_some_and(|w| w >= yield_after)
-            {
+            if reported > 0 && !stopping && self.newer.waited().is_some_and(|w| w >= yield_after) {
                 self.sinks.hub.metrics.limit("report_deferred", 1);
                 return Some(rest);
             }

@@ -304,7 +304,8 @@ impl UserStacks {
         // that "ends" in such a module ended for want of its tables, and says so.
         if unwound.stopped.is_none()
             && let Some(last) = unwound.frames.last()
-            && let Some((mapping, why)) = without_tables.iter().find(|(m, _)| m.contains(last.lookup))
+            && let Some((mapping, why)) =
+                without_tables.iter().find(|(m, _)| m.contains(last.lookup))
         {
             unwound.stopped = Some(format!(
                 "unwinding stopped in {} without its unwind tables: {why}",
@@ -436,7 +437,12 @@ fn greenlet_start(frames: &[Frame]) -> Option<usize> {
             .is_some_and(|s| s == "g_initialstub" || s.ends_with("::g_initialstub(void*)"))
     })?;
     let address = &frames[stub].address;
-    Some(stub + frames[stub..].iter().take_while(|f| &f.address == address).count())
+    Some(
+        stub + frames[stub..]
+            .iter()
+            .take_while(|f| &f.address == address)
+            .count(),
+    )
 }
 
 /// One unwinding of a stack, and what it could not read.
@@ -475,14 +481,21 @@ mod tests {
         // g_initialstub are the hub's switch path, and the walk then failed.
         let frames = [
             frame("0x1", "__GI___clock_nanosleep"),
-            frame("0x2", "greenlet::UserGreenlet::inner_bootstrap(_greenlet*, _object*)"),
+            frame(
+                "0x2",
+                "greenlet::UserGreenlet::inner_bootstrap(_greenlet*, _object*)",
+            ),
             frame("0x3", "greenlet::UserGreenlet::g_initialstub(void*)"),
             frame("0x3", "greenlet::UserGreenlet::g_switch()"),
             frame("0x4", "single_result"),
             frame("0x5", "green_switch"),
         ];
         assert_eq!(greenlet_start(&frames), Some(4));
-        assert_eq!(greenlet_start(&[frame("0x1", "g_initialstub")]), Some(1), "greenlet 1 and 2");
+        assert_eq!(
+            greenlet_start(&[frame("0x1", "g_initialstub")]),
+            Some(1),
+            "greenlet 1 and 2"
+        );
         assert_eq!(greenlet_start(&frames[..2]), None, "no greenlet");
     }
 }

@@ -195,10 +195,8 @@ impl ModuleCache {
         }
         self.bytes += size;
         self.order.push_back(key.clone());
-        self.by_file.insert(
-            key,
-            loaded.clone().map_err(|error| (error, Instant::now())),
-        );
+        self.by_file
+            .insert(key, loaded.clone().map_err(|error| (error, Instant::now())));
         loaded
     }
 }
