@@ -319,17 +319,6 @@ impl StackReader {
         })
     }
 
-    /// The stacks of a blocked thread whose user stack is already known: only the kernel
-    /// stack is symbolized (see `Reports::report`, an update of the same wait).
-    pub fn blocked_with_user(
-        &mut self,
-        record: Option<&StackRecord>,
-        kernel_thread: bool,
-        user: UserStack,
-    ) -> ThreadStacks {
-        blocked_stacks(&mut self.kernel, record, kernel_thread, |_, _| Ok(user))
-    }
-
     /// Only the user stack of a blocked thread of `pid` from its `dump_stacks` record: what
     /// a loop check needs. The kernel stack is left alone, so that checks, which can come
     /// at start on any machine, do not load the kernel's symbol table (12 MiB of RSS that a

@@ -169,16 +169,6 @@ impl ThreadStacks {
         }
     }
 
-    /// The user stack these stacks carry, to carry again (`set_user` gives it back).
-    pub fn user_part(&self) -> UserStack {
-        UserStack {
-            frames: self.user_stack.clone(),
-            error: self.user_stack_error.clone(),
-            info: self.user_stack_unwind.clone(),
-            python_task: self.python_task.clone(),
-        }
-    }
-
     fn set_user(&mut self, user: UserStack) {
         self.blocked_here = user.blocked_here().map(Frame::location);
         self.user_stack_error = user.error;
