@@ -235,9 +235,8 @@ struct Scanner {
     /// Threads that may cross a threshold before the next full walk.
     table: ThreadTable<ThreadHandle>,
     walk_interval: Duration,
-    next_walk: Option<Instant>,
-    /// When the next walk is due while a mass hang is reported.
-    mass_walk: Option<Instant>,
+    /// When the last walk started and the CPU it took; none: a walk is due now.
+    last_walk: Option<(Instant, Duration)>,
     /// False when this kernel cannot open thread pidfds (before 6.9): then every tick walks.
     per_thread_reads: bool,
     /// Walks were spaced out beyond `walk_interval` (logged once).
@@ -301,8 +300,7 @@ impl Scanner {
             enrich,
             surfaces,
             table: ThreadTable::default(),
-            next_walk: None,
-            mass_walk: None,
+            last_walk: None,
             per_thread_reads: crate::probe::thread_pidfds(),
             walks_stretched: false,
             stall_file: std::env::var_os("HANGWATCH_TEST_STALL_FILE").map(Into::into),
@@ -324,7 +322,7 @@ impl Scanner {
                     .config
                     .detectors
                     .walk_interval(self.config.scan_interval);
-                self.next_walk = None; // a walk now, under the new rules' kernel-side filter
+                self.last_walk = None; // a walk now, under the new rules' kernel-side filter
             }
             self.test_stall(stop);
             let started = Instant::now();
@@ -353,20 +351,32 @@ impl Scanner {
         }
     }
 
+    /// The time from a walk that took `took` of CPU to the next one, for walks to stay
+    /// within `share` of a core.
+    fn walk_spacing(&self, took: Duration, share: f64) -> Duration {
+        self.walk_interval.max(took.mul_f64(1.0 / share))
+    }
+
     /// Brings the thread table up to date: a full walk when one is due, else a re-read of
     /// each candidate.
     /// Returns whether it walked.
     fn update_table(&mut self, started: Instant, selected: &HashSet<u32>) -> anyhow::Result<bool> {
-        // In a mass hang the walks come at the larger share (`WALK_CPU_SHARE_MASS`), from
-        // the tick its episodes are open on (they open after the walk that saw them).
-        let mass = self
+        // The share is the one in force now, not at the last walk: a mass hang's episodes
+        // open after the walk that saw them.
+        let share = if self
             .tracker
             .open_episodes()
             .nth(MASS_EPISODES - 1)
-            .is_some();
+            .is_some()
+        {
+            WALK_CPU_SHARE_MASS
+        } else {
+            WALK_CPU_SHARE
+        };
         let walk_due = !self.per_thread_reads
-            || self.next_walk.is_none_or(|at| started >= at)
-            || (mass && self.mass_walk.is_some_and(|at| started >= at));
+            || self
+                .last_walk
+                .is_none_or(|(at, took)| started >= at + self.walk_spacing(took, share));
         if !walk_due {
             let probes = &self.probes;
             self.table.refresh(clock::monotonic_ns(), |handle| {
@@ -398,13 +408,7 @@ impl Scanner {
         // A walk costs about a microsecond per thread of the machine: on a machine with very
         // many threads, walk less often so that walking stays within WALK_CPU_SHARE of a core
         // (detection of newly blocked threads then takes up to that interval longer).
-        let interval = self.walk_interval.max(took.mul_f64(1.0 / WALK_CPU_SHARE));
-        self.mass_walk = Some(
-            started
-                + self
-                    .walk_interval
-                    .max(took.mul_f64(1.0 / WALK_CPU_SHARE_MASS)),
-        );
+        let interval = self.walk_spacing(took, WALK_CPU_SHARE);
         if interval > self.walk_interval && !self.walks_stretched {
             self.walks_stretched = true;
             tracing::info!(
@@ -413,7 +417,7 @@ impl Scanner {
                 WALK_CPU_SHARE * 100.0
             );
         }
-        self.next_walk = Some(started + interval);
+        self.last_walk = Some((started, took));
         let probes = &self.probes;
         let per_thread_reads = &mut self.per_thread_reads;
         self.table.replace(&records, |record| {
@@ -659,7 +663,7 @@ impl Scanner {
         if transitions.is_empty() {
             return Ok(());
         }
-        let tgids: HashSet<u32> = transitions.iter().map(|t| episode_of(t).tgid).collect();
+        let tgids: HashSet<u32> = transitions.iter().map(|t| t.episode().tgid).collect();
         // Every candidate of those processes, walk-only ones too (an episode may be one of
         // theirs, and a lock chain may run through them).
         let samples: HashMap<ThreadKey, ThreadSample> = self
@@ -909,11 +913,5 @@ impl Scanner {
         for stats in self.probes.program_stats() {
             tracing::info!("{stats}");
         }
-    }
-}
-
-fn episode_of(transition: &Transition) -> &Episode {
-    match transition {
-        Transition::Opened(e) | Transition::Updated(e) | Transition::Ended(e) => e,
     }
 }

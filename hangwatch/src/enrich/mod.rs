@@ -274,13 +274,7 @@ impl Rest {
     fn keys(&self) -> impl Iterator<Item = EpisodeKey> + '_ {
         self.transitions
             .iter()
-            .map(|&i| key_of(&self.tick.transitions[i]))
-    }
-}
-
-fn key_of(transition: &Transition) -> EpisodeKey {
-    match transition {
-        Transition::Opened(e) | Transition::Updated(e) | Transition::Ended(e) => e.key,
+            .map(|&i| self.tick.transitions[i].episode().key)
     }
 }
 
@@ -294,7 +288,7 @@ fn split_behind(rest: Rest, waiting: &HashSet<EpisodeKey>) -> (Rest, Option<Rest
     let (behind, now): (VecDeque<usize>, VecDeque<usize>) = rest
         .transitions
         .iter()
-        .partition(|&&i| waiting.contains(&key_of(&rest.tick.transitions[i])));
+        .partition(|&&i| waiting.contains(&rest.tick.transitions[i].episode().key));
     let behind = (!behind.is_empty()).then(|| Rest {
         tick: Arc::clone(&rest.tick),
         transitions: behind,

@@ -77,7 +77,7 @@ impl Reports {
             Transition::Updated(episode) => self.report(EventType::Update, episode, tick, budget),
             Transition::Ended(episode) => return self.resolve(episode, tick),
         }?;
-        self.open.insert(key_of(transition), event.clone());
+        self.open.insert(transition.episode().key, event.clone());
         self.publish_reader_figures();
         Some(event)
     }
@@ -577,12 +577,6 @@ impl Reports {
             });
         }
         let _ = request.reply.send(Ok(answer));
-    }
-}
-
-fn key_of(transition: &Transition) -> EpisodeKey {
-    match transition {
-        Transition::Opened(e) | Transition::Updated(e) | Transition::Ended(e) => e.key,
     }
 }
 

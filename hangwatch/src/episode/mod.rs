@@ -66,6 +66,15 @@ pub enum Transition {
     Ended(Episode),
 }
 
+impl Transition {
+    /// The episode the transition is about.
+    pub fn episode(&self) -> &Episode {
+        match self {
+            Self::Opened(e) | Self::Updated(e) | Self::Ended(e) => e,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Tracker {
     open: BTreeMap<EpisodeKey, Episode>,
