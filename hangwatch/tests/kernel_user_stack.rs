@@ -177,6 +177,49 @@ impl Chain {
     }
 }
 
+/// The first update (at twice the threshold) of each episode of a thread still in the same
+/// wait carries the user stack of its hang event, read once: the same frames, copied at the
+/// same moment (`user_stack_unwind.copied_at`; a stack read again for the update would be
+/// copied at least a threshold later). Hang events without a whole user stack (on a loaded
+/// machine a holder's read can give way to a newer hang) are left out: their updates read it.
+fn assert_updates_carry_the_user_stacks(chain: &Chain) {
+    // Every thread reported (main too, joining).
+    hang_of(&chain.daemon, chain.program.pid);
+    let all_hangs: Vec<Value> = chain
+        .daemon
+        .events_for(chain.program.pid)
+        .into_iter()
+        .map(|r| r.value)
+        .filter(|v| v["event"] == "hang" && !user_frames(v).is_empty())
+        .filter(|v| v["user_stack_unwind"]["copied_at"].is_string())
+        .collect();
+    assert!(
+        all_hangs.len() >= 2,
+        "the workers' hang events carry user stacks: {}",
+        chain.daemon.dump(None)
+    );
+    for hang in &all_hangs {
+        let (id, tid) = (str_of(hang, "/id"), hang["tid"].as_u64().expect("tid"));
+        let update = chain
+            .daemon
+            .wait_for_event(&format!("update of {id}"), EVENT_TIMEOUT, |v| {
+                v["event"] == "update" && v["id"] == id
+            })
+            .value;
+        assert!(
+            update["user_stack"] == hang["user_stack"]
+                && update["user_stack_unwind"]["copied_at"]
+                    == hang["user_stack_unwind"]["copied_at"],
+            "tid {tid}: the update carries the user stack read for the hang \
+             (copied at {} and {}):\n{}\nupdate:\n{}",
+            hang["user_stack_unwind"]["copied_at"],
+            update["user_stack_unwind"]["copied_at"],
+            describe(hang),
+            describe(&update)
+        );
+    }
+}
+
 /// What a worker's user stack must show: `pthread_mutex_lock`, then `take_locks`, then
 /// `worker`, innermost first. Returns the indices of the take_locks and worker frames.
 fn assert_chain_names(v: &Value) -> (usize, usize) {
@@ -245,7 +288,9 @@ fn c_call_chain_without_frame_pointers_has_names_lines_and_tags() {
     let started = Instant::now();
     let binary = compile(CHAIN);
     let chain = Chain::start(Command::new(&binary));
-    for v in chain.worker_hangs() {
+    let hangs = chain.worker_hangs();
+    assert_updates_carry_the_user_stacks(&chain);
+    for v in hangs {
         eprintln!("tid {} user stack:\n{}", v["tid"], describe(&v));
         let (lock, _) = find_frame(&v, 0, "pthread_mutex_lock", |f| {
             symbol(f).contains("pthread_mutex_lock")
@@ -398,7 +443,9 @@ fn stripped_binary_resolves_names_from_build_id_debug_file() {
     drop(debug_dir);
 
     let chain = Chain::start(Command::new(&binary));
-    for v in chain.worker_hangs() {
+    let hangs = chain.worker_hangs();
+    assert_updates_carry_the_user_stacks(&chain);
+    for v in hangs {
         eprintln!("tid {} user stack:\n{}", v["tid"], describe(&v));
         let (take_locks, worker) = assert_chain_names(&v);
         assert_at_marker(&v, take_locks, "@take_locks_call");

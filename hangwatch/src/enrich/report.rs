@@ -28,8 +28,8 @@ use crate::{
     sink::{
         BlockedOn, CycleMember, EventType, ExitInfo, HangEvent, LoopStallInfo, Resolution, Workload,
     },
-    stack::ThreadStacks,
-    state::{FutexCall, ThreadSample, Wait, futex_op_name, syscall_name},
+    stack::{ThreadStacks, UserRegisters, user::UserStack},
+    state::{FutexCall, ThreadKey, ThreadSample, Wait, futex_op_name, syscall_name},
 };
 
 /// A `blocked_on` chain stops after this many owners.
@@ -43,6 +43,12 @@ pub struct Reports {
     cmdlines: CmdlineCache,
     /// The last report of each open episode, which its `resolved` event repeats.
     open: HashMap<EpisodeKey, HangEvent>,
+    /// The user stacks read of threads still in the same wait (their switch-out), with
+    /// the registers they were read from: a thread's user stack cannot change while it is
+    /// in the kernel, so its updates, and the other episodes, cycles and lock chains it is
+    /// in, carry it without unwinding it again (in a mass hang of 2,000 threads the updates
+    /// had unwound every stack a second time). Kept for the threads of open episodes.
+    user_by_wait: HashMap<(ThreadKey, u64), (UserRegisters, UserStack)>,
     metrics: Arc<Metrics>,
     /// The daemon is stopping: no target is read (its command line included).
     stopping: bool,
@@ -57,6 +63,7 @@ impl Reports {
             reader,
             cmdlines: CmdlineCache::default(),
             open: HashMap::new(),
+            user_by_wait: HashMap::new(),
             metrics,
             stopping: false,
             newer,
@@ -252,8 +259,34 @@ impl Reports {
                 .reader
                 .running(sample.tgid, sample.key.tid, record, budget);
         }
-        self.reader
-            .blocked(sample.tgid, record, sample.kernel_thread, budget)
+        let wait = (sample.key, sample.off_cpu_at_ns);
+        let regs = record.filter(|r| r.user_ip != 0).map(UserRegisters::of);
+        // The same wait (the walk saw no switch since) and, when this tick's record has
+        // registers, the same ones: the stack read earlier in this wait is the stack now.
+        if let Some((read_from, user)) = self.user_by_wait.get(&wait)
+            && regs.is_none_or(|regs| regs == *read_from)
+        {
+            return self.reader.blocked_with_user(
+                record,
+                sample.kernel_thread,
+                *read_from,
+                user.clone(),
+            );
+        }
+        let stacks = self
+            .reader
+            .blocked(sample.tgid, record, sample.kernel_thread, budget);
+        if let Some(regs) = regs
+            && stacks.user_read_whole()
+        {
+            if self.user_by_wait.len() >= 2 * self.open.len() + MAX_HOLDER_STACKS * 16 {
+                let live: HashSet<ThreadKey> = self.open.keys().map(|k| k.thread).collect();
+                self.user_by_wait
+                    .retain(|(thread, _), _| live.contains(thread));
+            }
+            self.user_by_wait.insert(wait, (regs, stacks.user_part()));
+        }
+        stacks
     }
 
     /// A `stuck_exit` report: the process, the signal, and every thread with its wait;

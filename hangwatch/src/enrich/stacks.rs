@@ -319,6 +319,33 @@ impl StackReader {
         })
     }
 
+    /// The stacks of a blocked thread whose user stack was read earlier in the same wait
+    /// (from `regs`): only the kernel stack is symbolized (see `Reports::stacks_of`). A
+    /// tick without a record of the thread, or with one without its registers, still
+    /// carries that user stack; the kernel stack then says why it is missing.
+    pub fn blocked_with_user(
+        &mut self,
+        record: Option<&StackRecord>,
+        kernel_thread: bool,
+        regs: UserRegisters,
+        user: UserStack,
+    ) -> ThreadStacks {
+        let mut stacks = match record {
+            Some(_) => blocked_stacks(&mut self.kernel, record, kernel_thread, |_, _| {
+                Ok(user.clone())
+            }),
+            None => ThreadStacks {
+                kernel_stack_error: Some("no stack record of the thread at this tick".into()),
+                ..ThreadStacks::default()
+            },
+        };
+        if stacks.user_registers.is_none() {
+            stacks.user_registers = Some(regs);
+            stacks.set_user(user);
+        }
+        stacks
+    }
+
     /// Only the user stack of a blocked thread of `pid` from its `dump_stacks` record: what
     /// a loop check needs. The kernel stack is left alone, so that checks, which can come
     /// at start on any machine, do not load the kernel's symbol table (12 MiB of RSS that a

@@ -169,7 +169,29 @@ impl ThreadStacks {
         }
     }
 
-    fn set_user(&mut self, user: UserStack) {
+    /// The user stack was read whole as far as this moment allows: every module on its
+    /// path was read (none set aside for a resisting read, none unreadable). Such a
+    /// stack is the stack of the rest of the wait; one that is not may be read better
+    /// later.
+    pub fn user_read_whole(&self) -> bool {
+        !self.user_stack.is_empty()
+            && !self.user_stack_later
+            && self.user_stack_unwind.as_ref().is_some_and(|info| {
+                info.unreadable_modules.is_empty() && info.modules_not_read.is_empty()
+            })
+    }
+
+    /// The user stack these stacks carry, to carry again (`set_user` gives it back).
+    pub fn user_part(&self) -> UserStack {
+        UserStack {
+            frames: self.user_stack.clone(),
+            error: self.user_stack_error.clone(),
+            info: self.user_stack_unwind.clone(),
+            python_task: self.python_task.clone(),
+        }
+    }
+
+    pub fn set_user(&mut self, user: UserStack) {
         self.blocked_here = user.blocked_here().map(Frame::location);
         self.user_stack_error = user.error;
         self.user_stack_unwind = user.info;

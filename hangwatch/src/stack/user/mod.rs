@@ -44,6 +44,14 @@ pub struct UnwindInfo {
     /// Modules on the stack's path that could not be read (their frames are unnamed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreadable_modules: Vec<String>,
+    /// Modules on the stack's path set aside for the moment (their reads resist or are
+    /// still going on): asking again later may name their frames.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules_not_read: Vec<String>,
+    /// When the stack was copied (RFC 3339, UTC). A thread's user stack cannot change
+    /// while it stays in one wait, so the updates of a hang carry the stack read for its
+    /// hang event, with the time it was read.
+    pub copied_at: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
@@ -176,6 +184,7 @@ impl UserStacks {
         let Some(stack_mapping) = maps.all.iter().find(|m| m.contains(regs.sp)) else {
             return UserStack::failed(format!("stack pointer {:#x} is in no mapping", regs.sp));
         };
+        let copied_at = crate::clock::rfc3339(std::time::SystemTime::now());
         let stack = match copy {
             Some(copy) => copy.within(stack_mapping.end),
             None => match memory::copy_stack(pid, regs.sp, stack_mapping.end) {
@@ -216,6 +225,7 @@ impl UserStacks {
         crate::meta::reader::reading("the symbols of its modules");
         let mut native = self.symbolize(pid, &unwound.frames, &maps.executable);
         let mut error = unwound.stopped;
+        let mut modules_not_read = Vec::new();
         if error.is_some()
             && let Some(cut) = greenlet_start(&native)
         {
@@ -227,6 +237,7 @@ impl UserStacks {
         }
         if !avoided.is_empty() {
             let why = format!("partial stack, modules not read: {}", avoided.join("; "));
+            modules_not_read.clone_from(&avoided);
             error = Some(match error {
                 Some(e) => format!("{e}; {why}"),
                 None => why,
@@ -243,6 +254,8 @@ impl UserStacks {
                 frame_pointer_frames: unwind::frame_pointer_walk(regs.fp, &stack),
                 stack_bytes: stack.bytes.len(),
                 unreadable_modules,
+                modules_not_read,
+                copied_at,
             }),
             frames: python.frames,
             error,
