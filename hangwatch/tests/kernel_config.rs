@@ -103,6 +103,11 @@ fn a_config_rule_selects_by_comm_and_another_silences_lock_wait() {
         str_of(v, "/wait/wchan").contains("futex"),
         "the wait channel of a futex wait: {v}"
     );
+    // Derived from the report's kernel stack, it is what the kernel says (/proc).
+    let proc_wchan =
+        std::fs::read_to_string(format!("/proc/{}/task/{loud_waiter}/wchan", loud.pid))
+            .unwrap_or_default();
+    assert_eq!(str_of(v, "/wait/wchan"), proc_wchan.trim(), "{v}");
 
     // Three seconds after the attach, quiet_lock's waiter would have been reported twice
     // over with lock_wait at 1 s.

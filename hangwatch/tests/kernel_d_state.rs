@@ -68,6 +68,14 @@ fn writer_on_frozen_filesystem_is_reported_as_d_state_and_resolved_on_thaw() {
             "the shell blocks opening the file: {v}"
         );
     }
+    // The wait channel is derived from the kernel stack the report carries; the kernel's
+    // own (/proc) says the same while the writer still waits.
+    let proc_wchan = std::fs::read_to_string(format!("/proc/{writer}/wchan")).unwrap_or_default();
+    assert_eq!(
+        str_of(v, "/wait/wchan"),
+        proc_wchan.trim(),
+        "the wait channel is the kernel's: {v}"
+    );
     let symbols = kernel_symbols(v);
     assert!(!symbols.is_empty(), "kernel_stack is empty: {v}");
     assert!(

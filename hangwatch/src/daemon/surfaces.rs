@@ -103,6 +103,7 @@ impl Surfaces {
                 metrics: Arc::clone(&metrics),
                 webhook,
                 redaction: expose.redaction,
+                owners: Default::default(),
             }),
             store,
             metrics,

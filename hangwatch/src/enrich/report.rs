@@ -149,11 +149,6 @@ impl Reports {
             false if event == EventType::Update => EventType::Hang,
             _ => event,
         };
-        let with_owner = |s: &ThreadSample| Wait {
-            owner_tid: tick.owners.get(&s.key).copied(),
-            wchan: wchan(s.tgid, s.key.tid),
-            ..s.wait()
-        };
         let mut cycle = Vec::new();
         if episode.key.kind == HangKind::Deadlock {
             for member in &episode.members {
@@ -165,10 +160,11 @@ impl Reports {
                 } else {
                     self.stacks_of(m, tick.stacks.get(member), budget)
                 };
+                let wait = self.wait_of(m, tick);
                 cycle.push(CycleMember::of(
                     member.tid,
                     m.thread_name.to_string(),
-                    with_owner(m),
+                    wait,
                     member_stacks,
                 ));
             }
@@ -227,12 +223,13 @@ impl Reports {
                 }
             });
         let process = tick.processes.get(&sample.tgid);
+        let wait = self.wait_of(sample, tick).with_proc_syscall(syscall);
         let base = self.event_of(
             event,
             episode,
             (sample.key.tid, sample.thread_name.to_string()),
             process,
-            with_owner(sample).with_proc_syscall(syscall),
+            wait,
             thread_stacks,
             tick,
         );
@@ -244,6 +241,21 @@ impl Reports {
             lock,
             ..base
         })
+    }
+
+    /// A reported thread's wait, with its lock's owner and its wait channel: from the
+    /// kernel stack of its `dump_stacks` record while it is blocked (`/proc/.../wchan`
+    /// when that cannot say).
+    fn wait_of(&mut self, s: &ThreadSample, tick: &Tick) -> Wait {
+        let from_stack = (!s.not_blocked())
+            .then(|| tick.stacks.get(&s.key))
+            .flatten()
+            .and_then(|record| self.reader.wchan(record));
+        Wait {
+            owner_tid: tick.owners.get(&s.key).copied(),
+            wchan: from_stack.or_else(|| wchan(s.tgid, s.key.tid)),
+            ..s.wait()
+        }
     }
 
     /// The stacks of a thread: from the `dump_stacks` record while it is blocked; while it

@@ -319,6 +319,13 @@ impl StackReader {
         })
     }
 
+    /// The wait channel of a blocked thread from the kernel stack of its record
+    /// (`KernelSymbolizer::wchan`).
+    pub fn wchan(&mut self, record: &StackRecord) -> Option<String> {
+        let depth = (record.kernel_depth as usize).min(record.kernel_stack.len());
+        self.kernel.wchan(&record.kernel_stack[..depth])
+    }
+
     /// The stacks of a blocked thread whose user stack was read earlier in the same wait
     /// (from `regs`): only the kernel stack is symbolized (see `Reports::stacks_of`). A
     /// tick without a record of the thread, or with one without its registers, still
@@ -434,7 +441,7 @@ impl StackReader {
             budget,
         ) {
             Ok(unwinder::Answer::Sampled(Sampled::Unwound(sample))) => {
-                sampled_stacks(&mut self.kernel, sample)
+                sampled_stacks(&mut self.kernel, *sample)
             }
             Ok(unwinder::Answer::Sampled(Sampled::NotRunning)) => {
                 self.blocked(pid, record, false, budget)

@@ -61,7 +61,7 @@ pub enum Answer {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Sampled {
-    Unwound(UnwoundSample),
+    Unwound(Box<UnwoundSample>),
     /// It did not run within the timeout: it went off-CPU (its saved registers serve).
     NotRunning,
     Failed(String),
@@ -124,7 +124,7 @@ pub fn serve() -> anyhow::Result<()> {
             Task::Capture { pid, tid, regs } => Answer::Stack(user.capture(pid, tid, regs)),
             Task::Sample { pid, tid, timeout } => {
                 Answer::Sampled(match on_cpu::sample_running(tid, timeout) {
-                    Ok(sample) => Sampled::Unwound(unwind_sample(&mut user, pid, sample)),
+                    Ok(sample) => Sampled::Unwound(Box::new(unwind_sample(&mut user, pid, sample))),
                     Err(SampleError::NoSample { .. }) => Sampled::NotRunning,
                     Err(err) => Sampled::Failed(err.to_string()),
                 })

@@ -12,6 +12,7 @@ mod linetable;
 mod merge;
 mod remote;
 mod runtime;
+pub use runtime::interpreter_module;
 mod walk;
 
 use std::{
@@ -60,8 +61,17 @@ impl PythonStacks {
     /// `native` (the symbolized user stack of thread `tid` of `pid`) with the thread's
     /// Python frames interleaved; unchanged when the process is not CPython or the thread
     /// never ran Python.
-    pub fn expand(&mut self, pid: u32, tid: u32, maps: &[Mapping], native: Vec<Frame>) -> Expanded {
-        let Some(module) = runtime::interpreter_module(maps) else {
+    /// `interpreter` is the mapping `runtime::interpreter_module` finds in `maps` (found
+    /// once per read of the maps, not per stack).
+    pub fn expand(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        maps: &[Mapping],
+        interpreter: Option<&Mapping>,
+        native: Vec<Frame>,
+    ) -> Expanded {
+        let Some(module) = interpreter else {
             return Expanded {
                 frames: native,
                 ..Expanded::default()
@@ -222,7 +232,8 @@ mod tests {
         let pid = std::process::id();
         let maps = super::super::user::maps::read(pid).expect("own maps");
         let mut stacks = PythonStacks::default();
-        let expanded = stacks.expand(pid, pid, &maps, Vec::new());
+        let interpreter = runtime::interpreter_module(&maps);
+        let expanded = stacks.expand(pid, pid, &maps, interpreter, Vec::new());
         assert!(expanded.frames.is_empty() && expanded.error.is_none());
         assert_eq!(stacks.expanded, 0);
     }

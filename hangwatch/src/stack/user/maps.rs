@@ -52,16 +52,48 @@ pub const MAPS_CACHED: usize = 64;
 /// A process's mappings, and the executable ones among them: where frames are looked up, a
 /// few dozen, where a process of thousands of threads has thousands of mappings (their
 /// stacks). Derived once per read, shared by the captures of a burst.
+/// What is looked up in them per capture is derived here too: a lookup that walks
+/// thousands of mappings at each capture made a mass hang's captures quadratic.
 #[derive(Debug)]
 pub struct Maps {
+    /// In address order, as the kernel lists them.
     pub all: Vec<Mapping>,
     pub executable: Vec<Mapping>,
+    /// Index in `all` of the mapping that holds the CPython interpreter, if any
+    /// (`python::runtime::interpreter_module`).
+    interpreter: Option<usize>,
+}
+
+impl Maps {
+    /// The mapping holding `address`, by binary search.
+    pub fn containing(&self, address: u64) -> Option<&Mapping> {
+        let after = self.all.partition_point(|m| m.start <= address);
+        after
+            .checked_sub(1)
+            .map(|i| &self.all[i])
+            .filter(|m| m.contains(address))
+    }
+
+    /// The mapping of the file most likely to hold a CPython interpreter.
+    pub fn interpreter(&self) -> Option<&Mapping> {
+        self.interpreter.map(|i| &self.all[i])
+    }
 }
 
 impl From<Vec<Mapping>> for Maps {
-    fn from(all: Vec<Mapping>) -> Self {
+    fn from(mut all: Vec<Mapping>) -> Self {
+        // /proc lists them in address order; sorted again for `containing`'s sake.
+        if !all.is_sorted_by_key(|m| m.start) {
+            all.sort_by_key(|m| m.start);
+        }
         let executable = all.iter().filter(|m| m.executable).cloned().collect();
-        Self { all, executable }
+        let interpreter = crate::stack::python::interpreter_module(&all)
+            .and_then(|found| all.iter().position(|m| std::ptr::eq(m, found)));
+        Self {
+            all,
+            executable,
+            interpreter,
+        }
     }
 }
 
@@ -190,6 +222,27 @@ mod tests {
         assert!(!maps[1].is_file());
         assert_eq!(maps[3].path, "/tmp/a b");
         assert!(maps[0].contains(0x5581a000) && !maps[0].contains(0x5581b000));
+    }
+
+    #[test]
+    fn the_mapping_of_an_address_is_found_in_gaps_and_edges_and_the_interpreter_once() {
+        let maps = Maps::from(parse(
+            "5581a000-5581b000 r-xp 00001000 fd:01 1234 /usr/bin/python3.11\n\
+             7f000000-7f001000 r--p 00000000 fd:01 99 /usr/lib/libpython3.11.so.1.0\n\
+             7f001000-7f002000 r-xp 00001000 fd:01 99 /usr/lib/libpython3.11.so.1.0\n\
+             7ffd1000-7ffd3000 rw-p 00000000 00:00 0 [stack]\n",
+        ));
+        let start_of = |address| maps.containing(address).map(|m| m.start);
+        assert_eq!(start_of(0x5581a000), Some(0x5581a000));
+        assert_eq!(start_of(0x5581afff), Some(0x5581a000));
+        assert_eq!(start_of(0x5581b000), None, "the gap after a mapping");
+        assert_eq!(start_of(0x7f001800), Some(0x7f001000));
+        assert_eq!(start_of(0x7ffd2fff), Some(0x7ffd1000));
+        assert_eq!(start_of(0x1000), None, "below every mapping");
+        assert_eq!(start_of(u64::MAX), None, "above every mapping");
+        // libpython first, as `interpreter_module` says, and its first mapping.
+        assert_eq!(maps.interpreter().map(|m| m.start), Some(0x7f000000));
+        assert!(Maps::from(Vec::new()).containing(0).is_none());
     }
 
     #[test]

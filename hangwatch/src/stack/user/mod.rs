@@ -172,7 +172,7 @@ impl UserStacks {
             Ok(snapshot) => snapshot,
             Err(err) => return UserStack::failed(format!("process gone ({err})")),
         };
-        if !snapshot.fresh && !snapshot.maps.all.iter().any(|m| m.contains(regs.sp)) {
+        if !snapshot.fresh && snapshot.maps.containing(regs.sp).is_none() {
             // A thread (and its stack) newer than the snapshot.
             snapshot = match self.maps_of(pid, true) {
                 Ok(snapshot) => snapshot,
@@ -181,7 +181,7 @@ impl UserStacks {
         }
         let fresh = snapshot.fresh;
         let mut maps = snapshot.maps;
-        let Some(stack_mapping) = maps.all.iter().find(|m| m.contains(regs.sp)) else {
+        let Some(stack_mapping) = maps.containing(regs.sp) else {
             return UserStack::failed(format!("stack pointer {:#x} is in no mapping", regs.sp));
         };
         let copied_at = crate::clock::rfc3339(std::time::SystemTime::now());
@@ -243,7 +243,9 @@ impl UserStacks {
                 None => why,
             });
         }
-        let python = self.python.expand(pid, tid, &maps.all, native);
+        let python = self
+            .python
+            .expand(pid, tid, &maps.all, maps.interpreter(), native);
         let error = [error, python.error]
             .into_iter()
             .flatten()
