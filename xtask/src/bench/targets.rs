@@ -16,8 +16,9 @@ const MESSAGING_RATIO: f64 = 0.99;
 const DAEMON_CPU_PERCENT: f64 = 0.5;
 const DAEMON_HWM_MIB: f64 = 64.0;
 pub const DAEMON_THREADS: u64 = 10_000;
-/// Issue 19: "well under half a core" while a mass hang is reported.
-const MASS_HANG_CORES: f64 = 0.5;
+/// Issue 19: "well under half a core" while a mass hang is reported: taken as at most
+/// 0.35 (0.28-0.32 measured on a quiet 2-core machine, 2026-11-26).
+const MASS_HANG_CORES: f64 = 0.35;
 /// Issue 19: a deadlock beside a mass hang or a stall is reported within its threshold + 1 s.
 const DEADLOCK_LATENCY: Duration = Duration::from_secs(2);
 /// Issue 19: SIGTERM ends the daemon within a second, a stalled process or not.
@@ -211,7 +212,7 @@ fn never_blind_targets(
         ),
         Target {
             name: "daemon CPU while a mass hang is reported".into(),
-            wanted: format!("well under {MASS_HANG_CORES} of a core"),
+            wanted: format!("<= {MASS_HANG_CORES} of a core (well under half)"),
             measured: mass_hang.map(|m| {
                 format!(
                     "{:.2} of a core ({:.2} s over {:.2} s)",
@@ -220,7 +221,7 @@ fn never_blind_targets(
                     m.window.as_secs_f64()
                 )
             }),
-            pass: mass_hang.map(|m| m.cores() < MASS_HANG_CORES),
+            pass: mass_hang.map(|m| m.cores() <= MASS_HANG_CORES),
         },
         sigterm("SIGTERM exit during a mass hang", mass_hang.map(|m| m.exit)),
         deadlock(
