@@ -4,12 +4,15 @@
 //! waits for a lock that is never released. All with the defaults but for short
 //! thresholds. And loops never seen in their wait (issue 14): asyncio, tokio and Node
 //! servers stalled before the daemon started, a tokio runtime stalled by its first
-//! request, recognized from their stacks, beside controls that must stay quiet.
+//! request, Debian's Redis and a gevent server stalled before the daemon started,
+//! recognized from their stacks, beside controls that must stay quiet.
 mod common;
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -589,9 +592,10 @@ fn loops_stalled_before_the_daemon_started_are_loop_stalls_from_their_stacks() {
 
 #[test]
 #[ignore = "needs root: loads BPF programs"]
-fn a_tokio_runtime_stalled_by_its_first_request_is_a_loop_stall() {
+fn a_tokio_runtime_and_redis_stalled_by_their_first_request_are_loop_stalls() {
     require_root();
     let tokio_binary = example("tokio_server");
+    let dir = tempfile::tempdir().expect("temp dir");
     let mut daemon = Daemon::start(&[]);
     let stalling = Server::start(Program::start(&tokio_binary, &["stall"]));
     let blocking = Server::start(Program::start(&tokio_binary, &["blocking"]));
@@ -599,6 +603,9 @@ fn a_tokio_runtime_stalled_by_its_first_request_is_a_loop_stall() {
     // epoll_wait twice.
     let _conn = stalling.stall();
     let _blocking_conn = blocking.stall();
+    // And Redis, its first command a stalling one as soon as it answers.
+    let redis = Redis::start(dir.path(), "first");
+    let _redis_conn = redis.stall();
     let hang = daemon.wait_for_event(
         &format!("loop_stall for pid {}", stalling.pid()),
         Duration::from_millis(THRESHOLD_MS) + Duration::from_secs(5),
@@ -633,11 +640,178 @@ fn a_tokio_runtime_stalled_by_its_first_request_is_a_loop_stall() {
             .any(|f| f.contains("tokio_server::handle_request")),
         "{v}"
     );
+    let v = assert_loop_stall_recognized(
+        &daemon,
+        redis.pid(),
+        Some(redis.pid()),
+        "blocked in clock_nanosleep",
+        Recognized::ByHistoryOrStack,
+    );
+    assert_eq!(v["blocked_since_before_start"], false, "{v}");
+    assert!(frame_names(&v).iter().any(|f| f == "debugCommand"), "{v}");
     thread::sleep(Duration::from_millis(THRESHOLD_MS));
     assert!(
         daemon.events_for(blocking.pid()).is_empty(),
         "spawn_blocking's reader is not the loop: {}",
         daemon.dump(Some(&[blocking.pid()]))
     );
+    daemon.stop();
+}
+
+/// Debian's `redis-server` (`cargo xtask setup` installs it) on a unix socket in `dir`, no
+/// TCP, no persistence, with the DEBUG command on: `DEBUG SLEEP` blocks its event loop in
+/// `nanosleep` from a command handler, as a slow command or a blocking module call would.
+struct Redis {
+    program: Program,
+    socket: PathBuf,
+}
+
+impl Redis {
+    fn start(dir: &Path, name: &str) -> Self {
+        assert!(
+            have_tool("redis-server"),
+            "redis-server is missing (Debian's redis-server; xtask setup installs it)"
+        );
+        let socket = dir.join(format!("{name}.sock"));
+        let mut c = Command::new("redis-server");
+        c.args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "yes",
+                "--loglevel",
+                "warning",
+                "--dir",
+            ])
+            .arg(dir);
+        let program = Program::spawn(c);
+        let redis = Self { program, socket };
+        assert!(
+            wait_until(LINE_TIMEOUT, || redis.command(&["PING"]).is_some()),
+            "redis-server (pid {}) does not answer on {}",
+            redis.pid(),
+            redis.socket.display()
+        );
+        redis
+    }
+
+    fn pid(&self) -> u32 {
+        self.program.pid
+    }
+
+    /// Sends `args` as one command on a new connection, returns the connection.
+    fn send(&self, args: &[&str]) -> Option<UnixStream> {
+        let mut conn = UnixStream::connect(&self.socket).ok()?;
+        let mut request = format!("*{}\r\n", args.len());
+        for a in args {
+            request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        conn.write_all(request.as_bytes()).ok()?;
+        Some(conn)
+    }
+
+    /// A command's first reply bytes.
+    fn command(&self, args: &[&str]) -> Option<String> {
+        let mut conn = self.send(args)?;
+        conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut reply = [0u8; 64];
+        let n = conn.read(&mut reply).ok()?;
+        (n > 0).then(|| String::from_utf8_lossy(&reply[..n]).into_owned())
+    }
+
+    /// `DEBUG SLEEP` for longer than the test: the loop stays blocked in the handler.
+    fn stall(&self) -> UnixStream {
+        self.send(&["DEBUG", "SLEEP", "100000"])
+            .expect("the DEBUG SLEEP request")
+    }
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn redis_and_gevent_stalled_before_the_daemon_started_are_loop_stalls_from_their_stacks() {
+    require_root();
+    let venv_python = std::env::var("HANGWATCH_TEST_VENV_PYTHON").unwrap_or_else(|_| {
+        panic!("HANGWATCH_TEST_VENV_PYTHON is not set: run the tests with `cargo xtask test`, which makes the virtualenv with gevent")
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Stalled before the daemon starts: never seen in their loop wait.
+    let redis = Redis::start(dir.path(), "stalled");
+    let _redis_conn = redis.stall();
+    let gevent = Server::start(python("gevent_server.py", &["sleep"], &venv_python));
+    let _gevent_conn = gevent.stall();
+    // Controls, started and used before the daemon too: an idle Redis (its main thread in
+    // epoll_wait, its background threads in condition waits) and an idle gevent server.
+    let idle_redis = Redis::start(dir.path(), "idle");
+    assert_eq!(
+        idle_redis.command(&["SET", "k", "v"]).as_deref(),
+        Some("+OK\r\n")
+    );
+    let idle_gevent = Server::start(python("gevent_server.py", &["idle"], &venv_python));
+    idle_gevent.warm_up(2);
+    thread::sleep(Duration::from_millis(300));
+
+    let started = Instant::now();
+    let mut daemon = Daemon::start(&[]);
+    let patience = Duration::from_millis(THRESHOLD_MS) + Duration::from_secs(6);
+    // Redis: its main thread in the DEBUG command's sleep, under aeProcessEvents (the
+    // driver frame, from the stripped binary's dynamic symbols and .eh_frame).
+    let hang = assert_stack_stall(&daemon, redis.pid(), patience, "blocked in clock_nanosleep");
+    let v = &hang.value;
+    assert_eq!(
+        u64_of(v, "/tid"),
+        u64::from(redis.pid()),
+        "the main thread: {v}"
+    );
+    assert_eq!(v["blocked_since_before_start"], true, "{v}");
+    assert!(
+        ["aeProcessEvents", "aeMain"].contains(&str_of(v, "/stall/driver_frame")),
+        "{v}"
+    );
+    let frames = frame_names(v);
+    assert!(
+        frames.iter().any(|f| f == "debugCommand") && frames.iter().any(|f| f == "aeMain"),
+        "the command handler under the loop: {frames:?}"
+    );
+    let redis_after = hang.at.duration_since(started);
+    // gevent: the spawned greenlet's sleep, run by the hub from libev's ev_run.
+    let hang = assert_stack_stall(
+        &daemon,
+        gevent.pid(),
+        patience,
+        "blocked in clock_nanosleep",
+    );
+    let v = &hang.value;
+    assert_eq!(v["blocked_since_before_start"], true, "{v}");
+    assert!(
+        ["ev_run", "Hub.run"].contains(&str_of(v, "/stall/driver_frame")),
+        "{v}"
+    );
+    let gevent_after = hang.at.duration_since(started);
+    eprintln!(
+        "reported {redis_after:?} (redis) and {gevent_after:?} (gevent) after the daemon was started"
+    );
+    thread::sleep(Duration::from_millis(2 * THRESHOLD_MS));
+    for (what, pid) in [
+        ("the idle Redis", idle_redis.pid()),
+        ("the idle gevent server", idle_gevent.pid()),
+    ] {
+        assert!(
+            daemon.events_for(pid).is_empty(),
+            "{what} (pid {pid}): {}",
+            daemon.dump(Some(&[pid]))
+        );
+    }
+    for pid in [redis.pid(), gevent.pid()] {
+        let hangs = daemon
+            .events_for(pid)
+            .iter()
+            .filter(|r| r.value["event"] == "hang")
+            .count();
+        assert_eq!(hangs, 1, "{}", daemon.dump(Some(&[pid])));
+    }
     daemon.stop();
 }

@@ -33,7 +33,9 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 /// deadlock rules must leave quiet (tests/kernel_ownerless.rs): default-jre-headless
 /// (OpenJDK 17: 44 MB to download, 188 MB installed) and golang-go (Go 1.19, 81 MB to download, 464 MB
 /// installed); nodejs runs a Node server stalled before the daemon starts
-/// (tests/kernel_loops.rs: a loop recognized from libuv's `uv_run` in its stack).
+/// (tests/kernel_loops.rs: a loop recognized from libuv's `uv_run` in its stack), and
+/// redis-server a Redis stalled the same way (its `aeMain` and `aeProcessEvents`, which
+/// Debian's stripped binary keeps in its dynamic symbols).
 const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
@@ -47,6 +49,7 @@ const TEST_PACKAGES: &[&str] = &[
     "default-jre-headless",
     "golang-go",
     "nodejs",
+    "redis-server",
 ];
 /// What `cargo xtask bench` runs: perf (`perf bench sched pipe|messaging`).
 const BENCH_PACKAGES: &[&str] = &["linux-perf"];
@@ -62,6 +65,7 @@ const TEST_TOOLS: &[&str] = &[
     "java",
     "go",
     "node",
+    "redis-server",
     "mkfs.ext4",
     "fsfreeze",
     "losetup",
