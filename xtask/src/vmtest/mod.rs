@@ -69,6 +69,22 @@ const SKIPPED_UNDER_TCG: &[(&str, &str, &str)] = &[
     ),
     (
         "kernel_loops",
+        "redis_and_gevent_stalled_before_the_daemon_started_are_loop_stalls_from_their_stacks",
+        "it asserts on Redis's command handler in the report's user stack; under TCG the \
+         report's read of the cold 2.4 MB binary gave way (\"not read within 4s: still working \
+         on it\", 2026-11-26); the stall itself was recognized from the stack and reported on \
+         6.1",
+    ),
+    (
+        "kernel_loops",
+        "a_tokio_runtime_and_redis_stalled_by_their_first_request_are_loop_stalls",
+        "Redis's first-request stall was reported 54 s into it under TCG (2026-11-26), out of \
+         the test's bound: a process is recognized from its stack only once the loop-fd \
+         reader has marked it, and that reader spaces its /proc rounds by their cost, ten to \
+         twenty times higher under emulation; the tokio half of the test passed on 6.1",
+    ),
+    (
+        "kernel_loops",
         "a_daemon_whose_sigterm_handler_waits_for_a_lock_is_a_stuck_exit",
         "the stuck exit's user stack is read while the ten times slower stage is behind newer \
          hangs of the guest, so it gives way (\"not read within 4s: still working on it\"); the \
