@@ -212,6 +212,14 @@ fn guest_script(args: &Args, binaries: &[suite::TestBinary], results: &Path) -> 
         sh_quote(&venv.display().to_string())
     );
     let _ = writeln!(s, "export HANGWATCH_TEST_TIME_SCALE={}", args.time_scale);
+    // A heartbeat, synced to the host every minute: three whole-suite runs stalled with no
+    // output at all (docs/kernels.md, "In CI"), and whether the guest was still alive then
+    // (its load, its busiest processes) or wedged is the first thing to know.
+    let heartbeat = sh_quote(&results.join("heartbeat").display().to_string());
+    let _ = writeln!(
+        s,
+        "( while sleep 60; do {{ date; cat /proc/loadavg; ps -eo pid,stat,pcpu,comm --sort=-pcpu | head -8; }} >> {heartbeat}; sync; done ) &"
+    );
     // No udevd in the guest makes /dev/loop-control: load the module the d_state test's
     // loop device needs up front.
     let _ = writeln!(s, "modprobe -q loop");
