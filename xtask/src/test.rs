@@ -18,7 +18,9 @@ pub fn test(args: &Args) -> Result<()> {
     crate::setup::setup()?;
 
     let mut cmd = crate::cargo();
-    cmd.args(["test", "--workspace", "--release"]);
+    // Every test binary runs even after one fails: a red CI run then shows every failure,
+    // not only the first binary's (`cargo test` stops there by default).
+    cmd.args(["test", "--workspace", "--release", "--no-fail-fast"]);
     // The tests' virtualenv: gevent's python for the event-loop tests, and the deploy/
     // validators for hangwatch/tests/deploy.rs (set, it makes their absence a failure
     // instead of a skip).
