@@ -563,23 +563,37 @@ fn loops_stalled_before_the_daemon_started_are_loop_stalls_from_their_stacks() {
     eprintln!(
         "reported {asyncio_after:?} (asyncio), {tokio_after:?} (tokio) and {node_after:?} (node) after the daemon was started"
     );
-    // Nothing else: one episode each, and the controls quiet for two more thresholds.
+    assert_one_episode_each_and_controls_quiet(
+        &daemon,
+        &[asyncio.pid(), tokio.pid(), node.pid()],
+        &[
+            ("the idle asyncio server", idle_asyncio.pid()),
+            ("the idle tokio runtime", idle_tokio.pid()),
+            ("the idle Node server", idle_node.pid()),
+            ("the spawn_blocking reader's runtime", blocking.pid()),
+            ("the asyncio server whose executor sleeps", executor.pid()),
+            ("the program that only created an epoll fd", epoll_only.pid),
+        ],
+    );
+    daemon.stop();
+}
+
+/// Nothing else after the stalls were reported: one episode for each of `stalled`, and
+/// the `controls` quiet for two more thresholds.
+fn assert_one_episode_each_and_controls_quiet(
+    daemon: &Daemon,
+    stalled: &[u32],
+    controls: &[(&str, u32)],
+) {
     thread::sleep(Duration::from_millis(2 * THRESHOLD_MS));
-    for (what, pid) in [
-        ("the idle asyncio server", idle_asyncio.pid()),
-        ("the idle tokio runtime", idle_tokio.pid()),
-        ("the idle Node server", idle_node.pid()),
-        ("the spawn_blocking reader's runtime", blocking.pid()),
-        ("the asyncio server whose executor sleeps", executor.pid()),
-        ("the program that only created an epoll fd", epoll_only.pid),
-    ] {
+    for &(what, pid) in controls {
         assert!(
             daemon.events_for(pid).is_empty(),
             "{what} (pid {pid}): {}",
             daemon.dump(Some(&[pid]))
         );
     }
-    for pid in [asyncio.pid(), tokio.pid(), node.pid()] {
+    for &pid in stalled {
         let hangs = daemon
             .events_for(pid)
             .iter()
@@ -587,7 +601,6 @@ fn loops_stalled_before_the_daemon_started_are_loop_stalls_from_their_stacks() {
             .count();
         assert_eq!(hangs, 1, "{}", daemon.dump(Some(&[pid])));
     }
-    daemon.stop();
 }
 
 #[test]
@@ -794,24 +807,13 @@ fn redis_and_gevent_stalled_before_the_daemon_started_are_loop_stalls_from_their
     eprintln!(
         "reported {redis_after:?} (redis) and {gevent_after:?} (gevent) after the daemon was started"
     );
-    thread::sleep(Duration::from_millis(2 * THRESHOLD_MS));
-    for (what, pid) in [
-        ("the idle Redis", idle_redis.pid()),
-        ("the idle gevent server", idle_gevent.pid()),
-    ] {
-        assert!(
-            daemon.events_for(pid).is_empty(),
-            "{what} (pid {pid}): {}",
-            daemon.dump(Some(&[pid]))
-        );
-    }
-    for pid in [redis.pid(), gevent.pid()] {
-        let hangs = daemon
-            .events_for(pid)
-            .iter()
-            .filter(|r| r.value["event"] == "hang")
-            .count();
-        assert_eq!(hangs, 1, "{}", daemon.dump(Some(&[pid])));
-    }
+    assert_one_episode_each_and_controls_quiet(
+        &daemon,
+        &[redis.pid(), gevent.pid()],
+        &[
+            ("the idle Redis", idle_redis.pid()),
+            ("the idle gevent server", idle_gevent.pid()),
+        ],
+    );
     daemon.stop();
 }

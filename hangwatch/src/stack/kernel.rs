@@ -15,9 +15,9 @@ use super::{Frame, FrameTag};
 pub struct KernelSymbolizer {
     symbolizer: Symbolizer,
     source: Source<'static>,
-    /// Where the scheduler's and the lock functions' text is (`SchedText`), read at
-    /// `warm`: `None` before, `Some(None)` when kallsyms does not say.
-    sched_text: Option<Option<SchedText>>,
+    /// Where the scheduler's and the lock functions' text is (`SchedText`), read once, at
+    /// `warm`; `None` inside when kallsyms does not say.
+    sched_text: std::cell::OnceCell<Option<SchedText>>,
     /// Total time spent symbolizing, for the daemon's own health figures.
     pub spent: Duration,
     pub failures: u64,
@@ -41,7 +41,7 @@ impl KernelSymbolizer {
         Self {
             symbolizer: Symbolizer::new(),
             source: Source::Kernel(kernel),
-            sched_text: None,
+            sched_text: std::cell::OnceCell::new(),
             spent: Duration::ZERO,
             failures: 0,
         }
@@ -58,8 +58,8 @@ impl KernelSymbolizer {
         self.spent += started.elapsed();
     }
 
-    fn sched_text_read(&mut self) -> Option<SchedText> {
-        *self.sched_text.get_or_insert_with(|| {
+    fn sched_text_read(&self) -> Option<SchedText> {
+        *self.sched_text.get_or_init(|| {
             let found = std::fs::File::open("/proc/kallsyms")
                 .ok()
                 .and_then(|f| SchedText::find(std::io::BufReader::new(f)));

@@ -225,7 +225,6 @@ impl UserStacks {
         crate::meta::reader::reading("the symbols of its modules");
         let mut native = self.symbolize(pid, &unwound.frames, &maps.executable);
         let mut error = unwound.stopped;
-        let mut modules_not_read = Vec::new();
         if error.is_some()
             && let Some(cut) = greenlet_start(&native)
         {
@@ -237,7 +236,6 @@ impl UserStacks {
         }
         if !avoided.is_empty() {
             let why = format!("partial stack, modules not read: {}", avoided.join("; "));
-            modules_not_read.clone_from(&avoided);
             error = Some(match error {
                 Some(e) => format!("{e}; {why}"),
                 None => why,
@@ -256,7 +254,7 @@ impl UserStacks {
                 frame_pointer_frames: unwind::frame_pointer_walk(regs.fp, &stack),
                 stack_bytes: stack.bytes.len(),
                 unreadable_modules,
-                modules_not_read,
+                modules_not_read: avoided,
                 copied_at,
             }),
             frames: python.frames,
