@@ -57,6 +57,9 @@ pub mod names {
     pub const MAP_FOLLOWED_TIDS: &str = "FOLLOWED_TIDS";
     /// Array of one [`crate::JiffiesClock`]: how the probes read the time.
     pub const MAP_CLOCK: &str = "CLOCK";
+    /// Array of [`crate::SwitchSlot`], indexed by `tid & SWITCH_SLOT_MASK`: where the
+    /// scheduler probe records the switch-outs of the threads that own a slot.
+    pub const MAP_SWITCH_SLOTS: &str = "SWITCH_SLOTS";
     /// `.rodata` global: the [`crate::TaskOffsets`] of this kernel, set at load time.
     pub const GLOBAL_TASK_OFFSETS: &str = "TASK_OFFSETS";
 }
@@ -93,6 +96,145 @@ pub const fn followed_words(pid_max: u32) -> u32 {
         MAX_FOLLOWED_WORDS
     } else {
         words
+    }
+}
+
+/// Entries of `SWITCH_SLOTS` in the object; the daemon lowers it to `pid_max` when that is
+/// smaller ([`switch_slots`]): 24 bytes each, 1.5 MiB at most.
+pub const MAX_SWITCH_SLOTS: u32 = 1 << 16;
+/// A tid's slot is `tid & SWITCH_SLOT_MASK`.
+pub const SWITCH_SLOT_MASK: u32 = MAX_SWITCH_SLOTS - 1;
+
+/// Entries of `SWITCH_SLOTS` for tids below `pid_max`: one per tid when `pid_max` is at most
+/// [`MAX_SWITCH_SLOTS`] (then no two threads share a slot), else all of them.
+pub const fn switch_slots(pid_max: u32) -> u32 {
+    if pid_max == 0 || pid_max > MAX_SWITCH_SLOTS {
+        MAX_SWITCH_SLOTS
+    } else {
+        pid_max
+    }
+}
+
+/// `SwitchSlot::flags`: the owner is followed (`FOLLOWED_TIDS`): its switch-outs go to its
+/// task storage, beside the switch-ins the probe records there.
+pub const SLOT_FOLLOWED: u32 = 1 << 0;
+
+/// `SwitchSlot::switched_out` packs a switch-out in one word, so that a reader never sees
+/// the stamp of one switch with the state of another: the stamp in the high bits (its low
+/// 18 bits dropped: 262 µs steps, against jiffies' 4 ms), [`SLOT_RECORDED`],
+/// [`SLOT_STORED`], and the low 16 bits of `prev_state` (every `TASK_*` bit).
+pub const SLOT_STAMP_MASK: u64 = !((1 << 18) - 1);
+/// The smallest step between two stamps of one slot.
+pub const SLOT_STAMP_STEP: u64 = 1 << 18;
+/// Set in every word written for a switch-out; clear in the baseline the walk writes when
+/// it gives the slot to a thread.
+pub const SLOT_RECORDED: u64 = 1 << 16;
+/// The switch-out is also in the owner's task storage (a followed owner): folding it
+/// changes nothing while storage still holds it.
+pub const SLOT_STORED: u64 = 1 << 17;
+pub const SLOT_STATE_MASK: u64 = 0xffff;
+
+/// Where `sched_switch` records a switch-out without a helper call: an array slot (a lookup
+/// the verifier inlines) instead of the thread's task storage (`bpf_task_storage_get`, the
+/// one helper call left on the hot path, ~30 ns on this project's machine).
+///
+/// A slot belongs to one thread at a time, given by the walk (`scan_threads`, the only
+/// writer of `tid`) to a thread with task storage whose slot is free or whose owner the last
+/// complete walk did not see (it exited). Once a thread owns its slot, the slot's word is
+/// its last switch-out, whoever wrote it: the probe writes only the slot for an owner that
+/// is not followed, and task storage *and* the slot (the same stamp) for a followed one,
+/// whose switch-ins go to storage and need its switch-outs there. A thread without a slot
+/// (another live thread has it, or no walk has seen the thread yet) is recorded in task
+/// storage alone, as before slots. Each walk folds an owner's slot into its task storage
+/// ([`fold_switch_out`]), so what a walk emits is whole (docs/design.md, "The per-switch
+/// cost").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwitchSlot {
+    /// The owner's last switch-out, packed ([`SLOT_STAMP_MASK`]); until the owner's first
+    /// switch-out, the walk's baseline (without [`SLOT_RECORDED`]).
+    pub switched_out: u64,
+    /// The owner; 0 for a free slot.
+    pub tid: u32,
+    /// `SLOT_*` bits, written by the walk.
+    pub flags: u32,
+    /// `ScanConfig::walk_seq` of the last walk that saw the owner alive.
+    pub seen_walk: u32,
+    pub _pad: u32,
+}
+
+impl SwitchSlot {
+    /// The word the probe writes for an owner that is not followed, switched out at `now`
+    /// in `prev_state`, after the slot's `previous` word: stamped later than it, so that a
+    /// thread's stamps stay unique.
+    #[inline(always)]
+    pub const fn switch_out(previous: u64, now: u64, prev_state: u32) -> u64 {
+        let after = if previous & SLOT_RECORDED != 0 {
+            (previous & SLOT_STAMP_MASK).wrapping_add(SLOT_STAMP_STEP)
+        } else {
+            previous & SLOT_STAMP_MASK
+        };
+        let stamp = now & SLOT_STAMP_MASK;
+        let stamp = if stamp > after { stamp } else { after };
+        stamp | SLOT_RECORDED | (prev_state as u64 & SLOT_STATE_MASK)
+    }
+
+    /// The word for a switch-out that is in task storage too, stamped `stamp` there.
+    #[inline(always)]
+    pub const fn stored(stamp: u64, prev_state: u32) -> u64 {
+        (stamp & SLOT_STAMP_MASK)
+            | SLOT_RECORDED
+            | SLOT_STORED
+            | (prev_state as u64 & SLOT_STATE_MASK)
+    }
+
+    /// The word the walk writes when it gives the slot to the thread whose storage is
+    /// `state`: a stamp after every stamp the thread has, and no switch-out.
+    #[inline(always)]
+    pub const fn baseline(state: &ThreadState) -> u64 {
+        let latest = if state.off_cpu_at_ns > state.on_cpu_at_ns {
+            state.off_cpu_at_ns
+        } else {
+            state.on_cpu_at_ns
+        };
+        (latest | !SLOT_STAMP_MASK).wrapping_add(1)
+    }
+}
+
+/// The owner's last switch-out as its task storage must say it, if the slot's `word` holds
+/// one that `state` may not: one the probe wrote to the slot alone, stamped after the last
+/// switch-in storage has (a slot's stamp is coarser than storage's, and a switch-in
+/// recorded after it would have folded it first and marked it stored), so that "off-CPU"
+/// stays `off_cpu_at_ns > on_cpu_at_ns`.
+#[inline(always)]
+pub const fn slot_switch_out(state: &ThreadState, word: u64) -> Option<(u64, u32)> {
+    let stamp = word & SLOT_STAMP_MASK;
+    let in_storage = word & SLOT_STORED != 0 && stamp == state.off_cpu_at_ns & SLOT_STAMP_MASK;
+    if word & SLOT_RECORDED == 0 || in_storage {
+        return None;
+    }
+    let off = if stamp > state.on_cpu_at_ns {
+        stamp
+    } else {
+        state.on_cpu_at_ns.wrapping_add(1)
+    };
+    Some((off, (word & SLOT_STATE_MASK) as u32))
+}
+
+/// Folds a slot's word into its owner's task storage ([`slot_switch_out`]). Returns whether
+/// it changed `state`. The walk calls it for every slot owner, `StateReader` for the
+/// threads it reads between walks.
+#[inline(always)]
+pub fn fold_switch_out(state: &mut ThreadState, word: u64) -> bool {
+    match slot_switch_out(state, word) {
+        Some((off, prev_state))
+            if off != state.off_cpu_at_ns || prev_state != state.state_at_switch =>
+        {
+            state.off_cpu_at_ns = off;
+            state.state_at_switch = prev_state;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -233,6 +375,10 @@ pub struct ScanConfig {
     /// blocked for at least this long in a syscall that is neither a loop wait, a poll nor
     /// a futex wait: the threads whose stack may show an event loop away from its wait.
     pub loop_fd_min_ns: u64,
+    /// The number of the walk about to run, written by the daemon before each one and
+    /// advanced only after a complete walk: a slot whose owner was not seen by walk
+    /// `walk_seq - 1` has no live owner (`SwitchSlot`).
+    pub walk_seq: u64,
 }
 
 impl Default for ScanConfig {
@@ -245,6 +391,7 @@ impl Default for ScanConfig {
             loop_min_ns: u64::MAX,
             on_cpu_min_ns: u64::MAX,
             loop_fd_min_ns: u64::MAX,
+            walk_seq: 0,
         }
     }
 }
@@ -394,7 +541,8 @@ pub mod task_state {
 pub const PF_KTHREAD: u32 = 0x0020_0000;
 
 const _: () = assert!(core::mem::size_of::<ThreadState>() == 128);
-const _: () = assert!(core::mem::size_of::<ScanConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<ScanConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<SwitchSlot>() == 24);
 const _: () = assert!(core::mem::size_of::<JiffiesClock>() == 32);
 const _: () = assert!(core::mem::size_of::<ClockSample>() == 16);
 const _: () = assert!(core::mem::size_of::<ExitSignal>() == 64);
@@ -422,4 +570,6 @@ mod pod {
     unsafe impl aya::Pod for super::JiffiesClock {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::ClockSample {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::SwitchSlot {}
 }

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use hangwatch_ebpf::{
     Counter, ExitSignal, JiffiesClock, MAX_EXIT_SIGNALS, MAX_FOLLOWED_WORDS, MAX_LOOP_FD_TGIDS,
-    MAX_LOOP_TGIDS, MAX_STACK_REQUESTS, MAX_WATCHED_TGIDS, ScanConfig, StackRecord, ThreadRecord,
-    ThreadState, followed_word,
+    MAX_LOOP_TGIDS, MAX_STACK_REQUESTS, MAX_SWITCH_SLOTS, MAX_WATCHED_TGIDS, SWITCH_SLOT_MASK,
+    ScanConfig, StackRecord, SwitchSlot, ThreadRecord, ThreadState, followed_word,
 };
 
 use crate::task::Task;
@@ -133,6 +133,21 @@ pub fn set_followed(tid: u32, follow: bool) -> bool {
         *bits ^= bit;
     }
     was
+}
+
+/// The switch-outs of the threads that own a slot (`SwitchSlot`): what lets the probe
+/// record most switch-outs without a helper call. The daemon sizes it to `pid_max` when that
+/// is smaller than `MAX_SWITCH_SLOTS` (a slot per tid).
+#[btf_map]
+pub static SWITCH_SLOTS: Array<SwitchSlot, { MAX_SWITCH_SLOTS as usize }> = Array::new();
+
+/// `tid`'s slot, whoever owns it (`None` past the map's end: that tid never owns one).
+#[inline(always)]
+pub fn switch_slot(tid: u32) -> Option<&'static mut SwitchSlot> {
+    let slot = SWITCH_SLOTS.get_ptr_mut(tid & SWITCH_SLOT_MASK)?;
+    // SAFETY: a value of an array map, valid while the program runs. Writers: the owner's
+    // switch-outs and switch-ins (one CPU at a time) and the walk (see `SwitchSlot`).
+    Some(unsafe { &mut *slot })
 }
 
 /// Scratch space for the `ThreadRecord` a walk emits: with the walk's other locals it does

@@ -15,8 +15,8 @@ use aya_ebpf::{
     },
 };
 use hangwatch_ebpf::{
-    ClockSample, Counter, MAX_KERNEL_STACK_DEPTH, MIN_LOOP_WAITS, PF_KTHREAD, ThreadRecord,
-    ThreadState, task_state,
+    ClockSample, Counter, MAX_KERNEL_STACK_DEPTH, MIN_LOOP_WAITS, PF_KTHREAD, SLOT_FOLLOWED,
+    SLOT_RECORDED, SwitchSlot, ThreadRecord, ThreadState, fold_switch_out, task_state,
 };
 
 use super::sched::switched_in;
@@ -76,8 +76,25 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
     // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
 
+    let Some(config) = SCAN_CONFIG.get(0) else {
+        return 0;
+    };
+    let slot = own_slot(tid, config.walk_seq as u32);
+    // SAFETY: a field of a map value (`switch_slot`), read once.
+    let slot_word = slot.as_ref().map_or(0, |slot| unsafe {
+        core::ptr::read_volatile(&slot.switched_out)
+    });
     let state = match THREAD_STATE.get(task) {
         Some(state) => state,
+        // A thread with no storage whose slot has its switch-out: it took a tid whose
+        // previous thread owned the slot and has switched out only there.
+        None if slot_word & SLOT_RECORDED != 0 => match THREAD_STATE.get_or_create(task) {
+            Some(state) => state,
+            None => {
+                count(Counter::StateUnavailable);
+                return 0;
+            }
+        },
         // No switch seen since the probes were attached: if it is not runnable it has been
         // blocked since before then. Start its clock now and say so.
         None if task_state != task_state::RUNNING => match THREAD_STATE.get_or_create(task) {
@@ -99,9 +116,7 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
             return 0;
         }
     };
-    let Some(config) = SCAN_CONFIG.get(0) else {
-        return 0;
-    };
+    fold_switch_out(state, slot_word);
     let follow_all = config.on_cpu_min_ns != u64::MAX;
     let tgid: u32 = task.read(off.tgid);
     // The probe records the switch-ins of followed threads only (see `ThreadState`): for
@@ -173,6 +188,15 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
         !follow_all && follow && !set_followed(tid, true) && { catch_up_switch_in(task, state) };
     if !follow && !follow_all {
         set_followed(tid, false);
+    }
+    if let Some(slot) = slot {
+        let flags = if follow || follow_all {
+            SLOT_FOLLOWED
+        } else {
+            0
+        };
+        // SAFETY: a field of a map value (`switch_slot`).
+        unsafe { core::ptr::write_volatile(&mut slot.flags, flags) };
     }
     let Some((syscall_nr, syscall_args)) = emit else {
         return 0;
@@ -311,6 +335,18 @@ pub extern "C" fn dump_stacks(ctx: *mut IterTaskContext) -> i32 {
     }
     write(ctx, record as *const _);
     0
+}
+
+/// The walk's side of `SwitchSlot`: `tid`'s slot if it owns it, marked seen by this walk
+/// (`walk`), which keeps other threads from taking it (`sched::slot_free`). Threads take
+/// slots at their switch-outs; a walk only folds the owner's word into its storage and
+/// says whether it is followed.
+#[inline(always)]
+fn own_slot(tid: u32, walk: u32) -> Option<&'static mut SwitchSlot> {
+    let slot = super::sched::own_slot(tid)?;
+    // SAFETY: a field of a map value (`switch_slot`).
+    unsafe { core::ptr::write_volatile(&mut slot.seen_walk, walk) };
+    Some(slot)
 }
 
 /// Off-CPU in the loop wait it last blocked in (the switch-out that began this wait was

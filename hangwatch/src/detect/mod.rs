@@ -303,6 +303,8 @@ impl Detectors {
             // From half the threshold the daemon reads the stack of a thread of a process
             // with a loop fd (`LoopStall::check_by_stack`).
             loop_fd_min_ns: self.smallest(HangKind::LoopStall).map_or(u64::MAX, ns),
+            // Numbered by the probes at each walk (`Probes::scan_threads`).
+            walk_seq: 0,
         }
     }
 

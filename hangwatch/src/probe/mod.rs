@@ -64,12 +64,19 @@ impl From<attach::AttachError> for ProbeError {
 pub struct Probes {
     ebpf: Ebpf,
     scan_config: Array<MapData, ScanConfig>,
+    /// The config last set, which each walk writes again with its number (`walk_seq`).
+    config_now: ScanConfig,
+    /// The number of the next walk: advanced after each complete one only, so that a slot
+    /// owner is never taken for dead because a walk that failed missed it.
+    next_walk: u64,
     watched: HashMap<MapData, u32, u32>,
     loop_fd: HashMap<MapData, u32, u32>,
     stack_requests: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
     /// The task-storage map, read per thread by pidfd (aya has no typed wrapper for it).
     thread_state: MapData,
+    /// The switch slots, folded into what `StateReader` reads.
+    switch_slots: MapData,
     watched_now: HashSet<u32>,
     exit_signals: HashMap<MapData, u32, ExitSignal>,
     /// The link of `sys_enter_loop` while it is attached; `Err` when it could not be
@@ -130,6 +137,8 @@ impl Probes {
 
         Ok(Self {
             scan_config: take_map(&mut ebpf, names::MAP_SCAN_CONFIG)?,
+            config_now: ScanConfig::default(),
+            next_walk: 1,
             watched: take_map(&mut ebpf, names::MAP_WATCHED_TGIDS)?,
             loop_fd: take_map(&mut ebpf, names::MAP_LOOP_FD_TGIDS)?,
             stack_requests: take_map(&mut ebpf, names::MAP_STACK_REQUESTS)?,
@@ -138,6 +147,13 @@ impl Probes {
                 Some(aya::maps::Map::Unsupported(data)) => data,
                 _ => return Err(ProbeError::MissingMap(names::MAP_THREAD_STATE)),
             },
+            switch_slots: ebpf
+                .take_map(names::MAP_SWITCH_SLOTS)
+                .ok_or(ProbeError::MissingMap(names::MAP_SWITCH_SLOTS))
+                .and_then(|map| match map {
+                    aya::maps::Map::Array(data) => Ok(data),
+                    _ => Err(ProbeError::MissingMap(names::MAP_SWITCH_SLOTS)),
+                })?,
             watched_now: HashSet::new(),
             exit_signals: take_map(&mut ebpf, names::MAP_EXIT_SIGNALS)?,
             loop_probe,
@@ -148,12 +164,18 @@ impl Probes {
     }
 
     pub fn set_scan_config(&mut self, config: ScanConfig) -> Result<(), ProbeError> {
+        let config = ScanConfig {
+            walk_seq: self.next_walk,
+            ..config
+        };
         self.scan_config
             .set(0, config, 0)
             .map_err(|source| ProbeError::Map {
                 name: names::MAP_SCAN_CONFIG,
                 source,
-            })
+            })?;
+        self.config_now = config;
+        Ok(())
     }
 
     /// Makes `WATCHED_TGIDS` equal to `tgids`, touching only what changed. Returns how many
@@ -262,9 +284,15 @@ impl Probes {
         Ok(out)
     }
 
-    /// One walk of every thread: the threads the scan config asks about.
+    /// One walk of every thread: the threads the scan config asks about. Each walk is
+    /// numbered (`ScanConfig::walk_seq`, for the switch slots' owners).
     pub fn scan_threads(&mut self) -> Result<Vec<ThreadRecord>, ProbeError> {
-        read_iterator(&mut self.ebpf, names::PROG_SCAN_THREADS)
+        if self.config_now.walk_seq != self.next_walk {
+            self.set_scan_config(self.config_now)?;
+        }
+        let records = read_iterator(&mut self.ebpf, names::PROG_SCAN_THREADS)?;
+        self.next_walk += 1;
+        Ok(records)
     }
 
     /// Kernel stacks and user registers of `tids`, taken now, while they are blocked.
@@ -308,7 +336,10 @@ impl Probes {
     /// A reader of the per-thread state for another thread than the scan's.
     pub fn state_reader(&self) -> std::io::Result<StateReader> {
         use std::os::fd::AsFd as _;
-        StateReader::new(self.thread_state.fd().as_fd())
+        StateReader::new(
+            self.thread_state.fd().as_fd(),
+            self.switch_slots.fd().as_fd(),
+        )
     }
 
     /// The probe counters, summed over CPUs.
@@ -387,6 +418,10 @@ fn load_object() -> Result<(Ebpf, Btf), ProbeError> {
         .map_max_entries(
             names::MAP_FOLLOWED_TIDS,
             hangwatch_ebpf::followed_words(pid_max()),
+        )
+        .map_max_entries(
+            names::MAP_SWITCH_SLOTS,
+            hangwatch_ebpf::switch_slots(pid_max()),
         )
         // aya has no typed wrapper for task storage; userspace never touches that map.
         .allow_unsupported_maps()

@@ -6,7 +6,7 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
-use hangwatch_ebpf::ThreadState;
+use hangwatch_ebpf::{SWITCH_SLOT_MASK, SwitchSlot, ThreadState, fold_switch_out};
 
 /// `PIDFD_THREAD` (Linux 6.9): a pidfd for a thread rather than a thread-group leader.
 const PIDFD_THREAD: libc::c_int = libc::O_EXCL;
@@ -47,15 +47,14 @@ pub enum Lookup {
     Gone,
 }
 
-/// Looks the thread's `ThreadState` up in the task-storage map `map`.
-pub fn lookup(map: BorrowedFd<'_>, thread: &ThreadHandle) -> io::Result<Lookup> {
-    let key: libc::c_int = thread.0.as_fd().as_raw_fd();
-    let mut value = ThreadState::default();
+/// `BPF_MAP_LOOKUP_ELEM` of `key` in `map` into `value`, which must be the map's key and
+/// value types.
+fn lookup_elem<K, V: aya::Pod>(map: BorrowedFd<'_>, key: &K, value: &mut V) -> io::Result<()> {
     let attr = LookupAttr {
         map_fd: map.as_raw_fd() as u32,
         _pad: 0,
-        key: std::ptr::from_ref(&key) as u64,
-        value: std::ptr::from_mut(&mut value) as u64,
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_mut(value) as u64,
         flags: 0,
     };
     // SAFETY: attr points to a valid key and a value buffer of the map's value size.
@@ -68,9 +67,19 @@ pub fn lookup(map: BorrowedFd<'_>, thread: &ThreadHandle) -> io::Result<Lookup> 
         )
     };
     if rc == 0 {
-        return Ok(Lookup::Found(value));
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
-    let err = io::Error::last_os_error();
+}
+
+/// Looks the thread's `ThreadState` up in the task-storage map `map`.
+pub fn lookup(map: BorrowedFd<'_>, thread: &ThreadHandle) -> io::Result<Lookup> {
+    let key: libc::c_int = thread.0.as_fd().as_raw_fd();
+    let mut value = ThreadState::default();
+    let Err(err) = lookup_elem(map, &key, &mut value) else {
+        return Ok(Lookup::Found(value));
+    };
     match err.raw_os_error() {
         Some(libc::ENOENT) => Ok(Lookup::NoState),
         // The pidfd's task has exited (or is exiting).
@@ -89,21 +98,28 @@ pub fn thread_pidfds() -> bool {
 }
 
 /// A cheap, clonable reader of `THREAD_STATE` for other threads than the scan (the API's
-/// `threads PID`): a duplicate of the map's fd, read per thread by pidfd.
+/// `threads PID`): duplicates of the fds of that map, read per thread by pidfd, and of
+/// `SWITCH_SLOTS`, whose newer switch-out of the thread is folded in as a walk would.
 #[derive(Debug, Clone)]
-pub struct StateReader(std::sync::Arc<OwnedFd>);
+pub struct StateReader {
+    thread_state: std::sync::Arc<OwnedFd>,
+    switch_slots: std::sync::Arc<OwnedFd>,
+}
 
 impl StateReader {
     /// Fails with [`io::ErrorKind::Unsupported`] on kernels without thread pidfds (before
     /// Linux 6.9), where no thread but a process's main one could be read.
-    pub fn new(map: BorrowedFd<'_>) -> io::Result<Self> {
+    pub fn new(thread_state: BorrowedFd<'_>, switch_slots: BorrowedFd<'_>) -> io::Result<Self> {
         if !thread_pidfds() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "this kernel has no thread pidfds (Linux 6.9+)",
             ));
         }
-        Ok(Self(std::sync::Arc::new(map.try_clone_to_owned()?)))
+        Ok(Self {
+            thread_state: std::sync::Arc::new(thread_state.try_clone_to_owned()?),
+            switch_slots: std::sync::Arc::new(switch_slots.try_clone_to_owned()?),
+        })
     }
 
     /// Thread `tid`'s state now; `Ok(Lookup::Gone)` when the thread no longer exists.
@@ -113,6 +129,94 @@ impl StateReader {
             Err(err) if err.raw_os_error() == Some(libc::ESRCH) => return Ok(Lookup::Gone),
             Err(err) => return Err(err),
         };
-        lookup(self.0.as_fd(), &thread)
+        let mut found = lookup(self.thread_state.as_fd(), &thread)?;
+        if let Lookup::Found(state) = &mut found {
+            let mut slot = SwitchSlot::default();
+            let index = tid & SWITCH_SLOT_MASK;
+            // A tid past the map's end owns no slot (ENOENT), like any thread not its owner.
+            if lookup_elem(self.switch_slots.as_fd(), &index, &mut slot).is_ok() && slot.tid == tid
+            {
+                fold_switch_out(state, slot.switched_out);
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The switch slots' word and its fold (`hangwatch_ebpf::SwitchSlot`), which the probe,
+    //! the walk and `StateReader` share.
+    use hangwatch_ebpf::{
+        SLOT_RECORDED, SLOT_STAMP_MASK, SLOT_STAMP_STEP, SwitchSlot, ThreadState, fold_switch_out,
+        task_state,
+    };
+
+    const MS: u64 = 1_000_000;
+
+    fn storage(off: u64, on: u64, state: u32) -> ThreadState {
+        ThreadState {
+            off_cpu_at_ns: off,
+            on_cpu_at_ns: on,
+            state_at_switch: state,
+            ..ThreadState::default()
+        }
+    }
+
+    #[test]
+    fn a_switch_out_in_the_slot_alone_is_folded_after_the_last_switch_in() {
+        // Storage says: switched out at 1 s, back in at 2 s (followed then).
+        let mut state = storage(1_000 * MS, 2_000 * MS, task_state::INTERRUPTIBLE);
+        let baseline = SwitchSlot::baseline(&state);
+        assert_eq!(baseline & SLOT_RECORDED, 0, "a baseline is no switch-out");
+        assert!(!fold_switch_out(&mut state, baseline));
+        // A jiffies stamp a little behind storage's last switch-in still lands after it.
+        let word = SwitchSlot::switch_out(baseline, 2_000 * MS - 3 * MS, task_state::INTERRUPTIBLE);
+        assert!(fold_switch_out(&mut state, word));
+        assert!(state.off_cpu_at_ns > state.on_cpu_at_ns, "{state:?}");
+        assert_eq!(state.state_at_switch, task_state::INTERRUPTIBLE);
+        // Folding the same word again changes nothing.
+        assert!(!fold_switch_out(&mut state, word));
+    }
+
+    #[test]
+    fn the_last_word_wins_and_carries_its_own_state() {
+        let mut state = storage(1_000 * MS, 1_500 * MS, task_state::INTERRUPTIBLE);
+        let blocked = SwitchSlot::switch_out(0, 3_000 * MS, task_state::INTERRUPTIBLE);
+        // Preempted (runnable) later in the same jiffy: a later stamp all the same.
+        let preempted = SwitchSlot::switch_out(blocked, 3_000 * MS, task_state::RUNNING);
+        assert_eq!(
+            preempted & SLOT_STAMP_MASK,
+            (blocked & SLOT_STAMP_MASK) + SLOT_STAMP_STEP
+        );
+        assert!(fold_switch_out(&mut state, preempted));
+        assert_eq!(state.state_at_switch, task_state::RUNNING);
+        assert!(state.off_cpu_at_ns >= 3_000 * MS - SLOT_STAMP_STEP);
+    }
+
+    #[test]
+    fn a_word_also_in_storage_is_not_folded_over_it() {
+        // A followed owner: storage has the switch-out at full resolution, the slot the same
+        // switch-out marked stored.
+        let mut state = storage(5_000 * MS + 12_345, 4_000 * MS, task_state::INTERRUPTIBLE);
+        state.loop_blocked_at_ns = state.off_cpu_at_ns;
+        let word = SwitchSlot::stored(state.off_cpu_at_ns, task_state::INTERRUPTIBLE);
+        assert!(!fold_switch_out(&mut state, word));
+        // So "in its loop wait" (`loop_blocked_at_ns == off_cpu_at_ns`) still holds.
+        assert_eq!(state.loop_blocked_at_ns, state.off_cpu_at_ns);
+        // Once the owner is not followed, its next word is newer than the stored one.
+        let next = SwitchSlot::switch_out(word, 5_000 * MS, task_state::RUNNING);
+        assert!(fold_switch_out(&mut state, next));
+        assert_eq!(state.state_at_switch, task_state::RUNNING);
+        assert_ne!(state.loop_blocked_at_ns, state.off_cpu_at_ns);
+    }
+
+    #[test]
+    fn prev_state_keeps_every_task_state_bit() {
+        let state = task_state::UNINTERRUPTIBLE | task_state::NOLOAD | task_state::FROZEN;
+        let word = SwitchSlot::switch_out(0, 7_000 * MS, state);
+        let mut folded = storage(0, 0, 0);
+        assert!(fold_switch_out(&mut folded, word));
+        assert_eq!(folded.state_at_switch, state);
     }
 }
