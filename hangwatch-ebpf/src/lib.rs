@@ -121,17 +121,18 @@ pub const SLOT_FOLLOWED: u32 = 1 << 0;
 
 /// `SwitchSlot::switched_out` packs a switch-out in one word, so that a reader never sees
 /// the stamp of one switch with the state of another: the stamp in the high bits (its low
-/// 18 bits dropped: 262 µs steps, against jiffies' 4 ms), [`SLOT_RECORDED`],
-/// [`SLOT_STORED`], and the low 16 bits of `prev_state` (every `TASK_*` bit).
-pub const SLOT_STAMP_MASK: u64 = !((1 << 18) - 1);
-/// The smallest step between two stamps of one slot.
-pub const SLOT_STAMP_STEP: u64 = 1 << 18;
-/// Set in every word written for a switch-out; clear in the baseline the walk writes when
-/// it gives the slot to a thread.
+/// 19 bits dropped: 524 µs steps, against jiffies' 4 ms), three flags, and the low 16 bits
+/// of `prev_state` (every `TASK_*` bit). Stamps of one slot never go back but may repeat
+/// (a thread that switches out twice within a step); the fold makes storage's strictly
+/// later ([`fold_switch_out`]).
+pub const SLOT_STAMP_MASK: u64 = !((1 << 19) - 1);
+/// Set in every word written for a switch-out.
 pub const SLOT_RECORDED: u64 = 1 << 16;
 /// The switch-out is also in the owner's task storage (a followed owner): folding it
 /// changes nothing while storage still holds it.
 pub const SLOT_STORED: u64 = 1 << 17;
+/// `sched_wakeup` (opt-in) woke the owner from this switch-out's wait.
+pub const SLOT_WOKEN: u64 = 1 << 18;
 pub const SLOT_STATE_MASK: u64 = 0xffff;
 
 /// Where `sched_switch` records a switch-out without a helper call: an array slot (a lookup
@@ -151,8 +152,7 @@ pub const SLOT_STATE_MASK: u64 = 0xffff;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SwitchSlot {
-    /// The owner's last switch-out, packed ([`SLOT_STAMP_MASK`]); until the owner's first
-    /// switch-out, the walk's baseline (without [`SLOT_RECORDED`]).
+    /// The owner's last switch-out, packed ([`SLOT_STAMP_MASK`]).
     pub switched_out: u64,
     /// The owner; 0 for a free slot.
     pub tid: u32,
@@ -165,15 +165,10 @@ pub struct SwitchSlot {
 
 impl SwitchSlot {
     /// The word the probe writes for an owner that is not followed, switched out at `now`
-    /// in `prev_state`, after the slot's `previous` word: stamped later than it, so that a
-    /// thread's stamps stay unique.
+    /// in `prev_state`, after the slot's `previous` word: never stamped before it.
     #[inline(always)]
     pub const fn switch_out(previous: u64, now: u64, prev_state: u32) -> u64 {
-        let after = if previous & SLOT_RECORDED != 0 {
-            (previous & SLOT_STAMP_MASK).wrapping_add(SLOT_STAMP_STEP)
-        } else {
-            previous & SLOT_STAMP_MASK
-        };
+        let after = previous & SLOT_STAMP_MASK;
         let stamp = now & SLOT_STAMP_MASK;
         let stamp = if stamp > after { stamp } else { after };
         stamp | SLOT_RECORDED | (prev_state as u64 & SLOT_STATE_MASK)
@@ -187,55 +182,49 @@ impl SwitchSlot {
             | SLOT_STORED
             | (prev_state as u64 & SLOT_STATE_MASK)
     }
+}
 
-    /// The word the walk writes when it gives the slot to the thread whose storage is
-    /// `state`: a stamp after every stamp the thread has, and no switch-out.
-    #[inline(always)]
-    pub const fn baseline(state: &ThreadState) -> u64 {
-        let latest = if state.off_cpu_at_ns > state.on_cpu_at_ns {
+/// Folds a slot's word into its owner's task storage; returns whether it changed `state`.
+/// The walk calls it for every slot owner, a followed thread's switch-in before it is
+/// compared with its switch-out, `StateReader` for the threads it reads between walks.
+///
+/// A word not yet folded (`ThreadState::slot_word` remembers the last) that storage does
+/// not hold already (not [`SLOT_STORED`] with storage's stamp) is the thread's last
+/// switch-out: it becomes `off_cpu_at_ns`, stamped after every stamp storage has (the
+/// slot's are coarser and may repeat), so that stamps stay unique per thread and "off-CPU"
+/// stays `off_cpu_at_ns > on_cpu_at_ns`, and `state_at_switch`. A wakeup recorded in the
+/// word ([`SLOT_WOKEN`]) becomes `woken_wait_ns`; a word that differs only by that bit is
+/// the same switch-out.
+#[inline(always)]
+pub fn fold_switch_out(state: &mut ThreadState, word: u64) -> bool {
+    if word & SLOT_RECORDED == 0 || word == state.slot_word {
+        return false;
+    }
+    let same_switch_out = (word ^ state.slot_word) & !SLOT_WOKEN == 0;
+    state.slot_word = word;
+    let stamp = word & SLOT_STAMP_MASK;
+    let in_storage = word & SLOT_STORED != 0 && stamp == state.off_cpu_at_ns & SLOT_STAMP_MASK;
+    if !same_switch_out && !in_storage {
+        let after = if state.off_cpu_at_ns > state.on_cpu_at_ns {
             state.off_cpu_at_ns
         } else {
             state.on_cpu_at_ns
         };
-        (latest | !SLOT_STAMP_MASK).wrapping_add(1)
+        state.off_cpu_at_ns = if stamp > after {
+            stamp
+        } else {
+            after.wrapping_add(1)
+        };
+        state.state_at_switch = (word & SLOT_STATE_MASK) as u32;
     }
-}
-
-/// The owner's last switch-out as its task storage must say it, if the slot's `word` holds
-/// one that `state` may not: one the probe wrote to the slot alone, stamped after the last
-/// switch-in storage has (a slot's stamp is coarser than storage's, and a switch-in
-/// recorded after it would have folded it first and marked it stored), so that "off-CPU"
-/// stays `off_cpu_at_ns > on_cpu_at_ns`.
-#[inline(always)]
-pub const fn slot_switch_out(state: &ThreadState, word: u64) -> Option<(u64, u32)> {
-    let stamp = word & SLOT_STAMP_MASK;
-    let in_storage = word & SLOT_STORED != 0 && stamp == state.off_cpu_at_ns & SLOT_STAMP_MASK;
-    if word & SLOT_RECORDED == 0 || in_storage {
-        return None;
+    // A word without the bit that differs from the last folded one is a new wait, even one
+    // whose stamp and state repeat the last (the bit is cleared only by a new switch-out).
+    if word & SLOT_WOKEN != 0 {
+        state.woken_wait_ns = state.off_cpu_at_ns;
+    } else if state.woken_wait_ns == state.off_cpu_at_ns {
+        state.woken_wait_ns = 0;
     }
-    let off = if stamp > state.on_cpu_at_ns {
-        stamp
-    } else {
-        state.on_cpu_at_ns.wrapping_add(1)
-    };
-    Some((off, (word & SLOT_STATE_MASK) as u32))
-}
-
-/// Folds a slot's word into its owner's task storage ([`slot_switch_out`]). Returns whether
-/// it changed `state`. The walk calls it for every slot owner, `StateReader` for the
-/// threads it reads between walks.
-#[inline(always)]
-pub fn fold_switch_out(state: &mut ThreadState, word: u64) -> bool {
-    match slot_switch_out(state, word) {
-        Some((off, prev_state))
-            if off != state.off_cpu_at_ns || prev_state != state.state_at_switch =>
-        {
-            state.off_cpu_at_ns = off;
-            state.state_at_switch = prev_state;
-            true
-        }
-        _ => false,
-    }
+    true
 }
 
 /// Kernel stack depth captured per thread.
@@ -312,6 +301,9 @@ pub struct ThreadState {
     pub syscall_nr: u32,
     /// For futex: the op word (command and flags), as passed by the caller.
     pub futex_op: u32,
+    /// The last word of the thread's switch slot folded into this state
+    /// ([`fold_switch_out`]): the same word is never folded twice.
+    pub slot_word: u64,
 }
 
 /// How the probes tell the time without a helper call: `jiffies` (a load the verifier
@@ -504,10 +496,13 @@ pub enum Counter {
     ExitSignals = 8,
     /// Exit signals that could not be recorded (map update failed).
     ExitSignalsLost = 9,
+    /// Switch-outs `sched_switch` recorded in task storage (a helper call) rather than in
+    /// the thread's switch slot: threads without a slot of their own, and followed ones.
+    SwitchOutsInStorage = 10,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::SchedSwitchEvents,
         Counter::SchedWakeupEvents,
@@ -519,6 +514,7 @@ impl Counter {
         Counter::SysEnterEvents,
         Counter::ExitSignals,
         Counter::ExitSignalsLost,
+        Counter::SwitchOutsInStorage,
     ];
 }
 
@@ -540,14 +536,14 @@ pub mod task_state {
 /// `task_struct::flags`: a kernel thread, which has no user stack.
 pub const PF_KTHREAD: u32 = 0x0020_0000;
 
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 128);
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 136);
 const _: () = assert!(core::mem::size_of::<ScanConfig>() == 64);
 const _: () = assert!(core::mem::size_of::<SwitchSlot>() == 24);
 const _: () = assert!(core::mem::size_of::<JiffiesClock>() == 32);
 const _: () = assert!(core::mem::size_of::<ClockSample>() == 16);
 const _: () = assert!(core::mem::size_of::<ExitSignal>() == 64);
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 32);
-const _: () = assert!(core::mem::size_of::<ThreadRecord>() == 224);
+const _: () = assert!(core::mem::size_of::<ThreadRecord>() == 232);
 const _: () = assert!(core::mem::size_of::<StackRecord>() == 40 + 8 * MAX_KERNEL_STACK_DEPTH);
 
 #[cfg(feature = "user")]

@@ -15,8 +15,7 @@
 //! pointers that task storage is keyed by and cost far less than a classic tracepoint.
 use aya_ebpf::{bindings::task_struct, macros::btf_tracepoint, programs::BtfTracePointContext};
 use hangwatch_ebpf::{
-    Counter, SLOT_FOLLOWED, SLOT_RECORDED, SLOT_STORED, SwitchSlot, ThreadState, fold_switch_out,
-    slot_switch_out,
+    Counter, SLOT_FOLLOWED, SLOT_STORED, SLOT_WOKEN, SwitchSlot, ThreadState, fold_switch_out,
 };
 
 use crate::{
@@ -36,12 +35,16 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let now = clock::now();
     count(Counter::SchedSwitchEvents);
 
-    if let Some(task) = Task::new(prev) {
-        let tid: u32 = task.field(pid_offset());
+    // tid 0: a CPU's idle task leaving its CPU to a woken thread, as frequent as wakeups
+    // on idle CPUs. It waits for nothing and no walk sees it: nothing is recorded.
+    if let Some(task) = Task::new(prev)
+        && let tid = task.field::<u32>(pid_offset())
+        && tid != 0
+    {
         match switch_slot(tid) {
             // The common case: a thread that owns its slot and is not followed. One word,
             // no helper call.
-            Some(slot) if tid != 0 && slot.tid == tid && slot.flags & SLOT_FOLLOWED == 0 => {
+            Some(slot) if slot.tid == tid && slot.flags & SLOT_FOLLOWED == 0 => {
                 // SAFETY: fields of a map value (`switch_slot`); volatile so that the word
                 // is read and written whole, once.
                 let previous = unsafe { core::ptr::read_volatile(&slot.switched_out) };
@@ -91,13 +94,13 @@ fn switched_out_to_storage(
         count(Counter::StateUnavailable);
         return;
     };
+    count(Counter::SwitchOutsInStorage);
     let out = clock::switch_out(state, now);
     state.off_cpu_at_ns = out;
     state.state_at_switch = prev_state;
-    if let Some(slot) = slot
-        && tid != 0
-    {
+    if let Some(slot) = slot {
         let word = SwitchSlot::stored(out, prev_state);
+        state.slot_word = word;
         // SAFETY (each volatile access): fields of a map value (`switch_slot`), each read
         // or written once, in this order.
         unsafe {
@@ -153,20 +156,19 @@ fn slot_free(slot: &SwitchSlot) -> Option<u32> {
     (owner == 0 || walk.wrapping_sub(seen) > 1).then_some(walk)
 }
 
-/// A followed thread switching in whose last switch-out went to its slot alone (it was
+/// A followed thread switching in whose last switch-out may be in its slot alone (it was
 /// not followed then): into storage with it, before the switch-in is compared with it, and
-/// the word marked as stored, so that the walk does not fold it again after this switch-in.
-/// The switch-out happened before this switch-in, whichever CPU it was on, so the word is
-/// there to read.
+/// the word marked as stored. The switch-out happened before this switch-in, whichever CPU
+/// it was on, so the word is there to read.
 #[inline(always)]
 fn take_slot_switch_out(slot: &mut SwitchSlot, state: &mut ThreadState) {
     // SAFETY: as in `sched_switch`.
     let word = unsafe { core::ptr::read_volatile(&slot.switched_out) };
-    if word & SLOT_RECORDED == 0 || word & SLOT_STORED != 0 {
+    if word & SLOT_STORED != 0 || !fold_switch_out(state, word) {
         return;
     }
-    fold_switch_out(state, word);
     let stored = SwitchSlot::stored(state.off_cpu_at_ns, state.state_at_switch);
+    state.slot_word = stored;
     // SAFETY: as in `sched_switch`.
     unsafe { core::ptr::write_volatile(&mut slot.switched_out, stored) };
 }
@@ -203,10 +205,11 @@ pub fn switched_in(state: &mut ThreadState, now: u64) {
 
 /// `sched_wakeup(struct task_struct *p)`: the thread is runnable again. Only threads that
 /// already have state are touched, so wakeups never allocate. Instead of a timestamp it
-/// records which wait was ended (that wait's switch-out time): one load and one store, no
-/// clock read, and "woken since it blocked" is `woken_wait_ns == off_cpu_at_ns`.
-/// For a thread whose last switch-out is in its slot alone, that is the wait it ends, as
-/// the walk will fold it (`slot_switch_out`).
+/// records which wait was ended: in storage, that wait's switch-out time (one load and one
+/// store, no clock read: "woken since it blocked" is `woken_wait_ns == off_cpu_at_ns`); for
+/// a thread that owns its slot, also a bit in the slot's word, which the walk folds with
+/// the switch-out it belongs to. The waker holds the runqueue lock the owner's next
+/// switch-out needs, so the two never write the word at once.
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
     let task: *mut task_struct = ctx.arg(0);
@@ -214,13 +217,15 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
     let Some(task) = Task::new(task) else {
         return 0;
     };
+    if let Some(slot) = own_slot(task.field(pid_offset())) {
+        // SAFETY: as in `sched_switch`.
+        unsafe {
+            let word = core::ptr::read_volatile(&slot.switched_out);
+            core::ptr::write_volatile(&mut slot.switched_out, word | SLOT_WOKEN);
+        }
+    }
     if let Some(state) = THREAD_STATE.get(task) {
-        let in_slot = own_slot(task.field(pid_offset())).and_then(|slot| {
-            // SAFETY: as in `sched_switch`.
-            let word = unsafe { core::ptr::read_volatile(&slot.switched_out) };
-            slot_switch_out(state, word)
-        });
-        state.woken_wait_ns = in_slot.map_or(state.off_cpu_at_ns, |(off, _)| off);
+        state.woken_wait_ns = state.off_cpu_at_ns;
     }
     0
 }

@@ -246,6 +246,7 @@ fn counter_name(counter: Counter) -> &'static str {
         Counter::SysEnterEvents => "sys_enter_loop_events",
         Counter::ExitSignals => "exit_signals",
         Counter::ExitSignalsLost => "exit_signals_lost",
+        Counter::SwitchOutsInStorage => "switch_outs_in_storage",
     }
 }
 

@@ -68,6 +68,7 @@ pub struct Metrics {
     hang_duration: HistogramVec,
     bpf_events: IntCounterVec,
     bpf_state_unavailable: IntCounter,
+    bpf_switch_outs_in_storage: IntCounter,
     exit_signals_lost: IntCounter,
     bpf_records_deferred: IntCounter,
     kernel_stack_failures: IntCounter,
@@ -225,6 +226,11 @@ impl Metrics {
             bpf_state_unavailable: IntCounter::with_opts(opts(
                 "bpf_state_unavailable_total",
                 "Probe events whose per-thread state could not be had (task storage allocation failed or busy): waits that may go unseen.",
+            ))
+            .expect("valid metric"),
+            bpf_switch_outs_in_storage: IntCounter::with_opts(opts(
+                "bpf_switch_outs_in_storage_total",
+                "Context switches whose switch-out sched_switch recorded in task storage (a helper call) rather than the thread's switch slot: threads without a slot of their own (new, or sharing one), and followed ones.",
             ))
             .expect("valid metric"),
             bpf_records_deferred: IntCounter::with_opts(opts(
@@ -411,6 +417,7 @@ impl Metrics {
             hang_duration,
             bpf_events,
             bpf_state_unavailable,
+            bpf_switch_outs_in_storage,
             exit_signals_lost,
             bpf_records_deferred,
             kernel_stack_failures,
@@ -446,6 +453,7 @@ impl Metrics {
             Box::new(hang_duration.clone()),
             Box::new(bpf_events.clone()),
             Box::new(bpf_state_unavailable.clone()),
+            Box::new(bpf_switch_outs_in_storage.clone()),
             Box::new(exit_signals_lost.clone()),
             Box::new(bpf_records_deferred.clone()),
             Box::new(kernel_stack_failures.clone()),
@@ -605,6 +613,7 @@ impl Metrics {
                     .inc_by(delta),
                 Counter::ExitSignalsLost => self.exit_signals_lost.inc_by(delta),
                 Counter::StateUnavailable => self.bpf_state_unavailable.inc_by(delta),
+                Counter::SwitchOutsInStorage => self.bpf_switch_outs_in_storage.inc_by(delta),
                 Counter::RecordsDeferred => self.bpf_records_deferred.inc_by(delta),
                 Counter::KernelStackFailed => self.kernel_stack_failures.inc_by(delta),
                 Counter::BlockedBeforeAttach => self.blocked_before_start.inc_by(delta),

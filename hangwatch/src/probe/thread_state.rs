@@ -148,8 +148,7 @@ mod tests {
     //! The switch slots' word and its fold (`hangwatch_ebpf::SwitchSlot`), which the probe,
     //! the walk and `StateReader` share.
     use hangwatch_ebpf::{
-        SLOT_RECORDED, SLOT_STAMP_MASK, SLOT_STAMP_STEP, SwitchSlot, ThreadState, fold_switch_out,
-        task_state,
+        SLOT_STAMP_MASK, SLOT_WOKEN, SwitchSlot, ThreadState, fold_switch_out, task_state,
     };
 
     const MS: u64 = 1_000_000;
@@ -164,34 +163,39 @@ mod tests {
     }
 
     #[test]
-    fn a_switch_out_in_the_slot_alone_is_folded_after_the_last_switch_in() {
+    fn a_switch_out_in_the_slot_alone_is_folded_after_every_stamp_storage_has() {
         // Storage says: switched out at 1 s, back in at 2 s (followed then).
         let mut state = storage(1_000 * MS, 2_000 * MS, task_state::INTERRUPTIBLE);
-        let baseline = SwitchSlot::baseline(&state);
-        assert_eq!(baseline & SLOT_RECORDED, 0, "a baseline is no switch-out");
-        assert!(!fold_switch_out(&mut state, baseline));
+        let claimed = SwitchSlot::stored(1_000 * MS, task_state::INTERRUPTIBLE);
         // A jiffies stamp a little behind storage's last switch-in still lands after it.
-        let word = SwitchSlot::switch_out(baseline, 2_000 * MS - 3 * MS, task_state::INTERRUPTIBLE);
+        let word = SwitchSlot::switch_out(claimed, 2_000 * MS - 3 * MS, task_state::INTERRUPTIBLE);
         assert!(fold_switch_out(&mut state, word));
         assert!(state.off_cpu_at_ns > state.on_cpu_at_ns, "{state:?}");
         assert_eq!(state.state_at_switch, task_state::INTERRUPTIBLE);
-        // Folding the same word again changes nothing.
+        // The same word again changes nothing.
+        let folded = state;
         assert!(!fold_switch_out(&mut state, word));
+        assert_eq!(state, folded);
     }
 
     #[test]
-    fn the_last_word_wins_and_carries_its_own_state() {
-        let mut state = storage(1_000 * MS, 1_500 * MS, task_state::INTERRUPTIBLE);
-        let blocked = SwitchSlot::switch_out(0, 3_000 * MS, task_state::INTERRUPTIBLE);
-        // Preempted (runnable) later in the same jiffy: a later stamp all the same.
-        let preempted = SwitchSlot::switch_out(blocked, 3_000 * MS, task_state::RUNNING);
-        assert_eq!(
-            preempted & SLOT_STAMP_MASK,
-            (blocked & SLOT_STAMP_MASK) + SLOT_STAMP_STEP
-        );
-        assert!(fold_switch_out(&mut state, preempted));
+    fn stamps_never_run_ahead_of_the_clock_and_storage_keeps_them_unique() {
+        // Thousands of switch-outs within one step of the slot's clock: the word's stamp
+        // stays that step (a thread switching fast must not be stamped in the future).
+        let mut word = 0;
+        for _ in 0..10_000 {
+            word = SwitchSlot::switch_out(word, 3_000 * MS, task_state::INTERRUPTIBLE);
+        }
+        assert_eq!(word & SLOT_STAMP_MASK, (3_000 * MS) & SLOT_STAMP_MASK);
+        // Two folded switch-outs in the same step still get distinct stamps in storage.
+        let mut state = storage(1_000 * MS, 900 * MS, task_state::INTERRUPTIBLE);
+        let first = SwitchSlot::switch_out(0, 3_000 * MS, task_state::INTERRUPTIBLE);
+        assert!(fold_switch_out(&mut state, first));
+        let first_off = state.off_cpu_at_ns;
+        let second = SwitchSlot::switch_out(first, 3_000 * MS, task_state::RUNNING);
+        assert!(fold_switch_out(&mut state, second));
+        assert!(state.off_cpu_at_ns > first_off);
         assert_eq!(state.state_at_switch, task_state::RUNNING);
-        assert!(state.off_cpu_at_ns >= 3_000 * MS - SLOT_STAMP_STEP);
     }
 
     #[test]
@@ -201,14 +205,31 @@ mod tests {
         let mut state = storage(5_000 * MS + 12_345, 4_000 * MS, task_state::INTERRUPTIBLE);
         state.loop_blocked_at_ns = state.off_cpu_at_ns;
         let word = SwitchSlot::stored(state.off_cpu_at_ns, task_state::INTERRUPTIBLE);
-        assert!(!fold_switch_out(&mut state, word));
+        fold_switch_out(&mut state, word);
         // So "in its loop wait" (`loop_blocked_at_ns == off_cpu_at_ns`) still holds.
         assert_eq!(state.loop_blocked_at_ns, state.off_cpu_at_ns);
-        // Once the owner is not followed, its next word is newer than the stored one.
+        // Once the owner is not followed, its next word is a new switch-out.
         let next = SwitchSlot::switch_out(word, 5_000 * MS, task_state::RUNNING);
         assert!(fold_switch_out(&mut state, next));
         assert_eq!(state.state_at_switch, task_state::RUNNING);
-        assert_ne!(state.loop_blocked_at_ns, state.off_cpu_at_ns);
+        assert!(state.off_cpu_at_ns > state.loop_blocked_at_ns);
+    }
+
+    #[test]
+    fn a_wakeup_marked_in_the_word_is_the_folded_wait_s() {
+        let mut state = storage(1_000 * MS, 900 * MS, task_state::INTERRUPTIBLE);
+        let word = SwitchSlot::switch_out(0, 2_000 * MS, task_state::INTERRUPTIBLE);
+        assert!(fold_switch_out(&mut state, word));
+        assert_ne!(state.woken_wait_ns, state.off_cpu_at_ns);
+        let off = state.off_cpu_at_ns;
+        // Woken after the walk folded the switch-out: the same wait, now woken.
+        assert!(fold_switch_out(&mut state, word | SLOT_WOKEN));
+        assert_eq!(state.off_cpu_at_ns, off);
+        assert_eq!(state.woken_wait_ns, off);
+        // Its next switch-out (in the same step) is a wait not woken from.
+        let next = SwitchSlot::switch_out(word | SLOT_WOKEN, 2_000 * MS, task_state::INTERRUPTIBLE);
+        assert!(fold_switch_out(&mut state, next));
+        assert_ne!(state.woken_wait_ns, state.off_cpu_at_ns);
     }
 
     #[test]
