@@ -671,6 +671,85 @@ fn a_tokio_runtime_and_redis_stalled_by_their_first_request_are_loop_stalls() {
     daemon.stop();
 }
 
+/// Issue 14: asyncio, gevent and Node servers started after the daemon whose very first
+/// request stalls their loop: never seen in their wait twice, so recognized from the stack
+/// (a driver frame: asyncio's `_run_once`, libev's `ev_run`, libuv's `uv_run`), or from
+/// their history had walks seen them idle twice before the request. Idle servers of each,
+/// started beside them and answering a request, stay quiet.
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn asyncio_gevent_and_node_stalled_by_their_first_request_are_loop_stalls() {
+    require_root();
+    let venv_python = std::env::var("HANGWATCH_TEST_VENV_PYTHON").unwrap_or_else(|_| {
+        panic!("HANGWATCH_TEST_VENV_PYTHON is not set: run the tests with `cargo xtask test`, which makes the virtualenv with gevent")
+    });
+    let mut daemon = Daemon::start(&[]);
+    let asyncio = Server::start(python("loop_server.py", &["sleep"], PYTHON));
+    let gevent = Server::start(python("gevent_server.py", &["sleep"], &venv_python));
+    let node = Server::start(node_server("sleep"));
+    let idle_asyncio = Server::start(python("loop_server.py", &["idle"], PYTHON));
+    let idle_gevent = Server::start(python("gevent_server.py", &["idle"], &venv_python));
+    let idle_node = Server::start(node_server("idle"));
+    // The first request of each stalled server, at once.
+    let _conns = [asyncio.stall(), gevent.stall(), node.stall()];
+    for idle in [&idle_asyncio, &idle_gevent, &idle_node] {
+        idle.warm_up(1);
+    }
+    let v = assert_loop_stall_recognized(
+        &daemon,
+        asyncio.pid(),
+        asyncio.tid,
+        "blocked in clock_nanosleep",
+        Recognized::ByHistoryOrStack,
+    );
+    assert_eq!(v["blocked_since_before_start"], false, "{v}");
+    eprintln!(
+        "asyncio recognized from {}, driver {:?}",
+        v["stall"]["recognized_from"], v["stall"]["driver_frame"]
+    );
+    if v["stall"]["recognized_from"] == "stack" {
+        assert_eq!(
+            str_of(&v, "/stall/driver_frame"),
+            "BaseEventLoop._run_once",
+            "{v}"
+        );
+    }
+    let v = assert_loop_stall_recognized(
+        &daemon,
+        gevent.pid(),
+        None,
+        "blocked in clock_nanosleep",
+        Recognized::ByHistoryOrStack,
+    );
+    assert_eq!(v["blocked_since_before_start"], false, "{v}");
+    eprintln!(
+        "gevent recognized from {}, driver {:?}",
+        v["stall"]["recognized_from"], v["stall"]["driver_frame"]
+    );
+    let v = assert_loop_stall_recognized(
+        &daemon,
+        node.pid(),
+        Some(node.pid()),
+        "blocked in read",
+        Recognized::ByHistoryOrStack,
+    );
+    assert_eq!(v["blocked_since_before_start"], false, "{v}");
+    eprintln!(
+        "node recognized from {}, driver {:?}",
+        v["stall"]["recognized_from"], v["stall"]["driver_frame"]
+    );
+    assert_one_episode_each_and_controls_quiet(
+        &daemon,
+        &[asyncio.pid(), gevent.pid(), node.pid()],
+        &[
+            ("idle asyncio", idle_asyncio.pid()),
+            ("idle gevent", idle_gevent.pid()),
+            ("idle node", idle_node.pid()),
+        ],
+    );
+    daemon.stop();
+}
+
 /// Debian's `redis-server` (`cargo xtask setup` installs it) on a unix socket in `dir`, no
 /// TCP, no persistence, with the DEBUG command on: `DEBUG SLEEP` blocks its event loop in
 /// `nanosleep` from a command handler, as a slow command or a blocking module call would.
