@@ -121,6 +121,11 @@ pub struct Args {
     /// The limit, in minutes, for the whole VM run [default: 60].
     #[arg(long, default_value_t = 60)]
     timeout_minutes: u64,
+    /// Minutes without a new line from the guest after which QEMU's monitor is asked for
+    /// every vCPU's registers, three samples written beside the console, once: they tell a
+    /// wedged guest from a slow one [default: 8].
+    #[arg(long, default_value_t = 8)]
+    stall_dump_minutes: u64,
     /// Arguments for every test binary, after `--` (a name filter, `--nocapture`...).
     #[arg(raw = true)]
     harness_args: Vec<OsString>,
@@ -169,6 +174,7 @@ pub fn vmtest(args: &Args) -> Result<()> {
         overlays: &[tmpdir],
         console: &console,
         timeout: Duration::from_secs(args.timeout_minutes * 60),
+        stall_after: Duration::from_secs(args.stall_dump_minutes * 60),
     })?;
     let took = started.elapsed();
     report(&kernel, &binaries, &results, &console, took)

@@ -39,6 +39,7 @@ pub const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "py
 const CPUS: &str = "2";
 const MEMORY: &str = "4G";
 
+
 /// virtme-ng's venv, made once under target/vmtest/.
 pub fn install_virtme_ng(cache: &Path) -> Result<PathBuf> {
     let venv = cache.join("venv");
@@ -59,6 +60,11 @@ pub struct Run<'a> {
     pub console: &'a Path,
     /// The limit for the whole boot-run-power-off.
     pub timeout: Duration,
+    /// A log silent this long is taken for a stall: QEMU's monitor is asked where the
+    /// vCPUs are (`vcpu-dump` beside the console), once. Whole-suite runs stalled three
+    /// times with no output at all (docs/kernels.md): a wedged guest shows the same
+    /// instruction pointers in each sample, a live one moves and writes its heartbeat.
+    pub stall_after: Duration,
 }
 
 /// Boots the kernel, runs the script, streams `results/log` to stdout until the guest powers
@@ -67,6 +73,8 @@ pub struct Run<'a> {
 pub fn run(run: &Run<'_>) -> Result<()> {
     let console = fs::File::create(run.console)
         .with_context(|| format!("creating {}", run.console.display()))?;
+    let monitor = run.console.with_extension("monitor");
+    let _ = fs::remove_file(&monitor);
     let mut permissions = fs::metadata(run.script)?.permissions();
     permissions.set_mode(0o755);
     fs::set_permissions(run.script, permissions)?;
@@ -83,7 +91,10 @@ pub fn run(run: &Run<'_>) -> Result<()> {
         // KVM guests stop early on this machine type's nested CPU model; TCG works.
         .args(["--disable-kvm", "--force-9p", "--verbose"])
         .args(["--memory", MEMORY, "--cpus", CPUS])
-        .arg("--qemu-opts=-cpu max")
+        .arg(format!(
+            "--qemu-opts=-cpu max -monitor unix:{},server=on,wait=off",
+            monitor.display()
+        ))
         .arg(format!("--rwdir={}", run.results.display()));
     for dir in run.overlays {
         cmd.arg(format!("--overlay-rwdir={}", dir.display()));
@@ -107,11 +118,30 @@ pub fn run(run: &Run<'_>) -> Result<()> {
     }
     let log_path = run.results.join("log");
     let mut shown = 0;
+    let mut last_output = Instant::now();
+    let mut dumped = false;
     loop {
         let exited = child.try_wait().context("waiting for vng")?.is_some();
-        shown = show_new(&log_path, shown);
+        let now_shown = show_new(&log_path, shown);
+        if now_shown != shown {
+            last_output = Instant::now();
+        }
+        shown = now_shown;
         if exited {
             return Ok(());
+        }
+        if !dumped && last_output.elapsed() > run.stall_after {
+            dumped = true;
+            let dump = run.console.with_extension("vcpu-dump");
+            match dump_vcpus(&monitor, &dump) {
+                Ok(()) => println!(
+                    "xtask vmtest: no output for {} min: the vCPUs' registers are in {} (the guest's heartbeat: {})",
+                    run.stall_after.as_secs() / 60,
+                    dump.display(),
+                    run.results.join("heartbeat").display()
+                ),
+                Err(err) => println!("xtask vmtest: no output, and QEMU's monitor: {err:#}"),
+            }
         }
         let stopped = stop.load(Ordering::Relaxed);
         if stopped || started.elapsed() > run.timeout {
@@ -130,6 +160,40 @@ pub fn run(run: &Run<'_>) -> Result<()> {
         }
         thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Asks QEMU's human monitor at `socket`, three times a second apart, for every vCPU's
+/// registers and state, and writes the answers to `out`.
+fn dump_vcpus(socket: &Path, out: &Path) -> Result<()> {
+    use std::os::unix::net::UnixStream;
+    let mut stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut text = String::new();
+    for sample in 0..3 {
+        if sample > 0 {
+            thread::sleep(Duration::from_secs(1));
+        }
+        stream.write_all(b"info cpus\ninfo registers -a\n")?;
+        thread::sleep(Duration::from_millis(500));
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(err) => return Err(err).context("reading QEMU's monitor"),
+            }
+        }
+    }
+    fs::write(out, text).with_context(|| format!("writing {}", out.display()))
 }
 
 /// Prints what `path` holds past byte `from`; returns the new end (unchanged on error).
