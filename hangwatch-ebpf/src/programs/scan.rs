@@ -195,8 +195,13 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
         } else {
             0
         };
-        // SAFETY: a field of a map value (`switch_slot`).
-        unsafe { core::ptr::write_volatile(&mut slot.flags, flags) };
+        // SAFETY: a field of a map value (`switch_slot`). Written only when it changes,
+        // so that a walk does not dirty every owner's slot.
+        unsafe {
+            if core::ptr::read_volatile(&slot.flags) != flags {
+                core::ptr::write_volatile(&mut slot.flags, flags);
+            }
+        }
     }
     let Some((syscall_nr, syscall_args)) = emit else {
         return 0;

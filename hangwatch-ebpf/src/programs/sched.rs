@@ -100,13 +100,14 @@ fn switched_out_to_storage(
     state.state_at_switch = prev_state;
     if let Some(slot) = slot {
         let word = SwitchSlot::stored(out, prev_state);
-        state.slot_word = word;
         // SAFETY (each volatile access): fields of a map value (`switch_slot`), each read
         // or written once, in this order.
         unsafe {
             if core::ptr::read_volatile(&slot.tid) == tid {
                 core::ptr::write_volatile(&mut slot.switched_out, word);
+                state.slot_word = word;
             } else if let Some(walk) = slot_free(slot) {
+                state.slot_word = word;
                 let flags = if follow_all() || followed(tid) {
                     SLOT_FOLLOWED
                 } else {
