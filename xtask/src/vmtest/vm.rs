@@ -39,7 +39,6 @@ pub const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "py
 const CPUS: &str = "2";
 const MEMORY: &str = "4G";
 
-
 /// virtme-ng's venv, made once under target/vmtest/.
 pub fn install_virtme_ng(cache: &Path) -> Result<PathBuf> {
     let venv = cache.join("venv");
