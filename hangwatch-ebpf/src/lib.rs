@@ -238,8 +238,10 @@ pub const FLAG_FUTEX_TIMEOUT: u32 = 1 << 1;
 /// What the probes keep per thread, in task-local storage. The hot path writes it in place;
 /// the kernel frees it with the task, so thread exit needs no cleanup of ours.
 ///
-/// Every switch-out is recorded. Switch-ins (`on_cpu_at_ns`, `runnable_since_ns`,
-/// `loop_left_at_ns`, `futex_left_at_ns`) are recorded only for *followed* threads: those
+/// Every switch-out is recorded: here, or for a thread that owns a switch slot and is not
+/// followed, in the slot, folded in here by each walk ([`fold_switch_out`]). Switch-ins
+/// (`on_cpu_at_ns`, `runnable_since_ns`, `loop_left_at_ns`, `futex_left_at_ns`) are
+/// recorded only for *followed* threads: those
 /// whose bit a walk set in `FOLLOWED_TIDS` (the candidates it returned and the loop
 /// candidates), or every thread while an `on_cpu` rule has targets. For the others a
 /// reader must take "switched in since" from the live task state (`__state` running): the

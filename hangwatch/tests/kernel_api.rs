@@ -86,34 +86,6 @@ impl LiveHang {
 // /metrics
 // ---------------------------------------------------------------------------------------
 
-fn scrape(endpoint: &str) -> prometheus_parse::Scrape {
-    let answer = get_ok(&format!("{endpoint}/metrics"));
-    prometheus_parse::Scrape::parse(answer.text.lines().map(|l| Ok(l.to_owned())))
-        .unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{}", answer.text))
-}
-
-/// The value of the sample `name` whose labels include `labels`; None if there is none.
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match &s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => *v,
-            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
-            prometheus_parse::Value::Summary(_) => f64::NAN,
-        })
-}
-
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    sample(scrape, name, labels).unwrap_or_else(|| {
-        let names: Vec<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
-        panic!("no sample {name}{labels:?}; the scrape has {names:?}")
-    })
-}
-
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn metrics_while_a_hang_is_live() {

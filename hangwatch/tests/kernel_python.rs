@@ -345,9 +345,7 @@ fn an_asyncio_handler_stalling_the_loop_shows_its_python_functions_and_task() {
 #[ignore = "needs root: loads BPF programs; gevent from the tests' virtualenv"]
 fn a_gevent_greenlet_stalling_the_hub_shows_its_python_functions() {
     require_root();
-    let venv_python = std::env::var("HANGWATCH_TEST_VENV_PYTHON").unwrap_or_else(|_| {
-        panic!("HANGWATCH_TEST_VENV_PYTHON is not set: run the tests with `cargo xtask test`, which makes the virtualenv with gevent")
-    });
+    let venv_python = gevent_python();
     let (mut program, pid, tid) = start(Path::new(&venv_python), "gevent");
     let daemon = daemon_for(&[pid], &[]);
     thread::sleep(WALK_PAUSE);

@@ -84,26 +84,14 @@ fn a_ping_pong_switches_out_through_its_slots_and_its_last_block_is_reported_fro
     let daemon = Daemon::start(&["--lock-wait-threshold", "1s"]);
     let metrics = daemon.metrics_endpoint();
     let counts = || {
-        let text = get_ok(&format!("{metrics}/metrics")).text;
-        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-            .expect("/metrics parses");
-        let value = |name: &str, label: Option<(&str, &str)>| {
-            scrape
-                .samples
-                .iter()
-                .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-                .map(|s| match s.value {
-                    prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-                    _ => f64::NAN,
-                })
-                .unwrap_or_else(|| panic!("no {name} in the scrape:\n{text}"))
-        };
+        let s = scrape(&metrics);
         (
             value(
+                &s,
                 "hangwatch_bpf_events_total",
-                Some(("probe", "sched_switch")),
+                &[("probe", "sched_switch")],
             ),
-            value("hangwatch_bpf_switch_outs_in_storage_total", None),
+            value(&s, "hangwatch_bpf_switch_outs_in_storage_total", &[]),
         )
     };
     // The metrics follow the scan ticks (200 ms): wait for two after each phase.

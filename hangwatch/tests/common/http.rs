@@ -1,4 +1,5 @@
-//! HTTP clients of the daemon's listeners: TCP through ureq, the API's unix socket by hand.
+//! HTTP clients of the daemon's listeners: TCP through ureq, the API's unix socket by hand;
+//! `/metrics` scraped and parsed.
 use std::time::Duration;
 
 use super::Value;
@@ -102,4 +103,38 @@ pub fn get_ok(url: &str) -> Answer {
     let answer = http("GET", url);
     assert_eq!(answer.status, 200, "GET {url}: {}", answer.text);
     answer
+}
+
+/// One scrape of the daemon's `/metrics` at `endpoint`, parsed.
+pub fn scrape(endpoint: &str) -> prometheus_parse::Scrape {
+    let answer = get_ok(&format!("{endpoint}/metrics"));
+    prometheus_parse::Scrape::parse(answer.text.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{}", answer.text))
+}
+
+/// The value of the sample `name` whose labels include `labels`; None if there is none.
+pub fn sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+}
+
+/// As [`sample`], and a sample must be there.
+pub fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    sample(scrape, name, labels).unwrap_or_else(|| {
+        let names: Vec<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+        panic!("no sample {name}{labels:?}; the scrape has {names:?}")
+    })
 }

@@ -138,3 +138,11 @@ pub fn example(name: &str) -> PathBuf {
     );
     example
 }
+
+/// The Python of the virtualenv with gevent that `cargo xtask test` makes
+/// (`HANGWATCH_TEST_VENV_PYTHON`).
+pub fn gevent_python() -> String {
+    std::env::var("HANGWATCH_TEST_VENV_PYTHON").unwrap_or_else(|_| {
+        panic!("HANGWATCH_TEST_VENV_PYTHON is not set: run the tests with `cargo xtask test`, which makes the virtualenv with gevent")
+    })
+}
