@@ -290,7 +290,9 @@ pub struct ThreadState {
     /// the probes were attached): the `off_cpu_at_ns` it gave it, the time it first saw it.
     /// While the two are equal the wait began before hangwatch started and its length is a
     /// lower bound; the next switch-out overwrites `off_cpu_at_ns`, so the hot path never
-    /// has to clear anything.
+    /// has to clear anything. Likewise for a thread the first walk finds running (not
+    /// switched, or only preempted, since the attach): the `runnable_since_ns` it gave it,
+    /// equal until the thread blocks and switches in again.
     pub first_seen_blocked_ns: u64,
     /// When the current tracked syscall was entered (the optional futex probes).
     pub syscall_entered_at_ns: u64,

@@ -3,7 +3,9 @@
 //! is answered "ok" at once. Argument: `idle` (never stalls, ignores "stall"), `stall`, or
 //! `blocking` (a "stall" hands a `read()` of a pipe nobody writes to `spawn_blocking`, as
 //! it should be done: a blocking-pool thread waits for ever, the runtime goes on, and the
-//! request is answered "ok").
+//! request is answered "ok"), `spin` (a "stall" spins on CPU in its handler, never giving
+//! its worker back) or `blocking_spin` (a "stall" hands a CPU-bound loop to
+//! `spawn_blocking` and is answered: a blocking-pool thread computes, the runtime goes on).
 //!
 //! Used by `tests/kernel_loops.rs`. Protocol on stdout: {"pid": N, "port": P}, "ready".
 use std::{io::Write as _, time::Duration};
@@ -20,6 +22,15 @@ fn handle_request(stall: bool) -> &'static [u8] {
         std::thread::sleep(Duration::from_secs(100_000));
     }
     std::hint::black_box(b"ok\n")
+}
+
+/// A CPU-bound loop that never returns. Not inlined, so it has a frame of its own.
+#[inline(never)]
+fn spin_forever() {
+    let mut n = 0u64;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
 }
 
 /// A read that never returns, on a thread of the blocking pool: the pipe's write end is
@@ -44,6 +55,12 @@ async fn serve(stream: TcpStream, mode: Mode) {
         if stall && mode == Mode::Blocking {
             drop(tokio::task::spawn_blocking(blocking_read));
         }
+        if stall && mode == Mode::BlockingSpin {
+            drop(tokio::task::spawn_blocking(spin_forever));
+        }
+        if stall && mode == Mode::Spin {
+            spin_forever();
+        }
         let answer = handle_request(stall && mode == Mode::Stall);
         if write.write_all(answer).await.is_err() {
             break;
@@ -56,6 +73,8 @@ enum Mode {
     Idle,
     Stall,
     Blocking,
+    Spin,
+    BlockingSpin,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -63,6 +82,8 @@ async fn main() {
     let mode = match std::env::args().nth(1).as_deref() {
         Some("stall") => Mode::Stall,
         Some("blocking") => Mode::Blocking,
+        Some("spin") => Mode::Spin,
+        Some("blocking_spin") => Mode::BlockingSpin,
         _ => Mode::Idle,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

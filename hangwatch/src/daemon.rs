@@ -32,9 +32,10 @@ use self::{
 use crate::{
     clock,
     config::OutputFormat,
-    detect::{Detectors, Facts, LoopFacts, Targets, Watch},
+    detect::{Detectors, Facts, LoopFacts, Targets, Watch, checked_stretch_ns},
     enrich::{
-        Check, Enrich, Job, MAX_EXIT_STACKS, ParkChecks, ParkVerdict, Sinks, StacksJob, Tick,
+        Check, Enrich, Job, MAX_EXIT_STACKS, ParkChecks, ParkVerdict, Sinks, StackCheck, StacksJob,
+        Tick,
     },
     episode::{Episode, Tracker, Transition},
     kind::HangKind,
@@ -498,7 +499,11 @@ impl Scanner {
                 .iter()
                 .filter(|(_, w)| *w == wanted)
                 .filter_map(|(k, _)| by_key.get(k).copied())
-                .filter(|s| !self.park_checks.contains_key(&(s.key, s.off_cpu_at_ns)))
+                .filter(|s| {
+                    !self
+                        .park_checks
+                        .contains_key(&(s.key, checked_stretch_ns(s)))
+                })
                 .collect();
             self.ask_stacks(check, &checks, now);
         }
@@ -530,18 +535,34 @@ impl Scanner {
         if checks.is_empty() {
             return;
         }
-        let tids: Vec<u32> = checks.iter().map(|s| s.key.tid).collect();
-        let records = self.probes.dump_stacks(&tids).unwrap_or_else(|err| {
-            tracing::debug!("cannot read stacks of loop threads ({check:?}): {err}");
+        // A running thread's registers saved at its last kernel entry are stale: it is
+        // sampled on CPU instead.
+        let tids: Vec<u32> = checks
+            .iter()
+            .filter(|s| !s.not_blocked())
+            .map(|s| s.key.tid)
+            .collect();
+        let records = if tids.is_empty() {
             Vec::new()
-        });
+        } else {
+            self.probes.dump_stacks(&tids).unwrap_or_else(|err| {
+                tracing::debug!("cannot read stacks of loop threads ({check:?}): {err}");
+                Vec::new()
+            })
+        };
         let threads = checks
             .iter()
             .map(|s| {
                 let record = records
                     .iter()
                     .find(|r| r.tid == s.key.tid && r.start_boottime_ns == s.key.start_boottime_ns);
-                (s.key, s.tgid, s.off_cpu_at_ns, record.copied())
+                StackCheck {
+                    thread: s.key,
+                    tgid: s.tgid,
+                    since_ns: checked_stretch_ns(s),
+                    running: s.not_blocked(),
+                    record: record.copied(),
+                }
             })
             .collect();
         let job = Job::ParkChecks(ParkChecks {
@@ -552,7 +573,7 @@ impl Scanner {
         // A full queue: asked again at the next tick.
         if self.enrich.send(job).is_ok() {
             for s in checks {
-                self.park_checks.insert((s.key, s.off_cpu_at_ns), now);
+                self.park_checks.insert((s.key, checked_stretch_ns(s)), now);
             }
         }
     }

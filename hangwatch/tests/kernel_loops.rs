@@ -768,6 +768,8 @@ impl Redis {
                 "yes",
                 "--loglevel",
                 "warning",
+                "--lua-time-limit",
+                "600000",
                 "--dir",
             ])
             .arg(dir);
@@ -810,6 +812,14 @@ impl Redis {
     fn stall(&self) -> UnixStream {
         self.send(&["DEBUG", "SLEEP", "100000"])
             .expect("the DEBUG SLEEP request")
+    }
+
+    /// A Lua script that never ends: the loop spins on CPU in the command. (Past
+    /// `busy-reply-threshold`, Redis polls its loop from the script to answer `BUSY`;
+    /// `start` sets that to 10 minutes, longer than any test.)
+    fn spin(&self) -> UnixStream {
+        self.send(&["EVAL", "while true do end", "0"])
+            .expect("the EVAL request")
     }
 }
 
@@ -882,6 +892,189 @@ fn redis_and_gevent_stalled_before_the_daemon_started_are_loop_stalls_from_their
             ("the idle Redis", idle_redis.pid()),
             ("the idle gevent server", idle_gevent.pid()),
         ],
+    );
+    daemon.stop();
+}
+
+/// A program with an epoll fd whose main thread computes: no event loop's driver on its
+/// stack, so not a loop spinning, however long it runs.
+const EPOLL_HOG: &str =
+    "import select, sys\nep = select.epoll()\nprint('ready', flush=True)\nwhile True: pass\n";
+
+/// Spinning servers of each runtime (issue 14): their loops run on CPU in a handler and
+/// never come back to their wait, never having been seen waiting. What each must be.
+struct Spinner {
+    what: &'static str,
+    pid: u32,
+    /// The loop thread, when the server says.
+    tid: Option<u32>,
+    /// The driver frames its stack may show (any, when empty: gevent's depends on where
+    /// greenlet's stack switch ends the unwind).
+    drivers: &'static [&'static str],
+}
+
+/// The five spinning servers, each started and sent its stalling request (or script) at
+/// once: asyncio, gevent, Node, tokio, Redis. Returns them with the guards to keep.
+fn start_spinners(dir: &Path) -> (Vec<Spinner>, Vec<Box<dyn std::any::Any>>) {
+    let venv_python = gevent_python();
+    let asyncio = Server::start(python("loop_server.py", &["spin"], PYTHON));
+    let gevent = Server::start(python("gevent_server.py", &["spin"], &venv_python));
+    let node = Server::start(node_server("spin"));
+    let tokio = Server::start(Program::start(&example("tokio_server"), &["spin"]));
+    let redis = Redis::start(dir, "spin");
+    let spinners = vec![
+        Spinner {
+            what: "asyncio",
+            pid: asyncio.pid(),
+            tid: asyncio.tid,
+            drivers: &["BaseEventLoop._run_once"],
+        },
+        Spinner {
+            what: "gevent",
+            pid: gevent.pid(),
+            tid: None,
+            drivers: &[],
+        },
+        Spinner {
+            what: "node",
+            pid: node.pid(),
+            tid: Some(node.pid()),
+            drivers: &["uv_run"],
+        },
+        Spinner {
+            what: "tokio",
+            pid: tokio.pid(),
+            tid: None,
+            drivers: &[
+                "tokio::runtime::scheduler::multi_thread::worker::run",
+                "tokio::runtime::scheduler::multi_thread::worker::Context::run",
+            ],
+        },
+        Spinner {
+            what: "redis",
+            pid: redis.pid(),
+            tid: Some(redis.pid()),
+            drivers: &["aeProcessEvents", "aeMain"],
+        },
+    ];
+    let mut guards: Vec<Box<dyn std::any::Any>> = Vec::new();
+    for server in [&asyncio, &gevent, &node, &tokio] {
+        guards.push(Box::new(server.stall()));
+    }
+    guards.push(Box::new(redis.spin()));
+    for server in [asyncio, gevent, node, tokio] {
+        guards.push(Box::new(server));
+    }
+    guards.push(Box::new(redis));
+    (spinners, guards)
+}
+
+/// Each spinner's one `loop_stall`: running on CPU, recognized from its stack (never seen
+/// in its wait), its driver frame, `blocked_since_before_start` as given.
+fn assert_spinners_reported(
+    daemon: &Daemon,
+    spinners: &[Spinner],
+    since: Instant,
+    before_start: bool,
+) {
+    // Within the threshold and a few walks of `since` (the last request, or the daemon's
+    // start): the run's clock starts at the walk that first sees it running, the stack is
+    // sampled from half the threshold on, and `sys_enter_loop` must watch it for a quarter.
+    let within = Duration::from_millis(THRESHOLD_MS) + Duration::from_secs(3);
+    let patience = within.saturating_sub(since.elapsed());
+    for spinner in spinners {
+        let hang = assert_stack_stall(daemon, spinner.pid, patience, "running on CPU");
+        let v = &hang.value;
+        let what = spinner.what;
+        if let Some(tid) = spinner.tid {
+            assert_eq!(
+                u64_of(v, "/tid"),
+                u64::from(tid),
+                "{what}: the loop thread: {v}"
+            );
+        }
+        assert_eq!(v["blocked_since_before_start"], before_start, "{what}: {v}");
+        let driver = str_of(v, "/stall/driver_frame");
+        assert!(
+            spinner.drivers.is_empty() || spinner.drivers.contains(&driver),
+            "{what}: driver {driver:?}, expected one of {:?}: {v}",
+            spinner.drivers
+        );
+        assert_eq!(v["stall"]["on_cpu"], true, "{what}: {v}");
+        let duration = u64_of(v, "/duration_ms");
+        assert!(duration >= THRESHOLD_MS, "{what}: {duration} ms: {v}");
+        eprintln!(
+            "{what}: driver {driver}, {duration} ms, reported {:?} after",
+            hang.at.duration_since(since)
+        );
+    }
+}
+
+/// Issue 14: loops that spin on CPU from their first request, never seen in their wait:
+/// asyncio, gevent, Node, tokio and Redis, started after the daemon. Each is sampled on
+/// CPU once it has run for half the threshold in a process with an epoll fd; its stack
+/// shows its loop's driver; `sys_enter_loop` then proves it does not come back to its
+/// wait. Controls that run as much and must stay quiet: a tokio `spawn_blocking` thread
+/// computing (no worker frame), a program with an epoll fd computing in its main thread
+/// (no driver), and an asyncio server kept busy by a client from its first request on
+/// (its stack shows the driver while it handles requests, but it comes back to its wait).
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn loops_spinning_from_their_first_request_are_loop_stalls_from_their_stacks() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut daemon = Daemon::start(&[]);
+    let busy = Server::start(python("loop_server.py", &["idle"], PYTHON));
+    let port = busy.port.to_string();
+    let mut client = python("loop_client.py", &[&port, "4"], PYTHON);
+    client.expect_line("running", LINE_TIMEOUT);
+    let blocking_spin = Server::start(Program::start(&example("tokio_server"), &["blocking_spin"]));
+    let _blocking_conn = blocking_spin.stall();
+    let mut hog = Program::spawn({
+        let mut c = Command::new(PYTHON);
+        c.args(["-c", EPOLL_HOG]);
+        c
+    });
+    hog.expect_line("ready", LINE_TIMEOUT);
+    let (spinners, _guards) = start_spinners(dir.path());
+    assert_spinners_reported(&daemon, &spinners, Instant::now(), false);
+    let stalled: Vec<u32> = spinners.iter().map(|s| s.pid).collect();
+    assert_one_episode_each_and_controls_quiet(
+        &daemon,
+        &stalled,
+        &[
+            ("the busy asyncio server", busy.pid()),
+            ("its client", client.pid),
+            ("tokio's spawn_blocking computing", blocking_spin.pid()),
+            ("a program with an epoll fd computing", hog.pid),
+        ],
+    );
+    daemon.stop();
+}
+
+/// Issue 14: the same five loops, spinning since before the daemon started: reported
+/// within the threshold and a walk of its start, `blocked_since_before_start: true`.
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn loops_spinning_before_the_daemon_started_are_loop_stalls_from_their_stacks() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (spinners, _guards) = start_spinners(dir.path());
+    let mut hog = Program::spawn({
+        let mut c = Command::new(PYTHON);
+        c.args(["-c", EPOLL_HOG]);
+        c
+    });
+    hog.expect_line("ready", LINE_TIMEOUT);
+    thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let mut daemon = Daemon::start(&[]);
+    assert_spinners_reported(&daemon, &spinners, started, true);
+    let stalled: Vec<u32> = spinners.iter().map(|s| s.pid).collect();
+    assert_one_episode_each_and_controls_quiet(
+        &daemon,
+        &stalled,
+        &[("a program with an epoll fd computing", hog.pid)],
     );
     daemon.stop();
 }

@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use hangwatch_ebpf::{Counter, MIN_LOOP_WAITS};
+use hangwatch_ebpf::Counter;
 
 use crate::{
     maps::{THREAD_STATE, count},
@@ -32,10 +32,10 @@ pub fn sys_enter_loop(ctx: BtfTracePointContext) -> i32 {
     let Some(task) = Task::new(unsafe { bpf_get_current_task_btf() }) else {
         return 0;
     };
-    // Only threads already known as loops: never allocate here.
-    if let Some(state) = THREAD_STATE.get(task)
-        && state.loop_waits >= MIN_LOOP_WAITS
-    {
+    // Threads known as loops, and those the daemon watches as loops recognized by their
+    // stacks (running, with no loop wait seen: `LoopStall::check_by_stack`), have state;
+    // for any other the stamp is never read. Never allocate here.
+    if let Some(state) = THREAD_STATE.get(task) {
         // SAFETY: a helper without arguments or preconditions.
         state.loop_entered_at_ns = unsafe { bpf_ktime_get_ns() };
     }

@@ -3,7 +3,9 @@
 //! a look, so the cost is paid per scan, never per event.
 //!
 //! `scan_threads` emits a `ThreadRecord` for each thread off-CPU longer than the thresholds
-//! of `SCAN_CONFIG`; `dump_stacks` emits a `StackRecord` (kernel stack, user registers) for
+//! of `SCAN_CONFIG` (and for the running threads a rule asks about: loop threads away from
+//! their wait, threads of processes with a loop fd running for half the loop threshold,
+//! selected ones for `on_cpu`); `dump_stacks` emits a `StackRecord` (kernel stack, user registers) for
 //! each thread the daemon named in `STACK_REQUESTS`, i.e. only for threads being reported;
 //! `sample_clocks` emits one `ClockSample`, from which the daemon calibrates `CLOCK` at
 //! start.
@@ -111,6 +113,30 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
                 return 0;
             }
         },
+        // Running with no switch since the probes were attached. Its running time is not
+        // known, and no detector asks about running threads, except where a loop may spin
+        // without ever having been seen in its wait: at the first walk (the loop-fd
+        // processes may not be marked yet) and in a process with a loop fd. Start its clock
+        // now and follow it (`follow_running` below).
+        None if (config.walk_seq == FIRST_WALK || loop_fd_process(tgid_of(task)))
+            && task.read::<u32>(off.flags) & PF_KTHREAD == 0 =>
+        {
+            match THREAD_STATE.get_or_create(task) {
+                Some(state) => {
+                    let stamp = clock::now();
+                    state.on_cpu_at_ns = stamp;
+                    state.runnable_since_ns = stamp;
+                    if config.walk_seq == FIRST_WALK {
+                        state.first_seen_blocked_ns = stamp;
+                    }
+                    state
+                }
+                None => {
+                    count(Counter::StateUnavailable);
+                    return 0;
+                }
+            }
+        }
         None => {
             set_followed(tid, false);
             return 0;
@@ -118,7 +144,7 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
     };
     fold_switch_out(state, slot_word);
     let follow_all = config.on_cpu_min_ns != u64::MAX;
-    let tgid: u32 = task.read(off.tgid);
+    let tgid = tgid_of(task);
     // The probe records the switch-ins of followed threads only (see `ThreadState`): for
     // one it did not follow, "switched in since its last switch-out" is the live state's
     // running (woken, on a CPU or waiting for one).
@@ -138,10 +164,26 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
     let running_long = not_blocked
         && now.saturating_sub(state.runnable_since_ns) >= config.on_cpu_min_ns
         && watched();
-    // SAFETY: presence check only.
-    let loop_fd = || unsafe { LOOP_FD_TGIDS.get(tgid) }.is_some();
+    let loop_fd = || loop_fd_process(tgid);
+    // Running without blocking, and not known as a loop by its waits: a loop spinning on
+    // its first request or since before the daemon started looks like this, and so does
+    // any busy thread. Followed while it runs in a process with a loop fd (and, at the
+    // first walk, whatever its process: it may not be marked yet), so that its switch-ins
+    // say how long it has run; emitted from half the loop threshold on, for the daemon to
+    // sample its stack once per run (`LoopStall::check_by_stack`).
+    let follow_running = not_blocked
+        && state.loop_waits < MIN_LOOP_WAITS
+        && (config.walk_seq == FIRST_WALK || running_before_attach(state) || loop_fd());
+    let running_loop_fd = follow_running
+        && was_followed
+        && now.saturating_sub(state.runnable_since_ns) >= config.loop_fd_min_ns
+        && loop_fd();
     let (wanted, maybe_futex, maybe_loop_fd) = if on_cpu {
-        (away_from_loop || running_long, false, false)
+        (
+            away_from_loop || running_long || running_loop_fd,
+            false,
+            false,
+        )
     } else {
         let off_cpu_for = now.saturating_sub(state.off_cpu_at_ns);
         let uninterruptible =
@@ -149,6 +191,7 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
         (
             away_from_loop
                 || running_long
+                || running_loop_fd
                 || off_cpu_for >= config.any_min_ns
                 || (uninterruptible && off_cpu_for >= config.d_state_min_ns)
                 || (off_cpu_for >= config.watched_min_ns && watched()),
@@ -157,7 +200,7 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
         )
     };
     // Only threads worth a look pay for the flags read.
-    let task_flags: u32 = if wanted || maybe_futex || maybe_loop_fd {
+    let task_flags: u32 = if wanted || maybe_futex || maybe_loop_fd || follow_running {
         task.read(off.flags)
     } else {
         0
@@ -183,9 +226,22 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
     };
     // The threads the daemon will follow between walks (the candidates, re-read every
     // tick) and the loop candidates: their switch-ins must be recorded from now on.
-    let follow = emit.is_some() || state.loop_candidate != 0;
-    let caught_up =
-        !follow_all && follow && !set_followed(tid, true) && { catch_up_switch_in(task, state) };
+    let follow = emit.is_some()
+        || state.loop_candidate != 0
+        || (follow_running && task_flags & PF_KTHREAD == 0);
+    let newly_followed = !follow_all && follow && !set_followed(tid, true);
+    let caught_up = newly_followed && catch_up_switch_in(task, state);
+    if newly_followed && not_blocked {
+        // How long it has run since its last switch-out is not known (its switch-ins were
+        // not recorded): its running clock starts now. At the first walk, a thread
+        // preempted or not switched at all since the attach has most likely run since
+        // before it: marked so (`running_before_attach`).
+        let stamp = clock::now();
+        state.runnable_since_ns = stamp;
+        if config.walk_seq == FIRST_WALK && state.state_at_switch == 0 {
+            state.first_seen_blocked_ns = stamp;
+        }
+    }
     if !follow && !follow_all {
         set_followed(tid, false);
     }
@@ -352,6 +408,30 @@ fn own_slot(tid: u32, walk: u32) -> Option<&'static mut SwitchSlot> {
     // SAFETY: a field of a map value (`switch_slot`).
     unsafe { core::ptr::write_volatile(&mut slot.seen_walk, walk) };
     Some(slot)
+}
+
+/// The number of the daemon's first walk (`ScanConfig::walk_seq`; it stays 1 until a walk
+/// completes).
+const FIRST_WALK: u64 = 1;
+
+#[inline(always)]
+fn tgid_of(task: Task) -> u32 {
+    task.read(offsets().tgid)
+}
+
+/// A process with an epoll or io_uring fd (`LOOP_FD_TGIDS`, kept by the daemon).
+#[inline(always)]
+fn loop_fd_process(tgid: u32) -> bool {
+    // SAFETY: presence check only.
+    unsafe { LOOP_FD_TGIDS.get(tgid) }.is_some()
+}
+
+/// Running since the first walk found it running (preempted at most) after the attach: its
+/// run began before hangwatch started. `first_seen_blocked_ns` is the walk's stamp, which
+/// `runnable_since_ns` keeps until the thread blocks and switches in again.
+#[inline(always)]
+fn running_before_attach(state: &ThreadState) -> bool {
+    state.runnable_since_ns != 0 && state.first_seen_blocked_ns == state.runnable_since_ns
 }
 
 /// Off-CPU in the loop wait it last blocked in (the switch-out that began this wait was

@@ -22,9 +22,11 @@
 //! A loop that stalls before it has been seen in its wait twice (on its first request, or
 //! before the daemon started) is recognized from what it is instead (`check_by_stack`): a
 //! thread of a process with an epoll or io_uring fd (`meta::loop_fds`), blocked outside
-//! its loop wait, a poll and a futex wait for longer than the threshold, whose user stack
-//! (read once per wait by the enrich stage, `Watch::CheckDriver`) shows an event loop's
-//! driver frame (`DRIVER_FRAMES`).
+//! its loop wait, a poll and a futex wait, or running without blocking, for longer than
+//! the threshold, whose user stack (read once per wait, or sampled on CPU once per run, by
+//! the enrich stage, `Watch::CheckDriver`) shows an event loop's driver frame
+//! (`DRIVER_FRAMES`); a running one must also be proven not to come back to its wait, as
+//! a running loop thread is (`check_running_by_stack`).
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -148,9 +150,8 @@ impl LoopStall {
 impl LoopStall {
     /// A thread not (yet) known as a loop thread by its waits: a stall if its process has a
     /// loop fd, it has been blocked outside its loop wait for the threshold, and its stack
-    /// (read once per wait, from half the threshold on) shows an event loop's driver.
-    /// Running threads are left to the loop history (`check`): their stacks would have to
-    /// be sampled on CPU, and a CPU-bound thread of a server is no loop.
+    /// (read once per wait, from half the threshold on) shows an event loop's driver. A
+    /// running one is `check_running_by_stack`'s.
     pub fn check_by_stack(
         &self,
         sample: &ThreadSample,
@@ -160,10 +161,14 @@ impl LoopStall {
         if sample.event_loop.is_some()
             || sample.paused()
             || sample.kernel_thread
-            || sample.not_blocked()
-            || sample.woken
             || !facts.fd_processes.contains(&sample.tgid)
         {
+            return LoopVerdict::Fine;
+        }
+        if sample.not_blocked() {
+            return self.check_running_by_stack(sample, facts, now_ns);
+        }
+        if sample.woken {
             return LoopVerdict::Fine;
         }
         // Idle where a loop or a worker idles: its loop wait, a poll, a futex (a park, or a
@@ -195,6 +200,64 @@ impl LoopStall {
             },
             _ => LoopVerdict::Watch(Watch::CheckDriver),
         }
+    }
+}
+
+impl LoopStall {
+    /// A thread not known as a loop thread by its waits, running without blocking: a stall
+    /// if its process has a loop fd, its stack (sampled on CPU once per run, from half the
+    /// threshold on) shows an event loop's driver, and it has not entered its loop wait
+    /// for the threshold. A busy loop whose waits find events ready never blocks, so that
+    /// last part must be proven as for a loop thread (`check`): by `sys_enter_loop`, which
+    /// sees every entry into a loop wait while attached, for a quarter of the threshold. A
+    /// CPU-bound thread with no driver frame (a worker, a batch job beside a server) and a
+    /// busy loop that keeps coming back to its wait stay quiet.
+    fn check_running_by_stack(
+        &self,
+        sample: &ThreadSample,
+        facts: &LoopFacts,
+        now_ns: u64,
+    ) -> LoopVerdict {
+        let run = sample.runnable_since_ns;
+        if run == 0 {
+            return LoopVerdict::Fine; // its run has no start yet: the walk follows it
+        }
+        let back = run.max(sample.loop_entered_at_ns);
+        if now_ns.saturating_sub(back) < nanos(self.threshold / 2) {
+            return LoopVerdict::Fine;
+        }
+        match facts.drivers.get(&sample.key) {
+            Some((checked, Some(_))) if *checked == run => {}
+            Some((checked, None)) if *checked == run => return LoopVerdict::Fine,
+            _ => return LoopVerdict::Watch(Watch::CheckDriver),
+        }
+        let Some(probe_since) = facts.probe_since_ns else {
+            return LoopVerdict::Watch(Watch::Probe);
+        };
+        if Self::crossed(self.threshold, back, now_ns)
+            && now_ns.saturating_sub(probe_since.max(back)) >= nanos(self.proven())
+        {
+            return LoopVerdict::Stalled(Candidate {
+                thread: sample.key,
+                tgid: sample.tgid,
+                kind: HangKind::LoopStall,
+                threshold: self.threshold,
+                since_ns: back,
+                members: Vec::new(),
+                reason: None,
+            });
+        }
+        LoopVerdict::Watch(Watch::Probe)
+    }
+}
+
+/// The wait, or for a thread that runs the run, that a stack check (`Watch::CheckDriver`,
+/// `Watch::CheckPark`) is about: its start, the key of the verdict (one check each).
+pub fn checked_stretch_ns(sample: &ThreadSample) -> u64 {
+    if sample.not_blocked() {
+        sample.runnable_since_ns
+    } else {
+        sample.off_cpu_at_ns
     }
 }
 
@@ -494,7 +557,70 @@ mod tests {
     }
 
     #[test]
-    fn idle_waits_and_running_threads_are_never_asked_about() {
+    fn a_running_thread_of_a_loop_process_is_sampled_then_proven_by_the_probe() {
+        let mut s = running(in_read(8, 8, 0));
+        s.runnable_since_ns = 10 * SEC;
+        let mut facts = LoopFacts::default();
+        facts.fd_processes.insert(8);
+        assert_eq!(
+            stall().check_by_stack(&s, &facts, 10 * SEC + 900 * MS),
+            LoopVerdict::Fine,
+            "run for less than half the threshold"
+        );
+        assert_eq!(
+            stall().check_by_stack(&s, &facts, 11 * SEC),
+            LoopVerdict::Watch(Watch::CheckDriver),
+            "sampled from half the threshold on"
+        );
+        assert_eq!(checked_stretch_ns(&s), 10 * SEC, "one sample per run");
+        facts
+            .drivers
+            .insert(s.key, (10 * SEC, Some("uv_run".into())));
+        assert_eq!(
+            stall().check_by_stack(&s, &facts, 12 * SEC),
+            LoopVerdict::Watch(Watch::Probe),
+            "a busy loop may come back without blocking: the probe must watch"
+        );
+        facts.probe_since_ns = Some(11 * SEC + 700 * MS);
+        assert_eq!(
+            stall().check_by_stack(&s, &facts, 12 * SEC),
+            LoopVerdict::Watch(Watch::Probe),
+            "watched for 300 ms only"
+        );
+        let LoopVerdict::Stalled(c) = stall().check_by_stack(&s, &facts, 12 * SEC + 200 * MS)
+        else {
+            panic!("not a stall once proven");
+        };
+        assert_eq!((c.kind, c.since_ns), (HangKind::LoopStall, 10 * SEC));
+        // Seen entering its wait (a busy loop): back, from there.
+        s.loop_entered_at_ns = 12 * SEC;
+        assert_eq!(
+            stall().check_by_stack(&s, &facts, 12 * SEC + 500 * MS),
+            LoopVerdict::Fine
+        );
+        // No driver in its stack: quiet for the whole run; a new run is sampled again.
+        s.loop_entered_at_ns = 0;
+        facts.drivers.insert(s.key, (10 * SEC, None));
+        assert_eq!(
+            stall().check_by_stack(&s, &facts, 100 * SEC),
+            LoopVerdict::Fine
+        );
+        s.runnable_since_ns = 50 * SEC;
+        assert_eq!(
+            stall().check_by_stack(&s, &facts, 52 * SEC),
+            LoopVerdict::Watch(Watch::CheckDriver)
+        );
+        // Preempted (runnable, not on a CPU) is running all the same.
+        s.on_cpu = false;
+        s.state_at_switch = 0;
+        assert_eq!(
+            stall().check_by_stack(&s, &facts, 52 * SEC),
+            LoopVerdict::Watch(Watch::CheckDriver)
+        );
+    }
+
+    #[test]
+    fn idle_waits_and_running_threads_without_a_run_are_never_asked_about() {
         let mut facts = LoopFacts::default();
         facts.fd_processes.insert(8);
         for nr in [libc::SYS_epoll_pwait, libc::SYS_ppoll, libc::SYS_futex, 426] {
@@ -509,7 +635,8 @@ mod tests {
         let s = running(in_read(8, 8, 0));
         assert_eq!(
             stall().check_by_stack(&s, &facts, 60 * SEC),
-            LoopVerdict::Fine
+            LoopVerdict::Fine,
+            "running, its run not timed (no walk followed it yet)"
         );
         // A known loop thread is the history's.
         let s = loop_thread(0);

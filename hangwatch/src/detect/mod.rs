@@ -18,7 +18,7 @@ pub use self::{
     d_state::DState,
     deadlock::Deadlock,
     lock_wait::LockWait,
-    loop_stall::{LoopFacts, LoopStall, LoopVerdict, Watch},
+    loop_stall::{LoopFacts, LoopStall, LoopVerdict, Watch, checked_stretch_ns},
     off_cpu::OffCpu,
     on_cpu::OnCpu,
     stuck_exit::StuckExit,
@@ -243,7 +243,13 @@ impl Detectors {
                 match (LoopStall { threshold }).check_by_stack(sample, loops, now_ns) {
                     LoopVerdict::Fine => {}
                     LoopVerdict::Watch(w) => watch.push((sample.key, w)),
-                    LoopVerdict::Stalled(c) => out.push(c),
+                    LoopVerdict::Stalled(c) => {
+                        // As above: a running loop is seen back by the probe.
+                        if sample.not_blocked() {
+                            watch.push((sample.key, Watch::Probe));
+                        }
+                        out.push(c);
+                    }
                 }
             }
         }

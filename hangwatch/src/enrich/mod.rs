@@ -114,9 +114,22 @@ impl Tick {
 /// Waits of (possible) loop threads whose stack says what they are.
 pub struct ParkChecks {
     pub check: Check,
-    /// (thread, its process, the switch-out that started the wait, its stack record).
-    pub threads: Vec<(ThreadKey, u32, u64, Option<StackRecord>)>,
+    pub threads: Vec<StackCheck>,
     pub verdicts: SyncSender<ParkVerdict>,
+}
+
+/// One thread whose stack a check reads.
+pub struct StackCheck {
+    pub thread: ThreadKey,
+    pub tgid: u32,
+    /// The start of the wait (its switch-out), or of the run for a thread that runs: what
+    /// the verdict is about (`detect::checked_stretch_ns`).
+    pub since_ns: u64,
+    /// It runs: its stack is sampled on CPU (`StackReader::user_sampled`), its registers
+    /// saved at its last kernel entry being stale.
+    pub running: bool,
+    /// Its `dump_stacks` record, for a blocked thread.
+    pub record: Option<StackRecord>,
 }
 
 /// What a stack is read for.
@@ -124,8 +137,8 @@ pub struct ParkChecks {
 pub enum Check {
     /// A loop thread's futex wait: a parked worker, or a stuck one?
     Park,
-    /// A thread of a process with a loop fd, blocked elsewhere: does its stack show an
-    /// event loop's driver?
+    /// A thread of a process with a loop fd, blocked elsewhere or running: does its stack
+    /// show an event loop's driver?
     Driver,
 }
 

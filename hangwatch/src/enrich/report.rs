@@ -556,15 +556,23 @@ impl Reports {
     }
 
     /// Reads the stacks of loop threads in a futex wait, once per wait, to tell a parked
-    /// worker from a stuck one; the verdicts go back to the detection thread.
+    /// worker from a stuck one, and of threads of processes with a loop fd, once per wait
+    /// or run, for a loop's driver; the verdicts go back to the detection thread.
     pub fn park_checks(&mut self, checks: ParkChecks, stopping: bool) {
         let budget = Budget::until(
             Instant::now() + crate::clock::stretched(REPORT_DUE),
             stopping,
         )
         .yielding(&self.newer);
-        for (thread, tgid, since_ns, record) in checks.threads {
-            let frames = match self.reader.user_only(tgid, record.as_ref(), &budget) {
+        for check in checks.threads {
+            let read = if check.running {
+                self.reader
+                    .user_sampled(check.tgid, check.thread.tid, &budget)
+            } else {
+                self.reader
+                    .user_only(check.tgid, check.record.as_ref(), &budget)
+            };
+            let frames = match read {
                 Ok(stack) => stack.frames,
                 // Not read yet (a cold cache, a spent budget): no verdict, asked again later.
                 Err(not_read) if not_read.later => continue,
@@ -580,8 +588,8 @@ impl Reports {
             };
             let verdict = ParkVerdict {
                 check: checks.check,
-                thread,
-                since_ns,
+                thread: check.thread,
+                since_ns: check.since_ns,
                 parked,
                 seen_parked: parked && !frames.is_empty(),
                 driver,

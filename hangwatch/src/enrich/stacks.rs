@@ -413,6 +413,61 @@ impl StackReader {
         }
     }
 
+    /// Only the user stack of thread `tid` of `pid`, which runs: one perf sample of it on a
+    /// CPU, as `running` takes, without the kernel callchain's symbols (a loop check's
+    /// needs; see `user_only`). A thread that went off-CPU meanwhile gives no sample: not
+    /// read, asked again later (its next run is another check).
+    pub fn user_sampled(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        budget: &Budget,
+    ) -> Result<UserStack, NotRead> {
+        if let Err(skipped) = budget.check() {
+            if let Some(limit) = skipped.limit {
+                self.metrics.limit(limit, 1);
+            }
+            return Err(NotRead {
+                why: skipped.why,
+                later: true,
+            });
+        }
+        let task = unwinder::Task::Sample {
+            pid,
+            tid,
+            timeout: crate::clock::stretched(on_cpu::SAMPLE_TIMEOUT),
+        };
+        match self.unwind(
+            pid,
+            crate::clock::stretched(READ_DEADLINE + on_cpu::SAMPLE_TIMEOUT),
+            task,
+            budget,
+        ) {
+            Ok(unwinder::Answer::Sampled(Sampled::Unwound(sample))) => {
+                sample.user.ok_or_else(|| NotRead {
+                    why: "no user registers in the sample: a kernel thread".into(),
+                    later: false,
+                })
+            }
+            Ok(unwinder::Answer::Sampled(Sampled::NotRunning)) => Err(NotRead {
+                why: "it did not run while it was being sampled".into(),
+                later: true,
+            }),
+            Ok(unwinder::Answer::Sampled(Sampled::Failed(err))) => Err(NotRead {
+                why: format!("the thread runs and could not be sampled: {err}"),
+                later: false,
+            }),
+            Ok(other) => Err(NotRead {
+                why: format!("the unwinder answered {other:?} to a sample"),
+                later: false,
+            }),
+            Err(err) => Err(NotRead {
+                later: matches!(err, ReadError::Slow { .. }),
+                why: err.to_string(),
+            }),
+        }
+    }
+
     /// The stacks of a thread that runs: one perf sample of it on a CPU (by the unwinder:
     /// the unwinding reads the process); if it went off-CPU meanwhile, from its record
     /// like a blocked one.

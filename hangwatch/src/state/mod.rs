@@ -92,11 +92,15 @@ pub struct ThreadSample {
     pub runnable_since_ns: u64,
     /// For an event-loop thread, where it stands with its loop.
     pub event_loop: Option<LoopState>,
+    /// Its last entry into a loop wait seen by `sys_enter_loop` (while attached), blocking
+    /// or not: how a thread watched as a loop from its stack is seen back in its wait.
+    pub loop_entered_at_ns: u64,
     /// Made runnable since it switched out (waiting for a CPU, no longer for an event).
     pub woken: bool,
     pub kernel_thread: bool,
-    /// The probes were attached while this thread was already blocked: `off_cpu_at_ns` is
-    /// when it was first seen.
+    /// The probes were attached while this thread was already blocked (`off_cpu_at_ns` is
+    /// when it was first seen) or already running without blocking (`runnable_since_ns`
+    /// is when the first walk saw it).
     pub blocked_before_attach: bool,
     pub syscall: Option<TrackedSyscall>,
     /// The syscall it is in and its arguments, from its saved registers.
@@ -156,13 +160,18 @@ impl From<&ThreadRecord> for ThreadSample {
             on_cpu: s.on_cpu_at_ns >= s.off_cpu_at_ns && s.on_cpu_at_ns != 0,
             runnable_since_ns: s.runnable_since_ns,
             event_loop: LoopState::of(s),
+            loop_entered_at_ns: s.loop_entered_at_ns,
             // Woken from this wait, or runnable now (preempted, or woken before the probes
             // saw the wait): either way it waits for a CPU, not for an event.
             woken: (s.woken_wait_ns == s.off_cpu_at_ns && s.off_cpu_at_ns != 0)
                 || record.task_state == task_state::RUNNING,
             kernel_thread: record.task_flags & PF_KTHREAD != 0,
-            blocked_before_attach: s.first_seen_blocked_ns == s.off_cpu_at_ns
-                && s.off_cpu_at_ns != 0,
+            // (Running since before the attach only while it has not blocked since: its
+            // next blocking switch-out is a later off_cpu_at_ns.)
+            blocked_before_attach: s.first_seen_blocked_ns != 0
+                && (s.first_seen_blocked_ns == s.off_cpu_at_ns
+                    || (s.first_seen_blocked_ns == s.runnable_since_ns
+                        && (s.off_cpu_at_ns <= s.on_cpu_at_ns || s.state_at_switch == 0))),
             syscall: (s.flags & FLAG_IN_SYSCALL != 0).then_some(TrackedSyscall {
                 nr: s.syscall_nr,
                 futex_uaddr: s.futex_uaddr,

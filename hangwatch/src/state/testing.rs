@@ -17,6 +17,7 @@ pub fn blocked(tid: u32, tgid: u32, task_state: u32, off_cpu_at_ns: u64) -> Thre
         on_cpu: false,
         runnable_since_ns: 0,
         event_loop: None,
+        loop_entered_at_ns: 0,
         woken: false,
         kernel_thread: false,
         blocked_before_attach: false,

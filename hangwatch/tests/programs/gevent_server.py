@@ -3,7 +3,9 @@
   sleep  a request "stall" spawns a greenlet that calls the unpatched time.sleep(),
          which blocks the hub;
   resumed  a request "stall" sleeps (gevent) first, then calls time.sleep() in the
-         handler's greenlet, resumed by the hub.
+         handler's greenlet, resumed by the hub;
+  spin   a request "stall" spawns a greenlet that spins on CPU in spin_forever(), which
+         never gives the hub back.
 Prints {"pid", "tid", "port"}, then "ready"."""
 import json
 import os
@@ -19,6 +21,12 @@ MODE = sys.argv[1]
 blocking_sleep = time.sleep
 
 
+def spin_forever():
+    n = 0
+    while True:
+        n += 1
+
+
 def handle(sock, _address):
     f = sock.makefile("rwb")
     for line in f:
@@ -29,6 +37,8 @@ def handle(sock, _address):
             # switched to the hub once, waiting for this line; a resumed greenlet's stack
             # ends where it started: see docs/detection.md, "Greenlets".)
             gevent.spawn(blocking_sleep, 100000).join()
+        if line.strip() == b"stall" and MODE == "spin":
+            gevent.spawn(spin_forever).join()
         if line.strip() == b"stall" and MODE == "resumed":
             # The handler's greenlet itself, once it has switched to the hub and back.
             gevent.sleep(0.05)

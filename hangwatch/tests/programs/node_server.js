@@ -1,6 +1,7 @@
 // A Node TCP server (libuv's loop). Modes: `idle` serves normally; `sleep`: a request
 // "stall" blocks the loop in a synchronous read of a FIFO nobody writes (fs.readSync: a
-// read() on the main thread, under uv_run). Any other request is answered "ok" at once.
+// read() on the main thread, under uv_run); `spin`: a request "stall" spins on CPU in a JS
+// loop that never returns to the event loop. Any other request is answered "ok" at once.
 // Prints {"pid", "tid", "port"}, then "ready".
 "use strict";
 const fs = require("fs");
@@ -17,6 +18,13 @@ execFileSync("mkfifo", [fifo]);
 const fifoFd = fs.openSync(fifo, "r+");
 fs.rmSync(fifo);
 
+function spinForever() {
+  let n = 0;
+  for (;;) {
+    n = (n + 1) | 0;
+  }
+}
+
 const server = net.createServer((socket) => {
   let buffered = "";
   socket.on("data", (data) => {
@@ -27,6 +35,9 @@ const server = net.createServer((socket) => {
       buffered = buffered.slice(at + 1);
       if (line === "stall" && mode === "sleep") {
         fs.readSync(fifoFd, Buffer.alloc(1));
+      }
+      if (line === "stall" && mode === "spin") {
+        spinForever();
       }
       socket.write("ok\n");
     }
