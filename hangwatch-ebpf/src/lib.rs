@@ -160,10 +160,23 @@ pub struct SwitchSlot {
     pub flags: u32,
     /// `ScanConfig::walk_seq` of the last walk that saw the owner alive.
     pub seen_walk: u32,
-    pub _pad: u32,
+    /// Which thread of that tid owns it: [`SwitchSlot::owner_mark`] of its
+    /// `start_boottime`. A tid is reused by a new thread as soon as the old one is reaped,
+    /// which can be before the old one's last switch-out: by tid alone, the new thread
+    /// would write into the old one's slot and fold its switch-outs as its own (a blocked
+    /// thread that never blocked, seen under a thread storm on reused tids).
+    pub owner_start: u32,
 }
 
 impl SwitchSlot {
+    /// The owner mark of a thread started at `start_boottime_ns`: its low 32 bits (two
+    /// threads of one tid started a multiple of 4.3 s apart to the nanosecond would share
+    /// it), never 0, which marks "no slot" in `ThreadState::slot_owner`.
+    #[inline(always)]
+    pub const fn owner_mark(start_boottime_ns: u64) -> u32 {
+        start_boottime_ns as u32 | 1
+    }
+
     /// The word the probe writes for an owner that is not followed, switched out at `now`
     /// in `prev_state`, after the slot's `previous` word: never stamped before it.
     #[inline(always)]
@@ -308,6 +321,11 @@ pub struct ThreadState {
     /// The last word of the thread's switch slot folded into this state
     /// ([`fold_switch_out`]): the same word is never folded twice.
     pub slot_word: u64,
+    /// The mark its slot carries while it owns one (`SwitchSlot::owner_start`), 0 before it
+    /// took one: how a reader with no `task_struct` at hand (`StateReader`) tells its
+    /// slot from one another thread of the same tid owns.
+    pub slot_owner: u32,
+    pub _pad: u32,
 }
 
 /// How the probes tell the time without a helper call: `jiffies` (a load the verifier
@@ -540,14 +558,14 @@ pub mod task_state {
 /// `task_struct::flags`: a kernel thread, which has no user stack.
 pub const PF_KTHREAD: u32 = 0x0020_0000;
 
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 136);
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 144);
 const _: () = assert!(core::mem::size_of::<ScanConfig>() == 64);
 const _: () = assert!(core::mem::size_of::<SwitchSlot>() == 24);
 const _: () = assert!(core::mem::size_of::<JiffiesClock>() == 32);
 const _: () = assert!(core::mem::size_of::<ClockSample>() == 16);
 const _: () = assert!(core::mem::size_of::<ExitSignal>() == 64);
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 32);
-const _: () = assert!(core::mem::size_of::<ThreadRecord>() == 232);
+const _: () = assert!(core::mem::size_of::<ThreadRecord>() == 240);
 const _: () = assert!(core::mem::size_of::<StackRecord>() == 40 + 8 * MAX_KERNEL_STACK_DEPTH);
 
 #[cfg(feature = "user")]

@@ -33,6 +33,14 @@ pub fn pid_offset() -> u32 {
     unsafe { core::ptr::read_volatile(&TASK_OFFSETS.pid) }
 }
 
+/// `task_struct::start_boottime`'s offset alone: the scheduler probe reads it to tell a
+/// switch slot's owner from another thread of the same tid (`SwitchSlot::owner_start`).
+#[inline(always)]
+pub fn start_boottime_offset() -> u32 {
+    // SAFETY: as in `offsets`.
+    unsafe { core::ptr::read_volatile(&TASK_OFFSETS.start_boottime) }
+}
+
 /// A `task_struct` pointer the kernel handed to a program.
 #[derive(Clone, Copy)]
 pub struct Task(*mut task_struct);

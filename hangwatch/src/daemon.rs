@@ -471,7 +471,12 @@ impl Scanner {
     /// Watches loop threads closer where the detector asks: has the enrich stage read the
     /// stack of one in a futex wait (once per wait) to tell a parked worker from a stuck
     /// one, and keeps `sys_enter_loop` attached while one runs away from its wait.
-    fn follow_loops(&mut self, watch: &[(ThreadKey, Watch)], samples: &[ThreadSample]) {
+    fn follow_loops(
+        &mut self,
+        watch: &[(ThreadKey, Watch)],
+        samples: &[ThreadSample],
+        walked: bool,
+    ) {
         let now = Instant::now();
         while let Ok(v) = self.park_verdicts.1.try_recv() {
             self.park_checks.remove(&(v.thread, v.since_ns));
@@ -507,9 +512,14 @@ impl Scanner {
                 .collect();
             self.ask_stacks(check, &checks, now);
         }
-        self.loops.parked.retain(|k, _| by_key.contains_key(k));
-        self.loops.parkers.retain(|k| by_key.contains_key(k));
-        self.loops.drivers.retain(|k, _| by_key.contains_key(k));
+        // Forget the threads that left the table: only a walk's samples are all of them
+        // (between walks, the threads in futex waits are not re-read, and a verdict on one
+        // that came back meanwhile must stay).
+        if walked {
+            self.loops.parked.retain(|k, _| by_key.contains_key(k));
+            self.loops.parkers.retain(|k| by_key.contains_key(k));
+            self.loops.drivers.retain(|k, _| by_key.contains_key(k));
+        }
 
         if watch.iter().any(|(_, w)| *w == Watch::Probe) {
             self.loop_probe_wanted_at = Some(now);
@@ -635,7 +645,7 @@ impl Scanner {
             &mut meta::confirm::deadlock,
             now_ns,
         );
-        self.follow_loops(&detection.watch, &sample_list);
+        self.follow_loops(&detection.watch, &sample_list, walked);
         let mut candidates = detection.candidates;
         if walked {
             let table = &self.table;

@@ -23,8 +23,7 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    path::{Path, PathBuf},
-    process::Command,
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
@@ -32,64 +31,6 @@ use std::{
 use serde_json::Value;
 
 use self::common::*;
-
-/// Builds `tests/programs/<name>.rs` with rustc (release, with debug info for file:line),
-/// like [`compile`] does for C.
-fn rustc(name: &str) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/programs")
-        .join(format!("{name}.rs"));
-    build_into(name, |out| {
-        let mut c = Command::new("rustc");
-        c.args(["-O", "-g", "--edition", "2021", "-o"])
-            .arg(out)
-            .arg(&source);
-        c
-    })
-}
-
-/// Builds `tests/programs/<name>.go` with Debian's Go (`cargo xtask setup` installs it).
-fn go_build(name: &str) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/programs")
-        .join(format!("{name}.go"));
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache");
-    let go = find_tool("go").unwrap_or_else(|| {
-        panic!("no `go` on PATH: `cargo xtask setup` installs Debian's golang-go for this control")
-    });
-    build_into(name, |out| {
-        let mut c = Command::new(&go);
-        c.args(["build", "-o"])
-            .arg(out)
-            .arg(&source)
-            .env("GOCACHE", &cache)
-            .env("GOFLAGS", "-mod=mod")
-            .env("GO111MODULE", "off");
-        c
-    })
-}
-
-/// Runs `command(partial)` and renames the result to `programs/<name>` in cargo's
-/// temporary directory (a concurrent run never executes a half-written file).
-fn build_into(name: &str, command: impl FnOnce(&Path) -> Command) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("programs");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    let out = dir.join(name);
-    let partial = dir.join(format!("{name}.{}.partial", std::process::id()));
-    let mut command = command(&partial);
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed ({}):\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    std::fs::rename(&partial, &out)
-        .unwrap_or_else(|e| panic!("renaming {} to {}: {e}", partial.display(), out.display()));
-    out
-}
 
 /// The `deadlock` hang event of process `pid`.
 fn deadlock_of(daemon: &Daemon, what: &str, pid: u32, patience: Duration) -> Value {
@@ -464,47 +405,7 @@ fn healthy_idioms_that_look_stuck_stay_quiet() {
         program.expect_line("ready", t);
         pid
     };
-    let mut sem = Program::start(&compile("sem_signal"), &[]);
-    let sem_pid = started(&mut sem);
-    let mut pool = Program::start(&compile("idle_pool"), &["8"]);
-    let pool_pid = u32::try_from(pool.expect_number("pid", t)).expect("pid");
-    pool.expect_line("ready", t);
-    let mut queue_stdin = Program::spawn({
-        let mut c = Command::new(PYTHON);
-        c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/idle_queue.py"))
-            .arg("stdin");
-        c
-    });
-    let queue_stdin_pid = started(&mut queue_stdin);
-    let mut queue_signal = Program::spawn({
-        let mut c = Command::new(PYTHON);
-        c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/idle_queue.py"))
-            .arg("signal");
-        c
-    });
-    let queue_signal_pid = started(&mut queue_signal);
-    let mut executor = start_python("idle_executor.py");
-    let executor_pid = started(&mut executor);
-    let crowd_binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("programs/idle_threads");
-    gcc(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../xtask/src/bench/idle_threads.c"),
-        &crowd_binary,
-        &[],
-    );
-    let mut crowd = Program::start(&crowd_binary, &["2000"]);
-    crowd.expect_line("ready", t);
-    let crowd_pid = crowd.pid;
-    let mut go = Program::start(&go_build("idle_go"), &[]);
-    let go_pid = started(&mut go);
-    let java = find_tool("java")
-        .unwrap_or_else(|| panic!("no `java`: `cargo xtask setup` installs default-jre-headless"));
-    let mut jvm = Program::spawn({
-        let mut c = Command::new(java);
-        c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/IdleJvm.java"));
-        c
-    });
-    let jvm_pid = started(&mut jvm);
-
+    let mut controls = IdleControls::start();
     let mut daemon = Daemon::start(&["--lock-wait-threshold", "1s", "--d-state-threshold", "1s"]);
     let attached = Instant::now();
     // The positive control in the same run: a Rust std ABBA is reported.
@@ -523,23 +424,7 @@ fn healthy_idioms_that_look_stuck_stay_quiet() {
         "controls watched for {:?} with lock_wait and d_state at 1 s, deadlock 1 s, loop_stall 2 s",
         attached.elapsed()
     );
-    assert!(
-        crowd_pid > 0 && tids(crowd_pid).len() == 2001,
-        "the crowd has main + 2,000 threads"
-    );
-    for (what, pid) in [
-        ("sem_wait woken by its SIGTERM handler", sem_pid),
-        ("pthread pool waiting for work", pool_pid),
-        ("Python queue.get() fed from stdin", queue_stdin_pid),
-        (
-            "Python queue.get() fed by a SIGUSR1 handler",
-            queue_signal_pid,
-        ),
-        ("ThreadPoolExecutor at rest", executor_pid),
-        ("2,000 idle threads", crowd_pid),
-        ("idle Go program", go_pid),
-        ("idle JVM", jvm_pid),
-    ] {
+    for (what, pid) in controls.list() {
         let events = daemon.events_for(pid);
         assert!(
             events.is_empty(),
@@ -548,12 +433,6 @@ fn healthy_idioms_that_look_stuck_stay_quiet() {
             daemon.dump(Some(&[pid]))
         );
     }
-    // The idioms are real: what the rule could not see coming wakes them.
-    signal(sem_pid, libc::SIGTERM);
-    sem.expect_line("woken", t);
-    queue_stdin.send("work");
-    queue_stdin.expect_line("got work", t);
-    signal(queue_signal_pid, libc::SIGUSR1);
-    queue_signal.expect_line("got signal", t);
+    controls.prove_idle_not_stuck();
     daemon.stop();
 }

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use hangwatch_ebpf::{
     ClockSample, Counter, MAX_KERNEL_STACK_DEPTH, MIN_LOOP_WAITS, PF_KTHREAD, SLOT_FOLLOWED,
-    SLOT_RECORDED, SwitchSlot, ThreadRecord, ThreadState, fold_switch_out, task_state,
+    SwitchSlot, ThreadRecord, ThreadState, fold_switch_out, task_state,
 };
 
 use super::sched::switched_in;
@@ -81,22 +81,16 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
     let Some(config) = SCAN_CONFIG.get(0) else {
         return 0;
     };
-    let slot = own_slot(tid, config.walk_seq as u32);
+    let start_boottime: u64 = task.read(off.start_boottime);
+    let owner = SwitchSlot::owner_mark(start_boottime);
+    let slot = own_slot(tid, owner, config.walk_seq as u32);
     // SAFETY: a field of a map value (`switch_slot`), read once.
     let slot_word = slot.as_ref().map_or(0, |slot| unsafe {
         core::ptr::read_volatile(&slot.switched_out)
     });
     let state = match THREAD_STATE.get(task) {
+        // (A slot's owner has storage: it took the slot at a switch-out recorded there.)
         Some(state) => state,
-        // A thread with no storage whose slot has its switch-out: it took a tid whose
-        // previous thread owned the slot and has switched out only there.
-        None if slot_word & SLOT_RECORDED != 0 => match THREAD_STATE.get_or_create(task) {
-            Some(state) => state,
-            None => {
-                count(Counter::StateUnavailable);
-                return 0;
-            }
-        },
         // No switch seen since the probes were attached: if it is not runnable it has been
         // blocked since before then. Start its clock now and say so.
         None if task_state != task_state::RUNNING => match THREAD_STATE.get_or_create(task) {
@@ -214,9 +208,13 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
         let nr = regs.syscall_nr();
         // A thread of a process with an epoll or io_uring fd, blocked in something other
         // than the waits an idle thread sits in: its stack may show a loop away from its
-        // wait (the daemon reads it once per wait).
-        let loop_fd_away =
-            maybe_loop_fd && !is_loop_wait(nr) && !is_poll_wait(nr) && !is_futex_wait(nr);
+        // wait (the daemon reads it once per wait). A futex wait only for the main thread,
+        // where asyncio, gevent, Node and Redis run their loops (a lock taken by a handler);
+        // other threads in futex waits are the pools and parked workers of every runtime.
+        let loop_fd_away = maybe_loop_fd
+            && !is_loop_wait(nr)
+            && !is_poll_wait(nr)
+            && (!is_futex_wait(nr) || tid == tgid);
         (wanted || loop_fd_away || (maybe_futex && is_futex_wait(nr)))
             .then(|| (nr, regs.syscall_args()))
     } else if wanted {
@@ -274,7 +272,7 @@ pub extern "C" fn scan_threads(ctx: *mut IterTaskContext) -> i32 {
     // that no copy of it is built on the stack.
     let record = unsafe { &mut *record };
     copy_state(&mut record.state, state);
-    record.start_boottime_ns = task.read(off.start_boottime);
+    record.start_boottime_ns = start_boottime;
     record.seen_at_ns = now;
     record.tid = tid;
     record.tgid = tgid;
@@ -298,7 +296,7 @@ fn copy_state(dst: &mut ThreadState, src: &ThreadState) {
     let dst = (dst as *mut ThreadState).cast::<u64>();
     let src = (src as *const ThreadState).cast::<u64>();
     for i in 0..WORDS {
-        // SAFETY: both point at a whole `ThreadState` (128 bytes of u64-aligned integers,
+        // SAFETY: both point at a whole `ThreadState` (144 bytes of u64-aligned integers,
         // sizes asserted in lib.rs), so every word `i < WORDS` is in bounds.
         unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
     }
@@ -403,8 +401,8 @@ pub extern "C" fn dump_stacks(ctx: *mut IterTaskContext) -> i32 {
 /// slots at their switch-outs; a walk only folds the owner's word into its storage and
 /// says whether it is followed.
 #[inline(always)]
-fn own_slot(tid: u32, walk: u32) -> Option<&'static mut SwitchSlot> {
-    let slot = super::sched::own_slot(tid)?;
+fn own_slot(tid: u32, owner: u32, walk: u32) -> Option<&'static mut SwitchSlot> {
+    let slot = super::sched::own_slot(tid, owner)?;
     // SAFETY: a field of a map value (`switch_slot`).
     unsafe { core::ptr::write_volatile(&mut slot.seen_walk, walk) };
     Some(slot)

@@ -22,7 +22,7 @@ use crate::{
     clock,
     maps::{SCAN_CONFIG, THREAD_STATE, count, followed, switch_slot},
     syscalls::{WaitKind, saved_syscall_nr, wait_kind},
-    task::{Task, pid_offset},
+    task::{Task, pid_offset, start_boottime_offset},
 };
 
 /// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
@@ -41,17 +41,22 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         && let tid = task.field::<u32>(pid_offset())
         && tid != 0
     {
+        let owner = owner_of(task);
         match switch_slot(tid) {
             // The common case: a thread that owns its slot and is not followed. One word,
             // no helper call.
-            Some(slot) if slot.tid == tid && slot.flags & SLOT_FOLLOWED == 0 => {
+            Some(slot)
+                if slot.tid == tid
+                    && slot.owner_start == owner
+                    && slot.flags & SLOT_FOLLOWED == 0 =>
+            {
                 // SAFETY: fields of a map value (`switch_slot`); volatile so that the word
                 // is read and written whole, once.
                 let previous = unsafe { core::ptr::read_volatile(&slot.switched_out) };
                 let word = SwitchSlot::switch_out(previous, now, prev_state);
                 unsafe { core::ptr::write_volatile(&mut slot.switched_out, word) };
             }
-            slot => switched_out_to_storage(task, tid, slot, prev_state, now),
+            slot => switched_out_to_storage(task, (tid, owner), slot, prev_state, now),
         }
     }
     if let Some(next) = Task::new(next) {
@@ -59,7 +64,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         if follow_all() || followed(tid) {
             match THREAD_STATE.get_or_create(next) {
                 Some(state) => {
-                    if let Some(slot) = own_slot(tid) {
+                    if let Some(slot) = own_slot(tid, owner_of(next)) {
                         take_slot_switch_out(slot, state);
                     }
                     switched_in(state, now);
@@ -71,10 +76,17 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// `tid`'s slot if it owns it (tid 0, the idle tasks, owns none: 0 marks a free slot).
+/// The slot of thread `tid` marked `owner` (`owner_of`) if it owns it (tid 0, the idle
+/// tasks, owns none: 0 marks a free slot).
 #[inline(always)]
-pub fn own_slot(tid: u32) -> Option<&'static mut SwitchSlot> {
-    switch_slot(tid).filter(|slot| tid != 0 && slot.tid == tid)
+pub fn own_slot(tid: u32, owner: u32) -> Option<&'static mut SwitchSlot> {
+    switch_slot(tid).filter(|slot| tid != 0 && slot.tid == tid && slot.owner_start == owner)
+}
+
+/// The mark of `task` as a slot's owner (`SwitchSlot::owner_start`): one load.
+#[inline(always)]
+pub fn owner_of(task: Task) -> u32 {
+    SwitchSlot::owner_mark(task.field::<u64>(start_boottime_offset()))
 }
 
 /// A switch-out recorded in task storage: a thread without a slot of its own, or a
@@ -85,7 +97,7 @@ pub fn own_slot(tid: u32) -> Option<&'static mut SwitchSlot> {
 #[inline(always)]
 fn switched_out_to_storage(
     task: Task,
-    tid: u32,
+    (tid, owner): (u32, u32),
     slot: Option<&'static mut SwitchSlot>,
     prev_state: u32,
     now: u64,
@@ -103,11 +115,14 @@ fn switched_out_to_storage(
         // SAFETY (each volatile access): fields of a map value (`switch_slot`), each read
         // or written once, in this order.
         unsafe {
-            if core::ptr::read_volatile(&slot.tid) == tid {
+            if core::ptr::read_volatile(&slot.tid) == tid
+                && core::ptr::read_volatile(&slot.owner_start) == owner
+            {
                 core::ptr::write_volatile(&mut slot.switched_out, word);
                 state.slot_word = word;
             } else if let Some(walk) = slot_free(slot) {
                 state.slot_word = word;
+                state.slot_owner = owner;
                 let flags = if follow_all() || followed(tid) {
                     SLOT_FOLLOWED
                 } else {
@@ -116,6 +131,7 @@ fn switched_out_to_storage(
                 core::ptr::write_volatile(&mut slot.switched_out, word);
                 core::ptr::write_volatile(&mut slot.flags, flags);
                 core::ptr::write_volatile(&mut slot.seen_walk, walk);
+                core::ptr::write_volatile(&mut slot.owner_start, owner);
                 // Last: the slot is used as this thread's from here on.
                 core::ptr::write_volatile(&mut slot.tid, tid);
             }
@@ -218,7 +234,7 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
     let Some(task) = Task::new(task) else {
         return 0;
     };
-    if let Some(slot) = own_slot(task.field(pid_offset())) {
+    if let Some(slot) = own_slot(task.field(pid_offset()), owner_of(task)) {
         // SAFETY: as in `sched_switch`.
         unsafe {
             let word = core::ptr::read_volatile(&slot.switched_out);

@@ -36,7 +36,7 @@ use std::{
 use super::Candidate;
 use crate::{
     kind::HangKind,
-    state::{ThreadKey, ThreadSample},
+    state::{FutexCall, FutexCmd, ProcSyscall, ThreadKey, ThreadSample},
 };
 
 #[derive(Debug, Clone)]
@@ -172,11 +172,12 @@ impl LoopStall {
             return LoopVerdict::Fine;
         }
         // Idle where a loop or a worker idles: its loop wait, a poll, a futex (a park, or a
-        // lock: `lock_wait` and `deadlock` report those with their owner).
+        // lock: `lock_wait` and `deadlock` report those with their owner), but for a main
+        // thread's untimed private futex wait (`main_thread_lock_wait`).
         let Some(call) = &sample.saved_syscall else {
             return LoopVerdict::Fine;
         };
-        if is_idle_wait(call.nr) {
+        if is_idle_wait(call.nr) && !main_thread_lock_wait(sample, call) {
             return LoopVerdict::Fine;
         }
         let away = sample.off_cpu_for_ns(now_ns);
@@ -259,6 +260,21 @@ pub fn checked_stretch_ns(sample: &ThreadSample) -> u64 {
     } else {
         sample.off_cpu_at_ns
     }
+}
+
+/// A main thread in an untimed wait on a private futex: a lock or a semaphore
+/// (`threading.Lock`, `sem_wait`, a mutex). asyncio, gevent, Node and Redis run their loops
+/// on the main thread, and a handler that takes a lock held elsewhere leaves the loop
+/// there, in a futex wait that no loop history and no lock rule may know (a Python lock is
+/// a semaphore, which keeps no owner). Its stack is read once per wait like any other
+/// thread's away from its wait, and a driver frame decides. Other threads of a loop
+/// process in futex waits (pools, parked workers, every JVM and Go thread at rest) are not
+/// read: too many, and their loops (tokio's workers) are the history's; a main thread
+/// joining a thread waits on a shared futex, a timed wait is a poll with a timeout.
+fn main_thread_lock_wait(sample: &ThreadSample, call: &ProcSyscall) -> bool {
+    sample.key.tid == sample.tgid
+        && FutexCall::from_syscall(call)
+            .is_some_and(|f| f.cmd == FutexCmd::Wait && f.private && !f.timed)
 }
 
 /// The waits a thread idles in: an event loop's own (epoll, io_uring), a poll (glib's main
@@ -617,6 +633,47 @@ mod tests {
             stall().check_by_stack(&s, &facts, 52 * SEC),
             LoopVerdict::Watch(Watch::CheckDriver)
         );
+    }
+
+    #[test]
+    fn a_main_thread_in_an_untimed_private_futex_wait_is_asked_about() {
+        let mut facts = LoopFacts::default();
+        facts.fd_processes.insert(8);
+        let main = crate::state::testing::blocked_in_futex(8, 8, 10 * SEC, 0, false);
+        assert_eq!(
+            stall().check_by_stack(&main, &facts, 11 * SEC),
+            LoopVerdict::Watch(Watch::CheckDriver),
+            "a lock taken by a loop's handler on the main thread"
+        );
+        facts
+            .drivers
+            .insert(main.key, (10 * SEC, Some("BaseEventLoop._run_once".into())));
+        assert!(matches!(
+            stall().check_by_stack(&main, &facts, 12 * SEC),
+            LoopVerdict::Stalled(_)
+        ));
+        let worker = crate::state::testing::blocked_in_futex(9, 8, 10 * SEC, 0, false);
+        let timed = crate::state::testing::blocked_in_futex(8, 8, 10 * SEC, 0, true);
+        let mut shared = main.clone();
+        shared.saved_syscall.as_mut().unwrap().args[1] = 0; // FUTEX_WAIT, not private
+        for (what, s) in [
+            ("another thread (pools, parked workers)", worker),
+            ("a timed wait", timed),
+            ("a shared futex (pthread_join)", shared),
+        ] {
+            assert_eq!(
+                stall().check_by_stack(
+                    &s,
+                    &LoopFacts {
+                        drivers: HashMap::new(),
+                        ..facts.clone()
+                    },
+                    11 * SEC
+                ),
+                LoopVerdict::Fine,
+                "{what}"
+            );
+        }
     }
 
     #[test]

@@ -26,9 +26,15 @@ const LIST_EVERY: Duration = Duration::from_secs(1);
 const CPU_SHARE: f64 = 0.0005;
 /// A process without a loop fd is looked at again after this long, doubling up to
 /// `MAX_RESCAN` (a server creates its epoll fd in its first milliseconds, or soon after;
-/// a process that never does costs one read of its fd table per `MAX_RESCAN`).
-const FIRST_RESCAN: Duration = Duration::from_secs(1);
+/// a process that never does costs one read of its fd table per `MAX_RESCAN`). These
+/// looks do not wait for the next round: between rounds the reader wakes every
+/// `RESCAN_TICK` for the processes due, without listing `/proc`. A server found at its
+/// first look still importing its modules (a Python server under load takes a second or
+/// more) was otherwise marked only at the round two or three seconds later, and a loop
+/// that spun from its first request was reported that much late (kernel_loops).
+const FIRST_RESCAN: Duration = Duration::from_millis(250);
 const MAX_RESCAN: Duration = Duration::from_secs(30);
+const RESCAN_TICK: Duration = Duration::from_millis(250);
 /// At most this many fd links are read per process and look: loop fds are made early, so
 /// they are among the low fds; a process with 100,000 sockets costs 4,096 reads.
 const MAX_LINKS: usize = 4096;
@@ -111,22 +117,7 @@ fn run(tx: &mpsc::Sender<Change>, own: u32) {
             if !due {
                 continue;
             }
-            if has_loop_fd(pid) {
-                known.insert(pid, Known::Loop);
-                changes.push(Change::Has(pid));
-            } else {
-                let wait = match known.get(&pid) {
-                    Some(Known::Without { wait, .. }) => (*wait * 2).min(MAX_RESCAN),
-                    _ => FIRST_RESCAN,
-                };
-                known.insert(
-                    pid,
-                    Known::Without {
-                        next: started + wait,
-                        wait,
-                    },
-                );
-            }
+            look(pid, started, &mut known, &mut changes);
         }
         // Sent every round, even empty: a send to a daemon that stopped ends the thread.
         if changes.into_iter().try_for_each(|c| tx.send(c)).is_err() {
@@ -143,8 +134,50 @@ fn run(tx: &mpsc::Sender<Change>, own: u32) {
         } else {
             crate::clock::thread_cpu_time().saturating_sub(cpu_at_start)
         };
-        thread::sleep(pause_after(spent).saturating_sub(started.elapsed()));
+        let next_round = started + pause_after(spent);
+        // Until then, the processes due again (young ones, looked at 250 ms apart at first).
+        loop {
+            let now = Instant::now();
+            if now >= next_round {
+                break;
+            }
+            thread::sleep(RESCAN_TICK.min(next_round - now));
+            let now = Instant::now();
+            let due: Vec<u32> = known
+                .iter()
+                .filter(|(_, k)| matches!(k, Known::Without { next, .. } if now >= *next))
+                .map(|(pid, _)| *pid)
+                .collect();
+            let mut changes = Vec::new();
+            for pid in due {
+                look(pid, now, &mut known, &mut changes);
+            }
+            if changes.into_iter().try_for_each(|c| tx.send(c)).is_err() {
+                return;
+            }
+        }
     }
+}
+
+/// Looks at `pid`'s fds now: marked for good if it has a loop fd, else looked at again
+/// after twice the last wait.
+fn look(pid: u32, now: Instant, known: &mut HashMap<u32, Known>, changes: &mut Vec<Change>) {
+    if has_loop_fd(pid) {
+        known.insert(pid, Known::Loop);
+        changes.push(Change::Has(pid));
+        return;
+    }
+    let wait = match known.get(&pid) {
+        Some(Known::Without { wait, .. }) => (*wait * 2).min(MAX_RESCAN),
+        _ => FIRST_RESCAN,
+    };
+    known.insert(
+        pid,
+        Known::Without {
+            next: now + wait,
+            wait,
+        },
+    );
 }
 
 /// The time from the start of a round that took `spent` of CPU to the next one.

@@ -133,8 +133,13 @@ impl StateReader {
         if let Lookup::Found(state) = &mut found {
             let mut slot = SwitchSlot::default();
             let index = tid & SWITCH_SLOT_MASK;
-            // A tid past the map's end owns no slot (ENOENT), like any thread not its owner.
-            if lookup_elem(self.switch_slots.as_fd(), &index, &mut slot).is_ok() && slot.tid == tid
+            // A tid past the map's end owns no slot (ENOENT), like any thread not its owner;
+            // the owner is the thread whose mark the slot has (another of the same tid may
+            // hold it still: `SwitchSlot::owner_start`).
+            if lookup_elem(self.switch_slots.as_fd(), &index, &mut slot).is_ok()
+                && slot.tid == tid
+                && state.slot_owner != 0
+                && slot.owner_start == state.slot_owner
             {
                 fold_switch_out(state, slot.switched_out);
             }

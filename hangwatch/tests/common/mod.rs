@@ -8,10 +8,14 @@
 //! One file per concern; everything is re-exported here, so a test writes `use common::*;`.
 //! - `system.rs`: root, tools on PATH, /proc reads of a task;
 //! - `process.rs`: the [`Program`] guard, signals, bounded waits, commands run to completion;
-//! - `programs.rs`: the C programs and Python scripts of `tests/programs/`, the examples;
+//! - `programs.rs`: the C, Rust and Go programs and Python scripts of `tests/programs/`, the
+//!   examples;
 //! - `daemon.rs`: the [`Daemon`] guard (`hangwatch run`), its events, stderr and listeners;
 //! - `events.rs`: event accessors and the invariants of every episode;
 //! - `abba.rs`: the ABBA deadlock program several tests share;
+//! - `controls.rs`: the healthy idioms that look stuck (`IdleControls`), started together;
+//! - `servers.rs`: the event-loop servers (asyncio, gevent, Node, tokio, Redis) of the loop
+//!   tests and of the quiet controls;
 //! - `http.rs`, `cli.rs`, `webhook.rs`: the API's clients and a webhook receiver;
 //! - `deploy.rs`: `deploy/` and its Prometheus rules;
 //! - `frozen.rs`, `fuse.rs`, `kube.rs` (as modules: `common::kube::ApiServer`): a frozen ext4
@@ -23,6 +27,7 @@
 
 mod abba;
 mod cli;
+mod controls;
 mod daemon;
 mod deploy;
 mod events;
@@ -32,6 +37,7 @@ mod http;
 pub mod kube;
 mod process;
 mod programs;
+mod servers;
 mod system;
 mod webhook;
 
@@ -42,8 +48,8 @@ pub use serde_json::Value;
     reason = "each test binary uses a different subset of the re-exports"
 )]
 pub use self::{
-    abba::*, cli::*, daemon::*, deploy::*, events::*, http::*, process::*, programs::*, system::*,
-    webhook::*,
+    abba::*, cli::*, controls::*, daemon::*, deploy::*, events::*, http::*, process::*,
+    programs::*, servers::*, system::*, webhook::*,
 };
 
 /// The daemon binary under test.

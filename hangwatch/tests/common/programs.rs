@@ -8,7 +8,7 @@ use std::{
     sync::{Mutex, OnceLock},
 };
 
-use super::Program;
+use super::{Program, find_tool};
 
 /// `gcc -O2 -fomit-frame-pointer -g -pthread -Wall [extra] -o OUT SOURCE`, the way every
 /// test program is built (no frame pointers: what distributions ship); panics with gcc's
@@ -145,4 +145,62 @@ pub fn gevent_python() -> String {
     std::env::var("HANGWATCH_TEST_VENV_PYTHON").unwrap_or_else(|_| {
         panic!("HANGWATCH_TEST_VENV_PYTHON is not set: run the tests with `cargo xtask test`, which makes the virtualenv with gevent")
     })
+}
+
+/// Builds `tests/programs/<name>.rs` with rustc (release, with debug info for file:line),
+/// like [`compile`] does for C.
+pub fn rustc(name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/programs")
+        .join(format!("{name}.rs"));
+    build_into(name, |out| {
+        let mut c = Command::new("rustc");
+        c.args(["-O", "-g", "--edition", "2021", "-o"])
+            .arg(out)
+            .arg(&source);
+        c
+    })
+}
+
+/// Builds `tests/programs/<name>.go` with Debian's Go (`cargo xtask setup` installs it).
+pub fn go_build(name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/programs")
+        .join(format!("{name}.go"));
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache");
+    let go = find_tool("go").unwrap_or_else(|| {
+        panic!("no `go` on PATH: `cargo xtask setup` installs Debian's golang-go for this control")
+    });
+    build_into(name, |out| {
+        let mut c = Command::new(&go);
+        c.args(["build", "-o"])
+            .arg(out)
+            .arg(&source)
+            .env("GOCACHE", &cache)
+            .env("GOFLAGS", "-mod=mod")
+            .env("GO111MODULE", "off");
+        c
+    })
+}
+
+/// Runs `command(partial)` and renames the result to `programs/<name>` in cargo's
+/// temporary directory (a concurrent run never executes a half-written file).
+pub fn build_into(name: &str, command: impl FnOnce(&Path) -> Command) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("programs");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    let out = dir.join(name);
+    let partial = dir.join(format!("{name}.{}.partial", std::process::id()));
+    let mut command = command(&partial);
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::rename(&partial, &out)
+        .unwrap_or_else(|e| panic!("renaming {} to {}: {e}", partial.display(), out.display()));
+    out
 }

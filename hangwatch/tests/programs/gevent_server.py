@@ -5,7 +5,9 @@
   resumed  a request "stall" sleeps (gevent) first, then calls time.sleep() in the
          handler's greenlet, resumed by the hub;
   spin   a request "stall" spawns a greenlet that spins on CPU in spin_forever(), which
-         never gives the hub back.
+         never gives the hub back;
+  lock   a request "stall" spawns a greenlet that takes an unpatched threading.Lock that
+         another thread holds for ever: the hub's thread waits on a futex.
 Prints {"pid", "tid", "port"}, then "ready"."""
 import json
 import os
@@ -19,6 +21,14 @@ from gevent.server import StreamServer
 MODE = sys.argv[1]
 # gevent.monkey is not used on purpose: time.sleep stays the blocking one.
 blocking_sleep = time.sleep
+
+
+LOCK = threading.Lock()
+
+
+def hold_lock_forever():
+    LOCK.acquire()
+    blocking_sleep(1000000)
 
 
 def spin_forever():
@@ -37,6 +47,8 @@ def handle(sock, _address):
             # switched to the hub once, waiting for this line; a resumed greenlet's stack
             # ends where it started: see docs/detection.md, "Greenlets".)
             gevent.spawn(blocking_sleep, 100000).join()
+        if line.strip() == b"stall" and MODE == "lock":
+            gevent.spawn(LOCK.acquire).join()
         if line.strip() == b"stall" and MODE == "spin":
             gevent.spawn(spin_forever).join()
         if line.strip() == b"stall" and MODE == "resumed":
@@ -46,6 +58,12 @@ def handle(sock, _address):
         f.write(b"ok\n")
         f.flush()
 
+
+if MODE == "lock":
+    # A real OS thread (threading is not monkey-patched), holding the lock.
+    threading.Thread(target=hold_lock_forever, daemon=True).start()
+    while not LOCK.locked():
+        blocking_sleep(0.01)
 
 server = StreamServer(("127.0.0.1", 0), handle)
 server.start()

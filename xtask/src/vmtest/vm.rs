@@ -60,16 +60,28 @@ pub struct Run<'a> {
     /// The limit for the whole boot-run-power-off.
     pub timeout: Duration,
     /// A log silent this long is taken for a stall: QEMU's monitor is asked where the
-    /// vCPUs are (`vcpu-dump` beside the console), once. Whole-suite runs stalled three
-    /// times with no output at all (docs/kernels.md): a wedged guest shows the same
-    /// instruction pointers in each sample, a live one moves and writes its heartbeat.
+    /// vCPUs are (`vcpu-dump` beside the console, numbered by `attempt`), and the VM is
+    /// stopped. Whole-suite runs stalled three times with no output at all
+    /// (docs/kernels.md): a wedged guest shows the same instruction pointers in each
+    /// sample, a live one moves and writes its heartbeat.
     pub stall_after: Duration,
+    /// Which boot of this run this is (1 for the first), for the dump's name.
+    pub attempt: u32,
+}
+
+/// How a VM run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The guest ran its script and powered off.
+    Finished,
+    /// The log was silent for `stall_after`: the vCPUs were dumped and the VM killed.
+    Stalled,
 }
 
 /// Boots the kernel, runs the script, streams `results/log` to stdout until the guest powers
-/// off. Fails only when the VM could not be run or overran its time; the script's own
-/// results are in `results`.
-pub fn run(run: &Run<'_>) -> Result<()> {
+/// off or stalls. Fails only when the VM could not be run or overran its time; the script's
+/// own results are in `results`.
+pub fn run(run: &Run<'_>) -> Result<Ended> {
     let console = fs::File::create(run.console)
         .with_context(|| format!("creating {}", run.console.display()))?;
     let monitor = run.console.with_extension("monitor");
@@ -116,9 +128,16 @@ pub fn run(run: &Run<'_>) -> Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot handle signals")?;
     }
     let log_path = run.results.join("log");
-    let mut shown = 0;
+    // The log is appended to by every boot of a run: stream only what this one adds.
+    let mut shown = fs::metadata(&log_path).map_or(0, |m| m.len());
     let mut last_output = Instant::now();
-    let mut dumped = false;
+    let kill = |child: &mut std::process::Child| -> Result<()> {
+        let pgid = libc::pid_t::try_from(child.id()).context("pid fits pid_t")?;
+        // SAFETY: kill has no memory-safety preconditions; the group is the one we made.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = child.wait();
+        Ok(())
+    };
     loop {
         let exited = child.try_wait().context("waiting for vng")?.is_some();
         let now_shown = show_new(&log_path, shown);
@@ -127,27 +146,30 @@ pub fn run(run: &Run<'_>) -> Result<()> {
         }
         shown = now_shown;
         if exited {
-            return Ok(());
+            return Ok(Ended::Finished);
         }
-        if !dumped && last_output.elapsed() > run.stall_after {
-            dumped = true;
-            let dump = run.console.with_extension("vcpu-dump");
+        if last_output.elapsed() > run.stall_after {
+            let dump = run
+                .console
+                .with_extension(format!("vcpu-dump.{}", run.attempt));
             match dump_vcpus(&monitor, &dump) {
                 Ok(()) => println!(
-                    "xtask vmtest: no output for {} min: the vCPUs' registers are in {} (the guest's heartbeat: {})",
+                    "xtask vmtest: STALL: no output for {} min: the vCPUs' registers are in {} (the guest's heartbeat: {}); stopping this VM",
                     run.stall_after.as_secs() / 60,
                     dump.display(),
                     run.results.join("heartbeat").display()
                 ),
-                Err(err) => println!("xtask vmtest: no output, and QEMU's monitor: {err:#}"),
+                Err(err) => println!(
+                    "xtask vmtest: STALL: no output for {} min, and QEMU's monitor: {err:#}; stopping this VM",
+                    run.stall_after.as_secs() / 60
+                ),
             }
+            kill(&mut child)?;
+            return Ok(Ended::Stalled);
         }
         let stopped = stop.load(Ordering::Relaxed);
         if stopped || started.elapsed() > run.timeout {
-            let pgid = libc::pid_t::try_from(child.id()).context("pid fits pid_t")?;
-            // SAFETY: kill has no memory-safety preconditions; the group is the one we made.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let _ = child.wait();
+            kill(&mut child)?;
             if stopped {
                 bail!("stopped by a signal (the VM was killed)");
             }
