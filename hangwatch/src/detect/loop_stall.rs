@@ -129,15 +129,7 @@ impl LoopStall {
         if Self::crossed(self.threshold, back, now_ns)
             && now_ns.saturating_sub(sure_since) >= proven
         {
-            return LoopVerdict::Stalled(Candidate {
-                thread: sample.key,
-                tgid: sample.tgid,
-                kind: HangKind::LoopStall,
-                threshold: self.threshold,
-                since_ns: back,
-                members: Vec::new(),
-                reason: None,
-            });
+            return self.stalled(sample, back);
         }
         if blocked {
             LoopVerdict::Fine // proven by the blocking wait itself, soon enough
@@ -187,15 +179,7 @@ impl LoopStall {
         match facts.drivers.get(&sample.key) {
             Some((wait, driver)) if *wait == sample.off_cpu_at_ns => match driver {
                 Some(_) if Self::crossed(self.threshold, sample.off_cpu_at_ns, now_ns) => {
-                    LoopVerdict::Stalled(Candidate {
-                        thread: sample.key,
-                        tgid: sample.tgid,
-                        kind: HangKind::LoopStall,
-                        threshold: self.threshold,
-                        since_ns: sample.off_cpu_at_ns,
-                        members: Vec::new(),
-                        reason: None,
-                    })
+                    self.stalled(sample, sample.off_cpu_at_ns)
                 }
                 _ => LoopVerdict::Fine,
             },
@@ -238,15 +222,7 @@ impl LoopStall {
         if Self::crossed(self.threshold, back, now_ns)
             && now_ns.saturating_sub(probe_since.max(back)) >= nanos(self.proven())
         {
-            return LoopVerdict::Stalled(Candidate {
-                thread: sample.key,
-                tgid: sample.tgid,
-                kind: HangKind::LoopStall,
-                threshold: self.threshold,
-                since_ns: back,
-                members: Vec::new(),
-                reason: None,
-            });
+            return self.stalled(sample, back);
         }
         LoopVerdict::Watch(Watch::Probe)
     }
@@ -378,6 +354,20 @@ pub fn is_parked<'a>(symbols: impl IntoIterator<Item = &'a str>) -> bool {
 }
 
 impl LoopStall {
+    /// The verdict for `sample`, stalled since `since_ns` (its last return, or the start of
+    /// the wait or run its stack was read in).
+    fn stalled(&self, sample: &ThreadSample, since_ns: u64) -> LoopVerdict {
+        LoopVerdict::Stalled(Candidate {
+            thread: sample.key,
+            tgid: sample.tgid,
+            kind: HangKind::LoopStall,
+            threshold: self.threshold,
+            since_ns,
+            members: Vec::new(),
+            reason: None,
+        })
+    }
+
     /// loop_stall's threshold check: a loop thread last seen back in its wait at `back_ns`
     /// has stayed away for `threshold` (whether that much is proven is `check`'s concern).
     pub fn crossed(threshold: Duration, back_ns: u64, now_ns: u64) -> bool {

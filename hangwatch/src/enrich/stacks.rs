@@ -413,16 +413,10 @@ impl StackReader {
         }
     }
 
-    /// Only the user stack of thread `tid` of `pid`, which runs: one perf sample of it on a
-    /// CPU, as `running` takes, without the kernel callchain's symbols (a loop check's
-    /// needs; see `user_only`). A thread that went off-CPU meanwhile gives no sample: not
-    /// read, asked again later (its next run is another check).
-    pub fn user_sampled(
-        &mut self,
-        pid: u32,
-        tid: u32,
-        budget: &Budget,
-    ) -> Result<UserStack, NotRead> {
+    /// One perf sample of thread `tid` of `pid` on a CPU, unwound by the unwinder (which
+    /// reads the process), within the budget: what `user_sampled` and `running` share.
+    /// `Err` says why there is none, in words that follow "its stack was".
+    fn sample_on_cpu(&mut self, pid: u32, tid: u32, budget: &Budget) -> Result<Sampled, NotRead> {
         if let Err(skipped) = budget.check() {
             if let Some(limit) = skipped.limit {
                 self.metrics.limit(limit, 1);
@@ -443,27 +437,40 @@ impl StackReader {
             task,
             budget,
         ) {
-            Ok(unwinder::Answer::Sampled(Sampled::Unwound(sample))) => {
-                sample.user.ok_or_else(|| NotRead {
-                    why: "no user registers in the sample: a kernel thread".into(),
-                    later: false,
-                })
-            }
-            Ok(unwinder::Answer::Sampled(Sampled::NotRunning)) => Err(NotRead {
-                why: "it did not run while it was being sampled".into(),
-                later: true,
-            }),
-            Ok(unwinder::Answer::Sampled(Sampled::Failed(err))) => Err(NotRead {
-                why: format!("the thread runs and could not be sampled: {err}"),
-                later: false,
-            }),
+            Ok(unwinder::Answer::Sampled(sampled)) => Ok(sampled),
             Ok(other) => Err(NotRead {
-                why: format!("the unwinder answered {other:?} to a sample"),
+                why: format!("not sampled: the unwinder answered {other:?} to a sample"),
                 later: false,
             }),
             Err(err) => Err(NotRead {
                 later: matches!(err, ReadError::Slow { .. }),
                 why: err.to_string(),
+            }),
+        }
+    }
+
+    /// Only the user stack of thread `tid` of `pid`, which runs: one perf sample of it on a
+    /// CPU, as `running` takes, without the kernel callchain's symbols (a loop check's
+    /// needs; see `user_only`). A thread that went off-CPU meanwhile gives no sample: not
+    /// read, asked again later (its next run is another check).
+    pub fn user_sampled(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        budget: &Budget,
+    ) -> Result<UserStack, NotRead> {
+        match self.sample_on_cpu(pid, tid, budget)? {
+            Sampled::Unwound(sample) => sample.user.ok_or_else(|| NotRead {
+                why: "no user registers in the sample: a kernel thread".into(),
+                later: false,
+            }),
+            Sampled::NotRunning => Err(NotRead {
+                why: "it did not run while it was being sampled".into(),
+                later: true,
+            }),
+            Sampled::Failed(err) => Err(NotRead {
+                why: format!("the thread runs and could not be sampled: {err}"),
+                later: false,
             }),
         }
     }
@@ -478,37 +485,16 @@ impl StackReader {
         record: Option<&StackRecord>,
         budget: &Budget,
     ) -> ThreadStacks {
-        if let Err(skipped) = budget.check() {
-            if let Some(limit) = skipped.limit {
-                self.metrics.limit(limit, 1);
-            }
-            return ThreadStacks::failed(format!("the thread runs; its stack was {}", skipped.why));
-        }
-        let task = unwinder::Task::Sample {
-            pid,
-            tid,
-            timeout: crate::clock::stretched(on_cpu::SAMPLE_TIMEOUT),
-        };
-        match self.unwind(
-            pid,
-            crate::clock::stretched(READ_DEADLINE + on_cpu::SAMPLE_TIMEOUT),
-            task,
-            budget,
-        ) {
-            Ok(unwinder::Answer::Sampled(Sampled::Unwound(sample))) => {
-                sampled_stacks(&mut self.kernel, *sample)
-            }
-            Ok(unwinder::Answer::Sampled(Sampled::NotRunning)) => {
-                self.blocked(pid, record, false, budget)
-            }
-            Ok(unwinder::Answer::Sampled(Sampled::Failed(err))) => {
+        match self.sample_on_cpu(pid, tid, budget) {
+            Ok(Sampled::Unwound(sample)) => sampled_stacks(&mut self.kernel, *sample),
+            Ok(Sampled::NotRunning) => self.blocked(pid, record, false, budget),
+            Ok(Sampled::Failed(err)) => {
                 tracing::debug!("no on-CPU sample of thread {tid}: {err}");
                 ThreadStacks::failed(format!("the thread runs and could not be sampled: {err}"))
             }
-            Ok(other) => {
-                ThreadStacks::failed(format!("the unwinder answered {other:?} to a sample"))
+            Err(not_read) => {
+                ThreadStacks::failed(format!("the thread runs; its stack was {}", not_read.why))
             }
-            Err(err) => ThreadStacks::failed(format!("the thread runs; its stack was {err}")),
         }
     }
 }
