@@ -49,6 +49,7 @@ use crate::{
     state::{ExitTable, Refresh, ThreadKey, ThreadSample, ThreadTable},
 };
 
+mod early_exits;
 mod reload;
 mod surfaces;
 
@@ -226,6 +227,8 @@ struct Scanner {
     loop_probe_attaches: u64,
     /// Processes sent an exit signal, until they are gone.
     exits: ExitTable,
+    /// Exit requests from before the start (none when `stuck_exit` is off).
+    early_exits: Option<early_exits::EarlyExits>,
     /// The last walk's candidates that involve walk-only threads, carried to the ticks
     /// until the next walk.
     carried: Vec<crate::detect::Candidate>,
@@ -281,6 +284,12 @@ impl Scanner {
                 .as_ref()
                 .map_or_else(String::new, |f| format!(" (config {f})")),
         );
+        // After the attach: a signal sent from here on is the probe's.
+        let early_exits = config
+            .detectors
+            .smallest(HangKind::StuckExit)
+            .is_some()
+            .then(|| early_exits::EarlyExits::start(clock::monotonic_ns()));
         Ok(Self {
             probes,
             targets: Targets::new(config.detectors.rules().clone()),
@@ -297,6 +306,7 @@ impl Scanner {
             loop_probe_wanted_at: None,
             loop_probe_attaches: 0,
             exits: ExitTable::default(),
+            early_exits,
             carried: Vec::new(),
             enrich,
             surfaces,
@@ -463,6 +473,13 @@ impl Scanner {
             return Ok(());
         }
         self.exits.merge(self.probes.drain_exit_signals()?);
+        if let Some(early) = &mut self.early_exits
+            && let Some(capped) = early.step(&mut self.exits, &mut self.probes, &self.enrich)
+        {
+            self.surfaces
+                .metrics()
+                .limit("early_exit_checks", capped as u64);
+        }
         self.exits
             .retain(|r| thread_proc(r.tgid, r.target) != ThreadProc::Gone);
         Ok(())
@@ -490,6 +507,7 @@ impl Scanner {
                 Check::Driver => {
                     self.loops.drivers.insert(v.thread, (v.since_ns, v.driver));
                 }
+                Check::SignalHandler => {} // on their own channel (`early_exits`)
             }
         }
         self.park_checks

@@ -135,3 +135,132 @@ fn every_kind_reports_waits_that_began_before_the_daemon() {
     drop(frozen.take()); // thaws, then kills the writer
     let _ = abba;
 }
+
+/// `stuck_exit` for exit signals sent before the daemon (issue 14): a SIGTERM handler
+/// stuck on a lock, `SA_SIGINFO` and plain (found from the signal frame on the handling
+/// thread's stack), and a SIGTERM pending because every thread blocks it. Each is reported
+/// once the grace time has passed since the daemon started, marked
+/// `blocked_since_before_start`, with how it was found; the handler's report names the
+/// sender where the frame holds a `siginfo`, and its stack goes on below the signal frame
+/// into the code the signal interrupted. Controls, quiet: a handler that returned (the
+/// program went on), and the same program never signalled (its worker blocks SIGTERM,
+/// which the process handles: a candidate whose stack has no signal frame).
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn exit_signals_sent_before_the_daemon_are_stuck_exits() {
+    require_root();
+    const GRACE: Duration = Duration::from_secs(2);
+    let program = compile("exit_before_start");
+    let start = |mode: &str| {
+        let mut p = Program::start(&program, &[mode]);
+        p.expect_number("pid", LINE_TIMEOUT);
+        let worker = u32::try_from(p.expect_number("worker", LINE_TIMEOUT)).expect("tid");
+        p.expect_line("ready", LINE_TIMEOUT);
+        (p, worker)
+    };
+    let (mut siginfo, _) = start("siginfo");
+    let (mut plain, _) = start("plain");
+    let (pending, _) = start("pending");
+    let (mut returned, _) = start("returned");
+    let (never_signalled, _) = start("plain");
+    for p in [&siginfo, &plain, &pending, &returned] {
+        signal(p.pid, libc::SIGTERM);
+    }
+    siginfo.expect_line("handling", LINE_TIMEOUT);
+    plain.expect_line("handling", LINE_TIMEOUT);
+    returned.expect_line("handled", LINE_TIMEOUT);
+    assert!(
+        wait_until(LINE_TIMEOUT, || {
+            std::fs::read_to_string(format!("/proc/{}/status", pending.pid)).is_ok_and(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("ShdPnd:") && l.ends_with("4000"))
+            })
+        }),
+        "SIGTERM pending"
+    );
+
+    let grace = humantime::format_duration(GRACE).to_string();
+    let mut daemon = Daemon::start(&["--stuck-exit-grace", &grace]);
+    let attached = Instant::now();
+    let mut figures = Vec::new();
+    for (what, p, found) in [
+        ("SA_SIGINFO handler", &siginfo, "in_handler"),
+        ("plain handler", &plain, "in_handler"),
+        ("pending", &pending, "pending"),
+    ] {
+        let hang = daemon.wait_for_event(what, scaled(GRACE + WITHIN), |v| {
+            is_event(v, "hang", "stuck_exit", p.pid)
+        });
+        let v = &hang.value;
+        let after = hang.at.duration_since(attached);
+        figures.push(format!("{what} {after:?}"));
+        assert!(
+            after >= GRACE,
+            "{what}: before the grace time: {after:?}: {v}"
+        );
+        assert_eq!(v["blocked_since_before_start"], true, "{what}: {v}");
+        assert_eq!(str_of(v, "/exit/signal"), "SIGTERM", "{what}: {v}");
+        assert_eq!(str_of(v, "/exit/found"), found, "{what}: {v}");
+        if found == "pending" {
+            assert!(v["exit"].get("sender_pid").is_none(), "{what}: {v}");
+            continue;
+        }
+        // The handler runs on the main thread (the worker blocks SIGTERM).
+        assert_eq!(
+            u64_of(v, "/exit/handler_tid"),
+            u64::from(p.pid),
+            "{what}: {v}"
+        );
+        let main = v["threads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| u64_of(t, "/tid") == u64::from(p.pid))
+            .unwrap_or_else(|| panic!("{what}: no main thread: {v}"));
+        let stack = symbols(main, "/user_stack");
+        let handler = &main["signal_handler"];
+        assert_eq!(str_of(handler, "/signal"), "SIGTERM", "{what}: {main}");
+        // The handler's frames, the trampoline, then the interrupted code down to main.
+        let frame = usize::try_from(u64_of(handler, "/frame")).expect("index");
+        let at = |symbol: &str| stack.iter().position(|s| s == symbol);
+        assert!(
+            at("save_state").is_some_and(|i| i < frame) && at("main").is_some_and(|i| i > frame),
+            "{what}: the handler before frame {frame}, main after it: {stack:?}"
+        );
+        if what == "SA_SIGINFO handler" {
+            assert_eq!(str_of(handler, "/sent_by"), "process", "{main}");
+            assert_eq!(
+                u64_of(v, "/exit/sender_pid"),
+                u64::from(std::process::id()),
+                "the test sent it: {v}"
+            );
+        } else {
+            assert!(handler.get("sender_pid").is_none(), "no siginfo: {main}");
+            assert!(v["exit"].get("sender_pid").is_none(), "{v}");
+        }
+    }
+    eprintln!("reported after attaching: {}", figures.join(", "));
+    // The controls stay quiet, past the grace time and the handler checks' retries.
+    std::thread::sleep(Duration::from_secs(1));
+    for (what, pid) in [
+        ("a handler that returned", returned.pid),
+        (
+            "a handled SIGTERM blocked by a worker, never sent",
+            never_signalled.pid,
+        ),
+    ] {
+        assert!(
+            daemon.events_for(pid).is_empty(),
+            "{what} (pid {pid}): {}",
+            daemon.dump(Some(&[pid]))
+        );
+    }
+    // Once a process exits, its episode resolves.
+    siginfo.kill();
+    let resolved = daemon.wait_for_event("resolved", scaled(Duration::from_secs(3)), |v| {
+        is_event(v, "resolved", "stuck_exit", siginfo.pid)
+    });
+    assert_eq!(str_of(&resolved.value, "/resolution"), "exited");
+    daemon.stop();
+    let _ = (plain, pending, returned, never_signalled);
+}

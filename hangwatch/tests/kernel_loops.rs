@@ -25,15 +25,6 @@ const LINE_TIMEOUT: Duration = SERVER_LINE_TIMEOUT;
 /// The default loop_stall threshold.
 const THRESHOLD_MS: u64 = 2000;
 
-fn symbols(v: &Value, pointer: &str) -> Vec<String> {
-    v.pointer(pointer)
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f["symbol"].as_str().map(str::to_owned))
-        .collect()
-}
-
 /// How a loop thread may have been recognized in a test.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Recognized {

@@ -82,6 +82,7 @@ pub fn render(e: &Value) -> String {
     }
     field(&mut out, "wait", wait);
     field(&mut out, "where", table::blocked_where(e));
+    signal_handler(&mut out, &e["signal_handler"]);
     stack(
         &mut out,
         "user stack",
@@ -95,6 +96,15 @@ pub fn render(e: &Value) -> String {
         &e["kernel_stack_error"],
     );
     out
+}
+
+/// "  in a handler of SIGTERM sent by pid 4242 ..." when the thread is in one.
+pub fn signal_handler(out: &mut String, handler: &Value) {
+    if let Ok(handler) =
+        serde_json::from_value::<crate::stack::user::signal_frame::SignalHandler>(handler.clone())
+    {
+        let _ = writeln!(out, "  {handler}");
+    }
 }
 
 /// A stack, one frame per line, innermost first; application frames marked with `>`.

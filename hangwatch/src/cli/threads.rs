@@ -76,6 +76,7 @@ pub fn run(args: &ThreadsArgs) -> anyhow::Result<ExitCode> {
     if args.stacks {
         for th in &threads {
             let mut out = String::new();
+            show::signal_handler(&mut out, &th["signal_handler"]);
             show::stack(
                 &mut out,
                 "user stack",

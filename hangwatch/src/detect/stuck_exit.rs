@@ -60,8 +60,9 @@ mod tests {
             first_at_ns: 5 * SEC,
             signals: 1,
             from_kernel,
-            sender_pid: 1,
-            sender_comm: "systemd".into(),
+            sender_pid: Some(1),
+            sender_comm: Some("systemd".into()),
+            found: crate::state::exits::ExitFound::SignalSent,
         }
     }
 

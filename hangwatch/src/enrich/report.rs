@@ -29,7 +29,9 @@ use crate::{
         BlockedOn, CycleMember, EventType, ExitInfo, HangEvent, LoopStallInfo, Resolution, Workload,
     },
     stack::{ThreadStacks, UserRegisters, user::UserStack},
-    state::{FutexCall, ThreadKey, ThreadSample, Wait, futex_op_name, syscall_name},
+    state::{
+        FutexCall, ThreadKey, ThreadSample, Wait, exits::ExitFound, futex_op_name, syscall_name,
+    },
 };
 
 /// A `blocked_on` chain stops after this many owners.
@@ -368,11 +370,17 @@ impl Reports {
             tick,
         );
         Some(HangEvent {
+            blocked_since_before_start: request.found.before_start(),
             exit: Some(ExitInfo {
                 signal: request.signal_name(),
                 sender_pid: request.sender_pid,
                 sender_comm: request.sender_comm.clone(),
                 signals: request.signals,
+                found: request.found.name(),
+                handler_tid: match request.found {
+                    ExitFound::InHandler { tid } => Some(tid),
+                    _ => None,
+                },
             }),
             threads,
             ..base
@@ -572,23 +580,25 @@ impl Reports {
                 self.reader
                     .user_only(check.tgid, check.record.as_ref(), &budget)
             };
-            let frames = match read {
-                Ok(stack) => stack.frames,
+            let (frames, signal_handler) = match read {
+                Ok(stack) => (stack.frames, stack.signal_handler),
                 // Not read yet (a cold cache, a spent budget): no verdict, asked again later.
                 Err(not_read) if not_read.later => continue,
-                Err(_) => Vec::new(),
+                Err(_) => (Vec::new(), None),
             };
             let symbols = frames.iter().filter_map(|f| f.symbol.as_deref());
             // A stack that cannot be read cannot tell: quiet by default, as parked (and
             // without a driver).
             let parked = frames.is_empty() || is_parked(symbols.clone());
             let driver = match checks.check {
-                Check::Park => None,
+                Check::Park | Check::SignalHandler => None,
                 Check::Driver => driver_frame(symbols).map(Arc::from),
             };
             let verdict = ParkVerdict {
                 check: checks.check,
                 thread: check.thread,
+                tgid: check.tgid,
+                signal_handler,
                 since_ns: check.since_ns,
                 parked,
                 seen_parked: parked && !frames.is_empty(),

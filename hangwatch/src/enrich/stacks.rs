@@ -401,7 +401,7 @@ impl StackReader {
             unwinder::Task::Capture { pid, tid, regs },
             budget,
         ) {
-            Ok(unwinder::Answer::Stack(stack)) => Ok(stack),
+            Ok(unwinder::Answer::Stack(stack)) => Ok(*stack),
             Ok(other) => Err(NotRead {
                 why: format!("the unwinder answered {other:?} to a capture"),
                 later: false,

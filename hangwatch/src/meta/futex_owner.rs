@@ -212,17 +212,9 @@ pub fn task_ids(tgid: u32) -> Vec<u32> {
 /// SIGKILL is pending for the thread (its process is being killed): whatever it waits
 /// on, it is about to exit.
 pub fn kill_pending(tgid: u32, tid: u32) -> bool {
-    let Ok(status) = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/status")) else {
-        return true; // gone
-    };
     const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
-    status.lines().any(|line| {
-        ["SigPnd:", "ShdPnd:"].iter().any(|key| {
-            line.strip_prefix(key)
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-                .is_some_and(|mask| mask & SIGKILL_BIT != 0)
-        })
-    })
+    super::signal_masks::SignalMasks::of(tgid, tid)
+        .is_none_or(|masks| masks.any_pending() & SIGKILL_BIT != 0) // gone: true
 }
 
 /// A thread as /proc shows it now: name, state letter, and the syscall it sits in

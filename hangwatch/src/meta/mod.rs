@@ -3,6 +3,7 @@
 //! with the process that had it before.
 pub mod confirm;
 pub mod container;
+pub mod early_exits;
 pub mod futex_owner;
 pub mod helper;
 mod locks;
@@ -13,9 +14,10 @@ pub mod pi_park;
 pub mod pods;
 mod process;
 pub mod reader;
+pub mod signal_masks;
 
 pub use self::{
     futex_owner::OwnerCache,
     locks::LockFacts,
-    process::{ProcessCache, ProcessInfo, ThreadProc, exiting, thread_proc, wchan},
+    process::{ProcessCache, ProcessInfo, ThreadProc, exiting, thread_key, thread_proc, wchan},
 };

@@ -231,6 +231,16 @@ pub fn thread_proc(tgid: u32, key: ThreadKey) -> ThreadProc {
     ThreadProc::Alive { syscall }
 }
 
+/// The key of live thread `tid` of `tgid` from /proc (its start time in clock ticks, as
+/// ns: `thread_proc` compares within a tick).
+pub fn thread_key(tgid: u32, tid: u32) -> Option<ThreadKey> {
+    let ticks = start_ticks(tgid, tid)?;
+    Some(ThreadKey {
+        tid,
+        start_boottime_ns: ticks.saturating_mul(1_000_000_000 / clock_ticks()),
+    })
+}
+
 /// The thread is on its way out: its exit has begun (`PF_EXITING` in the flags of
 /// `/proc/TGID/task/TID/stat`) or a SIGKILL is pending for it. A killed thread is woken
 /// from its wait and runs its exit: its episode ends `exited`, not `running`. Neither file

@@ -110,7 +110,7 @@ struct HungCounts {
 
 /// Every limit the daemon enforces and counts in `hangwatch_limits_total` when it bites
 /// (docs/design.md, "Never blind": why each exists).
-pub const LIMITS: [&str; 13] = [
+pub const LIMITS: [&str; 14] = [
     // A tick's transitions found the enrich queue full: reported without stacks.
     "enrich_queue_full",
     // A report was past due: its user stacks were not read.
@@ -124,6 +124,9 @@ pub const LIMITS: [&str; 13] = [
     "tail_share",
     // A stuck_exit report listed threads beyond MAX_EXIT_STACKS without stacks.
     "exit_stacks",
+    // Threads blocking a handled exit signal at the start whose stacks were not read for
+    // a signal frame (meta::early_exits' bounds).
+    "early_exit_checks",
     // A `threads` request beyond THREAD_DUMPS being read at once (503).
     "thread_dumps",
     // A listener refused a connection beyond its limit (api::listeners::MAX_CONNECTIONS).

@@ -211,10 +211,20 @@ pub struct LoopStallInfo {
 pub struct ExitInfo {
     /// SIGTERM, SIGINT or SIGQUIT.
     pub signal: &'static str,
-    pub sender_pid: u32,
-    pub sender_comm: String,
+    /// Who sent it, when known: not for a signal found pending at the daemon's start, nor
+    /// for one a handler without `SA_SIGINFO` is handling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_comm: Option<String>,
     /// Exit signals received so far.
     pub signals: u32,
+    /// How the request is known: `signal_sent` (seen sent), `in_handler` (a thread was in
+    /// its handler when the daemon started, and still is: `handler_tid`), `pending`
+    /// (pending and blocked when the daemon started, and still).
+    pub found: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handler_tid: Option<u32>,
 }
 
 /// One thread of a deadlock, or of a process that does not exit.
@@ -231,6 +241,9 @@ pub struct CycleMember {
     /// Why its stacks are missing or partial (not read in time, not sampled, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stacks_error: Option<String>,
+    /// The signal handler it is in (a thread that holds up an exit in its handler).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal_handler: Option<crate::stack::user::signal_frame::SignalHandler>,
 }
 
 impl CycleMember {
@@ -244,6 +257,7 @@ impl CycleMember {
             blocked_here: stacks.blocked_here,
             user_stack: stacks.user_stack,
             kernel_stack: stacks.kernel_stack,
+            signal_handler: stacks.signal_handler,
         }
     }
 }

@@ -120,6 +120,7 @@ mod tests {
             user_stack: Vec::new(),
             kernel_stack: vec![kernel_frame("0xffffffff81000000", "schedule")],
             stacks_error: None,
+            signal_handler: None,
         };
         member.wait.wchan = Some("0xffffffff81234567".into());
         event.cycle.push(member.clone());

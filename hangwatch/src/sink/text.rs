@@ -186,10 +186,22 @@ pub fn render(e: &HangEvent) -> String {
         }
     }
     if let Some(exit) = &e.exit {
+        let from = match (&exit.sender_comm, exit.sender_pid) {
+            (Some(comm), Some(pid)) => format!(" from {comm}[{pid}]"),
+            (None, Some(pid)) => format!(" from pid {pid}"),
+            _ => String::new(),
+        };
+        let how = match (exit.found, exit.handler_tid) {
+            ("in_handler", Some(tid)) => {
+                format!(" before hangwatch started: thread {tid} is in its handler since")
+            }
+            ("pending", _) => " before hangwatch started: pending and blocked since".into(),
+            _ => format!(" ({} signal(s))", exit.signals),
+        };
         let _ = writeln!(
             out,
-            "  exit     asked by {} from {}[{}] ({} signal(s)), still running",
-            exit.signal, exit.sender_comm, exit.sender_pid, exit.signals
+            "  exit     asked by {}{from}{how}, still running",
+            exit.signal
         );
         for t in &e.threads {
             let syscall = t.wait.syscall.as_deref().unwrap_or("running");
@@ -207,6 +219,9 @@ pub fn render(e: &HangEvent) -> String {
     if let Some(here) = &e.stacks.blocked_here {
         let doing = if sampled { "running" } else { "blocked" };
         let _ = writeln!(out, "  {doing} here: {here}");
+    }
+    if let Some(handler) = &e.stacks.signal_handler {
+        let _ = writeln!(out, "  {handler}");
     }
     if e.event != EventType::Resolved {
         if !e.stacks.user_stack.is_empty() {
@@ -362,6 +377,7 @@ mod tests {
             user_stack: Vec::new(),
             kernel_stack: Vec::new(),
             stacks_error: None,
+            signal_handler: None,
         };
         event.cycle = vec![member(11, 12), member(12, 11)];
         let text = render(&event);
@@ -415,9 +431,11 @@ mod tests {
         exit.kind = HangKind::StuckExit;
         exit.exit = Some(crate::sink::ExitInfo {
             signal: "SIGTERM",
-            sender_pid: 1,
-            sender_comm: "systemd".into(),
+            sender_pid: Some(1),
+            sender_comm: Some("systemd".into()),
             signals: 2,
+            found: "signal_sent",
+            handler_tid: None,
         });
         let thread = |tid, syscall: Option<&str>, here: &str| CycleMember {
             tid,
@@ -430,6 +448,7 @@ mod tests {
             user_stack: Vec::new(),
             kernel_stack: Vec::new(),
             stacks_error: None,
+            signal_handler: None,
         };
         exit.threads = vec![
             thread(7, Some("futex"), "save_state at stuck.c:30"),

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{
     Frame, KernelSymbolizer, UserRegisters, UserStacks,
     on_cpu::RunningSample,
-    user::{UnwindInfo, UserStack},
+    user::{UnwindInfo, UserStack, signal_frame::SignalHandler},
 };
 
 /// How a thread's stacks were obtained.
@@ -50,6 +50,10 @@ pub struct ThreadStacks {
     /// coroutine (the outermost of the innermost chain of coroutine frames).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub python_task: Option<String>,
+    /// The signal handler the thread is in (its user stack shows the signal frame): the
+    /// signal, who sent it, and the frame where the handler begins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal_handler: Option<SignalHandler>,
 }
 
 /// The symbolizers and caches that turn captured stacks into frames, all on the calling
@@ -188,6 +192,7 @@ impl ThreadStacks {
             error: self.user_stack_error.clone(),
             info: self.user_stack_unwind.clone(),
             python_task: self.python_task.clone(),
+            signal_handler: self.signal_handler.clone(),
         }
     }
 
@@ -196,6 +201,7 @@ impl ThreadStacks {
         self.user_stack_error = user.error;
         self.user_stack_unwind = user.info;
         self.python_task = user.python_task;
+        self.signal_handler = user.signal_handler;
         self.user_stack = user.frames;
     }
 }

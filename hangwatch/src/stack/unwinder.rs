@@ -53,7 +53,7 @@ pub struct Reply {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
-    Stack(UserStack),
+    Stack(Box<UserStack>),
     Sampled(Sampled),
 }
 
@@ -121,7 +121,9 @@ pub fn serve() -> anyhow::Result<()> {
     crate::meta::helper::serve(move |request: Request| {
         user.avoid_files(request.avoid.into_iter().collect());
         let answer = match request.task {
-            Task::Capture { pid, tid, regs } => Answer::Stack(user.capture(pid, tid, regs)),
+            Task::Capture { pid, tid, regs } => {
+                Answer::Stack(Box::new(user.capture(pid, tid, regs)))
+            }
             Task::Sample { pid, tid, timeout } => {
                 Answer::Sampled(match on_cpu::sample_running(tid, timeout) {
                     Ok(sample) => Sampled::Unwound(Box::new(unwind_sample(&mut user, pid, sample))),

@@ -1,5 +1,6 @@
 //! Processes asked to exit: the `signal_generate` probe's records, drained from the kernel
-//! map every tick and kept here until the process is gone.
+//! map every tick, and the requests that came before the daemon started
+//! (`meta::early_exits`), kept here until the process is gone.
 use std::collections::HashMap;
 
 use hangwatch_ebpf::{EXIT_SIGNAL_FROM_KERNEL, ExitSignal};
@@ -20,8 +21,39 @@ pub struct ExitRequest {
     pub first_at_ns: u64,
     pub signals: u32,
     pub from_kernel: bool,
-    pub sender_pid: u32,
-    pub sender_comm: String,
+    /// Who sent it, when known (not for a signal pending since before the daemon, nor for
+    /// one a plain handler is handling).
+    pub sender_pid: Option<u32>,
+    pub sender_comm: Option<String>,
+    pub found: ExitFound,
+}
+
+/// How the daemon knows the process was asked to exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitFound {
+    /// The probe saw the signal sent.
+    SignalSent,
+    /// At the daemon's start, thread `tid` was in its handler of the signal (its stack's
+    /// signal frame), and still is: the signal came before the daemon.
+    InHandler { tid: u32 },
+    /// At the daemon's start the signal was pending, blocked by every thread, and still
+    /// is.
+    Pending,
+}
+
+impl ExitFound {
+    /// The name reports give it (`exit.found`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SignalSent => "signal_sent",
+            Self::InHandler { .. } => "in_handler",
+            Self::Pending => "pending",
+        }
+    }
+
+    pub fn before_start(self) -> bool {
+        self != Self::SignalSent
+    }
 }
 
 impl ExitRequest {
@@ -55,6 +87,12 @@ impl ExitTable {
                 }
             }
         }
+    }
+
+    /// Adds a request found otherwise than by the probe (`meta::early_exits`), unless
+    /// the process has one already.
+    pub fn insert_found(&mut self, request: ExitRequest) {
+        self.by_tgid.entry(request.tgid).or_insert(request);
     }
 
     /// Keeps the requests whose process is still there.
@@ -91,8 +129,9 @@ fn request_of(tgid: u32, signal: &ExitSignal) -> ExitRequest {
         first_at_ns: signal.first_at_ns,
         signals: signal.count,
         from_kernel: signal.flags & EXIT_SIGNAL_FROM_KERNEL != 0,
-        sender_pid: signal.sender_tgid,
-        sender_comm: String::from_utf8_lossy(&signal.sender_comm[..name_len]).into_owned(),
+        sender_pid: Some(signal.sender_tgid),
+        sender_comm: Some(String::from_utf8_lossy(&signal.sender_comm[..name_len]).into_owned()),
+        found: ExitFound::SignalSent,
     }
 }
 
@@ -124,7 +163,7 @@ mod tests {
         t.merge([(10, signal(10, 5, 900))]);
         let r = t.get(10).expect("kept");
         assert_eq!((r.first_at_ns, r.signals), (100, 2));
-        assert_eq!(r.sender_comm, "kill");
+        assert_eq!(r.sender_comm.as_deref(), Some("kill"));
         // The pid now names another process: a new request.
         t.merge([(10, signal(10, 6, 2000))]);
         assert_eq!(t.get(10).expect("new").first_at_ns, 2000);

@@ -94,3 +94,13 @@ pub fn episode_ids(events: &[Received], kind: &str) -> BTreeSet<String> {
         .map(|r| str_of(&r.value, "/id").to_owned())
         .collect()
 }
+
+/// The symbols of the frames at `pointer` (a stack), innermost first.
+pub fn symbols(v: &Value, pointer: &str) -> Vec<String> {
+    v.pointer(pointer)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["symbol"].as_str().map(str::to_owned))
+        .collect()
+}

@@ -9,6 +9,7 @@
 pub(in crate::stack) mod maps;
 pub(in crate::stack) mod memory;
 mod modules;
+pub mod signal_frame;
 pub mod symbolizer;
 #[cfg(target_arch = "x86_64")]
 mod unwind;
@@ -62,6 +63,8 @@ pub struct UserStack {
     pub info: Option<UnwindInfo>,
     /// The asyncio task (its coroutine's qualified name) a CPython thread is running.
     pub python_task: Option<String>,
+    /// The signal handler the thread is running, from the signal frame on its stack.
+    pub signal_handler: Option<signal_frame::SignalHandler>,
 }
 
 impl UserStack {
@@ -248,7 +251,17 @@ impl UserStacks {
             .into_iter()
             .flatten()
             .reduce(|a, b| format!("{a}; {b}"));
+        // The innermost signal frame, and where its trampoline ended up among the frames
+        // (Python frames may have been merged in before it).
+        let signal_handler = unwound.signal_frames.first().map(|frame| {
+            let trampoline = format!("{:#x}", frame.trampoline);
+            let at = python.frames.iter().position(|f| f.address == trampoline);
+            let blocked_now =
+                crate::meta::signal_masks::SignalMasks::of(pid, tid).map(|masks| masks.blocked);
+            signal_frame::SignalHandler::of(frame, blocked_now, at)
+        });
         UserStack {
+            signal_handler,
             info: Some(UnwindInfo {
                 frames: unwound.frames.len(),
                 frame_pointer_frames: unwind::frame_pointer_walk(regs.fp, &stack),
@@ -311,7 +324,21 @@ impl UserStacks {
             }
         }
         let mut unwinder = unwind::ProcessUnwinder::new(&modules);
-        let mut unwound = unwinder.unwind(regs.ip, regs.sp, regs.fp, stack);
+        // The code at a return address, read only where the walk asks (each return
+        // address into an executable mapping), through one open of the process's memory.
+        let mut memory = None;
+        let mut is_trampoline = |address: u64| {
+            if !executable.iter().any(|m| m.contains(address)) {
+                return false;
+            }
+            let memory = memory.get_or_insert_with(|| crate::meta::memory::Memory::open(pid));
+            let mut code = [0u8; signal_frame::TRAMPOLINE_BYTES];
+            memory
+                .as_ref()
+                .is_ok_and(|m| m.read(address, &mut code).is_ok_and(|n| n >= 7))
+                && signal_frame::is_trampoline(&code)
+        };
+        let mut unwound = unwinder.unwind((regs.ip, regs.sp, regs.fp), stack, &mut is_trampoline);
         // framehop falls back to frame pointers in a module it has no tables for, and a
         // zero frame pointer (most code keeps none) reads as the end of the stack: a walk
         // that "ends" in such a module ended for want of its tables, and says so.
@@ -395,10 +422,13 @@ impl UserStacks {
                 });
                 continue;
             };
+            // A symbol found only in the module's separate debug file (glibc's
+            // `__restore_rt`) names that file as its module: the mapped file is the module.
             let module = sym
                 .module
                 .as_ref()
                 .map(|m| m.to_string_lossy().into_owned())
+                .filter(|m| !m.ends_with(".debug") || mapped.is_none())
                 .or(mapped);
             // Innermost first: the inlined callees (blazesym lists them outermost first),
             // then the function the address belongs to.

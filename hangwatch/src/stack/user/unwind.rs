@@ -8,10 +8,18 @@ use framehop::{
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
 };
 
-use super::{maps::Mapping, memory::StackCopy, modules::UnwindSections};
+use super::{
+    maps::Mapping,
+    memory::StackCopy,
+    modules::UnwindSections,
+    signal_frame::{self, SignalFrame},
+};
 
 /// Frames kept per stack.
 pub const MAX_FRAMES: usize = 128;
+
+/// Nested signal handlers walked through (a handler interrupted by another signal).
+const MAX_SIGNAL_FRAMES: usize = 4;
 
 /// One frame found by the unwinder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +35,8 @@ pub struct Unwound {
     pub frames: Vec<RawFrame>,
     /// Why the walk stopped before reaching the outermost frame, if it did.
     pub stopped: Option<String>,
+    /// The signal frames walked through, innermost first (`signal_frame`).
+    pub signal_frames: Vec<SignalFrame>,
 }
 
 /// The modules of one process, as framehop sees them.
@@ -68,37 +78,68 @@ impl ProcessUnwinder {
         }
     }
 
-    pub fn unwind(&mut self, ip: u64, sp: u64, fp: u64, stack: &StackCopy) -> Unwound {
+    /// Walks the stack from the registers `ip`, `sp`, `fp`. A return address into a
+    /// sigreturn trampoline (`is_trampoline` reads its code) is a signal frame: its
+    /// handler is said, and the walk goes on from the registers it saved (the code the
+    /// signal interrupted), up to `MAX_SIGNAL_FRAMES` nested ones.
+    pub fn unwind(
+        &mut self,
+        (ip, sp, fp): (u64, u64, u64),
+        stack: &StackCopy,
+        is_trampoline: &mut dyn FnMut(u64) -> bool,
+    ) -> Unwound {
         let mut read = |address: u64| stack.word(address).ok_or(());
         let mut frames = Vec::new();
+        let mut signal_frames = Vec::new();
         let mut stopped = None;
-        let mut iter = self.unwinder.iter_frames(
-            ip,
-            UnwindRegsX86_64::new(ip, sp, fp),
-            &mut self.cache,
-            &mut read,
-        );
-        while frames.len() < MAX_FRAMES {
-            match iter.next() {
-                Ok(Some(FrameAddress::InstructionPointer(ip))) => frames.push(RawFrame {
-                    address: ip,
-                    lookup: ip,
-                }),
-                Ok(Some(FrameAddress::ReturnAddress(ra))) => frames.push(RawFrame {
-                    address: ra.get(),
-                    lookup: ra.get() - 1,
-                }),
-                Ok(None) => break,
-                Err(err) => {
-                    stopped = Some(unwind_error(&err, stack));
-                    break;
+        let mut from = (ip, sp, fp);
+        'walks: loop {
+            let mut iter = self.unwinder.iter_frames(
+                from.0,
+                UnwindRegsX86_64::new(from.0, from.1, from.2),
+                &mut self.cache,
+                &mut read,
+            );
+            while frames.len() < MAX_FRAMES {
+                match iter.next() {
+                    Ok(Some(FrameAddress::InstructionPointer(ip))) => frames.push(RawFrame {
+                        address: ip,
+                        lookup: ip,
+                    }),
+                    Ok(Some(FrameAddress::ReturnAddress(ra))) => {
+                        let ra = ra.get();
+                        let signal = (signal_frames.len() < MAX_SIGNAL_FRAMES && is_trampoline(ra))
+                            .then(|| signal_frame::read(stack, from.1, ra))
+                            .flatten();
+                        // The trampoline is entered at its first byte, not called:
+                        // symbolize the address itself.
+                        frames.push(RawFrame {
+                            address: ra,
+                            lookup: if signal.is_some() { ra } else { ra - 1 },
+                        });
+                        if let Some(signal) = signal {
+                            from = (signal.ip, signal.sp, signal.bp);
+                            signal_frames.push(signal);
+                            continue 'walks;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        stopped = Some(unwind_error(&err, stack));
+                        break;
+                    }
                 }
             }
+            break;
         }
         if frames.len() == MAX_FRAMES {
             stopped = Some(format!("cut at {MAX_FRAMES} frames"));
         }
-        Unwound { frames, stopped }
+        Unwound {
+            frames,
+            stopped,
+            signal_frames,
+        }
     }
 }
 

@@ -1,0 +1,221 @@
+//! Exit requests that came before the daemon started, found once at its start from
+//! /proc: the probe on `signal_generate` sees only signals sent while it is attached, and
+//! a process asked to exit before that leaves two traces while it does not exit:
+//!
+//! - the exit signal **pending**, blocked by every thread (`ShdPnd` with `SigBlk`): it was
+//!   sent and nobody takes it;
+//! - a thread **in its handler** of the signal: entering a handler adds the signal to the
+//!   thread's blocked mask until the handler returns, so a thread of a process with a
+//!   handler for an exit signal (`SigCgt`) that blocks it now is *maybe* in that handler.
+//!   Its stack decides (`stack::user::signal_frame`): the daemon reads it once and looks
+//!   for the signal frame.
+//!
+//! A handler that returned (one that sets a flag for the main loop) leaves no trace: that
+//! case is not found, and said so in docs/detection.md.
+//!
+//! The scan runs on a thread of its own: /proc's `status` files take no lock of the
+//! processes' memory, but a machine with many threads takes a moment, and detection
+//! must not wait for it.
+use std::{collections::HashMap, fs, sync::mpsc, thread};
+
+use super::{signal_masks::SignalMasks, thread_key};
+use crate::state::{
+    ThreadKey,
+    exits::{SIGINT, SIGQUIT, SIGTERM},
+};
+
+/// The exit signals' bits.
+pub const EXIT_SIGNALS: u64 = bit(SIGTERM) | bit(SIGINT) | bit(SIGQUIT);
+/// Thread `status` files read at most (processes with a handler for an exit signal only).
+const MAX_THREADS_READ: usize = 50_000;
+/// Threads whose stacks are read at most, and per process: those whose blocked mask is
+/// the least common in their process first (the thread in a handler has one of its own;
+/// a program that blocks the signal in every worker has many alike).
+pub const MAX_HANDLER_CHECKS: usize = 64;
+const MAX_HANDLER_CHECKS_PER_PROCESS: usize = 4;
+
+const fn bit(signal: u32) -> u64 {
+    1 << (signal - 1)
+}
+
+/// What the scan found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Exit signals pending for process `tgid`, blocked by every thread.
+    Pending {
+        tgid: u32,
+        leader: ThreadKey,
+        signals: u64,
+    },
+    /// Thread `thread` blocks exit signals its process has a handler for: maybe in it.
+    MaybeInHandler {
+        tgid: u32,
+        thread: ThreadKey,
+        signals: u64,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub found: Vec<Found>,
+    pub processes: usize,
+    pub threads_read: usize,
+    /// Threads not read, or not checked, for the bounds above.
+    pub capped: usize,
+}
+
+/// Scans /proc on a thread of its own; the scan arrives on the receiver once done.
+pub fn spawn(own_pid: u32) -> std::io::Result<mpsc::Receiver<Scan>> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    thread::Builder::new()
+        .name("hw-early-exits".into())
+        .spawn(move || {
+            let _ = tx.send(scan(own_pid));
+        })?;
+    Ok(rx)
+}
+
+pub fn scan(own_pid: u32) -> Scan {
+    let mut scan = Scan::default();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return scan;
+    };
+    let pids = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
+    let mut candidates: Vec<(usize, Found)> = Vec::new();
+    for tgid in pids.filter(|&p| p != own_pid) {
+        let Some(process) = SignalMasks::of(tgid, tgid) else {
+            continue; // gone
+        };
+        scan.processes += 1;
+        // A shared pending signal goes to any thread that does not block it, at once: one
+        // that stays pending is blocked by all (the daemon checks again that it stays).
+        let pending = process.shared_pending & EXIT_SIGNALS;
+        if pending != 0
+            && let Some(leader) = thread_key(tgid, tgid)
+        {
+            scan.found.push(Found::Pending {
+                tgid,
+                leader,
+                signals: pending,
+            });
+        }
+        let caught = process.caught & EXIT_SIGNALS;
+        if caught == 0 {
+            continue;
+        }
+        let tids = super::futex_owner::task_ids(tgid);
+        if scan.threads_read + tids.len() > MAX_THREADS_READ {
+            scan.capped += tids.len();
+            continue;
+        }
+        let masks: Vec<(u32, SignalMasks)> = tids
+            .into_iter()
+            .filter_map(|tid| Some((tid, SignalMasks::of(tgid, tid)?)))
+            .collect();
+        scan.threads_read += masks.len();
+        let mut alike: HashMap<u64, usize> = HashMap::new();
+        for (_, m) in &masks {
+            *alike.entry(m.blocked).or_default() += 1;
+        }
+        let mut maybe: Vec<(usize, u32, u64)> = masks
+            .iter()
+            .filter(|(_, m)| m.blocked & caught != 0)
+            .map(|(tid, m)| (alike[&m.blocked], *tid, m.blocked & caught))
+            .collect();
+        maybe.sort_unstable();
+        scan.capped += maybe.len().saturating_sub(MAX_HANDLER_CHECKS_PER_PROCESS);
+        for (rarity, tid, signals) in maybe.into_iter().take(MAX_HANDLER_CHECKS_PER_PROCESS) {
+            if let Some(thread) = thread_key(tgid, tid) {
+                candidates.push((
+                    rarity,
+                    Found::MaybeInHandler {
+                        tgid,
+                        thread,
+                        signals,
+                    },
+                ));
+            }
+        }
+    }
+    candidates.sort_by_key(|(rarity, _)| *rarity);
+    scan.capped += candidates.len().saturating_sub(MAX_HANDLER_CHECKS);
+    scan.found.extend(
+        candidates
+            .into_iter()
+            .take(MAX_HANDLER_CHECKS)
+            .map(|(_, found)| found),
+    );
+    scan
+}
+
+/// Whether a request found at the start still holds: the handler thread still blocks
+/// the signal (it has not returned from the handler), or the signal is still pending.
+pub fn still_holds(tgid: u32, handler_tid: Option<u32>, signal: u32) -> bool {
+    match handler_tid {
+        Some(tid) => SignalMasks::of(tgid, tid).is_some_and(|m| m.blocked & bit(signal) != 0),
+        None => SignalMasks::of(tgid, tgid).is_some_and(|m| m.any_pending() & bit(signal) != 0),
+    }
+}
+
+/// The exit signal of `mask` a request names: SIGTERM before SIGINT before SIGQUIT.
+pub fn first_exit_signal(mask: u64) -> Option<u32> {
+    [SIGTERM, SIGINT, SIGQUIT]
+        .into_iter()
+        .find(|&s| mask & bit(s) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exit_signal_named_is_the_strongest() {
+        assert_eq!(first_exit_signal(bit(SIGINT) | bit(SIGTERM)), Some(SIGTERM));
+        assert_eq!(first_exit_signal(bit(SIGQUIT)), Some(SIGQUIT));
+        assert_eq!(first_exit_signal(bit(10)), None);
+    }
+
+    #[test]
+    fn a_thread_blocking_a_caught_exit_signal_is_a_candidate_and_others_are_not() {
+        // This test process: a thread blocks SIGQUIT while a handler for it is installed.
+        use std::sync::{Arc, Barrier};
+        // SAFETY: installing a handler that does nothing, for a signal nothing sends.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            extern "C" fn ignore(_: libc::c_int) {}
+            action.sa_sigaction = ignore as *const () as usize;
+            libc::sigaction(libc::SIGQUIT, &action, std::ptr::null_mut());
+        }
+        let ready = Arc::new(Barrier::new(2));
+        let done = Arc::new(Barrier::new(2));
+        let (r, d) = (ready.clone(), done.clone());
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let blocker = std::thread::spawn(move || {
+            // SAFETY: plain calls on this thread's own mask.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGQUIT);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                tid_tx.send(libc::gettid() as u32).unwrap();
+            }
+            r.wait();
+            d.wait();
+        });
+        let tid = tid_rx.recv().unwrap();
+        ready.wait();
+        let found = scan(0).found;
+        done.wait();
+        blocker.join().unwrap();
+        let pid = std::process::id();
+        let ours: Vec<&Found> = found
+            .iter()
+            .filter(|f| matches!(f, Found::MaybeInHandler { tgid, .. } if *tgid == pid))
+            .collect();
+        assert!(
+            matches!(ours.as_slice(), [Found::MaybeInHandler { thread, signals, .. }]
+                if thread.tid == tid && *signals == bit(SIGQUIT)),
+            "{ours:?}"
+        );
+    }
+}
