@@ -161,16 +161,34 @@ impl EarlyExits {
     fn ask(&mut self, probes: &mut Probes, enrich: &Enrich, now: Instant) {
         self.to_check
             .retain(|(tgid, key, _)| matches!(thread_proc(*tgid, *key), ThreadProc::Alive { .. }));
-        let threads: Vec<StackCheck> = self
+        let running: Vec<bool> = self
             .to_check
             .iter()
             .map(|&(tgid, key, _)| {
-                let running =
-                    futex_owner::proc_thread(tgid, key.tid).is_some_and(|t| t.state == 'R');
-                let record = (!running)
-                    .then(|| probes.dump_stacks(&[key.tid]).ok())
-                    .flatten()
-                    .and_then(|records| records.into_iter().find(|r| r.tid == key.tid));
+                futex_owner::proc_thread(tgid, key.tid).is_some_and(|t| t.state == 'R')
+            })
+            .collect();
+        // The blocked ones' records in as few iterator runs as the request map allows.
+        let blocked: Vec<u32> = self
+            .to_check
+            .iter()
+            .zip(&running)
+            .filter(|(_, running)| !**running)
+            .map(|((_, key, _), _)| key.tid)
+            .collect();
+        let mut records = Vec::new();
+        for chunk in blocked.chunks(hangwatch_ebpf::MAX_STACK_REQUESTS as usize) {
+            match probes.dump_stacks(chunk) {
+                Ok(mut got) => records.append(&mut got),
+                Err(err) => tracing::debug!("cannot read the stacks of handler checks: {err}"),
+            }
+        }
+        let threads: Vec<StackCheck> = self
+            .to_check
+            .iter()
+            .zip(running)
+            .map(|(&(tgid, key, _), running)| {
+                let record = records.iter().find(|r| r.tid == key.tid).copied();
                 StackCheck {
                     thread: ThreadKey {
                         tid: key.tid,
