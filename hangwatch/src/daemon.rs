@@ -419,15 +419,6 @@ impl Scanner {
         // A walk costs about a microsecond per thread of the machine: on a machine with very
         // many threads, walk less often so that walking stays within WALK_CPU_SHARE of a core
         // (detection of newly blocked threads then takes up to that interval longer).
-        let interval = self.walk_spacing(took, WALK_CPU_SHARE);
-        if interval > self.walk_interval && !self.walks_stretched {
-            self.walks_stretched = true;
-            tracing::info!(
-                "a full walk takes {took:?} of CPU: walking every {interval:?} instead of every {:?} to stay within {:.1}% of a core",
-                self.walk_interval,
-                WALK_CPU_SHARE * 100.0
-            );
-        }
         self.last_walk = Some((started, took));
         let probes = &self.probes;
         let per_thread_reads = &mut self.per_thread_reads;
@@ -459,6 +450,16 @@ impl Scanner {
             self.table.len(),
             self.table.ticked_len()
         );
+        // Said only where walks are spaced: without thread pidfds every scan walks.
+        let interval = self.walk_spacing(took, WALK_CPU_SHARE);
+        if self.per_thread_reads && interval > self.walk_interval && !self.walks_stretched {
+            self.walks_stretched = true;
+            tracing::info!(
+                "a full walk takes {took:?} of CPU: walking every {interval:?} instead of every {:?} to stay within {:.1}% of a core",
+                self.walk_interval,
+                WALK_CPU_SHARE * 100.0
+            );
+        }
         Ok(true)
     }
 

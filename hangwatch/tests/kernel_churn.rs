@@ -223,6 +223,8 @@ fn a_thread_storm_on_reused_tids_gives_one_episode_per_real_blocker() {
 
     // tid -> (start, end) of each blocker, wall-clock ms.
     let mut blockers: HashMap<u32, Vec<(u64, Option<u64>)>> = HashMap::new();
+    // (tid, start) -> how long the blocker waited for a CPU before its wait, ms.
+    let mut queued: HashMap<(u32, u64), u64> = HashMap::new();
     let (mut created, mut took_ms, mut in_range, mut distinct) = (0u64, 0u64, 0u64, 0u64);
     loop {
         let line = storm.next_line(Duration::from_secs(SECONDS + 10));
@@ -246,6 +248,7 @@ fn a_thread_storm_on_reused_tids_gives_one_episode_per_real_blocker() {
                     .and_then(|e| e.iter_mut().rev().find(|(_, end)| end.is_none()))
                     .unwrap_or_else(|| panic!("an end without a start: {line:?}"));
                 episode.1 = Some(number(3));
+                queued.insert((tid, episode.0), number(4));
             }
             Some("created") => (created, took_ms) = (number(1), number(3)),
             Some("in_range") => (in_range, distinct) = (number(1), number(3)),
@@ -258,7 +261,7 @@ fn a_thread_storm_on_reused_tids_gives_one_episode_per_real_blocker() {
     let cpu = cpu_time(daemon.pid).saturating_sub(cpu_before);
     let rate = created as f64 * 1000.0 / took_ms.max(1) as f64;
     eprintln!(
-        "storm: {created} threads in {took_ms} ms ({rate:.0} threads/s, {SPAWNERS} spawners), {in_range} of them on {distinct} tids of the range {range} (each reused {:.0} times); blockers {blockers:?}; unrelated deadlock reported {latency:?} after it formed; daemon CPU {cpu:?} over {window:?} ({:.2} of a core)",
+        "storm: {created} threads in {took_ms} ms ({rate:.0} threads/s, {SPAWNERS} spawners), {in_range} of them on {distinct} tids of the range {range} (each reused {:.0} times); blockers {blockers:?}; time each blocker waited for a CPU before its wait (ms) {queued:?}; unrelated deadlock reported {latency:?} after it formed; daemon CPU {cpu:?} over {window:?} ({:.2} of a core)",
         in_range as f64 / distinct.max(1) as f64,
         cpu.as_secs_f64() / window.as_secs_f64()
     );
@@ -339,10 +342,20 @@ fn a_thread_storm_on_reused_tids_gives_one_episode_per_real_blocker() {
     }
     for (tid, start, end) in &episodes {
         let found = per_blocker.get(&(*tid, *start)).map_or(0, Vec::len);
+        // A blocker kept off the CPU between its start and its wait (a saturated VM)
+        // blocked that much less: one that blocked less than the threshold and a second
+        // may go unreported (it is said); never twice.
+        let queued_ms = queued.get(&(*tid, *start)).copied().unwrap_or(0);
+        if found == 0 && STORM_BLOCK_MS.saturating_sub(queued_ms) < 2000 {
+            eprintln!(
+                "blocker {tid} not reported: it waited {queued_ms} ms for a CPU before its wait, which then lasted under 2 s"
+            );
+            continue;
+        }
         assert_eq!(
             found,
             1,
-            "blocker {tid} ({start}..{end}) must be reported exactly once: {:?}",
+            "blocker {tid} ({start}..{end}, {queued_ms} ms waiting for a CPU before its wait) must be reported exactly once: {:?}",
             per_blocker.get(&(*tid, *start))
         );
     }

@@ -7,7 +7,10 @@
 //
 // stdout (line-buffered): "pid <pid>" and "range <first> <count>", then waits for a line
 // on stdin. Then, per blocker, "blocker <tid> start <ms>" just before it blocks and
-// "blocker <tid> end <ms>" once it woke (CLOCK_REALTIME milliseconds). At the end, once
+// "blocker <tid> end <ms> <queued ms>" once it woke (CLOCK_REALTIME milliseconds; queued:
+// about how long it waited for a CPU between the start and the wait itself, from its
+// schedstat's run delay less what it waited after the deadline; a thread preempted for
+// long there blocks that much less). At the end, once
 // SECONDS have passed and every blocker has ended: "created <threads> in <ms> ms",
 // "in_range <threads whose tid was in the range> distinct <tids of the range used>",
 // "done", and exit 0. No thread but the blockers is ever off-CPU for long: the spawners
@@ -59,9 +62,22 @@ static void *storm(void *arg) {
     return NULL;
 }
 
+// This thread's time waiting on a run queue so far (schedstat's second field), in ms;
+// 0 where the kernel does not keep it.
+static long long run_delay_ms(void) {
+    FILE *f = fopen("/proc/thread-self/schedstat", "r");
+    unsigned long long on_cpu = 0, delay = 0;
+    if (f != NULL) {
+        if (fscanf(f, "%llu %llu", &on_cpu, &delay) != 2) delay = 0;
+        fclose(f);
+    }
+    return (long long)(delay / 1000000ULL);
+}
+
 static void *blocker(void *arg) {
     (void)arg;
     int tid = (int)syscall(SYS_gettid);
+    long long delay_before = run_delay_ms();
     struct timespec deadline;
     clock_gettime(CLOCK_REALTIME, &deadline);
     deadline.tv_sec += block_ms / 1000;
@@ -70,13 +86,17 @@ static void *blocker(void *arg) {
         deadline.tv_sec++;
         deadline.tv_nsec -= 1000000000L;
     }
+    long long deadline_ms = (long long)deadline.tv_sec * 1000 + deadline.tv_nsec / 1000000;
     printf("blocker %d start %lld\n", tid, now_ms(CLOCK_REALTIME));
     pthread_mutex_lock(&lock);
     int rc;
     do rc = pthread_cond_timedwait(&never, &lock, &deadline);
     while (rc != ETIMEDOUT);
     pthread_mutex_unlock(&lock);
-    printf("blocker %d end %lld\n", tid, now_ms(CLOCK_REALTIME));
+    long long end = now_ms(CLOCK_REALTIME);
+    long long late = end > deadline_ms ? end - deadline_ms : 0;
+    long long queued = run_delay_ms() - delay_before - late;
+    printf("blocker %d end %lld %lld\n", tid, end, queued > 0 ? queued : 0);
     atomic_fetch_add(&blockers_ended, 1);
     return NULL;
 }
