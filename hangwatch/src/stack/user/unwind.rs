@@ -78,9 +78,9 @@ impl ProcessUnwinder {
         }
     }
 
-    /// Walks the stack from the registers `ip`, `sp`, `fp`. A return address into a
-    /// sigreturn trampoline (`is_trampoline` reads its code) is a signal frame: its
-    /// handler is said, and the walk goes on from the registers it saved (the code the
+    /// Walks the stack from the registers `ip`, `sp`, `fp`. Where the walk fails after a
+    /// return address into a sigreturn trampoline (`is_trampoline` reads its code), that
+    /// is a signal frame: the walk goes on from the registers it saved (the code the
     /// signal interrupted), up to `MAX_SIGNAL_FRAMES` nested ones.
     pub fn unwind(
         &mut self,
@@ -93,6 +93,9 @@ impl ProcessUnwinder {
         let mut signal_frames = Vec::new();
         let mut stopped = None;
         let mut from = (ip, sp, fp);
+        // Where the current stretch of the walk (from the registers, or from a signal
+        // frame's) begins in `frames`.
+        let mut stretch = 0;
         'walks: loop {
             let mut iter = self.unwinder.iter_frames(
                 from.0,
@@ -106,25 +109,37 @@ impl ProcessUnwinder {
                         address: ip,
                         lookup: ip,
                     }),
-                    Ok(Some(FrameAddress::ReturnAddress(ra))) => {
-                        let ra = ra.get();
-                        let signal = (signal_frames.len() < MAX_SIGNAL_FRAMES && is_trampoline(ra))
-                            .then(|| signal_frame::read(stack, from.1, ra))
-                            .flatten();
-                        // The trampoline is entered at its first byte, not called:
-                        // symbolize the address itself.
-                        frames.push(RawFrame {
-                            address: ra,
-                            lookup: if signal.is_some() { ra } else { ra - 1 },
-                        });
-                        if let Some(signal) = signal {
-                            from = (signal.ip, signal.sp, signal.bp);
-                            signal_frames.push(signal);
-                            continue 'walks;
-                        }
-                    }
+                    Ok(Some(FrameAddress::ReturnAddress(ra))) => frames.push(RawFrame {
+                        address: ra.get(),
+                        lookup: ra.get() - 1,
+                    }),
                     Ok(None) => break,
                     Err(err) => {
+                        // DWARF has no rule past the sigreturn trampoline: a walk that went
+                        // wrong may have met a signal frame. Its return addresses are looked
+                        // at (their code read) only then, so a whole stack costs no read.
+                        let signal = (signal_frames.len() < MAX_SIGNAL_FRAMES)
+                            .then(|| {
+                                frames[stretch..]
+                                    .iter()
+                                    .position(|f| f.lookup != f.address && is_trampoline(f.address))
+                            })
+                            .flatten()
+                            .and_then(|i| {
+                                let at = stretch + i;
+                                Some((at, signal_frame::read(stack, from.1, frames[at].address)?))
+                            });
+                        if let Some((at, signal)) = signal {
+                            // What followed the trampoline was the wrong walk. The
+                            // trampoline is entered at its first byte, not called: its own
+                            // address is symbolized.
+                            frames.truncate(at + 1);
+                            frames[at].lookup = frames[at].address;
+                            from = (signal.ip, signal.sp, signal.bp);
+                            signal_frames.push(signal);
+                            stretch = frames.len();
+                            continue 'walks;
+                        }
                         stopped = Some(unwind_error(&err, stack));
                         break;
                     }
