@@ -475,7 +475,7 @@ impl Scanner {
         }
         self.exits.merge(self.probes.drain_exit_signals()?);
         if let Some(early) = &mut self.early_exits
-            && let Some(capped) = early.step(&mut self.exits, &mut self.probes, &self.enrich)
+            && let Some(capped) = early.step(&mut self.exits)
         {
             self.surfaces
                 .metrics()
@@ -508,7 +508,6 @@ impl Scanner {
                 Check::Driver => {
                     self.loops.drivers.insert(v.thread, (v.since_ns, v.driver));
                 }
-                Check::SignalHandler => {} // on their own channel (`early_exits`)
             }
         }
         self.park_checks

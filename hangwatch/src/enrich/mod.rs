@@ -140,9 +140,6 @@ pub enum Check {
     /// A thread of a process with a loop fd, blocked elsewhere or running: does its stack
     /// show an event loop's driver?
     Driver,
-    /// A thread blocking an exit signal its process handles, at the daemon's start: is it
-    /// in that handler (a signal frame on its stack)?
-    SignalHandler,
 }
 
 /// A check's answer: the wait it is about, whether it is a park, whether the stack showed
@@ -152,13 +149,10 @@ pub enum Check {
 pub struct ParkVerdict {
     pub check: Check,
     pub thread: ThreadKey,
-    pub tgid: u32,
     pub since_ns: u64,
     pub parked: bool,
     pub seen_parked: bool,
     pub driver: Option<Arc<str>>,
-    /// The signal handler the stack shows the thread in.
-    pub signal_handler: Option<crate::stack::user::signal_frame::SignalHandler>,
 }
 
 /// A `threads --stacks` request with the records the detection thread took for it.

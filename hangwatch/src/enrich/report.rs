@@ -580,25 +580,23 @@ impl Reports {
                 self.reader
                     .user_only(check.tgid, check.record.as_ref(), &budget)
             };
-            let (frames, signal_handler) = match read {
-                Ok(stack) => (stack.frames, stack.signal_handler),
+            let frames = match read {
+                Ok(stack) => stack.frames,
                 // Not read yet (a cold cache, a spent budget): no verdict, asked again later.
                 Err(not_read) if not_read.later => continue,
-                Err(_) => (Vec::new(), None),
+                Err(_) => Vec::new(),
             };
             let symbols = frames.iter().filter_map(|f| f.symbol.as_deref());
             // A stack that cannot be read cannot tell: quiet by default, as parked (and
             // without a driver).
             let parked = frames.is_empty() || is_parked(symbols.clone());
             let driver = match checks.check {
-                Check::Park | Check::SignalHandler => None,
+                Check::Park => None,
                 Check::Driver => driver_frame(symbols).map(Arc::from),
             };
             let verdict = ParkVerdict {
                 check: checks.check,
                 thread: check.thread,
-                tgid: check.tgid,
-                signal_handler,
                 since_ns: check.since_ns,
                 parked,
                 seen_parked: parked && !frames.is_empty(),

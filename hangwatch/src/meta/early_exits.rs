@@ -7,21 +7,25 @@
 //! - a thread **in its handler** of the signal: entering a handler adds the signal to the
 //!   thread's blocked mask until the handler returns, so a thread of a process with a
 //!   handler for an exit signal (`SigCgt`) that blocks it now is *maybe* in that handler.
-//!   Its stack decides (`stack::user::signal_frame`): the daemon reads it once and looks
-//!   for the signal frame.
+//!   Its stack decides: read once, raw, and searched for the kernel's signal frame
+//!   (`stack::user::signal_frame::find_in_memory`: no unwinding, so no module is read).
 //!
 //! A handler that returned (one that sets a flag for the main loop) leaves no trace: that
 //! case is not found, and said so in docs/detection.md.
 //!
-//! The scan runs on a thread of its own: /proc's `status` files take no lock of the
-//! processes' memory, but a machine with many threads takes a moment, and detection
-//! must not wait for it.
+//! The scan runs on a thread of its own, and detection never waits for it: the pending
+//! signals come first (/proc's `status` files take no lock of a process's memory), the
+//! handlers after (their stacks are read through `/proc/PID/mem`, which waits for a
+//! process's mm lock: one stuck there holds up only the handlers found after it).
 use std::{collections::HashMap, fs, sync::mpsc, thread};
 
 use super::{signal_masks::SignalMasks, thread_key};
-use crate::state::{
-    ThreadKey,
-    exits::{SIGINT, SIGQUIT, SIGTERM},
+use crate::{
+    stack::user::signal_frame::{self, SignalHandler},
+    state::{
+        ThreadKey,
+        exits::{SIGINT, SIGQUIT, SIGTERM},
+    },
 };
 
 /// The exit signals' bits.
@@ -47,11 +51,11 @@ pub enum Found {
         leader: ThreadKey,
         signals: u64,
     },
-    /// Thread `thread` blocks exit signals its process has a handler for: maybe in it.
-    MaybeInHandler {
+    /// Thread `thread` is in its handler of an exit signal (its stack's signal frame).
+    InHandler {
         tgid: u32,
         thread: ThreadKey,
-        signals: u64,
+        handler: SignalHandler,
     },
 }
 
@@ -64,24 +68,63 @@ pub struct Scan {
     pub capped: usize,
 }
 
-/// Scans /proc on a thread of its own; the scan arrives on the receiver once done.
+/// Scans /proc on a thread of its own; the receiver gets the pending signals, then the
+/// handlers (the stacks of the threads maybe in one read).
 pub fn spawn(own_pid: u32) -> std::io::Result<mpsc::Receiver<Scan>> {
-    let (tx, rx) = mpsc::sync_channel(1);
+    let (tx, rx) = mpsc::sync_channel(2);
     thread::Builder::new()
         .name("hw-early-exits".into())
         .spawn(move || {
-            let _ = tx.send(scan(own_pid));
+            let (pending, maybe) = scan(own_pid);
+            if tx.send(pending).is_ok() {
+                let _ = tx.send(check_handlers(maybe));
+            }
         })?;
     Ok(rx)
 }
 
-pub fn scan(own_pid: u32) -> Scan {
+/// A thread that blocks exit signals its process handles (`signals`), now (`blocked`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaybeInHandler {
+    pub tgid: u32,
+    pub thread: ThreadKey,
+    pub signals: u64,
+    pub blocked: u64,
+}
+
+/// The handlers of `maybe` found on their threads' stacks.
+pub fn check_handlers(maybe: Vec<MaybeInHandler>) -> Scan {
+    let found = maybe
+        .into_iter()
+        .filter_map(|m| {
+            let handler = signal_frame::find_in_memory(m.tgid, m.thread.tid, m.blocked, m.signals)?;
+            // A handler of another signal whose mask holds an exit signal, or one where
+            // which signal is not known: not taken for an exit.
+            handler
+                .signal_number
+                .filter(|&n| EXIT_SIGNALS & bit(n) != 0)?;
+            Some(Found::InHandler {
+                tgid: m.tgid,
+                thread: m.thread,
+                handler,
+            })
+        })
+        .collect();
+    Scan {
+        found,
+        ..Scan::default()
+    }
+}
+
+/// The pending exit signals (in the scan), and the threads maybe in an exit signal's
+/// handler, least common blocked mask first, within the bounds.
+pub fn scan(own_pid: u32) -> (Scan, Vec<MaybeInHandler>) {
     let mut scan = Scan::default();
     let Ok(dir) = fs::read_dir("/proc") else {
-        return scan;
+        return (scan, Vec::new());
     };
     let pids = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
-    let mut candidates: Vec<(usize, Found)> = Vec::new();
+    let mut candidates: Vec<(usize, MaybeInHandler)> = Vec::new();
     for tgid in pids.filter(|&p| p != own_pid) {
         let Some(process) = SignalMasks::of(tgid, tgid) else {
             continue; // gone
@@ -120,18 +163,19 @@ pub fn scan(own_pid: u32) -> Scan {
         let mut maybe: Vec<(usize, u32, u64)> = masks
             .iter()
             .filter(|(_, m)| m.blocked & caught != 0)
-            .map(|(tid, m)| (alike[&m.blocked], *tid, m.blocked & caught))
+            .map(|(tid, m)| (alike[&m.blocked], *tid, m.blocked))
             .collect();
         maybe.sort_unstable();
         scan.capped += maybe.len().saturating_sub(MAX_HANDLER_CHECKS_PER_PROCESS);
-        for (rarity, tid, signals) in maybe.into_iter().take(MAX_HANDLER_CHECKS_PER_PROCESS) {
+        for (rarity, tid, blocked) in maybe.into_iter().take(MAX_HANDLER_CHECKS_PER_PROCESS) {
             if let Some(thread) = thread_key(tgid, tid) {
                 candidates.push((
                     rarity,
-                    Found::MaybeInHandler {
+                    MaybeInHandler {
                         tgid,
                         thread,
-                        signals,
+                        signals: blocked & caught,
+                        blocked,
                     },
                 ));
             }
@@ -139,13 +183,12 @@ pub fn scan(own_pid: u32) -> Scan {
     }
     candidates.sort_by_key(|(rarity, _)| *rarity);
     scan.capped += candidates.len().saturating_sub(MAX_HANDLER_CHECKS);
-    scan.found.extend(
-        candidates
-            .into_iter()
-            .take(MAX_HANDLER_CHECKS)
-            .map(|(_, found)| found),
-    );
-    scan
+    let maybe = candidates
+        .into_iter()
+        .take(MAX_HANDLER_CHECKS)
+        .map(|(_, m)| m)
+        .collect();
+    (scan, maybe)
 }
 
 /// Whether a request found at the start still holds: the handler thread still blocks
@@ -204,18 +247,19 @@ mod tests {
         });
         let tid = tid_rx.recv().unwrap();
         ready.wait();
-        let found = scan(0).found;
-        done.wait();
-        blocker.join().unwrap();
+        let (_, maybe) = scan(0);
         let pid = std::process::id();
-        let ours: Vec<&Found> = found
-            .iter()
-            .filter(|f| matches!(f, Found::MaybeInHandler { tgid, .. } if *tgid == pid))
-            .collect();
+        let ours: Vec<&MaybeInHandler> = maybe.iter().filter(|m| m.tgid == pid).collect();
         assert!(
-            matches!(ours.as_slice(), [Found::MaybeInHandler { thread, signals, .. }]
-                if thread.tid == tid && *signals == bit(SIGQUIT)),
+            matches!(ours.as_slice(), [m] if m.thread.tid == tid && m.signals == bit(SIGQUIT)),
             "{ours:?}"
         );
+        // It blocks the signal, it is not in a handler: no signal frame on its stack.
+        assert_eq!(
+            check_handlers(maybe.into_iter().filter(|m| m.tgid == pid).collect()).found,
+            []
+        );
+        done.wait();
+        blocker.join().unwrap();
     }
 }

@@ -217,6 +217,55 @@ pub fn signal_name(number: u32) -> String {
     }
 }
 
+/// How much of a thread's stack, from its stack pointer, `find_in_memory` reads.
+pub const FIND_BYTES: usize = 64 * 1024;
+
+/// The signal handler thread `tid` of `pid` is in, found without unwinding: its stack
+/// (`FIND_BYTES` from the stack pointer its kernel entry saved, `/proc/.../syscall`) is
+/// searched for a word that could start an `rt_sigframe` (a plausible `uc_flags`, a saved
+/// stack pointer above it, a mask before the handler that lacks a signal of `wanted` the
+/// thread blocks now), and the code that word points at must be the trampoline. For the
+/// threads maybe in an exit signal's handler at the daemon's start: one read of the stack
+/// and one of 9 bytes of code, instead of the unwinder's cold read of every module.
+/// `None` for a running thread (no saved stack pointer), a gone one, or no frame.
+pub fn find_in_memory(pid: u32, tid: u32, blocked_now: u64, wanted: u64) -> Option<SignalHandler> {
+    let syscall = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    // "NR args... SP PC" while in a syscall ("running" or "-1 SP PC" otherwise).
+    let mut fields = syscall.split_whitespace().rev();
+    let _pc = fields.next()?;
+    let sp = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
+    let memory = crate::meta::memory::Memory::open(pid).ok()?;
+    let mut bytes = vec![0u8; FIND_BYTES];
+    let copied = memory.read(sp, &mut bytes).ok()?;
+    bytes.truncate(copied);
+    let stack = StackCopy {
+        base: sp,
+        bytes,
+        truncated: false,
+    };
+    let end = sp + stack.bytes.len() as u64;
+    let mut slot = sp.next_multiple_of(8);
+    while slot + SIGINFO + 24 <= end {
+        let plausible = stack.word(slot + 8).is_some_and(|flags| flags < 0x100)
+            && stack
+                .word(slot + SIGMASK)
+                .is_some_and(|before| blocked_now & !before & wanted != 0)
+            && stack.word(slot + SAVED_RSP).is_some_and(|rsp| rsp > slot)
+            && stack.word(slot + SAVED_RIP).is_some_and(|rip| rip != 0);
+        if plausible && let Some(ret) = stack.word(slot) {
+            let mut code = [0u8; TRAMPOLINE_BYTES];
+            if memory.read(ret, &mut code).is_ok_and(|n| n >= 7)
+                && is_trampoline(&code)
+                && let Some(frame) = read(&stack, slot, ret)
+            {
+                return Some(SignalHandler::of(&frame, Some(blocked_now), None));
+            }
+        }
+        slot += 8;
+    }
+    None
+}
+
 /// Reads the signal frame whose return address `ret` (a trampoline's address) the walk
 /// found: its slot is the first word equal to `ret` above `sp`, where this stretch of the
 /// walk began. `None` when it is not in the copy or does not look like one (the
