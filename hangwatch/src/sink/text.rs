@@ -193,14 +193,14 @@ pub fn render(e: &HangEvent) -> String {
         };
         let how = match (exit.found, exit.handler_tid) {
             ("in_handler", Some(tid)) => {
-                format!(" before hangwatch started: thread {tid} is in its handler since")
+                format!(" before hangwatch started, thread {tid} still in its handler")
             }
-            ("pending", _) => " before hangwatch started: pending and blocked since".into(),
+            ("pending", _) => " before hangwatch started, still pending (blocked)".into(),
             _ => format!(" ({} signal(s))", exit.signals),
         };
         let _ = writeln!(
             out,
-            "  exit     asked by {}{from}{how}, still running",
+            "  exit     asked by {}{from}{how}; the process is still running",
             exit.signal
         );
         for t in &e.threads {
@@ -456,11 +456,35 @@ mod tests {
         ];
         let text = render(&exit);
         assert!(
-            text.contains("asked by SIGTERM from systemd[1] (2 signal(s))"),
+            text.contains(
+                "asked by SIGTERM from systemd[1] (2 signal(s)); the process is still running"
+            ),
             "{text}"
         );
         assert!(
             text.contains("tid 8 'w' S in read, here: wait_for_input at stuck.c:20"),
+            "{text}"
+        );
+        // Sent before the daemon started: found in its handler, sender unknown.
+        let info = exit.exit.as_mut().expect("exit");
+        (info.found, info.handler_tid) = ("in_handler", Some(7));
+        (info.sender_pid, info.sender_comm) = (None, None);
+        exit.stacks.signal_handler = Some(crate::stack::user::signal_frame::SignalHandler {
+            signal: Some("SIGTERM".into()),
+            signal_number: Some(15),
+            blocked_by_handler: vec!["SIGTERM".into()],
+            frame: Some(5),
+            ..Default::default()
+        });
+        let text = render(&exit);
+        assert!(
+            text.contains(
+                "asked by SIGTERM before hangwatch started, thread 7 still in its handler; the process is still running"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  in a handler of SIGTERM, frames #0-#4\n"),
             "{text}"
         );
     }
