@@ -122,3 +122,51 @@ fn writer_on_frozen_filesystem_is_reported_as_d_state_and_resolved_on_thaw() {
     daemon.stop();
     drop(fs);
 }
+
+/// A D thread of a selected process (issue 14, item 6) is `d_state`, not `off_cpu`: the
+/// writer is a shell, and `--comm sh` selects every shell for `off_cpu` at the same 1 s.
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn a_writer_in_a_selected_process_is_d_state_not_off_cpu() {
+    require_root();
+    for tool in ["mkfs.ext4", "fsfreeze", "losetup", "mount", "umount"] {
+        if !have_tool(tool) {
+            eprintln!(
+                "skipped: {tool} is not installed (xtask setup installs e2fsprogs and util-linux)"
+            );
+            return;
+        }
+    }
+    let mut fs = FrozenFs::new();
+    let daemon = Daemon::start(&[
+        "--comm",
+        "sh",
+        "--threshold",
+        "1s",
+        "--d-state-threshold",
+        "1s",
+    ]);
+    fs.freeze();
+    let writer = fs.start_writer();
+    assert!(
+        wait_until(Duration::from_secs(3), || task_state(writer) == Some('D')),
+        "the writer (pid {writer}) did not enter D state: {:?}",
+        task_state(writer)
+    );
+    let hang = daemon.wait_for_event(
+        &format!("d_state hang for the writer (pid {writer})"),
+        scaled(Duration::from_secs(6)),
+        |v| v["event"] == "hang" && u64_of(v, "/tid") == u64::from(writer),
+    );
+    assert_eq!(str_of(&hang.value, "/kind"), "d_state", "{}", hang.value);
+    // Past another threshold: still no off_cpu episode for it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let kinds: Vec<String> = daemon
+        .events_for(writer)
+        .iter()
+        .filter(|r| r.value["event"] == "hang")
+        .map(|r| str_of(&r.value, "/kind").to_owned())
+        .collect();
+    assert_eq!(kinds, ["d_state"], "{}", daemon.dump(Some(&[writer])));
+    fs.thaw();
+}
