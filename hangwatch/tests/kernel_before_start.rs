@@ -45,21 +45,8 @@ fn every_kind_reports_waits_that_began_before_the_daemon() {
     let spinner = u32::try_from(spin.expect_number("spinner", LINE_TIMEOUT)).expect("tid");
     spin.expect_line("spinning", LINE_TIMEOUT);
     // d_state: a writer on a frozen filesystem, when the tools are there.
-    let tools = ["mkfs.ext4", "fsfreeze", "losetup", "mount", "umount"];
-    let mut frozen = tools.iter().all(|t| have_tool(t)).then(FrozenFs::new);
-    let writer = frozen.as_mut().map(|fs| {
-        fs.freeze();
-        let writer = fs.start_writer();
-        assert!(
-            wait_until(Duration::from_secs(3), || task_state(writer) == Some('D')),
-            "the writer (pid {writer}) did not enter D state: {:?}",
-            task_state(writer)
-        );
-        writer
-    });
-    if writer.is_none() {
-        eprintln!("d_state part skipped: one of {tools:?} is missing (xtask setup installs them)");
-    }
+    let mut frozen = FrozenFs::tools_installed().then(FrozenFs::new);
+    let writer = frozen.as_mut().map(FrozenFs::writer_in_d);
     // Let them be stuck a while before the daemon starts.
     std::thread::sleep(Duration::from_millis(500));
 

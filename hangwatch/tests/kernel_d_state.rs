@@ -16,13 +16,8 @@ use self::common::{frozen::FrozenFs, *};
 #[ignore = "needs root: loads BPF programs"]
 fn writer_on_frozen_filesystem_is_reported_as_d_state_and_resolved_on_thaw() {
     require_root();
-    for tool in ["mkfs.ext4", "fsfreeze", "losetup", "mount", "umount"] {
-        if !have_tool(tool) {
-            eprintln!(
-                "skipped: {tool} is not installed (xtask setup installs e2fsprogs and util-linux)"
-            );
-            return;
-        }
+    if !FrozenFs::tools_installed() {
+        return;
     }
     let mut fs = FrozenFs::new();
     let daemon = Daemon::start(&["--d-state-threshold", "1s"]);
@@ -129,13 +124,8 @@ fn writer_on_frozen_filesystem_is_reported_as_d_state_and_resolved_on_thaw() {
 #[ignore = "needs root: loads BPF programs"]
 fn a_writer_in_a_selected_process_is_d_state_not_off_cpu() {
     require_root();
-    for tool in ["mkfs.ext4", "fsfreeze", "losetup", "mount", "umount"] {
-        if !have_tool(tool) {
-            eprintln!(
-                "skipped: {tool} is not installed (xtask setup installs e2fsprogs and util-linux)"
-            );
-            return;
-        }
+    if !FrozenFs::tools_installed() {
+        return;
     }
     let mut fs = FrozenFs::new();
     let daemon = Daemon::start(&[
@@ -146,13 +136,7 @@ fn a_writer_in_a_selected_process_is_d_state_not_off_cpu() {
         "--d-state-threshold",
         "1s",
     ]);
-    fs.freeze();
-    let writer = fs.start_writer();
-    assert!(
-        wait_until(Duration::from_secs(3), || task_state(writer) == Some('D')),
-        "the writer (pid {writer}) did not enter D state: {:?}",
-        task_state(writer)
-    );
+    let writer = fs.writer_in_d();
     let hang = daemon.wait_for_event(
         &format!("d_state hang for the writer (pid {writer})"),
         scaled(Duration::from_secs(6)),

@@ -25,18 +25,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn have_freeze_tools() -> bool {
-    for tool in ["mkfs.ext4", "fsfreeze", "losetup", "mount", "umount"] {
-        if !have_tool(tool) {
-            eprintln!(
-                "skipped: {tool} is not installed (xtask setup installs e2fsprogs and util-linux)"
-            );
-            return false;
-        }
-    }
-    true
-}
-
 /// The ids of the BPF programs process `pid` holds: its fds' `prog_id` (programs and
 /// links alike), read while it runs (bpftool's `pids` column needs a bpftool built with
 /// its BPF skeleton, which Debian's is not: it shows no pids at all).
@@ -131,7 +119,7 @@ fn impatient_get(endpoint: &str, path: &str, patience: Duration) -> String {
 fn a_process_whose_mm_lock_is_stuck_is_reported_and_detection_goes_on() {
     require_root();
     let _serial = one_at_a_time();
-    if !have_freeze_tools() {
+    if !FrozenFs::tools_installed() {
         return;
     }
     let mut fs = FrozenFs::new();
@@ -485,7 +473,7 @@ fn healthz_fails_while_the_scan_is_stalled() {
 fn a_mass_hang_is_reported_whole_and_detection_goes_on() {
     require_root();
     let _serial = one_at_a_time();
-    if !have_freeze_tools() {
+    if !FrozenFs::tools_installed() {
         return;
     }
     const THREADS: usize = 2000;

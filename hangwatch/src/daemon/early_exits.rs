@@ -8,7 +8,10 @@
 use std::{sync::mpsc, thread};
 
 use crate::{
-    meta::early_exits::{self, Found, MaybeInHandler, Scan},
+    meta::{
+        early_exits::{self, MaybeInHandler, Pending, Scan},
+        signal_masks::signal_bit,
+    },
     stack::user::signal_frame::{self, SentBy, SignalHandler},
     state::{
         ExitTable, ThreadKey,
@@ -54,7 +57,7 @@ fn spawn(own_pid: u32) -> std::io::Result<mpsc::Receiver<Message>> {
                 // where which signal is not known: not taken for an exit.
                 let exit = handler
                     .signal_number
-                    .is_some_and(|n| early_exits::first_exit_signal(1 << (n - 1)).is_some());
+                    .is_some_and(|n| early_exits::first_exit_signal(signal_bit(n)).is_some());
                 if exit
                     && tx
                         .send(Message::InHandler {
@@ -102,11 +105,11 @@ impl EarlyExits {
                         scan.threads_read,
                         scan.capped
                     );
-                    for Found::Pending {
+                    for Pending {
                         tgid,
                         leader,
                         signals,
-                    } in scan.found
+                    } in scan.pending
                     {
                         exits.insert_found(self.pending(tgid, leader, signals));
                     }

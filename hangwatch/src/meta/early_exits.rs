@@ -20,7 +20,10 @@
 //! handlers found after it).
 use std::{collections::HashMap, fs};
 
-use super::{signal_masks::SignalMasks, thread_key};
+use super::{
+    signal_masks::{SignalMasks, signal_bit as bit},
+    thread_key,
+};
 use crate::state::{
     ThreadKey,
     exits::{SIGINT, SIGQUIT, SIGTERM},
@@ -36,24 +39,17 @@ const MAX_THREADS_READ: usize = 50_000;
 pub const MAX_HANDLER_CHECKS: usize = 64;
 const MAX_HANDLER_CHECKS_PER_PROCESS: usize = 4;
 
-const fn bit(signal: u32) -> u64 {
-    1 << (signal - 1)
-}
-
-/// What the scan found.
+/// Exit signals pending for process `tgid`, blocked by every thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
-    /// Exit signals pending for process `tgid`, blocked by every thread.
-    Pending {
-        tgid: u32,
-        leader: ThreadKey,
-        signals: u64,
-    },
+pub struct Pending {
+    pub tgid: u32,
+    pub leader: ThreadKey,
+    pub signals: u64,
 }
 
 #[derive(Debug, Default)]
 pub struct Scan {
-    pub found: Vec<Found>,
+    pub pending: Vec<Pending>,
     pub processes: usize,
     pub threads_read: usize,
     /// Threads not read, or not checked, for the bounds above.
@@ -89,7 +85,7 @@ pub fn scan(own_pid: u32) -> (Scan, Vec<MaybeInHandler>) {
         if pending != 0
             && let Some(leader) = thread_key(tgid, tgid)
         {
-            scan.found.push(Found::Pending {
+            scan.pending.push(Pending {
                 tgid,
                 leader,
                 signals: pending,

@@ -3,6 +3,14 @@
 //! takes no lock of the process's memory: readable while its mm lock is stuck.
 use std::fs;
 
+/// Signal `number`'s bit in a mask as /proc and `sigset_t` write it (0 outside 1..=64).
+pub const fn signal_bit(number: u32) -> u64 {
+    match number {
+        1..=64 => 1 << (number - 1),
+        _ => 0,
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SignalMasks {
     /// Pending for this thread (`SigPnd`).

@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use super::{Program, run_ok};
+use super::{Program, have_tool, run_ok, task_state, wait_until};
+
+/// The tools a frozen filesystem needs (`xtask setup` installs them).
+const TOOLS: [&str; 5] = ["mkfs.ext4", "fsfreeze", "losetup", "mount", "umount"];
 
 pub struct FrozenFs {
     dir: tempfile::TempDir,
@@ -22,6 +25,32 @@ pub struct FrozenFs {
 }
 
 impl FrozenFs {
+    /// Whether the tools are installed; says which is missing when one is (the caller
+    /// skips its frozen part).
+    pub fn tools_installed() -> bool {
+        match TOOLS.iter().find(|t| !have_tool(t)) {
+            None => true,
+            Some(tool) => {
+                eprintln!(
+                    "skipped: {tool} is not installed (xtask setup installs e2fsprogs and util-linux)"
+                );
+                false
+            }
+        }
+    }
+
+    /// Freezes the filesystem and starts a writer on it; returns its pid once it is in D.
+    pub fn writer_in_d(&mut self) -> u32 {
+        self.freeze();
+        let writer = self.start_writer();
+        assert!(
+            wait_until(Duration::from_secs(3), || task_state(writer) == Some('D')),
+            "the writer (pid {writer}) did not enter D state: {:?}",
+            task_state(writer)
+        );
+        writer
+    }
+
     pub fn new() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("hangwatch-dstate")

@@ -18,6 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::memory::StackCopy;
+use crate::meta::signal_masks::signal_bit as bit;
 
 /// `mov $__NR_rt_sigreturn, %rax; syscall` (glibc's and musl's `__restore_rt`), and the
 /// 32-bit-immediate `mov $15, %eax; syscall` another runtime's restorer may use.
@@ -168,11 +169,6 @@ impl std::fmt::Display for SignalHandler {
             Some(n) => write!(f, ", frames #0-#{}", n - 1),
         }
     }
-}
-
-/// Signal `number`'s bit in a mask as /proc and `sigset_t` write it.
-pub fn bit(number: u32) -> u64 {
-    1u64.checked_shl(number.wrapping_sub(1)).unwrap_or(0)
 }
 
 /// The name of signal `number` on Linux (x86-64 numbering).
