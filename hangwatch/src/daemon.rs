@@ -12,6 +12,7 @@
 //! so the process exits and the kernel detaches the probes.
 use std::{
     collections::{HashMap, HashSet},
+    fmt::Write as _,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -132,7 +133,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Some(node) => Some(meta::pods::watch_node(node.clone())?),
         None => None,
     };
-    let stdout = StdoutSink::spawn(config.output).context("cannot start the output thread")?;
+    let stdout = StdoutSink::spawn(config.output, surfaces.shared().0)
+        .context("cannot start the output thread")?;
     let enrich = Enrich::spawn(
         Sinks {
             stdout,
@@ -158,6 +160,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     }));
                     if ran.is_err() {
                         tracing::error!("the detection loop panicked: exiting");
+                        crate::logging::finish(Instant::now() + crate::logging::FLUSH_AT_EXIT);
                         std::process::exit(70);
                     }
                     scanner.log_summary();
@@ -450,6 +453,9 @@ impl Scanner {
             self.table.len(),
             self.table.ticked_len()
         );
+        if tracing::enabled!(tracing::Level::DEBUG) && !selected.is_empty() {
+            tracing::debug!("walk: {}", selected_records(&records, selected));
+        }
         // Said only where walks are spaced: without thread pidfds every scan walks.
         let interval = self.walk_spacing(took, WALK_CPU_SHARE);
         if self.per_thread_reads && interval > self.walk_interval && !self.walks_stretched {
@@ -963,4 +969,36 @@ impl Scanner {
             tracing::info!("{stats}");
         }
     }
+}
+
+/// The records of a walk in selected processes, for a debug line: `tid:task state:state
+/// at its last switch-out:off-CPU ms` (`-` while on a CPU) each, the first 64. What the
+/// walk saw of a thread that was, or was not, reported.
+fn selected_records(records: &[hangwatch_ebpf::ThreadRecord], selected: &HashSet<u32>) -> String {
+    const SHOWN: usize = 64;
+    let mut line = String::new();
+    let mut shown = 0;
+    for r in records.iter().filter(|r| selected.contains(&r.tgid)) {
+        shown += 1;
+        if shown > SHOWN {
+            continue;
+        }
+        let off_cpu = if r.state.off_cpu_at_ns > r.state.on_cpu_at_ns {
+            format!(
+                "{}",
+                r.seen_at_ns.saturating_sub(r.state.off_cpu_at_ns) / 1_000_000
+            )
+        } else {
+            "-".to_owned()
+        };
+        let _ = write!(
+            line,
+            " {}:{:#x}:{:#x}:{off_cpu}",
+            r.tid, r.task_state, r.state.state_at_switch
+        );
+    }
+    if shown > SHOWN {
+        let _ = write!(line, " (+{} more)", shown - SHOWN);
+    }
+    format!("{shown} records of selected processes:{line}")
 }

@@ -16,7 +16,7 @@ mod sink;
 mod stack;
 mod state;
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Instant};
 
 use clap::Parser;
 
@@ -27,8 +27,10 @@ fn main() -> ExitCode {
     match cli.command {
         cli::Command::Run(_) => {}
         // The daemon's helper logs like the daemon, into the same stderr.
-        cli::Command::Unwinder => logging::init(logging::format_of_helper()),
-        _ => logging::init(logging::LogFormat::Text),
+        cli::Command::Unwinder => {
+            logging::init(logging::format_of_helper(), logging::Writer::Queued);
+        }
+        _ => logging::init(logging::LogFormat::Text, logging::Writer::Direct),
     }
     let result = match cli.command {
         cli::Command::Run(args) => return run_daemon(*args),
@@ -39,7 +41,11 @@ fn main() -> ExitCode {
         cli::Command::BenchLoopProbe => cli::bench_loop_probe::run(),
         cli::Command::BenchStack(args) => cli::bench_stack::run(args),
         cli::Command::SampleStack(args) => cli::sample_stack::run(args),
-        cli::Command::Unwinder => stack::unwinder::serve(),
+        cli::Command::Unwinder => {
+            let served = stack::unwinder::serve();
+            logging::finish(Instant::now() + logging::FLUSH_AT_EXIT);
+            served
+        }
         cli::Command::Client(command) => {
             return command.run().unwrap_or_else(|err| {
                 eprintln!("hangwatch: error: {}", one_line(&err));
@@ -64,18 +70,21 @@ fn run_daemon(args: cli::run::RunArgs) -> ExitCode {
         Ok(config) => config,
         Err(err) => {
             logging::fatal(flag, &one_line(&err.into()));
+            logging::finish(Instant::now() + logging::FLUSH_AT_EXIT);
             return ExitCode::FAILURE;
         }
     };
     let format = config.log_format;
-    logging::init(format);
-    match daemon::run(config) {
+    logging::init(format, logging::Writer::Queued);
+    let code = match daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             logging::fatal(format, &one_line(&err));
             ExitCode::FAILURE
         }
-    }
+    };
+    logging::finish(Instant::now() + logging::FLUSH_AT_EXIT);
+    code
 }
 
 /// The error and its causes on one line, without the repetitions of errors that also

@@ -762,3 +762,172 @@ fn a_binary_with_a_compressed_section_bomb_is_reported_without_inflating_it() {
         "the daemon did not inflate the bomb: RSS {rss_kib} KiB"
     );
 }
+
+/// What the daemon's stdout and stderr are, in the tests of outputs nobody reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unread {
+    /// Pipes whose buffer is already full and that nobody reads: a stopped log pipeline,
+    /// a paused `hangwatch run | less`. Every write blocks. (The read ends stay open.)
+    Full,
+    /// Pipes whose read end is closed: every write fails (EPIPE).
+    Closed,
+}
+
+/// A pipe for the daemon's stdout or stderr, as `Unread` says.
+struct OutputPipe {
+    _read: Option<std::os::fd::OwnedFd>,
+    write: Option<std::os::fd::OwnedFd>,
+}
+
+impl OutputPipe {
+    fn new(unread: Unread) -> Self {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _};
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two fds into the array it is given.
+        let made = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+        assert_eq!(made, 0, "pipe2");
+        // SAFETY: both fds were just created and are owned here alone.
+        let (read, write) = unsafe {
+            (
+                std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        };
+        let read = match unread {
+            Unread::Closed => None,
+            Unread::Full => {
+                let fd = write.as_raw_fd();
+                // The smallest buffer (a page), filled without blocking, then made
+                // blocking again for the daemon.
+                // SAFETY: fcntl and write on the fd just created, with valid arguments.
+                unsafe {
+                    libc::fcntl(fd, libc::F_SETPIPE_SZ, 4096);
+                    let flags = libc::fcntl(fd, libc::F_GETFL);
+                    libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+                    let chunk = [b'x'; 512];
+                    while libc::write(fd, chunk.as_ptr().cast(), chunk.len()) > 0 {}
+                    libc::fcntl(fd, libc::F_SETFL, flags);
+                }
+                Some(read)
+            }
+        };
+        Self {
+            _read: read,
+            write: Some(write),
+        }
+    }
+
+    fn writer(&mut self) -> std::process::Stdio {
+        std::process::Stdio::from(self.write.take().expect("given once"))
+    }
+}
+
+/// Starts a daemon whose stdout and stderr are `unread`, waits for its probes through the
+/// API, forms a deadlock and waits for it in the API: the daemon (still running), the
+/// API's endpoint, and how long after forming the deadlock was there.
+fn daemon_with_unread_outputs(
+    unread: Unread,
+    socket_dir: &Path,
+) -> (KillOnDrop, String, Duration, Abba) {
+    let socket = socket_dir.join("api.sock");
+    let endpoint = format!("unix:{}", socket.display());
+    let (mut stdout, mut stderr) = (OutputPipe::new(unread), OutputPipe::new(unread));
+    let child = Command::new(HANGWATCH)
+        .args(["run", "--output", "json", "--threshold", "1s"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--api-socket"])
+        .arg(&socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout.writer())
+        .stderr(stderr.writer())
+        .spawn()
+        .expect("start hangwatch");
+    let daemon = KillOnDrop(child);
+    let attached = wait_until(ATTACH_TIMEOUT, || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+            && http("GET", &format!("{endpoint}/api/v1/status")).json["ready"] == true
+    });
+    assert!(attached, "{unread:?} outputs: the daemon attached");
+    let mut abba = Abba::start();
+    let formed = abba.deadlock().at;
+    let hangs = format!("{endpoint}/api/v1/hangs?pid={}&kind=deadlock", abba.pid());
+    let reported = wait_until(Duration::from_secs(10), || {
+        http("GET", &hangs).json["hangs"]
+            .as_array()
+            .is_some_and(|h| !h.is_empty())
+    });
+    let latency = formed.elapsed();
+    assert!(
+        reported,
+        "{unread:?} outputs: the deadlock is in the API within 10 s of forming"
+    );
+    (daemon, endpoint, latency, abba)
+}
+
+/// A daemon whose stdout and stderr nobody reads (both pipes full before it starts) works
+/// as ever: a deadlock is reported in the API within seconds and SIGTERM ends the daemon
+/// within a second. Before the log had a writer thread of its own, the first line logged
+/// into the full stderr blocked the thread that logged it: the daemon never attached.
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn a_daemon_whose_stdout_and_stderr_are_not_read_keeps_detecting() {
+    require_root();
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut daemon, _, latency, _abba) = daemon_with_unread_outputs(Unread::Full, dir.path());
+    let sent = Instant::now();
+    signal(daemon.0.id(), libc::SIGTERM);
+    let status = wait_bounded(&mut daemon.0, scaled(Duration::from_secs(1)));
+    let took = sent.elapsed();
+    eprintln!(
+        "stdout and stderr full and unread: deadlock in the API {latency:?} after it formed; SIGTERM exit in {took:?}"
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM ends the daemon within a second though its outputs block ({status:?} after {took:?})"
+    );
+}
+
+/// A daemon whose stdout and stderr are closed (their reader gone) detects as ever, and
+/// counts what it could not write: the hang event
+/// (`hangwatch_sink_dropped_events_total{sink="stdout",reason="closed"}`) and its log
+/// lines (`{sink="log",reason="closed"}`).
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn a_daemon_whose_stdout_and_stderr_are_closed_counts_what_it_drops() {
+    require_root();
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_daemon, endpoint, latency, _abba) =
+        daemon_with_unread_outputs(Unread::Closed, dir.path());
+    let dropped = |sink: &str| {
+        value(
+            &scrape(&endpoint),
+            "hangwatch_sink_dropped_events_total",
+            &[("sink", sink), ("reason", "closed")],
+        )
+    };
+    // The counts reach the metrics at the next scan.
+    let counted = wait_until(Duration::from_secs(3), || {
+        dropped("stdout") >= 1.0 && dropped("log") >= 1.0
+    });
+    let (stdout, log) = (dropped("stdout"), dropped("log"));
+    eprintln!(
+        "stdout and stderr closed: deadlock in the API {latency:?} after it formed; events dropped {stdout}, log lines dropped {log}"
+    );
+    assert!(
+        counted,
+        "the hang event and the log lines that could not be written are counted: stdout {stdout}, log {log}"
+    );
+}
+
+/// Kills the daemon if the test ends before SIGTERM did.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

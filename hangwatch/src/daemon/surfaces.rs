@@ -54,6 +54,8 @@ pub struct Surfaces {
     stack_sender: Option<mpsc::SyncSender<StackRequest>>,
     /// The figures of the previous scan, to compute increments.
     last: ScanFigures,
+    /// Log lines dropped by the previous scan, by reason (`logging::dropped_lines`).
+    log_lines_dropped: [u64; 2],
 }
 
 impl Surfaces {
@@ -111,6 +113,7 @@ impl Surfaces {
             stack_requests,
             stack_sender: Some(stack_sender),
             last: ScanFigures::default(),
+            log_lines_dropped: [0; 2],
         })
     }
 
@@ -209,6 +212,14 @@ impl Surfaces {
         }
         metrics.threads(now.tracked_threads, now.watched_processes);
         metrics.bpf_counters(&now.bpf_counters);
+        for (i, (reason, total)) in crate::logging::dropped_lines().into_iter().enumerate() {
+            metrics.dropped(
+                "log",
+                reason,
+                total.saturating_sub(self.log_lines_dropped[i]),
+            );
+            self.log_lines_dropped[i] = total;
+        }
         let mean = |total: Duration, n: u64| ms(total) / n.max(1) as f64;
         self.store.update_status(|s| {
             s.scans = now.scans;

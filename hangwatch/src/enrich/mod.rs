@@ -467,7 +467,9 @@ impl Stage {
 
     fn publish(&self, event: HangEvent) {
         let event = self.sinks.hub.publish(event);
-        self.sinks.stdout.send(event);
+        if let Err(reason) = self.sinks.stdout.send(event) {
+            self.sinks.hub.metrics.dropped("stdout", reason, 1);
+        }
     }
 
     /// At stop: every open episode ends `daemon_stopped`, then the sinks flush (within

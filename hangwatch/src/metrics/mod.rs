@@ -26,9 +26,13 @@ const WORK_BUCKETS: &[f64] = &[
 ];
 
 /// Every way an event can fail to reach a sink: full queues (stdout, webhook, a `watch`
-/// client that fell behind) and webhook deliveries given up after their retries.
-const DROP_REASONS: [(&str, &str); 5] = [
+/// client that fell behind, the daemon's own log on stderr), a closed stdout, and webhook
+/// deliveries given up after their retries.
+const DROP_REASONS: [(&str, &str); 8] = [
+    ("log", "queue_full"),
+    ("log", "closed"),
     ("stdout", "queue_full"),
+    ("stdout", "closed"),
     ("stack_requests", "caller_gone"),
     ("watch", "queue_full"),
     ("webhook", "queue_full"),
@@ -319,7 +323,7 @@ impl Metrics {
             sink_dropped: IntCounterVec::new(
                 opts(
                     "sink_dropped_events_total",
-                    "Events a sink did not deliver, by sink (stdout, webhook, watch) and reason (queue_full, failed).",
+                    "Events a sink did not deliver, by sink (stdout, webhook, watch, log, stack_requests) and reason (queue_full, closed, failed, caller_gone).",
                 ),
                 &["sink", "reason"],
             )

@@ -1,6 +1,6 @@
 //! Where events go. The scan hands events to a writer thread through a bounded queue and
-//! never waits for it: a stalled stdout reader costs dropped events (counted), not a
-//! stalled detector.
+//! never waits for it: a stalled stdout reader costs dropped events (counted in
+//! `hangwatch_sink_dropped_events_total{sink="stdout"}`), not a stalled detector.
 mod event;
 mod hub;
 pub mod redact;
@@ -12,7 +12,6 @@ use std::{
     io::Write,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
         mpsc::{self, SyncSender, TrySendError},
     },
     thread,
@@ -24,20 +23,21 @@ pub use self::{
     store::{HISTORY_CAPACITY, ProbeStatus, Store, ms, started_at},
     webhook::{WebhookConfig, WebhookError, WebhookSink},
 };
-use crate::config::OutputFormat;
 pub use crate::episode::EventType;
+use crate::{config::OutputFormat, metrics::Metrics};
 
 const QUEUE: usize = 4096;
 
 pub struct StdoutSink {
     queue: SyncSender<HangEvent>,
-    pub dropped: Arc<AtomicU64>,
     /// Told when the writer has written everything queued (its queue closed).
     flushed: mpsc::Receiver<()>,
 }
 
 impl StdoutSink {
-    pub fn spawn(format: OutputFormat) -> std::io::Result<Self> {
+    /// Starts the writer thread. An event whose write fails (stdout closed) is counted
+    /// in `metrics`, as are those queued after it.
+    pub fn spawn(format: OutputFormat, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let (queue, events) = mpsc::sync_channel::<HangEvent>(QUEUE);
         let (flushed_tx, flushed) = mpsc::channel();
         thread::Builder::new()
@@ -62,15 +62,12 @@ impl StdoutSink {
                         .and_then(|()| out.flush())
                     {
                         tracing::error!("stdout is gone ({err}); events are no longer printed");
+                        metrics.dropped("stdout", "closed", 1);
                         return;
                     }
                 }
             })?;
-        Ok(Self {
-            queue,
-            dropped: Arc::new(AtomicU64::new(0)),
-            flushed,
-        })
+        Ok(Self { queue, flushed })
     }
 
     /// Closes the queue and waits until everything queued is written, or `until`.
@@ -81,13 +78,14 @@ impl StdoutSink {
         wait_flushed(&flushed, until)
     }
 
-    pub fn send(&self, event: HangEvent) {
-        match self.queue.try_send(event) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+    /// Queues `event` for stdout without waiting. Returns why it was dropped, if it was:
+    /// the reason label of `hangwatch_sink_dropped_events_total` (`queue_full`: stdout is
+    /// not read fast enough; `closed`: stdout is gone).
+    pub fn send(&self, event: HangEvent) -> Result<(), &'static str> {
+        self.queue.try_send(event).map_err(|err| match err {
+            TrySendError::Full(_) => "queue_full",
+            TrySendError::Disconnected(_) => "closed",
+        })
     }
 }
 
