@@ -199,16 +199,21 @@ fn a_thread_storm_on_reused_tids_gives_one_episode_per_real_blocker() {
     // `on_cpu` off: the spawners are CPU-bound by design, and where thread creation is
     // slow (a VM under TCG) one can run 5 s without blocking, a true `on_cpu` (seen in the
     // 6.1 VM). This test is about `off_cpu` episodes on reused tids.
-    let mut daemon = Daemon::start(&[
-        "--pid",
-        &pid_arg,
-        "--threshold",
-        "1s",
-        "--on-cpu-threshold",
-        "off",
-        "--scan-interval",
-        "100ms",
-    ]);
+    // Each walk's records of the storm at debug level: a missed blocker's dump (printed at
+    // a failure) then says whether the walks saw it, and in which state.
+    let mut daemon = Daemon::start_with_env(
+        &[("HANGWATCH_LOG", "info,hangwatch::daemon=debug")],
+        &[
+            "--pid",
+            &pid_arg,
+            "--threshold",
+            "1s",
+            "--on-cpu-threshold",
+            "off",
+            "--scan-interval",
+            "100ms",
+        ],
+    );
     // Main is blocked reading stdin since before the attach: "go" well within the
     // threshold (as in the test above).
     std::thread::sleep(Duration::from_millis(300));

@@ -121,36 +121,15 @@ fn unwind_counts(v: &Value) -> (u64, u64) {
     )
 }
 
-/// The hang event of `tid`, or under emulation (`time_scale() > 1`), when that event says
-/// its user stack was not read in time, the first update of its episode that carries one.
-/// Under TCG a first, cold read of libc's unwind tables and DWARF has taken ten seconds
-/// (6.1 VM, 2026-11-27), past even the stretched deadline; the report then goes out with
-/// "not read within ...: still working on it" and the read, which carries on, reaches the
-/// episode's updates. Natively the hang event itself must carry the stack.
+/// The hang event of `tid` (under emulation, its episode's first update with a user stack
+/// if the hang's read came too late: `Daemon::with_stacks_read`).
 fn hang_of(daemon: &Daemon, tid: u32) -> Value {
     let hang = daemon
         .wait_for_event(&format!("hang of tid {tid}"), EVENT_TIMEOUT, |v| {
             v["event"] == "hang" && v["tid"].as_u64() == Some(u64::from(tid))
         })
         .value;
-    let late = hang["user_stack_error"]
-        .as_str()
-        .is_some_and(|e| e.starts_with("not read within"));
-    if time_scale() == 1 || !late {
-        return hang;
-    }
-    let id = str_of(&hang, "/id").to_owned();
-    eprintln!(
-        "tid {tid}: its hang event went out without the user stack ({}); under emulation, taking it from the episode's first update that has it",
-        hang["user_stack_error"]
-    );
-    daemon
-        .wait_for_event(
-            &format!("update of {id} with a user stack"),
-            EVENT_TIMEOUT,
-            |v| v["event"] == "update" && v["id"] == id.as_str() && !user_frames(v).is_empty(),
-        )
-        .value
+    daemon.with_stacks_read(hang, |v| !user_frames(v).is_empty())
 }
 
 // ---------------------------------------------------------------------------------------

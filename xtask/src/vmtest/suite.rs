@@ -116,9 +116,70 @@ pub fn totals(log: &str) -> Totals {
     totals
 }
 
+/// The tests each file of `log` reported failed, by file: the list under the last
+/// `failures:` of its section (a section starts at `Running tests/NAME.rs`). A file killed
+/// before its summary has none listed.
+pub fn failed_tests(log: &str) -> BTreeMap<String, Vec<String>> {
+    let mut failed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut file: Option<String> = None;
+    // Inside a `failures:` list: the names so far.
+    let mut listing: Option<Vec<String>> = None;
+    for line in log.lines() {
+        if let Some(rest) = line.trim_start().strip_prefix("Running tests/") {
+            file = rest.split_once(".rs").map(|(name, _)| name.to_owned());
+            listing = None;
+            continue;
+        }
+        if line == "failures:" {
+            listing = Some(Vec::new());
+            continue;
+        }
+        let Some(names) = &mut listing else { continue };
+        match line.strip_prefix("    ") {
+            Some(name) if !name.starts_with(' ') && !name.is_empty() => {
+                names.push(name.trim().to_owned());
+            }
+            _ => {
+                // The end of a list: the detailed one ("---- name stdout ----" lines)
+                // lists nothing, the closing one the names.
+                let names = listing.take().unwrap_or_default();
+                if let Some(file) = &file
+                    && !names.is_empty()
+                {
+                    failed.insert(file.clone(), names);
+                }
+            }
+        }
+    }
+    failed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_tests_are_the_closing_list_of_each_file() {
+        let log = "     Running tests/kernel_a.rs (/t/kernel_a-1)\n\
+                   running 3 tests\n\
+                   test x ... FAILED\n\
+                   \n\
+                   failures:\n\
+                   \n\
+                   ---- x stdout ----\n\
+                   thread 'x' panicked\n\
+                   \n\
+                   failures:\n\
+                   \x20   x\n\
+                   \x20   y_z\n\
+                   \n\
+                   test result: FAILED. 1 passed; 2 failed; 0 ignored\n\
+                   \x20    Running tests/kernel_b.rs (/t/kernel_b-1)\n\
+                   test result: ok. 4 passed; 0 failed; 0 ignored\n";
+        let failed = failed_tests(log);
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed["kernel_a"], ["x", "y_z"]);
+    }
 
     #[test]
     fn totals_add_up_every_result_line() {
