@@ -288,23 +288,54 @@ fn a_thread_storm_on_reused_tids_gives_one_episode_per_real_blocker() {
         "the storm's tids were steered into the range and each reused often: {in_range} of {created} on {distinct} tids"
     );
 
-    // Once the process is gone, every episode must be resolved.
-    let all_resolved = wait_until(Duration::from_secs(5), || {
+    let started_ms = |v: &Value| -> u64 {
+        let at = humantime::parse_rfc3339(str_of(v, "/started_at"))
+            .unwrap_or_else(|e| panic!("started_at of {v}: {e}"));
+        let since = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch");
+        u64::try_from(since.as_millis()).expect("ms fit")
+    };
+    // A blocker kept off the CPU between its start and its wait (a saturated VM) blocked
+    // that much less: one that blocked less than the threshold and a second may go
+    // unreported (it is said below); never twice.
+    let must_be_reported = |tid: u32, start: u64| {
+        let queued_ms = queued.get(&(tid, start)).copied().unwrap_or(0);
+        STORM_BLOCK_MS.saturating_sub(queued_ms) >= 2000
+    };
+    // Once the process is gone, every episode must be resolved; and every blocker that
+    // must be reported is, though its report may come late: under emulation the report
+    // stage of a daemon that just started was 6 to 9 s behind detection (cold caches, two
+    // daemons on two emulated CPUs), and the report of a blocker detected on time arrived
+    // after the others had resolved (6.1 VM, 2026-11-27).
+    let all_in = wait_until(Duration::from_secs(5), || {
         let events = daemon.events_for(pid);
         let resolved: HashSet<&str> = events
             .iter()
             .filter(|r| r.value["event"] == "resolved")
             .map(|r| str_of(&r.value, "/id"))
             .collect();
-        events
+        let hangs: Vec<&Value> = events
             .iter()
             .filter(|r| r.value["event"] == "hang")
-            .all(|r| resolved.contains(str_of(&r.value, "/id")))
+            .map(|r| &r.value)
+            .collect();
+        let reported = |tid: u32, start: u64, end: u64| {
+            hangs.iter().any(|v| {
+                u64_of(v, "/tid") == u64::from(tid)
+                    && started_ms(v) + 500 >= start
+                    && started_ms(v) < end
+            })
+        };
+        hangs.iter().all(|v| resolved.contains(str_of(v, "/id")))
+            && episodes.iter().all(|&(tid, start, end)| {
+                !must_be_reported(tid, start) || reported(tid, start, end)
+            })
     });
     let events = daemon.events_for(pid);
     assert!(
-        all_resolved,
-        "some episodes were never resolved after the program exited"
+        all_in,
+        "some blocker was never reported, or some episode never resolved, after the program exited"
     );
     check_episodes(&events);
     let hangs: Vec<&Value> = events
@@ -317,14 +348,6 @@ fn a_thread_storm_on_reused_tids_gives_one_episode_per_real_blocker() {
 
     // Each hang is a real blocker's wait (its tid, begun when it blocked), and each blocker
     // has exactly one.
-    let started_ms = |v: &Value| -> u64 {
-        let at = humantime::parse_rfc3339(str_of(v, "/started_at"))
-            .unwrap_or_else(|e| panic!("started_at of {v}: {e}"));
-        let since = at
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after the epoch");
-        u64::try_from(since.as_millis()).expect("ms fit")
-    };
     let mut per_blocker: HashMap<(u32, u64), Vec<&Value>> = HashMap::new();
     for v in &hangs {
         let tid = u32::try_from(u64_of(v, "/tid")).expect("tid");
@@ -347,11 +370,8 @@ fn a_thread_storm_on_reused_tids_gives_one_episode_per_real_blocker() {
     }
     for (tid, start, end) in &episodes {
         let found = per_blocker.get(&(*tid, *start)).map_or(0, Vec::len);
-        // A blocker kept off the CPU between its start and its wait (a saturated VM)
-        // blocked that much less: one that blocked less than the threshold and a second
-        // may go unreported (it is said); never twice.
         let queued_ms = queued.get(&(*tid, *start)).copied().unwrap_or(0);
-        if found == 0 && STORM_BLOCK_MS.saturating_sub(queued_ms) < 2000 {
+        if found == 0 && !must_be_reported(*tid, *start) {
             eprintln!(
                 "blocker {tid} not reported: it waited {queued_ms} ms for a CPU before its wait, which then lasted under 2 s"
             );
