@@ -147,11 +147,12 @@ pub struct Args {
     /// The limit, in minutes, for the whole VM run [default: 60].
     #[arg(long, default_value_t = 60)]
     timeout_minutes: u64,
-    /// Minutes without a new line from the guest after which it is taken for stalled:
-    /// QEMU's monitor is asked for every vCPU's registers (three samples beside the
-    /// console: they tell a wedged guest from a slow one) and the VM is stopped
-    /// [default: 8].
-    #[arg(long, default_value_t = 8)]
+    /// Minutes without a sign of life from the guest (a new line of test output, or of
+    /// the heartbeat it writes every minute) after which it is taken for stalled: QEMU's
+    /// monitor is asked for every vCPU's registers (three samples beside the console) and
+    /// the VM is stopped. A guest's boot (before its first line) took up to two minutes
+    /// under a loaded TCG [default: 4].
+    #[arg(long, default_value_t = 4)]
     stall_dump_minutes: u64,
     /// After a stall, boot again this many times for the test files that had not finished
     /// (the one that stalled included); the run still fails if a test fails, and says
@@ -195,7 +196,22 @@ pub fn vmtest(args: &Args) -> Result<()> {
     let started = Instant::now();
     let limit = Duration::from_secs(args.timeout_minutes * 60);
     let mut stalls = Vec::new();
-    let mut console = results.join("console.log");
+    let mut console = results.join(FIRST.console);
+    // One boot of the guest running `script`, its console into `console`.
+    let boot = |console: &Path, log: &str, timeout: Duration, attempt: u32| {
+        vm::run(&vm::Run {
+            venv: &venv,
+            image: &kernel.image,
+            script: &script,
+            results: &results,
+            log,
+            overlays: std::slice::from_ref(&tmpdir),
+            console,
+            timeout,
+            stall_after: Duration::from_secs(args.stall_dump_minutes * 60),
+            attempt,
+        })
+    };
     for attempt in 1..=args.stall_restarts + 1 {
         // The files not finished yet: all at the first boot; after a stall, the one that
         // stalled and those after it.
@@ -223,17 +239,12 @@ pub fn vmtest(args: &Args) -> Result<()> {
             }
         );
         console = results.join(format!("console.{attempt}.log"));
-        let ended = vm::run(&vm::Run {
-            venv: &venv,
-            image: &kernel.image,
-            script: &script,
-            results: &results,
-            overlays: std::slice::from_ref(&tmpdir),
-            console: &console,
-            timeout: limit.saturating_sub(started.elapsed()),
-            stall_after: Duration::from_secs(args.stall_dump_minutes * 60),
+        let ended = boot(
+            &console,
+            FIRST.log,
+            limit.saturating_sub(started.elapsed()),
             attempt,
-        })?;
+        )?;
         if ended == vm::Ended::Finished {
             break;
         }
@@ -271,24 +282,14 @@ pub fn vmtest(args: &Args) -> Result<()> {
         );
         fs::write(&script, guest_script(args, &runs, &results, output)?)
             .with_context(|| format!("writing {}", script.display()))?;
-        console = results.join(format!("console.{}.log", output.log));
+        console = results.join(output.console);
         let left = limit.saturating_sub(started.elapsed());
         if left < Duration::from_secs(60) {
             println!("xtask vmtest: no time left for a retry");
             break;
         }
-        vm::run(&vm::Run {
-            venv: &venv,
-            image: &kernel.image,
-            script: &script,
-            results: &results,
-            overlays: std::slice::from_ref(&tmpdir),
-            console: &console,
-            timeout: left,
-            stall_after: Duration::from_secs(args.stall_dump_minutes * 60),
-            // Numbers the vCPU dumps after those of the first boots.
-            attempt: args.stall_restarts + 2 + retry,
-        })?;
+        // Numbered after the first boots: the vCPU dumps of a stall are named by it.
+        boot(&console, output.log, left, args.stall_restarts + 2 + retry)?;
         outputs.push(output);
     }
     let took = started.elapsed();
@@ -297,31 +298,37 @@ pub fn vmtest(args: &Args) -> Result<()> {
     )
 }
 
-/// Where one boot's test files write: their output and their exit codes, in results/.
+/// Where one boot's test files write, in results/: their output, their exit codes, and
+/// the guest's console.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Output {
     log: &'static str,
     status: &'static str,
+    console: &'static str,
 }
 
-/// The whole run (and the boots after a stall).
+/// The whole run (the boots after a stall number their consoles themselves).
 const FIRST: Output = Output {
     log: "log",
     status: "status",
+    console: "console.log",
 };
-/// The retries of what failed, one file pair per retry.
+/// The retries of what failed, one set of files per retry.
 const RETRIES: [Output; 3] = [
     Output {
         log: "retry1.log",
         status: "retry1.status",
+        console: "console.retry1.log",
     },
     Output {
         log: "retry2.log",
         status: "retry2.status",
+        console: "console.retry2.log",
     },
     Output {
         log: "retry3.log",
         status: "retry3.status",
+        console: "console.retry3.log",
     },
 ];
 

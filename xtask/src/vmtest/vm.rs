@@ -51,19 +51,22 @@ pub struct Run<'a> {
     pub venv: &'a Path,
     pub image: &'a Path,
     pub script: &'a Path,
-    /// The guest writes `log` here (streamed to our stdout as it grows).
+    /// The guest writes its results and its `heartbeat` here.
     pub results: &'a Path,
+    /// The file of `results` this boot's tests write their output to (streamed to our
+    /// stdout as it grows).
+    pub log: &'a str,
     /// Host directories the guest may write to, its writes kept in guest memory.
     pub overlays: &'a [PathBuf],
     /// QEMU's console (kernel messages, virtme-ng's), for when the script never ran.
     pub console: &'a Path,
     /// The limit for the whole boot-run-power-off.
     pub timeout: Duration,
-    /// A log silent this long is taken for a stall: QEMU's monitor is asked where the
-    /// vCPUs are (`vcpu-dump` beside the console, numbered by `attempt`), and the VM is
-    /// stopped. Whole-suite runs stalled three times with no output at all
-    /// (docs/kernels.md): a wedged guest shows the same instruction pointers in each
-    /// sample, a live one moves and writes its heartbeat.
+    /// A guest without a sign of life this long (no new line in its log, none in its
+    /// heartbeat, which it writes every minute) is taken for stalled: QEMU's monitor is
+    /// asked where the vCPUs are (`vcpu-dump` beside the console, numbered by `attempt`),
+    /// and the VM is stopped. A slow test leaves the log silent but the heartbeat going; a
+    /// wedged guest stops both (docs/kernels.md, "Stalls").
     pub stall_after: Duration,
     /// Which boot of this run this is (1 for the first), for the dump's name.
     pub attempt: u32,
@@ -74,11 +77,11 @@ pub struct Run<'a> {
 pub enum Ended {
     /// The guest ran its script and powered off.
     Finished,
-    /// The log was silent for `stall_after`: the vCPUs were dumped and the VM killed.
+    /// No sign of life for `stall_after`: the vCPUs were dumped and the VM killed.
     Stalled,
 }
 
-/// Boots the kernel, runs the script, streams `results/log` to stdout until the guest powers
+/// Boots the kernel, runs the script, streams the boot's log to stdout until the guest powers
 /// off or stalls. Fails only when the VM could not be run or overran its time; the script's
 /// own results are in `results`.
 pub fn run(run: &Run<'_>) -> Result<Ended> {
@@ -127,9 +130,12 @@ pub fn run(run: &Run<'_>) -> Result<Ended> {
     for signal in [SIGINT, SIGTERM, SIGHUP] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot handle signals")?;
     }
-    let log_path = run.results.join("log");
+    let log_path = run.results.join(run.log);
     // The log is appended to by every boot of a run: stream only what this one adds.
     let mut shown = fs::metadata(&log_path).map_or(0, |m| m.len());
+    let heartbeat = run.results.join("heartbeat");
+    let beats = || fs::metadata(&heartbeat).map_or(0, |m| m.len());
+    let mut last_beats = beats();
     let mut last_output = Instant::now();
     let kill = |child: &mut std::process::Child| -> Result<()> {
         let pgid = libc::pid_t::try_from(child.id()).context("pid fits pid_t")?;
@@ -141,10 +147,11 @@ pub fn run(run: &Run<'_>) -> Result<Ended> {
     loop {
         let exited = child.try_wait().context("waiting for vng")?.is_some();
         let now_shown = show_new(&log_path, shown);
-        if now_shown != shown {
+        let now_beats = beats();
+        if now_shown != shown || now_beats != last_beats {
             last_output = Instant::now();
         }
-        shown = now_shown;
+        (shown, last_beats) = (now_shown, now_beats);
         if exited {
             return Ok(Ended::Finished);
         }
@@ -154,13 +161,13 @@ pub fn run(run: &Run<'_>) -> Result<Ended> {
                 .with_extension(format!("vcpu-dump.{}", run.attempt));
             match dump_vcpus(&monitor, &dump) {
                 Ok(()) => println!(
-                    "xtask vmtest: STALL: no output for {} min: the vCPUs' registers are in {} (the guest's heartbeat: {}); stopping this VM",
+                    "xtask vmtest: STALL: no sign of life for {} min (log and heartbeat silent): the vCPUs' registers are in {} (the guest's heartbeat: {}); stopping this VM",
                     run.stall_after.as_secs() / 60,
                     dump.display(),
                     run.results.join("heartbeat").display()
                 ),
                 Err(err) => println!(
-                    "xtask vmtest: STALL: no output for {} min, and QEMU's monitor: {err:#}; stopping this VM",
+                    "xtask vmtest: STALL: no sign of life for {} min (log and heartbeat silent), and QEMU's monitor: {err:#}; stopping this VM",
                     run.stall_after.as_secs() / 60
                 ),
             }
