@@ -116,15 +116,6 @@ const SKIPPED_UNDER_TCG: &[(&str, &str, &str)] = &[
          the kernel beyond what kernel_ownerless's and kernel_loops' controls, which run in \
          the VM, give",
     ),
-    (
-        "kernel_locks",
-        "lock_wait_names_the_holder_blocked_in_read",
-        "it asserts on the waiter's user frames in the hang event; under TCG the first read \
-         of the test program's stack gave way at its deadline (\"not read within 4s: still \
-         working on it\", 2026-11-26, the update a second later had it), where it passed \
-         in the run before; the lock_wait, its holder blocked in read() and the holder's \
-         stacks were reported on 6.1",
-    ),
 ];
 
 #[derive(clap::Args)]
